@@ -1,0 +1,269 @@
+"""The `facecrm` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from facecrm.config import Settings, configure, get_settings
+from facecrm.crm.service import EnrollmentError, FaceCRM, NotFoundError, Photo
+from facecrm.vision.image import ImageError, read_image
+
+app = typer.Typer(
+    help="facecrm: opt-in face recognition for retail customer service.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+customers_app = typer.Typer(help="List, show and erase customers.", no_args_is_help=True)
+app.add_typer(customers_app, name="customers")
+
+console = Console()
+err = Console(stderr=True)
+
+CONSENT_TEXT_VERSION = "2026-11-v1"
+
+
+@app.callback()
+def main(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", envvar="FACECRM_DATA_DIR", help="Where facecrm keeps its data."),
+    ] = None,
+) -> None:
+    """Apply global options."""
+    configure(**({"data_dir": data_dir} if data_dir else {}))
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(2)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _crm() -> FaceCRM:
+    return FaceCRM(get_settings(), actor="cli")
+
+
+@app.command()
+def enroll(
+    name: Annotated[str, typer.Argument(help="The customer's name.")],
+    photos: Annotated[list[Path], typer.Argument(help="One or more photos of the customer.")],
+    consent: Annotated[
+        bool | None,
+        typer.Option(
+            "--consent/--no-consent",
+            help="Confirm the customer gave in-store recognition consent (asked when omitted).",
+        ),
+    ] = None,
+    channel: Annotated[str, typer.Option(help="Where consent was given.")] = "associate",
+) -> None:
+    """Enroll an opted-in customer from one or more photos (all must pass the quality gate)."""
+    if consent is None:
+        consent = typer.confirm(
+            f"Has {name} given consent to in-store face recognition "
+            f"(consent text {CONSENT_TEXT_VERSION})?",
+            default=False,
+        )
+    if not consent:
+        raise _fail("no consent: nothing was stored (facecrm never stores a face without consent)")
+    try:
+        images = [Photo(str(p), read_image(p)) for p in photos]
+        customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel)
+    except ImageError as exc:
+        raise _fail(f"{exc.message}; nothing was stored") from exc
+    except EnrollmentError as exc:
+        raise _fail(f"{exc} ({exc.error.reason}); nothing was stored") from exc
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"Enrolled [bold]{customer.name}[/] as [cyan]{customer.id}[/] "
+        f"with {len(customer.templates)} template(s)."
+    )
+
+
+@app.command()
+def identify(
+    photo: Annotated[Path, typer.Argument(help="A photo with one or more faces.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Say which opted-in customers are in a photo; everyone else is "unknown"."""
+    try:
+        image = read_image(photo)
+    except ImageError as exc:
+        raise _fail(exc.message) from exc
+    crm = _crm()
+    results = crm.identify(image)
+    rows = [
+        {
+            "box": r.face.box.as_dict(),
+            "customer": (
+                {
+                    "id": r.match.customer_id,
+                    "name": r.customer_name,
+                    "similarity": round(r.match.similarity, 4),
+                }
+                if r.match
+                else "unknown"
+            ),
+        }
+        for r in results
+    ]
+    if as_json:
+        console.print_json(json.dumps({"faces": rows, "threshold": round(crm.threshold, 4)}))
+        return
+    if not rows:
+        console.print("No face found.")
+        return
+    table = Table("face", "box (x, y, w, h)", "customer", "similarity")
+    for n, (row, r) in enumerate(zip(rows, results, strict=True), 1):
+        b = row["box"]
+        box = f"{b['x']}, {b['y']}, {b['width']}, {b['height']}"
+        if r.match:
+            table.add_row(
+                str(n),
+                box,
+                f"{r.customer_name} ({r.match.customer_id})",
+                f"{r.match.similarity:.3f}",
+            )
+        else:
+            table.add_row(str(n), box, "[dim]unknown[/]", "")
+    console.print(table)
+
+
+@customers_app.command("list")
+def customers_list() -> None:
+    """All customers with their number of templates."""
+    table = Table("id", "name", "templates", "enrolled")
+    for customer, templates in _crm().customers():
+        table.add_row(
+            customer.id,
+            customer.name,
+            str(templates),
+            customer.created_at.strftime("%Y-%m-%d %H:%M"),
+        )
+    console.print(table)
+
+
+@customers_app.command("show")
+def customers_show(customer_id: str) -> None:
+    """One customer: consents and templates (the lookup is audited)."""
+    try:
+        customer = _crm().customer(customer_id)
+    except NotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(
+        f"[bold]{customer.name}[/] ({customer.id}), enrolled {customer.created_at:%Y-%m-%d}"
+    )
+    for c in customer.consents:
+        state = f"withdrawn {c.withdrawn_at:%Y-%m-%d}" if c.withdrawn_at else "active"
+        console.print(f"  consent {c.purpose} ({c.text_version}, {c.channel}): {state}")
+    for t in customer.templates:
+        console.print(f"  template {t.id}: {t.model_id}, from {t.source}, {t.created_at:%Y-%m-%d}")
+
+
+@customers_app.command("delete")
+def customers_delete(
+    customer_id: str,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Erase a customer: profile, consents and templates; out of search at once."""
+    crm = _crm()
+    try:
+        customer = crm.customer(customer_id)
+        if not yes and not typer.confirm(f"Erase {customer.name} ({customer.id})?", default=False):
+            raise typer.Exit(1)
+        crm.delete_customer(customer_id)
+    except NotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"Erased {customer.name} ({customer_id}).")
+
+
+@app.command("eval")
+def eval_(
+    directory: Annotated[Path, typer.Argument(help="One folder per identity (LFW layout).")],
+    fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    plot: Annotated[Path | None, typer.Option(help="Draw the ROC curve into this PNG.")] = None,
+    pairs: Annotated[
+        Path | None, typer.Option(help="Score only these pairs (file_x,file_y).")
+    ] = None,
+    scores: Annotated[Path | None, typer.Option(help="Write pair scores to this CSV.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes (default: up to 2).")] = 0,
+    calibrate: Annotated[
+        bool, typer.Option(help="Save this set's impostor scores as the threshold calibration.")
+    ] = False,
+) -> None:
+    """Measure verification and open-set identification on a labelled photo set."""
+    from facecrm.eval import report as report_mod
+    from facecrm.eval import runner
+    from facecrm.gallery.threshold import load_calibration
+    from facecrm.vision.pipeline import build_embedder
+
+    if fmt not in {"text", "json"}:
+        raise _fail("--format must be text or json")
+    if scores is not None and pairs is None:
+        raise _fail("--scores needs --pairs")
+    settings: Settings = get_settings()
+    model_id = build_embedder(settings).model_id
+    workers = workers or runner.default_workers()
+    try:
+        samples = runner.scan(directory)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    with _progress() as progress:
+        task = progress.add_task("embedding", total=len(samples))
+        embedded, seconds = runner.embed_set(
+            directory, settings, workers, lambda: progress.advance(task)
+        )
+    if calibrate:
+        path = report_mod.save_calibration(embedded, model_id, settings, str(directory))
+        err.print(f"calibration saved to {path}")
+    try:
+        calibration = load_calibration(model_id, settings.data_dir)
+    except LookupError as exc:
+        raise _fail(str(exc)) from exc
+    threshold = calibration.threshold(settings.target_fmr)
+    report = {
+        "dataset": str(directory),
+        **runner.evaluate(embedded, model_id, threshold),
+        "seconds_per_image": seconds,
+        "workers": workers,
+    }
+    if pairs is not None:
+        by_path = {e.sample.path: e for e in embedded}
+        try:
+            listed = runner.read_pairs(pairs, by_path)
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
+        report["verification"] = report_mod.verification_of(listed, threshold)
+        if scores is not None:
+            runner.write_scores(scores, listed, threshold)
+    if plot is not None:
+        report_mod.plot_roc(embedded, plot, report)
+    if fmt == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        report_mod.print_text(report, console)
+
+
+@app.command()
+def demo() -> None:
+    """A self-contained walkthrough: enroll, identify, a stranger is unknown, erase."""
+    from facecrm.demo import run
+
+    run(console)

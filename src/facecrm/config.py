@@ -1,0 +1,85 @@
+"""All settings in one place, read from `FACECRM_*` environment variables.
+
+Every knob of the product lives here so that the CLI, the services and the tests
+agree on one value. `get_settings()` builds them once; the CLI's `--data-dir` flag
+and the tests call `configure()` to replace them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EmbedderName = Literal["dlib", "dlib-native", "sface", "onnx"]
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("facecrm", appauthor=False))
+
+
+class Settings(BaseSettings):
+    """facecrm settings; each field can be set as `FACECRM_<NAME>`."""
+
+    model_config = SettingsConfigDict(env_prefix="FACECRM_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = None  # default: sqlite in data_dir
+
+    # Vision
+    embedder: EmbedderName = "dlib"
+    onnx_model: Path | None = None  # user-supplied ArcFace-style ONNX embedder
+    onnx_input_size: int = 112
+    onnx_mean: float = 127.5
+    onnx_std: float = 127.5
+    detect_max_side: int = 640  # larger images are downscaled for detection only
+    detect_score: float = 0.6
+    threads: int = 1  # per process; parallelism comes from processes
+
+    # Quality gate for enrollment photos
+    min_face_px: int = 60  # inter-ocular distance x ~2.5 is about the face width
+    min_blur: float = 25.0  # variance of the Laplacian on the aligned chip
+    max_yaw: float = 0.45  # nose offset from the eye midpoint, in eye distances
+    max_roll_deg: float = 35.0
+    min_detector_score: float = 0.8
+
+    # Open-set identification
+    target_fmr: float = 1e-4  # false-match rate per comparison the threshold is set for
+    ann_min_size: int = 20_000  # galleries at least this large use the approximate index
+
+    # Bad input limits
+    max_upload_bytes: int = 15 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL, defaulting to SQLite inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.data_dir / 'facecrm.db'}"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where derived, rebuildable files (converted models, index files) live."""
+        return self.data_dir / "cache"
+
+
+_settings: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process-wide settings (from the environment unless `configure()` replaced them)."""
+    global _settings
+    if _settings is None:
+        _settings = Settings()
+    return _settings
+
+
+def configure(**overrides: object) -> Settings:
+    """Replace the process-wide settings with environment values plus `overrides`."""
+    global _settings
+    _settings = Settings(**overrides)  # type: ignore[arg-type]
+    return _settings

@@ -1,0 +1,94 @@
+"""Operating thresholds derived from a target false-match rate.
+
+A calibration records, for one embedder, the distribution of similarities
+between *different* people (impostor pairs). The threshold for a target
+false-match rate (FMR) is the point that impostor scores exceed with
+probability FMR. With few impostor pairs the empirical quantile is
+meaningless at small FMR, so the tail is modelled as a normal distribution
+fitted to the impostor scores; the threshold is never below the largest
+impostor score observed (an impostor seen in calibration is never accepted).
+
+Calibrations ship in `facecrm/vision/calibration/<model_id>.json` and can be
+recomputed on an operator's own labelled photos with `facecrm eval DIR
+--calibrate`, which writes `<data_dir>/calibration/<model_id>.json` and takes
+precedence.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True, slots=True)
+class Calibration:
+    """Impostor-score statistics of one embedder."""
+
+    model_id: str
+    impostor_mean: float
+    impostor_std: float
+    impostor_max: float
+    impostor_pairs: int
+    genuine_mean: float | None = None
+    genuine_pairs: int = 0
+    source: str = ""
+
+    @classmethod
+    def fit(
+        cls,
+        model_id: str,
+        impostor: npt.ArrayLike,
+        genuine: npt.ArrayLike = (),
+        source: str = "",
+    ) -> Calibration:
+        imp = np.asarray(impostor, dtype=np.float64)
+        gen = np.asarray(genuine, dtype=np.float64)
+        if imp.size < 2:
+            raise ValueError("calibration needs at least two impostor pairs")
+        return cls(
+            model_id=model_id,
+            impostor_mean=float(imp.mean()),
+            impostor_std=float(imp.std(ddof=1)),
+            impostor_max=float(imp.max()),
+            impostor_pairs=int(imp.size),
+            genuine_mean=float(gen.mean()) if gen.size else None,
+            genuine_pairs=int(gen.size),
+            source=source,
+        )
+
+    def threshold(self, fmr: float) -> float:
+        """Similarity at or above which a pair is accepted, for false-match rate `fmr`."""
+        if not 0.0 < fmr < 1.0:
+            raise ValueError("the target false-match rate must be between 0 and 1")
+        z = NormalDist().inv_cdf(1.0 - fmr)
+        return max(self.impostor_mean + z * self.impostor_std, self.impostor_max + 1e-6)
+
+    def fmr_at(self, threshold: float) -> float:
+        """The modelled false-match rate of `threshold`."""
+        return 1.0 - NormalDist(self.impostor_mean, self.impostor_std).cdf(threshold)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+def load_calibration(model_id: str, data_dir: Path | None = None) -> Calibration:
+    """The operator's calibration for `model_id` if any, else the shipped one."""
+    candidates = []
+    if data_dir is not None:
+        candidates.append(data_dir / "calibration" / f"{model_id}.json")
+    shipped = resources.files("facecrm.vision").joinpath("calibration", f"{model_id}.json")
+    candidates.append(Path(str(shipped)))
+    for path in candidates:
+        if path.is_file():
+            return Calibration(**json.loads(path.read_text()))
+    raise LookupError(
+        f"no calibration for embedder {model_id!r}: run `facecrm eval DIR --calibrate` "
+        "on labelled photos (one folder per person) to create one"
+    )

@@ -1,0 +1,138 @@
+"""Embedding: aligned chips in, unit-length templates out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from facecrm.vision.models import dlib_resnet_path, sface_path
+from facecrm.vision.types import Image
+
+
+class Embedder(Protocol):
+    """Turns aligned chips into templates; `model_id` names the vector space."""
+
+    model_id: str
+    chip_size: int
+    aligner_kind: str  # "dlib" or "five_point"
+
+    def embed(self, chips: list[Image]) -> npt.NDArray[np.float32]: ...
+
+
+def normalize(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
+    """L2-normalise rows, so that the dot product is the cosine similarity."""
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+class DlibResNetEmbedder:
+    """dlib's ResNet (99.38% on LFW), run by dlib itself (the slow reference)."""
+
+    model_id = "dlib-resnet-v1"
+    chip_size = 150
+    aligner_kind = "dlib"
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._net = dlib.face_recognition_model_v1(str(dlib_resnet_path()))
+
+    def embed(self, chips: list[Image]) -> npt.NDArray[np.float32]:
+        if not chips:
+            return np.zeros((0, 128), dtype=np.float32)
+        out = self._net.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
+        return normalize(np.array(out))
+
+
+class SFaceEmbedder:
+    """OpenCV zoo's SFace, run by OpenCV."""
+
+    model_id = "sface-2021dec"
+    chip_size = 112
+    aligner_kind = "five_point"
+
+    def __init__(self) -> None:
+        self._net = cv2.FaceRecognizerSF.create(str(sface_path()), "")
+
+    def embed(self, chips: list[Image]) -> npt.NDArray[np.float32]:
+        if not chips:
+            return np.zeros((0, 128), dtype=np.float32)
+        rows = [self._net.feature(cv2.cvtColor(c, cv2.COLOR_RGB2BGR)) for c in chips]
+        return normalize(np.concatenate(rows))
+
+
+class OnnxEmbedder:
+    """Any ArcFace-style ONNX embedder (NCHW RGB input) run by onnxruntime.
+
+    For a user-supplied model (e.g. an ArcFace file the user owns); its
+    `model_id` is derived from the file's hash, so templates of different files
+    never mix.
+    """
+
+    aligner_kind = "five_point"
+
+    def __init__(
+        self,
+        path: Path,
+        input_size: int = 112,
+        mean: float = 127.5,
+        std: float = 127.5,
+        threads: int = 1,
+        model_id: str | None = None,
+        aligner_kind: str = "five_point",
+    ) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._input = self._session.get_inputs()[0].name
+        self.chip_size = input_size
+        self.mean, self.std = mean, std
+        self.aligner_kind = aligner_kind
+        if model_id is None:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]
+            model_id = f"onnx-{digest}"
+        self.model_id = model_id
+
+    def embed(self, chips: list[Image]) -> npt.NDArray[np.float32]:
+        if not chips:
+            dim = self._session.get_outputs()[0].shape[-1]
+            return np.zeros((0, dim if isinstance(dim, int) else 0), dtype=np.float32)
+        batch = np.stack(chips).astype(np.float32)
+        batch = ((batch - self.mean) / self.std).transpose(0, 3, 1, 2)
+        (out,) = self._session.run(None, {self._input: np.ascontiguousarray(batch)})[:1]
+        return normalize(out)
+
+
+def dlib_resnet_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
+    """dlib's ResNet converted to ONNX (once, into `cache_dir`) and run by onnxruntime.
+
+    The conversion is exact (descriptors agree with dlib's to ~1e-7), so the
+    templates share dlib's `model_id`; onnxruntime is ~13x faster per face.
+    """
+    from facecrm.vision.dlib_onnx import convert
+
+    target = cache_dir / "models" / "dlib_face_recognition_resnet_model_v1.onnx"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.tmp")
+        convert(str(dlib_resnet_path()), str(partial))
+        os.replace(partial, target)  # atomic: concurrent first runs never see half a file
+    return OnnxEmbedder(
+        target,
+        input_size=150,
+        mean=0.0,
+        std=1.0,
+        threads=threads,
+        model_id=DlibResNetEmbedder.model_id,
+        aligner_kind="dlib",
+    )
