@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     min_detector_score: float = 0.8
 
     # Open-set identification
-    target_fmr: float = 1e-4  # false-match rate per comparison the threshold is set for
+    target_fmr: float = 1e-3  # false-match rate per comparison the threshold is set for
     ann_min_size: int = 20_000  # galleries at least this large use the approximate index
 
     # Bad input limits

@@ -1,0 +1,131 @@
+"""Bad and unusual images: clear errors for the bad ones, correct pixels for the rest."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from facecrm.config import Settings
+from facecrm.vision.image import ImageError, decode_image, read_image
+
+
+def _encode(img: PILImage.Image, fmt: str, **kwargs: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _gradient(width: int = 64, height: int = 48) -> PILImage.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)
+    rgb = np.stack([np.tile(x, (height, 1))] * 3, axis=-1)
+    rgb[..., 1] = 0
+    return PILImage.fromarray(rgb)
+
+
+def _png_with_size(width: int, height: int) -> bytes:
+    """A tiny, valid PNG whose header claims `width` x `height` (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.mark.usefixtures("settings")
+class TestBadInput:
+    def test_not_an_image(self) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image(b"%PDF-1.4 this is not a picture")
+        assert exc.value.reason == "not_an_image"
+
+    def test_zero_bytes(self) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image(b"")
+        assert exc.value.reason == "empty"
+
+    def test_wrong_type(self) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image("a string, not bytes")  # type: ignore[arg-type]
+        assert exc.value.reason == "wrong_type"
+
+    def test_truncated_jpeg(self) -> None:
+        data = _encode(_gradient(640, 480), "JPEG", quality=90)
+        with pytest.raises(ImageError) as exc:
+            decode_image(data[: len(data) // 2])
+        assert exc.value.reason == "corrupt"
+
+    def test_decompression_bomb(self) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image(_png_with_size(100_000, 100_000))
+        assert exc.value.reason == "too_many_pixels"
+
+    def test_absurd_dimensions(self) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image(_png_with_size(2**31 - 1, 1))
+        assert exc.value.reason in {"too_many_pixels", "corrupt"}
+
+    def test_too_many_bytes(self, settings: Settings) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image(b"\xff" * (settings.max_upload_bytes + 1))
+        assert exc.value.reason == "too_large"
+
+    def test_unsupported_format(self) -> None:
+        with pytest.raises(ImageError) as exc:
+            decode_image(_encode(_gradient(), "GIF"))
+        assert exc.value.reason == "unsupported_format"
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ImageError) as exc:
+            read_image(tmp_path / "nope.jpg")
+        assert exc.value.reason == "not_found"
+
+
+@pytest.mark.usefixtures("settings")
+class TestModes:
+    def test_grayscale(self) -> None:
+        img = decode_image(_encode(_gradient().convert("L"), "PNG"))
+        assert img.shape == (48, 64, 3) and img.dtype == np.uint8
+        assert np.array_equal(img[..., 0], img[..., 1])
+
+    def test_alpha_is_composited_on_white(self) -> None:
+        rgba = PILImage.new("RGBA", (10, 10), (255, 0, 0, 0))
+        img = decode_image(_encode(rgba, "PNG"))
+        assert tuple(img[0, 0]) == (255, 255, 255)
+
+    def test_sixteen_bit(self) -> None:
+        arr = np.full((8, 8), 65535, dtype=np.uint16)
+        arr[0, 0] = 0
+        img = decode_image(_encode(PILImage.fromarray(arr), "PNG"))
+        assert img[1, 1, 0] == 255 and img[0, 0, 0] == 0
+
+    def test_cmyk(self) -> None:
+        cmyk = PILImage.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red
+        img = decode_image(_encode(cmyk, "JPEG"))
+        r, g, b = (int(v) for v in img[4, 4])
+        assert r > 200 and g < 60 and b < 60
+
+    def test_palette(self) -> None:
+        img = decode_image(_encode(_gradient().convert("P"), "PNG"))
+        assert img.shape == (48, 64, 3)
+
+    def test_exif_rotation_is_applied(self) -> None:
+        upright = _gradient(64, 48)  # wider than tall, dark on the left
+        stored = upright.transpose(PILImage.Transpose.ROTATE_90)  # what a phone sensor wrote
+        exif = PILImage.Exif()
+        exif[0x0112] = 6  # orientation: the viewer must rotate 90 degrees clockwise
+        img = decode_image(_encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
+        assert img.shape[:2] == (48, 64)
+        assert img[:, :8, 0].mean() < img[:, -8:, 0].mean()
+
+
+def test_rgba_scene_photo_decodes(faces_dir: Path, settings: Settings) -> None:
+    img = read_image(faces_dir / "scenes" / "32bit.png")
+    assert img.ndim == 3 and img.shape[2] == 3
