@@ -192,11 +192,10 @@ class FaceCRM:
         )
         matched = [d.match.customer_id for d in decisions if d.match is not None]
         with db.transaction(self.sessions) as session:
-            names = dict(
-                session.execute(select(Customer.id, Customer.name).where(Customer.id.in_(matched)))
-                .tuples()
-                .all()
+            rows = session.execute(
+                select(Customer.id, Customer.name).where(Customer.id.in_(matched))
             )
+            names = {customer_id: name for customer_id, name in rows}
             for decision in decisions:
                 if decision.match is not None:
                     self._audit(
@@ -232,7 +231,7 @@ class FaceCRM:
                 select(Customer, func.coalesce(count.c.n, 0))
                 .outerjoin(count, count.c.customer_id == Customer.id)
                 .order_by(Customer.name, Customer.id)
-            ).tuples()
+            )
             return [(c, int(n)) for c, n in rows]
 
     def customer(self, customer_id: str) -> Customer:

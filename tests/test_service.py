@@ -1,0 +1,181 @@
+"""Enrollment, identification and erasure over a real SQLite store and real faces."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from sqlalchemy import func, inspect, select
+
+from facecrm.config import Settings
+from facecrm.crm import db
+from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
+from facecrm.crm.service import (
+    ConsentError,
+    EnrollmentError,
+    FaceCRM,
+    NotFoundError,
+    Photo,
+)
+from facecrm.vision.pipeline import FacePipeline
+from facecrm.vision.types import Image
+
+Load = Callable[[str], Image]
+
+
+def _photo(load: Load, path: str) -> Photo:
+    return Photo(path, load(path))
+
+
+def _count(crm: FaceCRM, model: type) -> int:
+    with crm.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_enrolled_customer_is_recognised_and_strangers_are_unknown(
+    crm: FaceCRM, load: Load
+) -> None:
+    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/1.jpg")], "v1", "kiosk")
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+
+    (same,) = crm.identify(load("identities/barack_obama/3.jpg"))
+    assert same.match is not None and same.match.customer_id == obama.id
+    assert same.customer_name == "Barack" and same.match.similarity >= crm.threshold
+
+    for stranger in ("distractors/paul_rudd.jpg", "identities/joe_biden/1.jpg"):
+        (face,) = crm.identify(load(stranger))
+        assert face.match is None
+
+
+def test_group_photo_names_each_customer_once(crm: FaceCRM, load: Load) -> None:
+    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/2.jpg")], "v1", "kiosk")
+    results = crm.identify(load("scenes/obama_and_biden.jpg"))
+    matched = [r.match.customer_id for r in results if r.match]
+    assert matched == [obama.id]
+    assert len(results) >= 2
+
+
+def test_several_templates_per_customer(crm: FaceCRM, load: Load) -> None:
+    kit = crm.enroll(
+        "Kit",
+        [
+            _photo(load, "identities/kit_harington/1.jpg"),
+            _photo(load, "identities/kit_harington/2.jpg"),
+        ],
+        "v1",
+        "associate",
+    )
+    assert len(kit.templates) == 2
+    crm.add_photos(kit.id, [_photo(load, "identities/kit_harington/3.jpg")])
+    assert _count(crm, FaceTemplate) == 3
+    (face,) = crm.identify(load("identities/kit_harington/3.jpg"))
+    assert face.match is not None and face.match.customer_id == kit.id
+    assert face.match.similarity > 0.99  # the identical photo's template wins
+
+
+def test_enrollment_is_all_or_nothing(crm: FaceCRM, load: Load) -> None:
+    photos = [
+        _photo(load, "identities/rose_leslie/1.jpg"),
+        _photo(load, "scenes/two_people.jpg"),  # two faces: rejected
+    ]
+    with pytest.raises(EnrollmentError) as exc:
+        crm.enroll("Rose", photos, "v1", "kiosk")
+    assert exc.value.error.reason == "multiple_faces"
+    assert exc.value.source == "scenes/two_people.jpg"
+    assert _count(crm, Customer) == 0 and _count(crm, FaceTemplate) == 0
+
+
+def test_no_template_without_active_consent(crm: FaceCRM, load: Load) -> None:
+    with db.transaction(crm.sessions) as session:
+        session.add(Customer(id="noconsent", name="No Consent"))
+    with pytest.raises(ConsentError):
+        crm.add_photos("noconsent", [_photo(load, "identities/rose_leslie/1.jpg")])
+    assert _count(crm, FaceTemplate) == 0
+
+
+def test_erasure_removes_from_search_at_once(crm: FaceCRM, load: Load) -> None:
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    (before,) = crm.identify(load("identities/rose_leslie/2.jpg"))
+    assert before.match is not None
+    crm.delete_customer(rose.id)
+    (after,) = crm.identify(load("identities/rose_leslie/2.jpg"))
+    assert after.match is None
+    assert _count(crm, FaceTemplate) == 0
+    with pytest.raises(NotFoundError):
+        crm.customer(rose.id)
+
+
+def test_identification_is_audited_without_strangers(crm: FaceCRM, load: Load) -> None:
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    crm.identify(load("scenes/kit_with_rose.jpg"))  # Rose and an unenrolled man
+    with crm.sessions() as session:
+        events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+    actions = [(e.action, e.customer_id) for e in events]
+    assert ("identify", rose.id) in actions
+    summary = next(e for e in events if e.action == "identify_summary")
+    assert summary.detail == {"faces": 2, "matched": 1}
+    # nothing about the stranger: no box, no score, no vector in any event
+    for e in events:
+        assert set(e.detail) <= {"faces", "matched", "similarity", "templates"}
+
+
+def test_unknown_customer_id(crm: FaceCRM) -> None:
+    with pytest.raises(NotFoundError):
+        crm.customer("does-not-exist")
+    with pytest.raises(NotFoundError):
+        crm.delete_customer("does-not-exist")
+
+
+def test_gallery_is_rebuilt_from_the_database(
+    settings: Settings, pipeline: FacePipeline, load: Load
+) -> None:
+    first = FaceCRM(settings, pipeline=pipeline)
+    rose = first.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    second = FaceCRM(settings, pipeline=pipeline)  # e.g. the next CLI invocation
+    (face,) = second.identify(load("identities/rose_leslie/2.jpg"))
+    assert face.match is not None and face.match.customer_id == rose.id
+
+
+def test_saved_ann_index_is_reused_only_while_current(
+    settings: Settings, pipeline: FacePipeline, load: Load
+) -> None:
+    settings.ann_min_size = 50
+    crm = FaceCRM(settings, pipeline=pipeline)
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    rng = np.random.default_rng(7)
+    with db.transaction(crm.sessions) as session:  # synthetic customers fill the gallery
+        for n in range(60):
+            v = rng.standard_normal(128).astype(np.float32)
+            customer = Customer(name=f"synthetic {n}")
+            customer.templates.append(
+                FaceTemplate(
+                    model_id=crm.model_id,
+                    vector=(v / np.linalg.norm(v)).tobytes(),
+                    quality={},
+                    source="synthetic",
+                )
+            )
+            session.add(customer)
+        crm._bump_generation(session)
+    reloaded = FaceCRM(settings, pipeline=pipeline)
+    assert reloaded.gallery.uses_ann
+    index_file = settings.cache_dir / f"hnsw-{crm.model_id}.bin"
+    assert index_file.is_file()
+    reloaded.delete_customer(rose.id)  # bumps the generation: the saved file is stale
+    fresh = FaceCRM(settings, pipeline=pipeline)
+    assert rose.id not in set(fresh.gallery._owner.values())
+    (face,) = fresh.identify(load("identities/rose_leslie/2.jpg"))
+    assert face.match is None
+
+
+def test_migrations_up_and_down(settings: Settings) -> None:
+    engine = db.make_engine(settings.resolved_database_url)
+    db.migrate(engine)
+    assert db.is_current(engine)
+    tables = set(inspect(engine).get_table_names())
+    assert {"customers", "consents", "face_templates", "audit_events"} <= tables
+    db.downgrade(engine, "base")
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    db.migrate(engine)
+    assert db.is_current(engine)
