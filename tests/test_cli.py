@@ -1,0 +1,148 @@
+"""The `facecrm` command line, run as a real subprocess."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def facecrm(
+    data_dir: Path, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "facecrm", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        input=input,
+        timeout=600,
+    )
+
+
+@pytest.fixture()
+def data_dir(tmp_path: Path, model_cache: Path) -> Path:
+    data = tmp_path / "data"
+    (data / "cache").mkdir(parents=True)
+    (data / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
+    return data
+
+
+def test_enroll_identify_list_show_delete(data_dir: Path, faces_dir: Path) -> None:
+    ids = faces_dir / "identities"
+    enrolled = facecrm(
+        data_dir,
+        "enroll",
+        "Barack Obama",
+        str(ids / "barack_obama/1.jpg"),
+        str(ids / "barack_obama/2.jpg"),
+        "--consent",
+    )
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "2 template(s)" in enrolled.stdout
+
+    found = facecrm(data_dir, "identify", str(faces_dir / "scenes/obama_and_biden.jpg"), "--json")
+    assert found.returncode == 0, found.stderr
+    faces = json.loads(found.stdout)["faces"]
+    named = [f["customer"] for f in faces if f["customer"] != "unknown"]
+    assert [c["name"] for c in named] == ["Barack Obama"]
+    assert len(faces) - len(named) >= 1  # Biden is not enrolled: unknown
+    customer_id = named[0]["id"]
+
+    listed = facecrm(data_dir, "customers", "list")
+    assert customer_id in listed.stdout and "Barack Obama" in listed.stdout
+
+    shown = facecrm(data_dir, "customers", "show", customer_id)
+    assert "in_store_recognition" in shown.stdout and "active" in shown.stdout
+
+    erased = facecrm(data_dir, "customers", "delete", customer_id, "--yes")
+    assert erased.returncode == 0, erased.stderr
+    again = facecrm(data_dir, "identify", str(ids / "barack_obama/3.jpg"), "--json")
+    assert [f["customer"] for f in json.loads(again.stdout)["faces"]] == ["unknown"]
+
+
+def test_enroll_without_consent_stores_nothing(data_dir: Path, faces_dir: Path) -> None:
+    photo = str(faces_dir / "identities/rose_leslie/1.jpg")
+    refused = facecrm(data_dir, "enroll", "Rose", photo, input="n\n")
+    assert refused.returncode == 2
+    assert "no consent" in refused.stderr
+    assert "Rose" not in facecrm(data_dir, "customers", "list").stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", "empty"), (b"not an image at all", "not a recognised image")],
+)
+def test_bad_photos_are_refused(
+    data_dir: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(content)
+    result = facecrm(data_dir, "enroll", "Nobody", str(bad), "--consent")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert facecrm(data_dir, "identify", str(bad)).returncode == 2
+
+
+def test_quality_gate_reason_is_shown(data_dir: Path, faces_dir: Path) -> None:
+    result = facecrm(
+        data_dir, "enroll", "Two", str(faces_dir / "scenes/two_people.jpg"), "--consent"
+    )
+    assert result.returncode == 2
+    assert "multiple_faces" in result.stderr and "nothing was stored" in result.stderr
+
+
+def test_unknown_customer_id(data_dir: Path) -> None:
+    result = facecrm(data_dir, "customers", "show", "nope")
+    assert result.returncode == 2 and "no customer" in result.stderr
+
+
+def test_eval_json_pairs_scores_and_plot(data_dir: Path, faces_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(
+        "file_x,file_y\n"
+        "barack_obama/1.jpg,barack_obama/2.jpg\n"
+        "barack_obama/1.jpg,joe_biden/1.jpg\n"
+        "kit_harington/1.jpg,kit_harington/2.jpg\n"
+    )
+    scores, plot = tmp_path / "scores.csv", tmp_path / "roc.png"
+    result = facecrm(
+        data_dir,
+        "eval",
+        str(faces_dir / "identities"),
+        "--format",
+        "json",
+        "--pairs",
+        str(pairs),
+        "--scores",
+        str(scores),
+        "--plot",
+        str(plot),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 18 and report["faces_found"] == 18
+    assert report["verification"]["pairs"] == 3
+    assert report["verification"]["accuracy"] == 1.0
+    assert report["verification"]["best_accuracy"] == 1.0
+    assert "tar_at_far" in report["verification"]
+    assert report["identification"]["rank1"] == 1.0
+    assert set(report["identification"]["fnir_at_fpir"]) == {"0.01", "0.001"}
+    assert report["seconds_per_image"] > 0
+    rows = list(csv.DictReader(scores.open()))
+    assert [r["match"] for r in rows] == ["1", "0", "1"]
+    assert float(rows[0]["score"]) > float(rows[1]["score"])
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_rejects_unknown_pair_files(data_dir: Path, faces_dir: Path, tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("barack_obama/1.jpg,nobody/1.jpg\n")
+    result = facecrm(data_dir, "eval", str(faces_dir / "identities"), "--pairs", str(pairs))
+    assert result.returncode == 2 and "nobody/1.jpg" in result.stderr
