@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 
 from facecrm.vision.models import yunet_path
+from facecrm.vision.onnx_models import cached_model, dequantize, ort_session
 from facecrm.vision.types import Box, Face, Image
 
 
@@ -18,18 +20,35 @@ class Detector(Protocol):
 
 
 class YuNetDetector:
-    """OpenCV's YuNet: fast, 5 landmarks, finds small and turned faces.
+    """YuNet (OpenCV zoo, 2023mar): fast, 5 landmarks, finds small and turned faces.
 
-    Images larger than `max_side` are downscaled for detection only; boxes and
+    The shipped int8 model is folded to float32 once and run by onnxruntime;
+    the anchor-free decoding and NMS follow OpenCV's `FaceDetectorYN`. Images
+    larger than `max_side` are downscaled for detection only; boxes and
     landmarks are mapped back to the original pixels, so later stages align
     from full resolution.
     """
 
-    def __init__(self, max_side: int = 640, score_threshold: float = 0.6) -> None:
+    STRIDES = (8, 16, 32)
+
+    def __init__(
+        self,
+        cache_dir: Path,
+        max_side: int = 640,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        threads: int = 1,
+    ) -> None:
         self.max_side = max_side
-        self._net = cv2.FaceDetectorYN.create(
-            str(yunet_path()), "", (320, 320), score_threshold, 0.3, 5000
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        path = cached_model(
+            cache_dir,
+            "face_detection_yunet_2023mar_fp32.onnx",
+            lambda target: dequantize(yunet_path(), target, dynamic_hw=True),
         )
+        self._session = ort_session(path, threads)
+        self._outputs = [o.name for o in self._session.get_outputs()]
 
     def detect(self, image: Image) -> list[Face]:
         height, width = image.shape[:2]
@@ -38,16 +57,41 @@ class YuNetDetector:
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        bgr = cv2.cvtColor(small, cv2.COLOR_RGB2BGR)
-        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, rows = self._net.detect(bgr)
-        if rows is None:
+        h, w = small.shape[:2]
+        blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), dtype=np.float32)
+        blob[0, :, :h, :w] = small[:, :, ::-1].transpose(2, 0, 1)  # RGB -> BGR planes
+        out = dict(zip(self._outputs, self._session.run(None, {"input": blob}), strict=True))
+        boxes, scores, points = [], [], []
+        for stride in self.STRIDES:
+            cols = blob.shape[3] // stride
+            score = np.sqrt(
+                np.clip(out[f"cls_{stride}"][0, :, 0], 0, 1)
+                * np.clip(out[f"obj_{stride}"][0, :, 0], 0, 1)
+            )
+            idx = np.nonzero(score >= self.score_threshold)[0]
+            if len(idx) == 0:
+                continue
+            col, row = (idx % cols).astype(np.float32), (idx // cols).astype(np.float32)
+            bbox = out[f"bbox_{stride}"][0, idx]
+            cx, cy = (col + bbox[:, 0]) * stride, (row + bbox[:, 1]) * stride
+            bw, bh = np.exp(bbox[:, 2]) * stride, np.exp(bbox[:, 3]) * stride
+            boxes.append(np.stack([cx - bw / 2, cy - bh / 2, bw, bh], axis=1))
+            kps = out[f"kps_{stride}"][0, idx].reshape(-1, 5, 2)
+            kps = (kps + np.stack([col, row], axis=1)[:, None, :]) * stride
+            points.append(kps)
+            scores.append(score[idx])
+        if not boxes:
             return []
+        all_boxes, all_scores = np.concatenate(boxes), np.concatenate(scores)
+        all_points = np.concatenate(points)
+        keep = cv2.dnn.NMSBoxes(
+            all_boxes.tolist(), all_scores.tolist(), self.score_threshold, self.nms_threshold
+        )
         faces = []
-        for row in rows:
-            x, y, w, h = (float(v) / scale for v in row[:4])
-            landmarks = (row[4:14].reshape(5, 2) / scale).astype(np.float32)
-            faces.append(Face(box=Box(x, y, w, h), landmarks=landmarks, score=float(row[14])))
+        for k in np.asarray(keep, dtype=int).reshape(-1):
+            x, y, bw, bh = (float(v) / scale for v in all_boxes[k])
+            landmarks = (all_points[k] / scale).astype(np.float32)
+            faces.append(Face(Box(x, y, bw, bh), landmarks, float(all_scores[k])))
         faces.sort(key=lambda f: f.box.width * f.box.height, reverse=True)
         return faces
 

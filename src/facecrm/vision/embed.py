@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -12,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from facecrm.vision.models import dlib_resnet_path, sface_path
+from facecrm.vision.onnx_models import cached_model, ort_session
 from facecrm.vision.types import Image
 
 
@@ -88,12 +88,7 @@ class OnnxEmbedder:
         model_id: str | None = None,
         aligner_kind: str = "five_point",
     ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self._session = ort_session(path, threads)
         self._input = self._session.get_inputs()[0].name
         self.chip_size = input_size
         self.mean, self.std = mean, std
@@ -121,14 +116,13 @@ def dlib_resnet_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
     """
     from facecrm.vision.dlib_onnx import convert
 
-    target = cache_dir / "models" / "dlib_face_recognition_resnet_model_v1.onnx"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_suffix(f".{os.getpid()}.tmp")
-        convert(str(dlib_resnet_path()), str(partial))
-        os.replace(partial, target)  # atomic: concurrent first runs never see half a file
+    path = cached_model(
+        cache_dir,
+        "dlib_face_recognition_resnet_model_v1.onnx",
+        lambda target: convert(str(dlib_resnet_path()), str(target)),
+    )
     return OnnxEmbedder(
-        target,
+        path,
         input_size=150,
         mean=0.0,
         std=1.0,

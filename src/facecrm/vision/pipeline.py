@@ -102,7 +102,12 @@ def build_pipeline(settings: Settings | None = None) -> FacePipeline:
     aligner: Aligner = (
         DlibAligner() if embedder.aligner_kind == "dlib" else FivePointAligner(embedder.chip_size)
     )
-    detector = YuNetDetector(settings.detect_max_side, settings.detect_score)
+    detector = YuNetDetector(
+        settings.cache_dir,
+        settings.detect_max_side,
+        settings.detect_score,
+        threads=settings.threads,
+    )
     return FacePipeline(detector, aligner, embedder, QualityGate.from_settings(settings))
 
 
