@@ -146,3 +146,11 @@ def test_eval_rejects_unknown_pair_files(data_dir: Path, faces_dir: Path, tmp_pa
     pairs.write_text("barack_obama/1.jpg,nobody/1.jpg\n")
     result = facecrm(data_dir, "eval", str(faces_dir / "identities"), "--pairs", str(pairs))
     assert result.returncode == 2 and "nobody/1.jpg" in result.stderr
+
+
+def test_demo_runs_without_the_shared_photos(data_dir: Path) -> None:
+    env_free = facecrm(data_dir, "demo")
+    assert env_free.returncode == 0, env_free.stderr
+    assert "Demo complete" in env_free.stdout
+    assert "Grace Hopper (similarity" in env_free.stdout
+    assert not (data_dir / "facecrm.db").exists()  # the demo never touches real data

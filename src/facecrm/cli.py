@@ -264,6 +264,10 @@ def eval_(
 @app.command()
 def demo() -> None:
     """A self-contained walkthrough: enroll, identify, a stranger is unknown, erase."""
-    from facecrm.demo import run
+    from facecrm.demo import DemoFailed, run
 
-    run(console)
+    try:
+        run(console)
+    except DemoFailed as exc:
+        err.print(f"[bold red]demo failed:[/] {exc}")
+        raise typer.Exit(1) from exc
