@@ -14,12 +14,12 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from common import faces_dir, identity_tree_with_distractors
-
 from facecrm.config import configure
 from facecrm.eval.runner import embed_set, score
 from facecrm.gallery.threshold import Calibration
 from facecrm.vision.pipeline import build_embedder
+
+from common import faces_dir, identity_tree_with_distractors
 
 
 def main() -> None:

@@ -15,9 +15,10 @@ import argparse
 import time
 
 import numpy as np
-from common import machine
 
 from facecrm.gallery.index import ExactIndex, HnswIndex
+
+from common import machine
 
 DIM = 128
 
@@ -85,7 +86,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(f"machine: {machine()}")
     print(
-        "| templates | index | build s | query ms (p50) | rank-1 = exact (mated) | rank-1 = exact (strangers) |"
+        "| templates | index | build s | query ms (p50) "
+        "| rank-1 = exact (mated) | rank-1 = exact (strangers) |"
     )
     print("| ---: | --- | ---: | ---: | ---: | ---: |")
     for size in args.sizes:
