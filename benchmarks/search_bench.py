@@ -38,7 +38,7 @@ class UsearchIndex:
             dtype="f32",
             connectivity=16,
             expansion_add=200,
-            expansion_search=128,
+            expansion_search=256,
         )
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
@@ -56,7 +56,7 @@ class FaissHnswIndex:
         faiss.omp_set_num_threads(1)
         self._hnsw = faiss.IndexHNSWFlat(DIM, 16, faiss.METRIC_INNER_PRODUCT)
         self._hnsw.hnsw.efConstruction = 200
-        self._hnsw.hnsw.efSearch = 128
+        self._hnsw.hnsw.efSearch = 256
         self._index = faiss.IndexIDMap(self._hnsw)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:

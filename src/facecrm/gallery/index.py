@@ -77,7 +77,7 @@ class ExactIndex:
 class HnswIndex:
     """hnswlib HNSW graph (inner product on unit vectors = cosine)."""
 
-    def __init__(self, dim: int, capacity: int = 1024, ef_search: int = 128) -> None:
+    def __init__(self, dim: int, capacity: int = 1024, ef_search: int = 256) -> None:
         import hnswlib
 
         self.dim = dim
@@ -124,7 +124,7 @@ class HnswIndex:
         self._index.save_index(str(path))
 
     @classmethod
-    def load(cls, path: Path, dim: int, live: set[int], ef_search: int = 128) -> HnswIndex:
+    def load(cls, path: Path, dim: int, live: set[int], ef_search: int = 256) -> HnswIndex:
         import hnswlib
 
         index = cls.__new__(cls)

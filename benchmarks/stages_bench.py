@@ -1,0 +1,128 @@
+"""Per-stage latency of the face pipeline, one core, on `../shared/faces`.
+
+    python benchmarks/stages_bench.py
+
+* decode, detect, align, quality, embed per image/face on every photo;
+* detection of a 640x480 frame: YuNet on onnxruntime (facecrm), YuNet in
+  OpenCV, dlib's HOG (the face_recognition default);
+* each embedder's cost per face: dlib's ResNet in dlib, the same network
+  converted to ONNX (batch 1 and 8), SFace in OpenCV;
+* 1:N search of one face in galleries of 1k and 100k templates (exact).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from facecrm.config import configure
+from facecrm.gallery.gallery import Gallery
+from facecrm.vision.detect import DlibHogDetector
+from facecrm.vision.embed import DlibResNetEmbedder, SFaceEmbedder
+from facecrm.vision.image import read_image
+from facecrm.vision.models import yunet_path
+from facecrm.vision.pipeline import build_pipeline
+
+from common import faces_dir, machine
+
+
+def per_call_ms(fn: Callable[[], object], repeat: int = 20) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - start) / repeat * 1000
+
+
+def main() -> None:
+    cv2.setNumThreads(1)
+    settings = configure(data_dir=Path(tempfile.mkdtemp(prefix="facecrm-bench-")), threads=1)
+    pipeline = build_pipeline(settings)
+    faces = faces_dir()
+    paths = sorted(p for p in faces.rglob("*") if p.suffix.lower() in {".jpg", ".png"})
+    print(f"machine: {machine()}; one thread\n")
+
+    stages: dict[str, list[float]] = {k: [] for k in ("decode", "detect", "align+quality")}
+    chips = []
+    for path in paths:
+        t0 = time.perf_counter()
+        image = read_image(path)
+        t1 = time.perf_counter()
+        found = pipeline.detector.detect(image)
+        t2 = time.perf_counter()
+        for face in found:
+            chip = pipeline.aligner.align(image, face)
+            pipeline.gate.assess(face, chip)
+            chips.append(chip)
+        t3 = time.perf_counter()
+        stages["decode"].append((t1 - t0) * 1000)
+        stages["detect"].append((t2 - t1) * 1000)
+        if found:
+            stages["align+quality"].append((t3 - t2) * 1000 / len(found))
+    print(f"{len(paths)} photos, {len(chips)} faces\n")
+    print("| stage | mean ms | p50 ms | max ms | unit |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, values in stages.items():
+        unit = "per face" if name == "align+quality" else "per photo (full size)"
+        print(
+            f"| {name} | {np.mean(values):.1f} | {np.median(values):.1f} | "
+            f"{np.max(values):.1f} | {unit} |"
+        )
+
+    frame = cv2.resize(read_image(faces / "scenes" / "multiface.jpg"), (640, 480))
+    opencv = cv2.FaceDetectorYN.create(str(yunet_path()), "", (640, 480), 0.6, 0.3, 5000)
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    hog = DlibHogDetector(upsample=1)
+    table(
+        "640x480 frame, 6 faces",
+        {
+            "YuNet, onnxruntime float32 (facecrm)": per_call_ms(
+                lambda: pipeline.detector.detect(frame), 50
+            ),
+            "YuNet int8, OpenCV FaceDetectorYN": per_call_ms(lambda: opencv.detect(bgr), 50),
+            "dlib HOG, upsample 1 (face_recognition)": per_call_ms(lambda: hog.detect(frame), 10),
+        },
+    )
+
+    batch = chips[:8]
+    native, onnx_resnet, sface = DlibResNetEmbedder(), pipeline.embedder, SFaceEmbedder()
+    sface_chips = [cv2.resize(c, (112, 112)) for c in batch]
+    table(
+        "embedder, ms per face",
+        {
+            "dlib ResNet in dlib": per_call_ms(lambda: native.embed(batch[:1]), 10),
+            "dlib ResNet in onnxruntime, batch 1 (facecrm)": per_call_ms(
+                lambda: onnx_resnet.embed(batch[:1]), 50
+            ),
+            "dlib ResNet in onnxruntime, batch 8": per_call_ms(lambda: onnx_resnet.embed(batch), 10)
+            / len(batch),
+            "SFace int8 in OpenCV": per_call_ms(lambda: sface.embed(sface_chips[:1]), 20),
+        },
+    )
+
+    rng = np.random.default_rng(0)
+    query = onnx_resnet.embed(batch[:1])
+    searches = {}
+    for size in (1_000, 100_000):
+        vectors = rng.standard_normal((size, 128)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        gallery = Gallery(128, ann_min_size=10**9)
+        gallery.add(range(size), [f"c{i // 3}" for i in range(size)], vectors)
+        searches[f"{size:,} templates"] = per_call_ms(lambda g=gallery: g.identify(query, 0.9))
+    table("search of one face, exact", searches)
+
+
+def table(title: str, rows: dict[str, float]) -> None:
+    print(f"\n| {title} | ms |")
+    print("| --- | ---: |")
+    for label, ms in rows.items():
+        print(f"| {label} | {ms:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
