@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select, update
@@ -312,31 +312,24 @@ class FaceCRM:
             self._save_ann(gallery.ann, generation or 0)
         return gallery
 
-    def _ann_paths(self) -> tuple[str, str]:
+    def _ann_paths(self) -> tuple[Path, Path]:
         base = self.settings.cache_dir / f"hnsw-{self.model_id}"
-        return f"{base}.bin", f"{base}.json"
+        return base.with_suffix(".bin"), base.with_suffix(".json")
 
     def _load_saved_ann(self, dim: int, generation: int | None, ids: set[int]) -> HnswIndex | None:
         index_path, meta_path = self._ann_paths()
         if len(ids) < self.settings.ann_min_size:
             return None
         try:
-            with open(meta_path) as fh:
-                meta = json.load(fh)
+            meta = json.loads(meta_path.read_text())
             if meta.get("generation") != generation or meta.get("count") != len(ids):
                 return None
-            return HnswIndex.load(__import__("pathlib").Path(index_path), dim, ids)
+            return HnswIndex.load(index_path, dim, ids)
         except (OSError, ValueError, RuntimeError):
             return None
 
     def _save_ann(self, index: HnswIndex, generation: int) -> None:
-        from pathlib import Path
-
         index_path, meta_path = self._ann_paths()
-        index.save(Path(index_path))
-        Path(meta_path).write_text(json.dumps({"generation": generation, "count": len(index)}))
+        index.save(index_path)
+        meta_path.write_text(json.dumps({"generation": generation, "count": len(index)}))
 
-
-def similarity_to_percent(similarity: float) -> str:
-    """A similarity for people (two decimals), e.g. for the CLI table."""
-    return f"{similarity:.3f}" if math.isfinite(similarity) else "-"

@@ -1,0 +1,73 @@
+"""A user-supplied ONNX embedder, configured through settings, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from facecrm.config import Settings, configure
+from facecrm.gallery.threshold import load_calibration
+from facecrm.vision.image import read_image
+from facecrm.vision.pipeline import FacePipeline, build_pipeline
+
+
+@pytest.fixture()
+def user_model(pipeline: FacePipeline, model_cache: Path, tmp_path: Path) -> Path:
+    """An ONNX file the user 'owns': here, a copy of the converted dlib network."""
+    target = tmp_path / "my_embedder.onnx"
+    target.write_bytes((model_cache / "dlib_face_recognition_resnet_model_v1.onnx").read_bytes())
+    return target
+
+
+def test_configured_onnx_embedder(settings: Settings, user_model: Path, faces_dir: Path) -> None:
+    s = configure(
+        data_dir=settings.data_dir,
+        embedder="onnx",
+        onnx_model=user_model,
+        onnx_input_size=150,
+        onnx_mean=0.0,
+        onnx_std=1.0,
+    )
+    pipeline = build_pipeline(s)
+    assert pipeline.model_id.startswith("onnx-")
+    (face,) = pipeline.faces(read_image(faces_dir / "identities/rose_leslie/1.jpg"))
+    assert face.template is not None and face.template.shape == (128,)
+    with pytest.raises(LookupError):  # a new vector space has no threshold until calibrated
+        load_calibration(pipeline.model_id, s.data_dir)
+
+
+def test_eval_calibrates_a_new_embedder(
+    settings: Settings, user_model: Path, faces_dir: Path
+) -> None:
+    env = {
+        **os.environ,
+        "FACECRM_DATA_DIR": str(settings.data_dir),
+        "FACECRM_EMBEDDER": "onnx",
+        "FACECRM_ONNX_MODEL": str(user_model),
+        "FACECRM_ONNX_INPUT_SIZE": "150",
+        "FACECRM_ONNX_MEAN": "0",
+        "FACECRM_ONNX_STD": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "facecrm",
+        "eval",
+        str(faces_dir / "identities"),
+        "--format",
+        "json",
+    ]
+    missing = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert missing.returncode == 2 and "calibrat" in missing.stderr
+    done = subprocess.run(
+        [*cmd, "--calibrate"], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model_id"].startswith("onnx-")
+    assert report["faces_found"] == 18
