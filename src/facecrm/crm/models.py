@@ -9,11 +9,15 @@ from typing import ClassVar
 
 from sqlalchemy import (
     JSON,
+    Boolean,
+    Column,
     DateTime,
+    Float,
     ForeignKey,
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -40,18 +44,109 @@ class Purpose(StrEnum):
     MARKETING = "marketing"
 
 
+class Tier(StrEnum):
+    STANDARD = "standard"
+    SILVER = "silver"
+    GOLD = "gold"
+    VIP = "vip"
+
+
+class Role(StrEnum):
+    """Staff roles; what each may do is decided in `facecrm.crm.authz`."""
+
+    ADMIN = "admin"
+    MANAGER = "manager"
+    ASSOCIATE = "associate"
+    AUDITOR = "auditor"
+
+
+class DeviceKind(StrEnum):
+    AGENT = "agent"
+    POS = "pos"
+
+
+class Store(Base):
+    __tablename__ = "stores"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    code: Mapped[str] = mapped_column(String(40), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+staff_stores = Table(
+    "staff_stores",
+    Base.metadata,
+    Column("staff_id", ForeignKey("staff_users.id", ondelete="CASCADE"), primary_key=True),
+    Column("store_id", ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True),
+)
+
+
+class StaffUser(Base):
+    __tablename__ = "staff_users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    display_name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    stores: Mapped[list[Store]] = relationship(secondary=staff_stores, order_by="Store.code")
+
+
+class Device(Base):
+    """A store agent or POS; authenticates with an API key stored only as a hash."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    name: Mapped[str] = mapped_column(String(200), default="")
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    store: Mapped[Store] = relationship()
+
+
 class Customer(Base):
     __tablename__ = "customers"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(200))
+    preferred_name: Mapped[str | None] = mapped_column(String(200), default=None)
+    email: Mapped[str | None] = mapped_column(String(320), default=None)
+    phone: Mapped[str | None] = mapped_column(String(40), default=None)
+    loyalty_id: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)
+    tier: Mapped[str] = mapped_column(String(20), default=Tier.STANDARD)
+    preferences: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    preferred_advisor_id: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    show_photo: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
     consents: Mapped[list[Consent]] = relationship(
         back_populates="customer", cascade="all, delete-orphan", order_by="Consent.given_at"
     )
     templates: Mapped[list[FaceTemplate]] = relationship(
         back_populates="customer", cascade="all, delete-orphan", order_by="FaceTemplate.id"
+    )
+    photo: Mapped[CustomerPhoto | None] = relationship(cascade="all, delete-orphan")
+    visits: Mapped[list[Visit]] = relationship(cascade="all, delete-orphan", order_by="Visit.at")
+    purchases: Mapped[list[Purchase]] = relationship(
+        cascade="all, delete-orphan", order_by="Purchase.at"
+    )
+    interests: Mapped[list[Interest]] = relationship(
+        cascade="all, delete-orphan", order_by="Interest.created_at"
+    )
+    feedback: Mapped[list[Feedback]] = relationship(
+        cascade="all, delete-orphan", order_by="Feedback.at"
     )
 
     def active_consent(self, purpose: Purpose) -> Consent | None:
@@ -70,6 +165,10 @@ class Consent(Base):
     purpose: Mapped[str] = mapped_column(String(40))
     text_version: Mapped[str] = mapped_column(String(40))
     channel: Mapped[str] = mapped_column(String(40))
+    store_id: Mapped[str | None] = mapped_column(
+        ForeignKey("stores.id", ondelete="SET NULL"), default=None
+    )
+    witness: Mapped[str | None] = mapped_column(String(200), default=None)
     given_at: Mapped[datetime] = mapped_column(default=utcnow)
     withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -92,6 +191,97 @@ class FaceTemplate(Base):
     customer: Mapped[Customer] = relationship(back_populates="templates")
 
 
+class CustomerPhoto(Base):
+    """The enrollment photo shown on the staff card, kept only when the customer agreed."""
+
+    __tablename__ = "customer_photos"
+
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    jpeg: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Visit(Base):
+    __tablename__ = "visits"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    source: Mapped[str] = mapped_column(String(20))  # agent, identify, manual
+    device_id: Mapped[str | None] = mapped_column(
+        ForeignKey("devices.id", ondelete="SET NULL"), default=None
+    )
+    similarity: Mapped[float | None] = mapped_column(Float, default=None)
+
+
+class Purchase(Base):
+    __tablename__ = "purchases"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    currency: Mapped[str] = mapped_column(String(3), default="EUR")
+    total_cents: Mapped[int] = mapped_column(Integer)
+
+    items: Mapped[list[PurchaseItem]] = relationship(
+        cascade="all, delete-orphan", order_by="PurchaseItem.id"
+    )
+
+
+class PurchaseItem(Base):
+    __tablename__ = "purchase_items"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    purchase_id: Mapped[int] = mapped_column(
+        ForeignKey("purchases.id", ondelete="CASCADE"), index=True
+    )
+    sku: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_cents: Mapped[int] = mapped_column(Integer)
+
+
+class Interest(Base):
+    """A product the customer wanted; `out_of_stock` when the store could not sell it."""
+
+    __tablename__ = "interests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    product: Mapped[str] = mapped_column(String(200))
+    sku: Mapped[str | None] = mapped_column(String(64), default=None)
+    out_of_stock: Mapped[bool] = mapped_column(Boolean, default=False)
+    resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    rating: Mapped[int | None] = mapped_column(Integer, default=None)
+    text: Mapped[str] = mapped_column(Text, default="")
+    resolved: Mapped[bool] = mapped_column(Boolean, default=False)
+    resolved_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class GalleryState(Base):
     """A counter bumped by every template change, to tell a saved index is stale."""
 
@@ -109,6 +299,7 @@ class AuditEvent(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(100))
+    store_id: Mapped[str | None] = mapped_column(String(32), default=None)
     action: Mapped[str] = mapped_column(String(60))
     customer_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
     detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
