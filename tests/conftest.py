@@ -51,7 +51,7 @@ def pipeline(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Fac
 
 @pytest.fixture()
 def crm(settings: Settings, pipeline: FacePipeline) -> FaceCRM:
-    return FaceCRM(settings, pipeline=pipeline, actor="test")
+    return FaceCRM(settings, pipeline=pipeline)
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ def _progress() -> Progress:
 
 
 def _crm() -> FaceCRM:
-    return FaceCRM(get_settings(), actor="cli")
+    return FaceCRM(get_settings())
 
 
 @app.command()

@@ -71,7 +71,7 @@ def run(console: Console) -> None:
     with tempfile.TemporaryDirectory(prefix="facecrm-demo-") as data_dir:
         settings = configure(data_dir=Path(data_dir))
         console.print(f"[bold]facecrm demo[/] — temporary data directory {data_dir}")
-        crm = FaceCRM(settings, actor="demo")
+        crm = FaceCRM(settings)
 
         console.print("\n1. Grace Hopper opts in at the kiosk and enrolls one photo.")
         grace = crm.enroll("Grace Hopper", [Photo("kiosk", hopper())], "demo-v1", "kiosk")

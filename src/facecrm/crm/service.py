@@ -1,49 +1,50 @@
-"""The enrollment and identification service: the rules live here.
+"""Faces of customers: enrollment, identification, verification, withdrawal, erasure.
+
+The rules live here:
 
 * No template is stored without an active `in_store_recognition` consent.
 * Enrollment is all-or-nothing: every photo passes the quality gate before
   anything is written.
+* Withdrawing recognition consent deletes the customer's templates (and kept
+  photo) and takes them out of search in the same transaction; the consent
+  history stays. Erasure deletes everything about the customer.
 * Every identification and lookup leaves an audit event naming only
-  customers; faces that are not matched are counted, never described.
-* Deleting a customer removes their templates from search at once.
+  customers; faces that match no customer are counted, never described.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, selectinload
+from PIL import Image as PILImage
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from facecrm.config import Settings, get_settings
-from facecrm.crm import db
-from facecrm.crm.models import (
-    AuditEvent,
-    Consent,
-    Customer,
-    FaceTemplate,
-    GalleryState,
-    Purpose,
-)
-from facecrm.gallery.gallery import Candidate, Gallery
-from facecrm.gallery.index import HnswIndex
+from facecrm.crm import audit, customers, db
+from facecrm.crm.authz import SYSTEM, Permission, Principal
+from facecrm.crm.customers import ConsentGrant
+from facecrm.crm.errors import ConsentError, InvalidError, NotFoundError
+from facecrm.crm.gallery_store import GalleryStore, MemoryGalleryStore, PgVectorGalleryStore
+from facecrm.crm.models import Customer, CustomerPhoto, FaceTemplate, Purpose
+from facecrm.gallery.gallery import Candidate
 from facecrm.gallery.threshold import Calibration, load_calibration
 from facecrm.vision.pipeline import FacePipeline, QualityError, default_pipeline
 from facecrm.vision.types import Face, Image
 
-
-class NotFoundError(LookupError):
-    """An unknown customer id."""
-
-
-class ConsentError(PermissionError):
-    """The action needs an active consent the customer has not given."""
+__all__ = [
+    "ConsentError",
+    "EnrollmentError",
+    "FaceCRM",
+    "Identification",
+    "NotFoundError",
+    "Photo",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +75,24 @@ class Identification:
     customer_name: str | None = None
 
 
-class FaceCRM:
-    """Customers, consents, templates and the gallery over one database."""
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """A 1:1 check of a photo against one customer's templates."""
 
-    def __init__(
-        self,
-        settings: Settings | None = None,
-        pipeline: FacePipeline | None = None,
-        actor: str = "cli",
-    ) -> None:
+    match: bool
+    similarity: float | None  # None: no face in the photo
+    threshold: float
+
+
+class FaceCRM:
+    """Customers' faces over one database; one instance per process."""
+
+    def __init__(self, settings: Settings | None = None, pipeline: FacePipeline | None = None):
         self.settings = settings or get_settings()
         self.engine = db.make_engine(self.settings.resolved_database_url)
         db.migrate(self.engine)
         self.sessions = db.session_factory(self.engine)
         self._pipeline = pipeline
-        self.actor = actor
 
     @property
     def pipeline(self) -> FacePipeline:
@@ -109,6 +113,12 @@ class FaceCRM:
         """The similarity at which a face is accepted as a customer."""
         return self.calibration.threshold(self.settings.target_fmr)
 
+    @cached_property
+    def gallery(self) -> GalleryStore:
+        if self.engine.dialect.name == "postgresql":
+            return PgVectorGalleryStore(self.model_id)
+        return MemoryGalleryStore(self.sessions, self.model_id, self.settings)
+
     # -- enrollment -----------------------------------------------------------------
 
     def enroll(
@@ -117,39 +127,41 @@ class FaceCRM:
         photos: Sequence[Photo],
         consent_text_version: str,
         channel: str,
+        principal: Principal = SYSTEM,
     ) -> Customer:
         """Create a customer with recognition consent and a template per photo."""
-        name = name.strip()
-        if not name:
-            raise ValueError("the customer's name is empty")
         if not photos:
-            raise ValueError("enrollment needs at least one photo")
+            raise InvalidError("enrollment needs at least one photo")
         faces = self._gate(photos)
         with db.transaction(self.sessions) as session:
-            customer = Customer(name=name)
-            customer.consents.append(
-                Consent(
-                    purpose=Purpose.IN_STORE_RECOGNITION,
-                    text_version=consent_text_version,
-                    channel=channel,
-                )
+            customer = customers.create(session, principal, {"name": name})
+            customers.give_consent(
+                session,
+                principal,
+                customer.id,
+                ConsentGrant(Purpose.IN_STORE_RECOGNITION, consent_text_version, channel),
             )
-            session.add(customer)
-            templates = self._store_templates(session, customer, photos, faces)
-            self._audit(session, "enroll", customer.id, {"templates": len(templates)})
-        self._gallery_add(customer.id, templates)
+            self._store(session, principal, customer, photos, faces)
         return customer
 
-    def add_photos(self, customer_id: str, photos: Sequence[Photo]) -> list[FaceTemplate]:
-        """Add templates (a new look: glasses, beard) to a consenting customer."""
+    def add_photos(
+        self,
+        customer_id: str,
+        photos: Sequence[Photo],
+        principal: Principal = SYSTEM,
+        keep_photo: bool = False,
+    ) -> list[FaceTemplate]:
+        """Add templates (a new look: glasses, beard) to a consenting customer.
+
+        With `keep_photo` and the customer's agreement (`show_photo`), the first
+        photo is kept as the picture on the staff card.
+        """
         faces = self._gate(photos)
         with db.transaction(self.sessions) as session:
-            customer = self._customer(session, customer_id)
-            if customer.active_consent(Purpose.IN_STORE_RECOGNITION) is None:
-                raise ConsentError(f"customer {customer_id} has no active recognition consent")
-            templates = self._store_templates(session, customer, photos, faces)
-            self._audit(session, "add_photos", customer.id, {"templates": len(templates)})
-        self._gallery_add(customer_id, templates)
+            customer = customers.load(session, customer_id)
+            templates = self._store(session, principal, customer, photos, faces)
+            if keep_photo and customer.show_photo:
+                self._keep_photo(session, customer, photos[0].image)
         return templates
 
     def _gate(self, photos: Sequence[Photo]) -> list[Face]:
@@ -161,9 +173,16 @@ class FaceCRM:
                 raise EnrollmentError(photo.source, exc) from exc
         return faces
 
-    def _store_templates(
-        self, session: Session, customer: Customer, photos: Sequence[Photo], faces: list[Face]
+    def _store(
+        self,
+        session: Session,
+        principal: Principal,
+        customer: Customer,
+        photos: Sequence[Photo],
+        faces: list[Face],
     ) -> list[FaceTemplate]:
+        if customer.active_consent(Purpose.IN_STORE_RECOGNITION) is None:
+            raise ConsentError(f"customer {customer.id} has no active recognition consent")
         templates = []
         for photo, face in zip(photos, faces, strict=True):
             assert face.template is not None and face.quality is not None
@@ -178,34 +197,62 @@ class FaceCRM:
             customer.templates.append(template)
             templates.append(template)
         session.flush()
-        self._bump_generation(session)
+        self.gallery.added(session, templates)
+        audit.record(session, principal, "enroll_faces", customer.id, templates=len(templates))
         return templates
+
+    def _keep_photo(self, session: Session, customer: Customer, image: Image) -> None:
+        pil = PILImage.fromarray(image)
+        pil.thumbnail((480, 480))
+        buffer = io.BytesIO()
+        pil.save(buffer, "JPEG", quality=85)
+        session.merge(CustomerPhoto(customer_id=customer.id, jpeg=buffer.getvalue()))
 
     # -- identification ------------------------------------------------------------
 
-    def identify(self, image: Image, purpose: str = "identify") -> list[Identification]:
+    def identify(
+        self,
+        image: Image,
+        principal: Principal = SYSTEM,
+        store_id: str | None = None,
+        purpose: str = "identify",
+    ) -> list[Identification]:
         """Every face in `image`: the opted-in customer it is, or unknown."""
+        principal.require(Permission.IDENTIFY)
+        if store_id is not None or principal.stores is not None:
+            store_id = store_id or (next(iter(principal.stores)) if principal.stores else None)
+            principal.require_store(store_id)
         faces = self.pipeline.faces(image)
-        gallery = self.gallery
-        decisions = (
-            gallery.identify(np.stack([f.template for f in faces]), self.threshold) if faces else []
-        )
-        matched = [d.match.customer_id for d in decisions if d.match is not None]
         with db.transaction(self.sessions) as session:
+            decisions = (
+                self.gallery.decide(session, np.stack([f.template for f in faces]), self.threshold)
+                if faces
+                else []
+            )
+            matched = [d.match.customer_id for d in decisions if d.match is not None]
             rows = session.execute(
                 select(Customer.id, Customer.name).where(Customer.id.in_(matched))
             )
             names = {customer_id: name for customer_id, name in rows}
             for decision in decisions:
                 if decision.match is not None:
-                    self._audit(
+                    similarity = round(decision.match.similarity, 4)
+                    audit.record(
                         session,
+                        principal,
                         purpose,
                         decision.match.customer_id,
-                        {"similarity": round(decision.match.similarity, 4)},
+                        store_id,
+                        similarity=similarity,
                     )
-            self._audit(
-                session, f"{purpose}_summary", None, {"faces": len(faces), "matched": len(matched)}
+            audit.record(
+                session,
+                principal,
+                f"{purpose}_summary",
+                None,
+                store_id,
+                faces=len(faces),
+                matched=len(matched),
             )
         return [
             Identification(
@@ -216,7 +263,46 @@ class FaceCRM:
             for face, d in zip(faces, decisions, strict=True)
         ]
 
-    # -- customers -----------------------------------------------------------------
+    def verify(self, customer_id: str, image: Image, principal: Principal = SYSTEM) -> Verification:
+        """Is the largest face of `image` this customer? (1:1, audited)."""
+        principal.require(Permission.IDENTIFY)
+        faces = self.pipeline.faces(image)
+        with db.transaction(self.sessions) as session:
+            customer = customers.load(session, customer_id)
+            vectors = [
+                np.frombuffer(t.vector, dtype=np.float32)
+                for t in customer.templates
+                if t.model_id == self.model_id
+            ]
+            similarity = (
+                float(np.max(np.stack(vectors) @ faces[0].template)) if faces and vectors else None
+            )
+            match = similarity is not None and similarity >= self.threshold
+            audit.record(session, principal, "verify", customer.id, match=match)
+        return Verification(match, similarity, self.threshold)
+
+    # -- consent withdrawal and erasure ----------------------------------------------
+
+    def withdraw(self, customer_id: str, purpose: Purpose, principal: Principal = SYSTEM) -> None:
+        """Withdraw one consent; for recognition, delete templates and photo at once."""
+        with db.transaction(self.sessions) as session:
+            customers.withdraw_consent(session, principal, customer_id, purpose)
+            if purpose == Purpose.IN_STORE_RECOGNITION:
+                self.gallery.removed(session, customer_id)
+                session.execute(delete(FaceTemplate).where(FaceTemplate.customer_id == customer_id))
+                session.execute(
+                    delete(CustomerPhoto).where(CustomerPhoto.customer_id == customer_id)
+                )
+
+    def delete_customer(self, customer_id: str, principal: Principal = SYSTEM) -> None:
+        """Erase a customer: profile, consents, templates, visits and the rest."""
+        with db.transaction(self.sessions) as session:
+            customer = customers.load(session, customer_id)
+            self.gallery.removed(session, customer_id)
+            session.delete(customer)
+            audit.record(session, principal, "erase", customer_id)
+
+    # -- reads ---------------------------------------------------------------------
 
     def customers(self) -> list[tuple[Customer, int]]:
         """Every customer with their number of templates (of the current model)."""
@@ -234,102 +320,9 @@ class FaceCRM:
             )
             return [(c, int(n)) for c, n in rows]
 
-    def customer(self, customer_id: str) -> Customer:
+    def customer(self, customer_id: str, principal: Principal = SYSTEM) -> Customer:
         """One customer with consents and templates loaded; the lookup is audited."""
         with db.transaction(self.sessions) as session:
-            customer = self._customer(session, customer_id)
-            self._audit(session, "lookup", customer.id, {})
+            customer = customers.load(session, customer_id)
+            audit.record(session, principal, "lookup", customer.id)
             return customer
-
-    def delete_customer(self, customer_id: str) -> None:
-        """Erase a customer: profile, consents and templates; out of search at once."""
-        with db.transaction(self.sessions) as session:
-            customer = self._customer(session, customer_id)
-            session.delete(customer)
-            self._bump_generation(session)
-            self._audit(session, "erase", customer_id, {})
-        if "gallery" in self.__dict__:
-            self.gallery.remove_customer(customer_id)
-
-    def _customer(self, session: Session, customer_id: str) -> Customer:
-        customer = session.scalar(
-            select(Customer)
-            .where(Customer.id == customer_id)
-            .options(selectinload(Customer.consents), selectinload(Customer.templates))
-        )
-        if customer is None:
-            raise NotFoundError(f"no customer with id {customer_id!r}")
-        return customer
-
-    def _audit(
-        self, session: Session, action: str, customer_id: str | None, detail: dict[str, object]
-    ) -> None:
-        session.add(
-            AuditEvent(actor=self.actor, action=action, customer_id=customer_id, detail=detail)
-        )
-
-    # -- gallery -------------------------------------------------------------------
-
-    def _bump_generation(self, session: Session) -> None:
-        updated = session.execute(
-            update(GalleryState)
-            .where(GalleryState.model_id == self.model_id)
-            .values(generation=GalleryState.generation + 1)
-        )
-        if updated.rowcount == 0:  # type: ignore[attr-defined]
-            session.add(GalleryState(model_id=self.model_id, generation=1))
-
-    def _gallery_add(self, customer_id: str, templates: list[FaceTemplate]) -> None:
-        if "gallery" not in self.__dict__:
-            return  # loaded lazily from the database, which already holds them
-        vectors = np.stack([np.frombuffer(t.vector, dtype=np.float32) for t in templates])
-        self.gallery.add([t.id for t in templates], [customer_id] * len(templates), vectors)
-
-    @cached_property
-    def gallery(self) -> Gallery:
-        """The search structure for the current model, loaded from the database.
-
-        A large gallery's HNSW graph is saved under the cache folder together
-        with the database generation it reflects, and reused while it matches.
-        """
-        with self.sessions() as session:
-            rows = session.execute(
-                select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector).where(
-                    FaceTemplate.model_id == self.model_id
-                )
-            ).all()
-            generation = session.scalar(
-                select(GalleryState.generation).where(GalleryState.model_id == self.model_id)
-            )
-        dim = len(rows[0][2]) // 4 if rows else 128
-        gallery = Gallery(dim, ann_min_size=self.settings.ann_min_size)
-        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, dim)
-        saved = self._load_saved_ann(dim, generation, {r[0] for r in rows})
-        if saved is not None:
-            gallery.attach_ann(saved)
-        gallery.add([r[0] for r in rows], [r[1] for r in rows], vectors)
-        if saved is None and gallery.ann is not None:
-            self._save_ann(gallery.ann, generation or 0)
-        return gallery
-
-    def _ann_paths(self) -> tuple[Path, Path]:
-        base = self.settings.cache_dir / f"hnsw-{self.model_id}"
-        return base.with_suffix(".bin"), base.with_suffix(".json")
-
-    def _load_saved_ann(self, dim: int, generation: int | None, ids: set[int]) -> HnswIndex | None:
-        index_path, meta_path = self._ann_paths()
-        if len(ids) < self.settings.ann_min_size:
-            return None
-        try:
-            meta = json.loads(meta_path.read_text())
-            if meta.get("generation") != generation or meta.get("count") != len(ids):
-                return None
-            return HnswIndex.load(index_path, dim, ids)
-        except (OSError, ValueError, RuntimeError):
-            return None
-
-    def _save_ann(self, index: HnswIndex, generation: int) -> None:
-        index_path, meta_path = self._ann_paths()
-        index.save(index_path)
-        meta_path.write_text(json.dumps({"generation": generation, "count": len(index)}))
-

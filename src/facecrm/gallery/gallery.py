@@ -116,31 +116,42 @@ class Gallery:
         ]
 
     def _per_customer(self, ids: Ids, sims: np.ndarray) -> list[Candidate]:
-        best: dict[str, Candidate] = {}
-        for template_id, sim in zip(ids.tolist(), sims.tolist(), strict=True):
-            owner = self._owner.get(template_id)
-            if owner is not None and owner not in best:
-                best[owner] = Candidate(owner, float(sim), template_id)
-        return list(best.values())[:CANDIDATES_PER_FACE]
+        owners = [self._owner.get(t) for t in ids.tolist()]
+        return best_per_customer(zip(ids.tolist(), owners, sims.tolist(), strict=True))
 
     def identify(self, queries: Vectors, threshold: float) -> list[Decision]:
         """Open-set decisions for the faces of one photo (see module docstring)."""
-        per_face = self.candidates(queries)
-        pairs = sorted(
-            ((c.similarity, face, c) for face, cands in enumerate(per_face) for c in cands),
-            key=lambda p: p[0],
-            reverse=True,
-        )
-        match: dict[int, Candidate] = {}
-        taken: set[str] = set()
-        for sim, face, cand in pairs:
-            if sim < threshold:
-                break
-            if face in match or cand.customer_id in taken:
-                continue
-            match[face] = cand
-            taken.add(cand.customer_id)
-        return [
-            Decision(match=match.get(face), best=cands[0] if cands else None)
-            for face, cands in enumerate(per_face)
-        ]
+        return assign(self.candidates(queries), threshold)
+
+
+def assign(per_face: list[list[Candidate]], threshold: float) -> list[Decision]:
+    """Accept the strongest (face, customer) pairs at or above `threshold`, each once."""
+    pairs = sorted(
+        ((c.similarity, face, c) for face, cands in enumerate(per_face) for c in cands),
+        key=lambda p: p[0],
+        reverse=True,
+    )
+    match: dict[int, Candidate] = {}
+    taken: set[str] = set()
+    for sim, face, cand in pairs:
+        if sim < threshold:
+            break
+        if face in match or cand.customer_id in taken:
+            continue
+        match[face] = cand
+        taken.add(cand.customer_id)
+    return [
+        Decision(match=match.get(face), best=cands[0] if cands else None)
+        for face, cands in enumerate(per_face)
+    ]
+
+
+def best_per_customer(
+    rows: Iterable[tuple[int, str | None, float]], limit: int = CANDIDATES_PER_FACE
+) -> list[Candidate]:
+    """(template id, owner, similarity) rows, most similar first → one candidate per owner."""
+    best: dict[str, Candidate] = {}
+    for template_id, owner, sim in rows:
+        if owner is not None and owner not in best:
+            best[owner] = Candidate(owner, float(sim), int(template_id))
+    return list(best.values())[:limit]

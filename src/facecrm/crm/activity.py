@@ -1,0 +1,229 @@
+"""What happens in stores: visits, purchases, interests and feedback.
+
+Every write names a store the principal may act in; every listing is limited
+to the stores the principal may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session, selectinload
+
+from facecrm.crm import accounts, audit
+from facecrm.crm.authz import Principal
+from facecrm.crm.customers import load
+from facecrm.crm.errors import InvalidError, NotFoundError
+from facecrm.crm.models import Feedback, Interest, Purchase, PurchaseItem, Visit, utcnow
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Listing filters; `None` means any."""
+
+    store_id: str | None = None
+    customer_id: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+def _scoped(principal: Principal, store_id: str) -> None:
+    principal.require_store(store_id)
+
+
+def _listing(model: Any, time_col: Any, principal: Principal, f: Filters) -> Select[Any]:
+    stmt = select(model).order_by(time_col.desc(), model.id.desc()).limit(f.limit).offset(f.offset)
+    visible = principal.visible_stores()
+    if visible is not None:
+        stmt = stmt.where(model.store_id.in_(visible))
+    if f.store_id is not None:
+        stmt = stmt.where(model.store_id == f.store_id)
+    if f.customer_id is not None:
+        stmt = stmt.where(model.customer_id == f.customer_id)
+    if f.since is not None:
+        stmt = stmt.where(time_col >= f.since)
+    if f.until is not None:
+        stmt = stmt.where(time_col < f.until)
+    return stmt
+
+
+def record_visit(
+    session: Session,
+    principal: Principal,
+    customer_id: str,
+    store_id: str,
+    source: str,
+    similarity: float | None = None,
+    at: datetime | None = None,
+) -> Visit:
+    _scoped(principal, store_id)
+    accounts.get_store(session, store_id)
+    load(session, customer_id)
+    visit = Visit(
+        customer_id=customer_id,
+        store_id=store_id,
+        source=source,
+        similarity=similarity,
+        device_id=principal.id if principal.kind == "device" else None,
+        at=at or utcnow(),
+    )
+    session.add(visit)
+    session.flush()
+    audit.record(session, principal, "visit", customer_id, store_id, source=source)
+    return visit
+
+
+def visits(session: Session, principal: Principal, f: Filters) -> Sequence[Visit]:
+    return session.scalars(_listing(Visit, Visit.at, principal, f)).all()
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+def add_purchase(
+    session: Session,
+    principal: Principal,
+    customer_id: str,
+    store_id: str,
+    items: Sequence[Item],
+    currency: str = "EUR",
+    at: datetime | None = None,
+) -> Purchase:
+    _scoped(principal, store_id)
+    accounts.get_store(session, store_id)
+    load(session, customer_id)
+    if not items:
+        raise InvalidError("a purchase needs at least one item")
+    if any(i.quantity <= 0 or i.unit_price_cents < 0 for i in items):
+        raise InvalidError("quantities must be positive and prices not negative")
+    purchase = Purchase(
+        customer_id=customer_id,
+        store_id=store_id,
+        currency=currency.upper(),
+        total_cents=sum(i.quantity * i.unit_price_cents for i in items),
+        at=at or utcnow(),
+        items=[
+            PurchaseItem(
+                sku=i.sku, name=i.name, quantity=i.quantity, unit_price_cents=i.unit_price_cents
+            )
+            for i in items
+        ],
+    )
+    session.add(purchase)
+    session.flush()
+    audit.record(session, principal, "purchase", customer_id, store_id)
+    return purchase
+
+
+def purchases(session: Session, principal: Principal, f: Filters) -> Sequence[Purchase]:
+    stmt = _listing(Purchase, Purchase.at, principal, f).options(selectinload(Purchase.items))
+    return session.scalars(stmt).all()
+
+
+def add_interest(
+    session: Session,
+    principal: Principal,
+    customer_id: str,
+    store_id: str,
+    product: str,
+    sku: str | None = None,
+    out_of_stock: bool = False,
+) -> Interest:
+    _scoped(principal, store_id)
+    accounts.get_store(session, store_id)
+    load(session, customer_id)
+    if not product.strip():
+        raise InvalidError("the product is empty")
+    interest = Interest(
+        customer_id=customer_id,
+        store_id=store_id,
+        product=product.strip(),
+        sku=sku,
+        out_of_stock=out_of_stock,
+    )
+    session.add(interest)
+    session.flush()
+    audit.record(session, principal, "interest", customer_id, store_id)
+    return interest
+
+
+def update_interest(
+    session: Session,
+    principal: Principal,
+    interest_id: int,
+    resolved: bool | None = None,
+    out_of_stock: bool | None = None,
+) -> Interest:
+    interest = session.get(Interest, interest_id)
+    if interest is None or not principal.may_act_in(interest.store_id):
+        raise NotFoundError(f"no interest with id {interest_id}")
+    if out_of_stock is not None:
+        interest.out_of_stock = out_of_stock
+    if resolved is not None:
+        interest.resolved = resolved
+        interest.resolved_at = utcnow() if resolved else None
+    session.flush()
+    audit.record(session, principal, "interest_update", interest.customer_id, interest.store_id)
+    return interest
+
+
+def interests(
+    session: Session, principal: Principal, f: Filters, open_only: bool = False
+) -> Sequence[Interest]:
+    stmt = _listing(Interest, Interest.created_at, principal, f)
+    if open_only:
+        stmt = stmt.where(Interest.resolved.is_(False))
+    return session.scalars(stmt).all()
+
+
+def add_feedback(
+    session: Session,
+    principal: Principal,
+    customer_id: str,
+    store_id: str,
+    text: str,
+    rating: int | None = None,
+) -> Feedback:
+    _scoped(principal, store_id)
+    accounts.get_store(session, store_id)
+    load(session, customer_id)
+    if rating is not None and not 1 <= rating <= 5:
+        raise InvalidError("the rating must be between 1 and 5")
+    feedback = Feedback(customer_id=customer_id, store_id=store_id, text=text, rating=rating)
+    session.add(feedback)
+    session.flush()
+    audit.record(session, principal, "feedback", customer_id, store_id)
+    return feedback
+
+
+def resolve_feedback(
+    session: Session, principal: Principal, feedback_id: int, resolved: bool
+) -> Feedback:
+    feedback = session.get(Feedback, feedback_id)
+    if feedback is None or not principal.may_act_in(feedback.store_id):
+        raise NotFoundError(f"no feedback with id {feedback_id}")
+    feedback.resolved = resolved
+    feedback.resolved_at = utcnow() if resolved else None
+    session.flush()
+    audit.record(session, principal, "feedback_update", feedback.customer_id, feedback.store_id)
+    return feedback
+
+
+def feedback(
+    session: Session, principal: Principal, f: Filters, open_only: bool = False
+) -> Sequence[Feedback]:
+    stmt = _listing(Feedback, Feedback.at, principal, f)
+    if open_only:
+        stmt = stmt.where(Feedback.resolved.is_(False))
+    return session.scalars(stmt).all()

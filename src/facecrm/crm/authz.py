@@ -1,0 +1,101 @@
+"""Who may do what: one permission table for the API, the console and the services.
+
+Customers are chain-wide (one gallery, recognised in every store), so their
+profile is readable by all store staff. Everything that happens *in* a store
+(identification requests, visits, purchases, interests, feedback, devices) is
+scoped: managers and associates act only in their own stores, a device only in
+its store. Erasure and export are for managers and admins; the auditor reads
+the audit trail and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from facecrm.crm.models import DeviceKind, Role
+
+
+class Permission(StrEnum):
+    STORES_READ = "stores:read"
+    STORES_WRITE = "stores:write"
+    STAFF_WRITE = "staff:write"
+    DEVICES_MANAGE = "devices:manage"
+    CUSTOMERS_READ = "customers:read"
+    CUSTOMERS_WRITE = "customers:write"
+    CUSTOMERS_EXPORT = "customers:export"
+    CUSTOMERS_ERASE = "customers:erase"
+    IDENTIFY = "identify"
+    ACTIVITY_READ = "activity:read"
+    VISITS_WRITE = "visits:write"
+    PURCHASES_WRITE = "purchases:write"
+    ACTIVITY_WRITE = "activity:write"  # interests and feedback
+    AUDIT_READ = "audit:read"
+
+
+P = Permission
+_STAFF = {
+    P.STORES_READ,
+    P.CUSTOMERS_READ,
+    P.CUSTOMERS_WRITE,
+    P.IDENTIFY,
+    P.ACTIVITY_READ,
+    P.VISITS_WRITE,
+    P.PURCHASES_WRITE,
+    P.ACTIVITY_WRITE,
+}
+
+GRANTS: dict[str, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_EXPORT, P.CUSTOMERS_ERASE}),
+    Role.ASSOCIATE: frozenset(_STAFF),
+    Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ}),
+    DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE}),
+    DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE}),
+}
+
+
+class Forbidden(PermissionError):
+    """The principal may not do this (HTTP 403)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated staff user or device.
+
+    `stores` is None for principals that act chain-wide (admins, auditors);
+    otherwise the stores they may act in.
+    """
+
+    kind: str  # "staff", "device" or "system"
+    id: str
+    name: str
+    role: str
+    stores: frozenset[str] | None
+
+    @property
+    def label(self) -> str:
+        """How the audit trail names this principal."""
+        return f"{self.kind}:{self.name}"
+
+    def can(self, permission: Permission) -> bool:
+        return permission in GRANTS.get(self.role, frozenset())
+
+    def require(self, permission: Permission) -> None:
+        if not self.can(permission):
+            raise Forbidden(f"{self.role} may not {permission.value}")
+
+    def may_act_in(self, store_id: str | None) -> bool:
+        return self.stores is None or (store_id is not None and store_id in self.stores)
+
+    def require_store(self, store_id: str | None) -> None:
+        if not self.may_act_in(store_id):
+            raise Forbidden("this store is not one of yours")
+
+    def visible_stores(self) -> frozenset[str] | None:
+        """Stores whose activity this principal may see (None: all)."""
+        return self.stores
+
+
+SYSTEM = Principal("system", "system", "cli", Role.ADMIN, None)
+"""The operator at the command line: acts as an administrator."""

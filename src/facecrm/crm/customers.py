@@ -1,0 +1,297 @@
+"""Customer records and consents: create, update, search, consent, export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from facecrm.crm import audit
+from facecrm.crm.authz import Principal
+from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
+from facecrm.crm.models import (
+    Consent,
+    Customer,
+    Feedback,
+    Interest,
+    Purchase,
+    Purpose,
+    StaffUser,
+    Tier,
+    Visit,
+    utcnow,
+)
+
+EDITABLE = (
+    "name",
+    "preferred_name",
+    "email",
+    "phone",
+    "loyalty_id",
+    "tier",
+    "preferences",
+    "notes",
+    "preferred_advisor_id",
+    "show_photo",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentGrant:
+    """A consent as the customer gave it."""
+
+    purpose: Purpose
+    text_version: str
+    channel: str
+    store_id: str | None = None
+    witness: str | None = None
+
+
+def load(session: Session, customer_id: str) -> Customer:
+    """A customer with consents and templates loaded, or `NotFoundError`."""
+    customer = session.scalar(
+        select(Customer)
+        .where(Customer.id == customer_id)
+        .options(selectinload(Customer.consents), selectinload(Customer.templates))
+    )
+    if customer is None:
+        raise NotFoundError(f"no customer with id {customer_id!r}")
+    return customer
+
+
+def _apply(session: Session, customer: Customer, values: dict[str, object]) -> None:
+    unknown = set(values) - set(EDITABLE)
+    if unknown:
+        raise InvalidError(f"unknown customer fields: {', '.join(sorted(unknown))}")
+    if "name" in values and not str(values["name"] or "").strip():
+        raise InvalidError("the customer's name is empty")
+    if "tier" in values and values["tier"] not in {t.value for t in Tier}:
+        raise InvalidError("tier must be standard, silver, gold or vip")
+    loyalty = values.get("loyalty_id")
+    if loyalty:
+        clash = session.scalar(
+            select(Customer.id).where(Customer.loyalty_id == loyalty, Customer.id != customer.id)
+        )
+        if clash is not None:
+            raise ConflictError(f"loyalty id {loyalty!r} belongs to another customer")
+    advisor = values.get("preferred_advisor_id")
+    if advisor and session.get(StaffUser, advisor) is None:
+        raise InvalidError(f"no staff user with id {advisor!r}")
+    for key, value in values.items():
+        setattr(customer, key, value.strip() if isinstance(value, str) and key == "name" else value)
+
+
+def create(session: Session, principal: Principal, values: dict[str, object]) -> Customer:
+    customer = Customer(name="")
+    _apply(session, customer, {"name": "", **values})
+    session.add(customer)
+    session.flush()
+    audit.record(session, principal, "customer_create", customer.id)
+    return customer
+
+
+def update(
+    session: Session, principal: Principal, customer_id: str, values: dict[str, object]
+) -> Customer:
+    customer = load(session, customer_id)
+    _apply(session, customer, values)
+    customer.updated_at = utcnow()
+    session.flush()
+    audit.record(session, principal, "customer_update", customer.id, fields=sorted(values))
+    return customer
+
+
+def search(session: Session, query: str = "", limit: int = 50, offset: int = 0) -> list[Customer]:
+    """Customers whose name, preferred name, email, phone or loyalty id contains `query`."""
+    stmt = select(Customer).order_by(Customer.name, Customer.id).limit(limit).offset(offset)
+    if query.strip():
+        like = f"%{query.strip().lower()}%"
+        stmt = stmt.where(
+            or_(
+                *(
+                    col.is_not(None) & col.ilike(like)
+                    for col in (
+                        Customer.name,
+                        Customer.preferred_name,
+                        Customer.email,
+                        Customer.phone,
+                        Customer.loyalty_id,
+                    )
+                )
+            )
+        )
+    return list(session.scalars(stmt))
+
+
+def give_consent(
+    session: Session, principal: Principal, customer_id: str, grant: ConsentGrant
+) -> Consent:
+    """Record a consent; an active one of the same purpose is replaced (history kept)."""
+    customer = load(session, customer_id)
+    if not grant.text_version.strip() or not grant.channel.strip():
+        raise InvalidError("a consent needs the version of the text shown and the channel")
+    previous = customer.active_consent(grant.purpose)
+    if previous is not None:
+        previous.withdrawn_at = utcnow()
+    consent = Consent(
+        purpose=grant.purpose,
+        text_version=grant.text_version,
+        channel=grant.channel,
+        store_id=grant.store_id,
+        witness=grant.witness,
+    )
+    customer.consents.append(consent)
+    session.flush()
+    audit.record(
+        session,
+        principal,
+        "consent_give",
+        customer.id,
+        grant.store_id,
+        purpose=grant.purpose.value,
+        text_version=grant.text_version,
+    )
+    return consent
+
+
+def withdraw_consent(
+    session: Session, principal: Principal, customer_id: str, purpose: Purpose
+) -> Consent:
+    """Mark the active consent withdrawn (the caller deletes what it covered)."""
+    customer = load(session, customer_id)
+    consent = customer.active_consent(purpose)
+    if consent is None:
+        raise NotFoundError(f"no active {purpose.value} consent")
+    consent.withdrawn_at = utcnow()
+    session.flush()
+    audit.record(session, principal, "consent_withdraw", customer.id, purpose=purpose.value)
+    return consent
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def export(session: Session, principal: Principal, customer_id: str) -> dict[str, object]:
+    """Everything held about a customer, as JSON-ready data (templates by metadata only)."""
+    customer = load(session, customer_id)
+    visits = session.scalars(select(Visit).where(Visit.customer_id == customer.id)).all()
+    purchases = session.scalars(
+        select(Purchase)
+        .where(Purchase.customer_id == customer.id)
+        .options(selectinload(Purchase.items))
+    ).all()
+    interests = session.scalars(select(Interest).where(Interest.customer_id == customer.id)).all()
+    feedback = session.scalars(select(Feedback).where(Feedback.customer_id == customer.id)).all()
+    audit.record(session, principal, "customer_export", customer.id)
+    return {
+        "customer": profile(customer),
+        "consents": [consent_dict(c) for c in customer.consents],
+        "face_templates": [
+            {
+                "id": t.id,
+                "model_id": t.model_id,
+                "source": t.source,
+                "quality": t.quality,
+                "created_at": _ts(t.created_at),
+                "vector": "held for recognition; never exported",
+            }
+            for t in customer.templates
+        ],
+        "enrollment_photo_kept": customer.photo is not None,
+        "visits": [visit_dict(v) for v in visits],
+        "purchases": [purchase_dict(p) for p in purchases],
+        "interests": [interest_dict(i) for i in interests],
+        "feedback": [feedback_dict(f) for f in feedback],
+    }
+
+
+def profile(c: Customer) -> dict[str, object]:
+    return {
+        "id": c.id,
+        "name": c.name,
+        "preferred_name": c.preferred_name,
+        "email": c.email,
+        "phone": c.phone,
+        "loyalty_id": c.loyalty_id,
+        "tier": c.tier,
+        "preferences": c.preferences,
+        "notes": c.notes,
+        "preferred_advisor_id": c.preferred_advisor_id,
+        "show_photo": c.show_photo,
+        "created_at": _ts(c.created_at),
+        "updated_at": _ts(c.updated_at),
+    }
+
+
+def consent_dict(c: Consent) -> dict[str, object]:
+    return {
+        "purpose": c.purpose,
+        "text_version": c.text_version,
+        "channel": c.channel,
+        "store_id": c.store_id,
+        "witness": c.witness,
+        "given_at": _ts(c.given_at),
+        "withdrawn_at": _ts(c.withdrawn_at),
+        "active": c.withdrawn_at is None,
+    }
+
+
+def visit_dict(v: Visit) -> dict[str, object]:
+    return {
+        "id": v.id,
+        "customer_id": v.customer_id,
+        "store_id": v.store_id,
+        "at": _ts(v.at),
+        "source": v.source,
+        "similarity": v.similarity,
+    }
+
+
+def purchase_dict(p: Purchase) -> dict[str, object]:
+    return {
+        "id": p.id,
+        "customer_id": p.customer_id,
+        "store_id": p.store_id,
+        "at": _ts(p.at),
+        "currency": p.currency,
+        "total_cents": p.total_cents,
+        "items": [
+            {
+                "sku": i.sku,
+                "name": i.name,
+                "quantity": i.quantity,
+                "unit_price_cents": i.unit_price_cents,
+            }
+            for i in p.items
+        ],
+    }
+
+
+def interest_dict(i: Interest) -> dict[str, object]:
+    return {
+        "id": i.id,
+        "customer_id": i.customer_id,
+        "store_id": i.store_id,
+        "product": i.product,
+        "sku": i.sku,
+        "out_of_stock": i.out_of_stock,
+        "resolved": i.resolved,
+        "created_at": _ts(i.created_at),
+        "resolved_at": _ts(i.resolved_at),
+    }
+
+
+def feedback_dict(f: Feedback) -> dict[str, object]:
+    return {
+        "id": f.id,
+        "customer_id": f.customer_id,
+        "store_id": f.store_id,
+        "at": _ts(f.at),
+        "rating": f.rating,
+        "text": f.text,
+        "resolved": f.resolved,
+        "resolved_at": _ts(f.resolved_at),
+    }

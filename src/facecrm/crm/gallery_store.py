@@ -1,0 +1,171 @@
+"""Where the gallery lives for each database, kept in step with `face_templates`.
+
+* SQLite: an in-memory `Gallery` (exact, plus HNSW when large) loaded from the
+  database; additions appear after the transaction commits, removals take
+  effect before it commits (fail-safe: a failed erasure never leaves a face
+  searchable that the database says is gone... nor the reverse for long).
+* PostgreSQL: pgvector rows in `gallery_vectors`, written in the same
+  transaction as the templates and deleted with them by the foreign key; the
+  search is SQL, so every server process sees the same gallery at once.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from sqlalchemy import event, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from facecrm.config import Settings
+from facecrm.crm.models import FaceTemplate, GalleryState
+from facecrm.gallery.gallery import (
+    CANDIDATES_PER_FACE,
+    Decision,
+    Gallery,
+    assign,
+    best_per_customer,
+)
+from facecrm.gallery.index import HnswIndex, Vectors
+
+
+class GalleryStore(Protocol):
+    """The search side of the templates table."""
+
+    def added(self, session: Session, templates: list[FaceTemplate]) -> None: ...
+    def removed(self, session: Session, customer_id: str) -> None: ...
+    def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]: ...
+
+
+def bump_generation(session: Session, model_id: str) -> None:
+    """Mark the gallery of `model_id` changed (saved ANN graphs become stale)."""
+    updated = session.execute(
+        update(GalleryState)
+        .where(GalleryState.model_id == model_id)
+        .values(generation=GalleryState.generation + 1)
+    )
+    if updated.rowcount == 0:  # type: ignore[attr-defined]
+        session.add(GalleryState(model_id=model_id, generation=1))
+
+
+class MemoryGalleryStore:
+    """The in-process gallery for SQLite (one server process per data directory)."""
+
+    def __init__(self, sessions: sessionmaker[Session], model_id: str, settings: Settings) -> None:
+        self.model_id = model_id
+        self.settings = settings
+        self.gallery = self._load(sessions)
+
+    def added(self, session: Session, templates: list[FaceTemplate]) -> None:
+        bump_generation(session, self.model_id)
+        rows = [(t.id, t.customer_id, np.frombuffer(t.vector, dtype=np.float32)) for t in templates]
+
+        @event.listens_for(session, "after_commit", once=True)
+        def _publish(_session: Session) -> None:
+            self.gallery.add(
+                [r[0] for r in rows], [r[1] for r in rows], np.stack([r[2] for r in rows])
+            )
+
+    def removed(self, session: Session, customer_id: str) -> None:
+        bump_generation(session, self.model_id)
+        self.gallery.remove_customer(customer_id)
+
+    def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
+        return self.gallery.identify(queries, threshold)
+
+    # -- loading and the saved HNSW graph -------------------------------------------
+
+    def _load(self, sessions: sessionmaker[Session]) -> Gallery:
+        with sessions() as session:
+            rows = session.execute(
+                select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector).where(
+                    FaceTemplate.model_id == self.model_id
+                )
+            ).all()
+            generation = session.scalar(
+                select(GalleryState.generation).where(GalleryState.model_id == self.model_id)
+            )
+        dim = len(rows[0][2]) // 4 if rows else 128
+        gallery = Gallery(dim, ann_min_size=self.settings.ann_min_size)
+        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, dim)
+        saved = self._load_saved_ann(dim, generation, {r[0] for r in rows})
+        if saved is not None:
+            gallery.attach_ann(saved)
+        gallery.add([r[0] for r in rows], [r[1] for r in rows], vectors)
+        if saved is None and gallery.ann is not None:
+            self._save_ann(gallery.ann, generation or 0)
+        return gallery
+
+    def _ann_paths(self) -> tuple[Path, Path]:
+        base = self.settings.cache_dir / f"hnsw-{self.model_id}"
+        return base.with_suffix(".bin"), base.with_suffix(".json")
+
+    def _load_saved_ann(self, dim: int, generation: int | None, ids: set[int]) -> HnswIndex | None:
+        if len(ids) < self.settings.ann_min_size:
+            return None
+        index_path, meta_path = self._ann_paths()
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("generation") != generation or meta.get("count") != len(ids):
+                return None
+            return HnswIndex.load(index_path, dim, ids)
+        except (OSError, ValueError, RuntimeError):
+            return None
+
+    def _save_ann(self, index: HnswIndex, generation: int) -> None:
+        index_path, meta_path = self._ann_paths()
+        index.save(index_path)
+        meta_path.write_text(json.dumps({"generation": generation, "count": len(index)}))
+
+
+def _literal(vector: np.ndarray) -> str:
+    return "[" + ",".join(f"{v:.7g}" for v in vector.tolist()) + "]"
+
+
+class PgVectorGalleryStore:
+    """pgvector search in PostgreSQL; nothing is held in the process."""
+
+    def __init__(self, model_id: str, ef_search: int = 256) -> None:
+        self.model_id = model_id
+        self.ef_search = ef_search
+
+    def added(self, session: Session, templates: list[FaceTemplate]) -> None:
+        bump_generation(session, self.model_id)
+        session.execute(
+            text(
+                "INSERT INTO gallery_vectors (template_id, customer_id, model_id, embedding)"
+                " VALUES (:id, :customer, :model, CAST(:embedding AS vector))"
+            ),
+            [
+                {
+                    "id": t.id,
+                    "customer": t.customer_id,
+                    "model": t.model_id,
+                    "embedding": _literal(np.frombuffer(t.vector, dtype=np.float32)),
+                }
+                for t in templates
+            ],
+        )
+
+    def removed(self, session: Session, customer_id: str) -> None:
+        bump_generation(session, self.model_id)
+        session.execute(
+            text("DELETE FROM gallery_vectors WHERE customer_id = :c"), {"c": customer_id}
+        )
+
+    def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
+        session.execute(text(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}"))
+        per_face = []
+        for query in np.asarray(queries, dtype=np.float32):
+            rows = session.execute(
+                text(
+                    "SELECT template_id, customer_id, -(embedding <#> CAST(:q AS vector)) AS sim"
+                    " FROM gallery_vectors WHERE model_id = :m"
+                    " ORDER BY embedding <#> CAST(:q AS vector) LIMIT :k"
+                ),
+                {"q": _literal(query), "m": self.model_id, "k": CANDIDATES_PER_FACE * 4},
+            ).all()
+            per_face.append(best_per_customer((r[0], r[1], r[2]) for r in rows))
+        return assign(per_face, threshold)
