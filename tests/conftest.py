@@ -30,14 +30,19 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("model-cache")
 
 
+def fresh_settings(data_dir: Path, model_cache: Path) -> Settings:
+    """Settings over an empty data dir that shares the converted-model cache."""
+    s = configure(data_dir=data_dir)
+    (s.data_dir / "cache").mkdir(parents=True)
+    (s.data_dir / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
+    return s
+
+
 @pytest.fixture()
 def settings(tmp_path: Path, model_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Settings with a fresh data dir (the converted model cache is shared)."""
     monkeypatch.setenv("FACECRM_DATA_DIR", str(tmp_path / "data"))
-    s = configure(data_dir=tmp_path / "data")
-    (s.data_dir / "cache").mkdir(parents=True)
-    (s.data_dir / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
-    return s
+    return fresh_settings(tmp_path / "data", model_cache)
 
 
 @pytest.fixture(scope="session")
@@ -62,3 +67,19 @@ def load(faces_dir: Path):  # type: ignore[no-untyped-def]
         return read_image(faces_dir / relative)
 
     return _load
+
+
+BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_settings(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    model_cache: Path,
+) -> Settings:
+    """Settings for a module's shared server, once per database backend."""
+    s = fresh_settings(tmp_path_factory.mktemp("module-data"), model_cache)
+    if request.param == "postgresql":
+        s.database_url = request.getfixturevalue("postgres_database")
+    return s

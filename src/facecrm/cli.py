@@ -22,6 +22,12 @@ app = typer.Typer(
 )
 customers_app = typer.Typer(help="List, show and erase customers.", no_args_is_help=True)
 app.add_typer(customers_app, name="customers")
+admin_app = typer.Typer(help="Staff accounts.", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+stores_app = typer.Typer(help="Stores of the chain.", no_args_is_help=True)
+app.add_typer(stores_app, name="stores")
+devices_app = typer.Typer(help="Store agents and POS terminals.", no_args_is_help=True)
+app.add_typer(devices_app, name="devices")
 
 console = Console()
 err = Console(stderr=True)
@@ -259,6 +265,92 @@ def eval_(
         print(json.dumps(report, indent=2))
     else:
         report_mod.print_text(report, console)
+
+
+@admin_app.command("create")
+def admin_create(
+    username: Annotated[str, typer.Option(help="Log-in name.")],
+    password: Annotated[
+        str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="Password.")
+    ],
+    role: Annotated[str, typer.Option(help="admin, manager, associate or auditor.")] = "admin",
+    store: Annotated[list[str] | None, typer.Option(help="Store id (repeatable).")] = None,
+) -> None:
+    """Create a staff account (by default an administrator, to bootstrap the server)."""
+    from facecrm.crm import accounts, audit, db
+    from facecrm.crm.authz import SYSTEM
+
+    crm = _crm()
+    try:
+        with db.transaction(crm.sessions) as session:
+            user = accounts.create_staff(session, username, password, role, store or [])
+            audit.record(session, SYSTEM, "staff_create", username=user.username, role=role)
+    except (ValueError, LookupError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"Created {role} [bold]{user.username}[/] ({user.id}).")
+
+
+@stores_app.command("add")
+def stores_add(code: str, name: str) -> None:
+    """Add a store; prints its id."""
+    from facecrm.crm import accounts, audit, db
+    from facecrm.crm.authz import SYSTEM
+
+    crm = _crm()
+    try:
+        with db.transaction(crm.sessions) as session:
+            store = accounts.create_store(session, code, name)
+            audit.record(session, SYSTEM, "store_create", None, store.id)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
+
+
+@stores_app.command("list")
+def stores_list() -> None:
+    """All stores."""
+    from facecrm.crm import accounts
+
+    table = Table("id", "code", "name")
+    with _crm().sessions() as session:
+        for store in accounts.list_stores(session):
+            table.add_row(store.id, store.code, store.name)
+    console.print(table)
+
+
+@devices_app.command("add")
+def devices_add(
+    store: Annotated[str, typer.Option(help="The store id.")],
+    kind: Annotated[str, typer.Option(help="agent or pos.")],
+    name: Annotated[str, typer.Option(help="A label.")] = "",
+) -> None:
+    """Register a device; its API key is printed once and never stored."""
+    from facecrm.crm import accounts, audit, db
+    from facecrm.crm.authz import SYSTEM
+
+    crm = _crm()
+    try:
+        with db.transaction(crm.sessions) as session:
+            device, key = accounts.create_device(session, store, kind, name)
+            audit.record(session, SYSTEM, "device_create", None, store, kind=kind)
+    except (ValueError, LookupError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
+    print(key)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+) -> None:
+    """Run the API and the staff console (uvicorn) on the configured database."""
+    import uvicorn
+
+    from facecrm.api.app import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
 
 
 @app.command()

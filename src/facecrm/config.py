@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     target_fmr: float = 1e-3  # false-match rate per comparison the threshold is set for
     ann_min_size: int = 20_000  # galleries at least this large use the approximate index
 
+    # Server and staff authentication
+    secret_key: str | None = None  # signs staff tokens; default: a random key kept in data_dir
+    token_minutes: int = 8 * 60  # a staff token lasts one shift
+    host: str = "127.0.0.1"
+    port: int = 8000
+
     # Bad input limits
     max_upload_bytes: int = 15 * 1024 * 1024
     max_image_pixels: int = 40_000_000

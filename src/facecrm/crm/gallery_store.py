@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -56,24 +57,28 @@ class MemoryGalleryStore:
     def __init__(self, sessions: sessionmaker[Session], model_id: str, settings: Settings) -> None:
         self.model_id = model_id
         self.settings = settings
+        self._lock = threading.Lock()  # API requests run in a thread pool
         self.gallery = self._load(sessions)
 
     def added(self, session: Session, templates: list[FaceTemplate]) -> None:
         bump_generation(session, self.model_id)
-        rows = [(t.id, t.customer_id, np.frombuffer(t.vector, dtype=np.float32)) for t in templates]
+        ids = [t.id for t in templates]
+        owners = [t.customer_id for t in templates]
+        vectors = np.stack([np.frombuffer(t.vector, dtype=np.float32) for t in templates])
 
         @event.listens_for(session, "after_commit", once=True)
         def _publish(_session: Session) -> None:
-            self.gallery.add(
-                [r[0] for r in rows], [r[1] for r in rows], np.stack([r[2] for r in rows])
-            )
+            with self._lock:
+                self.gallery.add(ids, owners, vectors)
 
     def removed(self, session: Session, customer_id: str) -> None:
         bump_generation(session, self.model_id)
-        self.gallery.remove_customer(customer_id)
+        with self._lock:
+            self.gallery.remove_customer(customer_id)
 
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
-        return self.gallery.identify(queries, threshold)
+        with self._lock:
+            return self.gallery.identify(queries, threshold)
 
     # -- loading and the saved HNSW graph -------------------------------------------
 

@@ -1,0 +1,172 @@
+"""Customers, consents, faces, export and erasure."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+
+from facecrm.api.deps import allow, get_crm, multipart
+from facecrm.api.problems import ApiError
+from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch
+from facecrm.api.uploads import read_image_upload
+from facecrm.crm import accounts, activity, audit, customers, db
+from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.customers import ConsentGrant, consent_dict, profile
+from facecrm.crm.models import CustomerPhoto, Purpose
+from facecrm.crm.service import FaceCRM, Photo
+
+router = APIRouter(tags=["customers"])
+Read = Depends(allow(Permission.CUSTOMERS_READ))
+Write = Depends(allow(Permission.CUSTOMERS_WRITE))
+
+
+def card(crm: FaceCRM, principal: Principal, customer_id: str) -> dict[str, Any]:
+    """The staff card: profile, consents and the activity in the principal's stores."""
+    with db.transaction(crm.sessions) as session:
+        customer = customers.load(session, customer_id)
+        f = activity.Filters(customer_id=customer_id, limit=10)
+        out = {
+            **profile(customer),
+            "consents": [consent_dict(c) for c in customer.consents],
+            "templates": len(customer.templates),
+            "has_photo": session.get(CustomerPhoto, customer_id) is not None
+            and customer.show_photo,
+            "recent_visits": [
+                customers.visit_dict(v) for v in activity.visits(session, principal, f)
+            ],
+            "purchases": [
+                customers.purchase_dict(p) for p in activity.purchases(session, principal, f)
+            ],
+            "open_interests": [
+                customers.interest_dict(i)
+                for i in activity.interests(session, principal, f, open_only=True)
+            ],
+            "open_feedback": [
+                customers.feedback_dict(x)
+                for x in activity.feedback(session, principal, f, open_only=True)
+            ],
+        }
+        audit.record(session, principal, "lookup", customer_id)
+        return out
+
+
+@router.post("/customers", status_code=201)
+def create_customer(
+    body: CustomerIn, crm: FaceCRM = Depends(get_crm), principal: Principal = Write
+) -> dict[str, Any]:
+    with db.transaction(crm.sessions) as session:
+        return profile(customers.create(session, principal, body.model_dump(mode="json")))
+
+
+@router.get("/customers")
+def search_customers(
+    q: Annotated[str, Query(max_length=200)] = "",
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Read,
+) -> list[dict[str, Any]]:
+    with db.transaction(crm.sessions) as session:
+        found = customers.search(session, q, limit, offset)
+        audit.record(session, principal, "customer_search", results=len(found))
+        return [profile(c) for c in found]
+
+
+@router.get("/customers/{customer_id}")
+def get_customer(
+    customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Read
+) -> dict[str, Any]:
+    return card(crm, principal, customer_id)
+
+
+@router.patch("/customers/{customer_id}")
+def update_customer(
+    customer_id: str,
+    body: CustomerPatch,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Write,
+) -> dict[str, Any]:
+    values = body.model_dump(mode="json", exclude_unset=True)
+    if "name" in values and values["name"] is None:
+        raise ApiError(422, "the name cannot be removed")
+    with db.transaction(crm.sessions) as session:
+        return profile(customers.update(session, principal, customer_id, values))
+
+
+@router.delete("/customers/{customer_id}", status_code=204)
+def erase_customer(
+    customer_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.CUSTOMERS_ERASE)),
+) -> Response:
+    """Erase everything about the customer; they are unknown to search at once."""
+    crm.delete_customer(customer_id, principal)
+    return Response(status_code=204)
+
+
+@router.get("/customers/{customer_id}/export")
+def export_customer(
+    customer_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.CUSTOMERS_EXPORT)),
+) -> dict[str, Any]:
+    """Everything held about the customer (data-subject access)."""
+    with db.transaction(crm.sessions) as session:
+        return customers.export(session, principal, customer_id)
+
+
+@router.post("/customers/{customer_id}/consents", status_code=201)
+def give_consent(
+    customer_id: str,
+    body: ConsentIn,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Write,
+) -> dict[str, Any]:
+    if body.store_id is not None:
+        principal.require_store(body.store_id)
+    grant = ConsentGrant(body.purpose, body.text_version, body.channel, body.store_id, body.witness)
+    with db.transaction(crm.sessions) as session:
+        if body.store_id is not None:
+            accounts.get_store(session, body.store_id)
+        return consent_dict(customers.give_consent(session, principal, customer_id, grant))
+
+
+@router.delete("/customers/{customer_id}/consents/{purpose}", status_code=204)
+def withdraw_consent(
+    customer_id: str,
+    purpose: Purpose,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Write,
+) -> Response:
+    """Withdraw a consent; withdrawing recognition deletes the templates at once."""
+    crm.withdraw(customer_id, purpose, principal)
+    return Response(status_code=204)
+
+
+@router.post("/customers/{customer_id}/faces", status_code=201, dependencies=[Depends(multipart)])
+def add_face(
+    customer_id: str,
+    image: Annotated[UploadFile, File()],
+    keep_photo: Annotated[bool, Form()] = False,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Write,
+) -> dict[str, Any]:
+    """Enroll a photo: a template id and its quality, or 422 with the quality reason."""
+    photo = Photo(image.filename or "upload", read_image_upload(image, crm.settings))
+    (template,) = crm.add_photos(customer_id, [photo], principal, keep_photo=keep_photo)
+    return {"template_id": template.id, "model_id": template.model_id, "quality": template.quality}
+
+
+@router.get("/customers/{customer_id}/photo", responses={200: {"content": {"image/jpeg": {}}}})
+def customer_photo(
+    customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Read
+) -> Response:
+    """The enrollment photo, only where the customer agreed to it being shown."""
+    with db.transaction(crm.sessions) as session:
+        customer = customers.load(session, customer_id)
+        photo = session.get(CustomerPhoto, customer_id)
+        if photo is None or not customer.show_photo:
+            raise ApiError(404, "no photo to show for this customer")
+        audit.record(session, principal, "photo_view", customer_id)
+        return Response(photo.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
