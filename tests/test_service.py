@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from sqlalchemy import func, inspect, select
+from sqlalchemy import func, inspect, select, text
 
 from facecrm.config import Settings
 from facecrm.crm import db
@@ -172,13 +172,38 @@ def test_saved_ann_index_is_reused_only_while_current(
     assert face.match is None
 
 
-def test_migrations_up_and_down(settings: Settings) -> None:
-    engine = db.make_engine(settings.resolved_database_url)
+def test_migrations_up_and_down(database_url: str) -> None:
+    engine = db.make_engine(database_url)
     db.migrate(engine)
     assert db.is_current(engine)
     tables = set(inspect(engine).get_table_names())
     assert {"customers", "consents", "face_templates", "audit_events"} <= tables
+    if engine.dialect.name == "postgresql":
+        assert "gallery_vectors" in tables
     db.downgrade(engine, "base")
     assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
     db.migrate(engine)
     assert db.is_current(engine)
+    engine.dispose()
+
+
+def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> None:
+    if crm.engine.dialect.name != "postgresql":
+        pytest.skip("pgvector is the PostgreSQL gallery")
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    with crm.sessions() as session, session.begin():
+        session.execute(text("SET LOCAL enable_seqscan = off"))
+        dim = 128
+        distance = f"embedding::vector({dim}) <#> CAST(:q AS vector({dim}))"
+        plan = (
+            session.execute(
+                text(
+                    f"EXPLAIN SELECT template_id FROM gallery_vectors WHERE model_id = :m "
+                    f"ORDER BY {distance} LIMIT 5"
+                ),
+                {"q": "[" + ",".join(["0.1"] * dim) + "]", "m": crm.model_id},
+            )
+            .scalars()
+            .all()
+        )
+    assert any("gallery_hnsw_" in line for line in plan), plan

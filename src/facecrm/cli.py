@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from facecrm.config import Settings, configure, get_settings
+from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.crm.service import EnrollmentError, FaceCRM, NotFoundError, Photo
 from facecrm.vision.image import ImageError, read_image
 
@@ -31,8 +32,6 @@ app.add_typer(devices_app, name="devices")
 
 console = Console()
 err = Console(stderr=True)
-
-CONSENT_TEXT_VERSION = "2026-11-v1"
 
 
 @app.callback()

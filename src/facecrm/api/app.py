@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 
 from facecrm import __version__
 from facecrm.api import problems
 from facecrm.api.routes import activity, admin, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm.service import FaceCRM
+from facecrm.web import console
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -129,6 +132,17 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         activity.router,
     ):
         app.include_router(router, prefix="/api/v1")
+
+    app.include_router(console.router)
+    app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
+
+    @app.exception_handler(console.LoginRequired)
+    async def _login(_: Request, __: console.LoginRequired) -> Response:
+        return RedirectResponse("/console/login", status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/console/", status_code=303)
 
     @app.get("/healthz", tags=["operations"])
     def health() -> dict[str, str]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Protocol
@@ -130,14 +131,37 @@ def _literal(vector: np.ndarray) -> str:
 
 
 class PgVectorGalleryStore:
-    """pgvector search in PostgreSQL; nothing is held in the process."""
+    """pgvector search in PostgreSQL; nothing is held in the process.
+
+    Each embedder gets a partial HNSW index over its own rows (`vector` columns
+    have no fixed dimension, so the index is on `embedding::vector(dim)`); it is
+    created the first time the process sees the model, which on an existing
+    large table takes a while once.
+    """
 
     def __init__(self, model_id: str, ef_search: int = 256) -> None:
         self.model_id = model_id
         self.ef_search = ef_search
+        self._indexed: set[int] = set()
+
+    def _ensure_index(self, session: Session, dim: int) -> None:
+        if dim in self._indexed:
+            return
+        name = "gallery_hnsw_" + re.sub(r"[^a-z0-9]+", "_", self.model_id.lower()) + f"_{dim}"
+        model = self.model_id.replace("'", "''")
+        session.execute(
+            text(
+                f"CREATE INDEX IF NOT EXISTS {name} ON gallery_vectors"
+                f" USING hnsw ((embedding::vector({dim})) vector_ip_ops)"
+                f" WHERE model_id = '{model}'"
+            )
+        )
+        self._indexed.add(dim)
 
     def added(self, session: Session, templates: list[FaceTemplate]) -> None:
         bump_generation(session, self.model_id)
+        vectors = [np.frombuffer(t.vector, dtype=np.float32) for t in templates]
+        self._ensure_index(session, len(vectors[0]))
         session.execute(
             text(
                 "INSERT INTO gallery_vectors (template_id, customer_id, model_id, embedding)"
@@ -148,9 +172,9 @@ class PgVectorGalleryStore:
                     "id": t.id,
                     "customer": t.customer_id,
                     "model": t.model_id,
-                    "embedding": _literal(np.frombuffer(t.vector, dtype=np.float32)),
+                    "embedding": _literal(v),
                 }
-                for t in templates
+                for t, v in zip(templates, vectors, strict=True)
             ],
         )
 
@@ -161,14 +185,17 @@ class PgVectorGalleryStore:
         )
 
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
+        queries = np.asarray(queries, dtype=np.float32)
+        dim = queries.shape[1]
+        self._ensure_index(session, dim)
         session.execute(text(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}"))
+        distance = f"embedding::vector({dim}) <#> CAST(:q AS vector({dim}))"
         per_face = []
-        for query in np.asarray(queries, dtype=np.float32):
+        for query in queries:
             rows = session.execute(
                 text(
-                    "SELECT template_id, customer_id, -(embedding <#> CAST(:q AS vector)) AS sim"
-                    " FROM gallery_vectors WHERE model_id = :m"
-                    " ORDER BY embedding <#> CAST(:q AS vector) LIMIT :k"
+                    f"SELECT template_id, customer_id, -({distance}) AS sim"
+                    f" FROM gallery_vectors WHERE model_id = :m ORDER BY {distance} LIMIT :k"
                 ),
                 {"q": _literal(query), "m": self.model_id, "k": CANDIDATES_PER_FACE * 4},
             ).all()

@@ -128,20 +128,27 @@ class FaceCRM:
         consent_text_version: str,
         channel: str,
         principal: Principal = SYSTEM,
+        profile: dict[str, object] | None = None,
+        store_id: str | None = None,
+        witness: str | None = None,
     ) -> Customer:
-        """Create a customer with recognition consent and a template per photo."""
+        """Create a customer with recognition consent and a template per photo, or nothing.
+
+        `profile` holds further customer fields; with `show_photo` among them the
+        first photo is kept for the staff card.
+        """
         if not photos:
             raise InvalidError("enrollment needs at least one photo")
         faces = self._gate(photos)
+        grant = ConsentGrant(
+            Purpose.IN_STORE_RECOGNITION, consent_text_version, channel, store_id, witness
+        )
         with db.transaction(self.sessions) as session:
-            customer = customers.create(session, principal, {"name": name})
-            customers.give_consent(
-                session,
-                principal,
-                customer.id,
-                ConsentGrant(Purpose.IN_STORE_RECOGNITION, consent_text_version, channel),
-            )
+            customer = customers.create(session, principal, {**(profile or {}), "name": name})
+            customers.give_consent(session, principal, customer.id, grant)
             self._store(session, principal, customer, photos, faces)
+            if customer.show_photo:
+                self._keep_photo(session, customer, photos[0].image)
         return customer
 
     def add_photos(

@@ -1,0 +1,222 @@
+"""The staff console: server-rendered pages over the same services as the API.
+
+Log-in sets the staff token in an HttpOnly, SameSite=Strict cookie. Every
+state-changing request must also carry the CSRF token (double submit: the
+`facecrm_csrf` cookie must equal the form field or `X-CSRF-Token` header).
+"""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from facecrm.api.deps import get_crm, principal_for_token
+from facecrm.api.problems import ApiError, problem
+from facecrm.api.routes.customers import card
+from facecrm.api.security import issue_token
+from facecrm.api.uploads import read_image_upload
+from facecrm.crm import accounts, audit, customers, db
+from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.consent_text import CURRENT, TEXTS
+from facecrm.crm.models import CustomerPhoto
+from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
+
+SESSION_COOKIE = "facecrm_session"
+CSRF_COOKIE = "facecrm_csrf"
+STATIC_DIR = Path(str(resources.files("facecrm.web") / "static"))
+templates = Jinja2Templates(directory=str(resources.files("facecrm.web") / "templates"))
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+class LoginRequired(Exception):
+    """The page needs a logged-in staff user: redirect to the log-in page."""
+
+
+def staff(request: Request, crm: FaceCRM = Depends(get_crm)) -> Principal:
+    token = request.cookies.get(SESSION_COOKIE)
+    principal = principal_for_token(crm, token) if token else None
+    if principal is None:
+        raise LoginRequired
+    return principal
+
+
+def check_csrf(request: Request, submitted: str | None) -> None:
+    expected = request.cookies.get(CSRF_COOKIE)
+    if not expected or not submitted or not secrets.compare_digest(expected, submitted):
+        raise ApiError(403, "the form has expired or did not come from this console; reload it")
+
+
+def render(request: Request, name: str, principal: Principal | None, **context: Any) -> Response:
+    csrf = request.cookies.get(CSRF_COOKIE) or secrets.token_urlsafe(24)
+    response = templates.TemplateResponse(
+        request, name, {"principal": principal, "csrf": csrf, **context}
+    )
+    if request.cookies.get(CSRF_COOKIE) != csrf:
+        response.set_cookie(
+            CSRF_COOKIE,
+            csrf,
+            httponly=False,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/console",
+        )
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_page(request: Request) -> Response:
+    return render(request, "login.html", None, error=None)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=100)],
+    password: Annotated[str, Form(max_length=200)],
+    csrf: Annotated[str, Form(max_length=100)] = "",
+    crm: FaceCRM = Depends(get_crm),
+) -> Response:
+    check_csrf(request, csrf)
+    with db.transaction(crm.sessions) as session:
+        user = accounts.authenticate(session, username, password)
+        if user is None:
+            anonymous = Principal("staff", "", username[:60], "", frozenset())
+            audit.record(session, anonymous, "login_failed", channel="console")
+        else:
+            audit.record(session, accounts.staff_principal(user), "login", channel="console")
+            staff_id = user.id
+    if user is None:
+        response = render(request, "login.html", None, error="Wrong username or password.")
+        response.status_code = 401
+        return response
+    response = RedirectResponse("/console/", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        issue_token(crm.settings, staff_id),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        max_age=crm.settings.token_minutes * 60,
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+    check_csrf(request, csrf)
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(principal: Principal = Depends(staff)) -> Response:
+    return RedirectResponse("/console/customers", status_code=303)
+
+
+@router.get("/customers", response_class=HTMLResponse)
+def customer_search(
+    request: Request,
+    q: str = "",
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(staff),
+) -> Response:
+    principal.require(Permission.CUSTOMERS_READ)
+    with db.transaction(crm.sessions) as session:
+        found = customers.search(session, q[:200], limit=50)
+        audit.record(session, principal, "customer_search", results=len(found), channel="console")
+        rows = [customers.profile(c) for c in found]
+    return render(request, "customers.html", principal, q=q, customers=rows)
+
+
+@router.get("/customers/{customer_id}", response_class=HTMLResponse)
+def customer_card(
+    request: Request,
+    customer_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(staff),
+) -> Response:
+    principal.require(Permission.CUSTOMERS_READ)
+    return render(request, "card.html", principal, c=card(crm, principal, customer_id))
+
+
+@router.get("/customers/{customer_id}/photo")
+def customer_photo(
+    customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
+) -> Response:
+    principal.require(Permission.CUSTOMERS_READ)
+    with db.transaction(crm.sessions) as session:
+        customer = customers.load(session, customer_id)
+        photo = session.get(CustomerPhoto, customer_id)
+        if photo is None or not customer.show_photo:
+            raise ApiError(404, "no photo to show for this customer")
+        audit.record(session, principal, "photo_view", customer_id, channel="console")
+        return Response(photo.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/enroll", response_class=HTMLResponse)
+def enroll_page(request: Request, principal: Principal = Depends(staff)) -> Response:
+    principal.require(Permission.CUSTOMERS_WRITE)
+    stores = sorted(principal.stores) if principal.stores else []
+    return render(
+        request,
+        "enroll.html",
+        principal,
+        consent_version=CURRENT,
+        consent_text=TEXTS[CURRENT],
+        stores=stores,
+    )
+
+
+@router.post("/enroll")
+def enroll(
+    request: Request,
+    name: Annotated[str, Form(min_length=1, max_length=200)],
+    image: Annotated[UploadFile, File()],
+    consent: Annotated[bool, Form()] = False,
+    consent_version: Annotated[str, Form(max_length=40)] = "",
+    channel: Annotated[str, Form(max_length=20)] = "associate",
+    email: Annotated[str, Form(max_length=320)] = "",
+    loyalty_id: Annotated[str, Form(max_length=64)] = "",
+    show_photo: Annotated[bool, Form()] = False,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(staff),
+) -> Response:
+    """Create the customer, the consent as shown, and the template: all or nothing."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    principal.require(Permission.CUSTOMERS_WRITE)
+    if not consent:
+        return problem(422, "the customer has not agreed to the consent text", reason="no_consent")
+    if consent_version not in TEXTS:
+        return problem(422, "unknown consent text version", reason="bad_consent_version")
+    if channel not in {"kiosk", "associate", "phone"}:
+        return problem(422, "unknown channel", reason="bad_channel")
+    profile: dict[str, object] = {"show_photo": show_photo}
+    if email.strip():
+        profile["email"] = email.strip()
+    if loyalty_id.strip():
+        profile["loyalty_id"] = loyalty_id.strip()
+    store_id = next(iter(sorted(principal.stores)), None) if principal.stores else None
+    photo = Photo(f"console:{channel}", read_image_upload(image, crm.settings))
+    try:
+        customer = crm.enroll(
+            name,
+            [photo],
+            consent_version,
+            channel,
+            principal,
+            profile,
+            store_id=store_id,
+            witness=principal.name,
+        )
+    except EnrollmentError as exc:
+        return problem(422, str(exc.error), reason=exc.error.reason)
+    return JSONResponse(
+        {"customer_id": customer.id, "url": f"/console/customers/{customer.id}"}, status_code=201
+    )
