@@ -289,14 +289,16 @@ class PgServer:
                 os.chown(self.socket_dir, *self._ids)
         cmd = [
             str(self.bin / "initdb"),
-            "-D", str(self.datadir),
-            "-U", self.user,
+            "-D",
+            str(self.datadir),
+            "-U",
+            self.user,
             "--auth=trust",
             "--encoding=UTF8",
             "--no-locale",
             "--no-sync",
             "--no-instructions",
-        ]  # fmt: skip
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, **self._sub_kwargs())
         if res.returncode != 0:
             raise RuntimeError(f"initdb failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")

@@ -1,0 +1,183 @@
+"""The staff console in real headless Chromium (Debian's), driven by Playwright."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+
+from facecrm.api.app import create_app
+from facecrm.config import Settings
+from facecrm.crm import accounts, activity, db
+from facecrm.crm.authz import SYSTEM
+from facecrm.crm.models import Customer, FaceTemplate
+from facecrm.crm.service import FaceCRM, Photo
+from facecrm.vision.image import read_image
+from facecrm.vision.pipeline import FacePipeline
+
+from server import serve
+
+pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = os.environ.get("FACECRM_CHROMIUM", "/usr/lib/chromium/chromium")
+PASSWORD = "correct horse battery"
+
+
+def chromium_path() -> str:
+    for candidate in (CHROMIUM, "/usr/bin/chromium", shutil.which("chromium") or ""):
+        if candidate and Path(candidate).exists():
+            return candidate
+    pytest.fail("Chromium not found: install Debian's chromium (see .ci/run)")
+
+
+def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
+    """A short raw video of one RGB image, for Chromium's fake camera."""
+    bgr = cv2.cvtColor(cv2.resize(image, (640, 480)), cv2.COLOR_RGB2BGR)
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
+    with path.open("wb") as fh:
+        fh.write(b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n")
+        for _ in range(frames):
+            fh.write(b"FRAME\n" + i420)
+
+
+@pytest.fixture(scope="module")
+def site(
+    module_settings: Settings, pipeline: FacePipeline, faces_dir: Path
+) -> Iterator[tuple[str, FaceCRM]]:
+    crm = FaceCRM(module_settings, pipeline=pipeline)
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "A", "Store A")
+        accounts.create_staff(session, "alice", PASSWORD, "associate", [store.id])
+        store_id = store.id
+    rose = crm.enroll(
+        "Rose Leslie",
+        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
+        "v1",
+        "kiosk",
+        profile={"tier": "vip", "show_photo": True},
+    )
+    with db.transaction(crm.sessions) as session:
+        activity.add_interest(session, SYSTEM, rose.id, store_id, "Red boots 38", out_of_stock=True)
+    with serve(create_app(crm)) as url:
+        yield url, crm
+    crm.engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
+    camera = tmp_path_factory.mktemp("camera") / "face.y4m"
+    write_y4m(read_image(faces_dir / "identities/kit_harington/1.jpg"), camera)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-quic",
+                "--no-first-run",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={camera}",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def page(browser: Browser, site: tuple[str, FaceCRM]) -> Iterator[Page]:
+    context = browser.new_context(base_url=site[0], permissions=["camera"])
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    yield page
+    context.close()
+    assert not errors, errors
+
+
+def log_in(page: Page, password: str = PASSWORD) -> None:
+    page.goto("/console/customers")
+    expect(page).to_have_url("/console/login")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def count(crm: FaceCRM, model: type) -> int:
+    with crm.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+def test_wrong_password(page: Page) -> None:
+    log_in(page, "not the password")
+    expect(page.get_by_role("alert")).to_contain_text("Wrong username or password")
+
+
+def test_search_and_card(page: Page) -> None:
+    log_in(page)
+    expect(page.locator("h1")).to_have_text("Customers")
+    page.fill("input[name=q]", "rose")
+    page.click("form.search button")
+    page.click("text=Rose Leslie")
+    card = page.locator("#customer-card")
+    expect(card).to_contain_text("Rose Leslie")
+    expect(card.locator(".tier")).to_have_text("vip")
+    expect(page.locator("#interests")).to_contain_text("Red boots 38 (was out of stock)")
+    photo = card.locator("img.photo")
+    expect(photo).to_be_visible()
+    assert page.evaluate("img => img.naturalWidth", photo.element_handle()) > 0
+
+
+def test_enroll_with_the_camera(page: Page, site: tuple[str, FaceCRM]) -> None:
+    crm = site[1]
+    before = count(crm, FaceTemplate)
+    log_in(page)
+    page.goto("/console/enroll")
+    expect(page.locator("#consent-text")).to_contain_text("recognise my face")
+    page.fill("input[name=name]", "Kit Harington")
+    page.check("input[name=consent]")
+    page.click("#start-camera")
+    expect(page.locator("#take-photo")).to_be_enabled()
+    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    page.click("#take-photo")
+    expect(page.locator("#photo-state")).to_contain_text("Photo taken")
+    page.click("#submit")
+    expect(page.locator("#result")).to_contain_text("Enrolled")
+    page.click("#result a")
+    expect(page.locator("#customer-card")).to_contain_text("Kit Harington")
+    expect(page.locator("#customer-card")).to_contain_text("in_store_recognition (2026-11-v1)")
+    assert count(crm, FaceTemplate) == before + 1
+
+
+def test_enroll_rejects_a_group_photo(
+    page: Page, site: tuple[str, FaceCRM], faces_dir: Path
+) -> None:
+    crm = site[1]
+    before = (count(crm, Customer), count(crm, FaceTemplate))
+    log_in(page)
+    page.goto("/console/enroll")
+    page.fill("input[name=name]", "Two People")
+    page.check("input[name=consent]")
+    page.set_input_files("#upload", str(faces_dir / "scenes/two_people.jpg"))
+    page.click("#submit")
+    expect(page.locator("#result")).to_contain_text("more than one face")
+    expect(page.locator("#result")).to_contain_text("multiple_faces")
+    assert (count(crm, Customer), count(crm, FaceTemplate)) == before
+
+
+def test_pages_need_a_login(page: Page) -> None:
+    page.goto("/console/enroll")
+    expect(page).to_have_url("/console/login")
