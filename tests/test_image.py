@@ -131,3 +131,9 @@ class TestModes:
 def test_rgba_scene_photo_decodes(faces_dir: Path, settings: Settings) -> None:
     img = read_image(faces_dir / "scenes" / "32bit.png")
     assert img.ndim == 3 and img.shape[2] == 3
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(settings: Settings) -> None:
+    img = decode_image(_encode(_gradient(4000, 3000), "JPEG", quality=80))
+    assert settings.decode_max_side <= max(img.shape[:2]) < 2 * settings.decode_max_side
+    assert img.shape[0] * 4 == img.shape[1] * 3  # aspect ratio kept

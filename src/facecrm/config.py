@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     onnx_input_size: int = 112
     onnx_mean: float = 127.5
     onnx_std: float = 127.5
+    decode_max_side: int = 1024  # large JPEGs are decoded at 1/2..1/8 scale down to this
     detect_max_side: int = 640  # larger images are downscaled for detection only
     detect_score: float = 0.6
     threads: int = 1  # per process; parallelism comes from processes

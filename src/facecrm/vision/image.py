@@ -77,6 +77,12 @@ def decode_image(data: bytes) -> Image:
                 "too_many_pixels",
                 f"{width}x{height} exceeds the {settings.max_image_pixels} pixel limit",
             )
+        if pil.format in {"JPEG", "MPO"} and settings.decode_max_side:
+            # let the JPEG decoder scale down by 1/2, 1/4 or 1/8 in the DCT (much cheaper
+            # than decoding everything and resizing), never below decode_max_side
+            scale = settings.decode_max_side / max(width, height)
+            if scale < 1.0:
+                pil.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
         try:
             pil.load()
             upright = ImageOps.exif_transpose(pil)
