@@ -154,3 +154,27 @@ def test_demo_runs_without_the_shared_photos(data_dir: Path) -> None:
     assert "Demo complete" in env_free.stdout
     assert "Grace Hopper (similarity" in env_free.stdout
     assert not (data_dir / "facecrm.db").exists()  # the demo never touches real data
+
+
+def test_admin_store_and_device_commands(data_dir: Path) -> None:
+    created = facecrm(
+        data_dir, "admin", "create", "--username", "root", "--password", "s3cret-pass"
+    )
+    assert created.returncode == 0, created.stderr
+    assert (
+        facecrm(
+            data_dir, "admin", "create", "--username", "root", "--password", "s3cret-pass"
+        ).returncode
+        == 2
+    )  # taken
+    store = facecrm(data_dir, "stores", "add", "PAR1", "Paris Rivoli")
+    assert store.returncode == 0, store.stderr
+    store_id = store.stdout.split("id")[-1].strip()
+    assert store_id in facecrm(data_dir, "stores", "list").stdout
+    device = facecrm(data_dir, "devices", "add", "--store", store_id, "--kind", "agent")
+    assert device.returncode == 0, device.stderr
+    key = device.stdout.strip().splitlines()[-1]
+    assert key.startswith("fcd_") and len(key) > 40
+    assert key not in (data_dir / "facecrm.db").read_bytes().decode("latin-1")  # only its hash
+    bad = facecrm(data_dir, "devices", "add", "--store", "nope", "--kind", "agent")
+    assert bad.returncode == 2 and "no store" in bad.stderr

@@ -353,6 +353,51 @@ def serve(
 
 
 @app.command()
+def agent(
+    server: Annotated[str, typer.Option(help="The facecrm server, e.g. https://crm.example:8000")],
+    camera: Annotated[
+        list[str], typer.Option(help="RTSP/HTTP URL, device index or video file (repeatable).")
+    ],
+    api_key: Annotated[
+        str, typer.Option(envvar="FACECRM_AGENT_KEY", help="The device key (devices add).")
+    ],
+    store: Annotated[str | None, typer.Option(help="Expected store id (checked).")] = None,
+    realtime: Annotated[
+        bool, typer.Option("--realtime/--fast", help="Video files at their frame rate or flat out.")
+    ] = True,
+    exit_when_done: Annotated[
+        bool, typer.Option(help="Stop when every video file is processed and delivered.")
+    ] = False,
+    metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics on this port.")] = None,
+) -> None:
+    """Run the store agent next to the cameras."""
+    import httpx
+
+    from facecrm.agent.runner import Agent, AgentConfig
+    from facecrm.vision.pipeline import build_pipeline
+
+    settings = get_settings()
+    try:
+        me = httpx.get(f"{server}/api/v1/me", headers={"X-API-Key": api_key}, timeout=10)
+        if me.status_code == 401:
+            raise _fail("the server refused the device key")
+        if store and me.is_success and store not in (me.json().get("stores") or []):
+            raise _fail(f"this device key belongs to another store than {store}")
+    except httpx.HTTPError:
+        err.print("[yellow]server unreachable: events will wait in the local queue[/]")
+    config = AgentConfig(
+        server=server,
+        api_key=api_key,
+        cameras=tuple(camera),
+        data_dir=settings.data_dir / "agent",
+        realtime=realtime,
+        exit_when_done=exit_when_done,
+        metrics_port=metrics_port,
+    )
+    Agent(config, build_pipeline(settings)).run()
+
+
+@app.command()
 def demo() -> None:
     """A self-contained walkthrough: enroll, identify, a stranger is unknown, erase."""
     from facecrm.demo import DemoFailed, run

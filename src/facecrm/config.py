@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
 
+    # Store visits and alerts
+    visit_window_minutes: int = 120  # one visit per customer and store within this window
+    lookup_per_minute: int = 20  # phone look-ups per staff member
+
     # Bad input limits
     max_upload_bytes: int = 15 * 1024 * 1024
     max_image_pixels: int = 40_000_000

@@ -10,8 +10,9 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from facecrm import __version__
+from facecrm.alerts.service import AlertService
 from facecrm.api import problems
-from facecrm.api.routes import activity, admin, auth, customers, recognition
+from facecrm.api.routes import activity, admin, agent, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm.service import FaceCRM
 from facecrm.web import console
@@ -123,6 +124,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         openapi_url="/openapi.json",
     )
     app.state.crm = crm
+    app.state.alerts = AlertService(crm)
     problems.install(app)
     for router in (
         auth.router,
@@ -130,6 +132,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         customers.router,
         recognition.router,
         activity.router,
+        agent.router,
     ):
         app.include_router(router, prefix="/api/v1")
 

@@ -31,6 +31,8 @@ class Permission(StrEnum):
     PURCHASES_WRITE = "purchases:write"
     ACTIVITY_WRITE = "activity:write"  # interests and feedback
     AUDIT_READ = "audit:read"
+    ALERTS = "alerts"  # see, claim and acknowledge alerts; start and end shifts
+    AGENT = "agent"  # sync the gallery and deliver visit events (store agents)
 
 
 P = Permission
@@ -50,7 +52,7 @@ GRANTS: dict[str, frozenset[Permission]] = {
     Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_EXPORT, P.CUSTOMERS_ERASE}),
     Role.ASSOCIATE: frozenset(_STAFF),
     Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ}),
-    DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE}),
+    DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),
     DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE}),
 }
 

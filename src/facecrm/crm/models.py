@@ -304,3 +304,65 @@ class AuditEvent(Base):
     customer_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
     detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     note: Mapped[str] = mapped_column(Text, default="")
+
+
+class AgentEvent(Base):
+    """Idempotency record of an event a store agent delivered (the key is the agent's)."""
+
+    __tablename__ = "agent_events"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    received_at: Mapped[datetime] = mapped_column(default=utcnow)
+    outcome: Mapped[str] = mapped_column(String(20))  # visit, same_visit, ignored
+
+
+class StoreConfig(Base):
+    """Per-store alert rules and webhook."""
+
+    __tablename__ = "store_configs"
+
+    store_id: Mapped[str] = mapped_column(
+        ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    rules: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    webhook_url: Mapped[str | None] = mapped_column(String(500), default=None)
+    webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+
+
+class Shift(Base):
+    """A staff member on shift in a store (for routing alerts to a preferred advisor)."""
+
+    __tablename__ = "shifts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff_users.id", ondelete="CASCADE"))
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class Alert(Base):
+    """A notification to a store's staff, raised by a rule on a customer's visit."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    visit_id: Mapped[int | None] = mapped_column(
+        ForeignKey("visits.id", ondelete="CASCADE"), default=None
+    )
+    rule: Mapped[str] = mapped_column(String(40))
+    message: Mapped[str] = mapped_column(Text)
+    assignee_id: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    claimed_by: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    claimed_at: Mapped[datetime | None] = mapped_column(default=None)
+    acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -14,6 +14,7 @@ The rules live here:
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 from collections.abc import Sequence
@@ -31,7 +32,7 @@ from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import ConsentError, InvalidError, NotFoundError
 from facecrm.crm.gallery_store import GalleryStore, MemoryGalleryStore, PgVectorGalleryStore
-from facecrm.crm.models import Customer, CustomerPhoto, FaceTemplate, Purpose
+from facecrm.crm.models import Customer, CustomerPhoto, FaceTemplate, GalleryState, Purpose
 from facecrm.gallery.gallery import Candidate
 from facecrm.gallery.threshold import Calibration, load_calibration
 from facecrm.vision.pipeline import FacePipeline, QualityError, default_pipeline
@@ -287,6 +288,45 @@ class FaceCRM:
             match = similarity is not None and similarity >= self.threshold
             audit.record(session, principal, "verify", customer.id, match=match)
         return Verification(match, similarity, self.threshold)
+
+    def gallery_export(self, principal: Principal) -> dict[str, object]:
+        """What a store agent needs to decide on its own: templates, threshold, generation.
+
+        Agents decide known/unknown locally so that nothing about people who
+        did not opt in ever leaves the store.
+        """
+        principal.require(Permission.AGENT)
+        with db.transaction(self.sessions) as session:
+            generation = self.generation(session)
+            rows = session.execute(
+                select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector).where(
+                    FaceTemplate.model_id == self.model_id
+                )
+            ).all()
+            audit.record(
+                session,
+                principal,
+                "gallery_sync",
+                None,
+                next(iter(principal.stores or []), None),
+                templates=len(rows),
+            )
+        return {
+            "model_id": self.model_id,
+            "threshold": self.threshold,
+            "generation": generation,
+            "templates": [
+                {"id": t, "customer_id": c, "vector": base64.b64encode(v).decode()}
+                for t, c, v in rows
+            ],
+        }
+
+    def generation(self, session: Session) -> int:
+        """The gallery's change counter (bumped by every enrollment, withdrawal, erasure)."""
+        value = session.scalar(
+            select(GalleryState.generation).where(GalleryState.model_id == self.model_id)
+        )
+        return int(value or 0)
 
     # -- consent withdrawal and erasure ----------------------------------------------
 

@@ -1,0 +1,247 @@
+"""From agent events to visits and alerts; claiming and acknowledging alerts.
+
+* Events carry the agent's idempotency key: a key seen before changes nothing.
+* A customer seen again in the same store within `visit_window_minutes` (by any
+  camera of that store) is the same visit: no new visit, no new alert.
+* A new visit runs the store's rules; an alert is stored, published to live
+  consoles and sent to the store's webhook.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from facecrm.alerts import rules, webhooks
+from facecrm.alerts.bus import AlertBus
+from facecrm.crm import activity, audit, db
+from facecrm.crm.authz import Principal
+from facecrm.crm.errors import ConflictError, NotFoundError
+from facecrm.crm.models import (
+    AgentEvent,
+    Alert,
+    Customer,
+    Feedback,
+    Interest,
+    Shift,
+    StaffUser,
+    StoreConfig,
+    Visit,
+    utcnow,
+)
+from facecrm.crm.service import FaceCRM
+
+
+@dataclass(frozen=True, slots=True)
+class VisitEvent:
+    key: str
+    customer_id: str
+    at: datetime
+    camera: str
+    similarity: float
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def alert_dict(a: Alert, customer_name: str | None = None) -> dict[str, object]:
+    return {
+        "id": a.id,
+        "store_id": a.store_id,
+        "customer_id": a.customer_id,
+        "customer_name": customer_name,
+        "rule": a.rule,
+        "message": a.message,
+        "assignee_id": a.assignee_id,
+        "created_at": a.created_at.isoformat(),
+        "claimed_by": a.claimed_by,
+        "claimed_at": a.claimed_at.isoformat() if a.claimed_at else None,
+        "acknowledged_at": a.acknowledged_at.isoformat() if a.acknowledged_at else None,
+    }
+
+
+class AlertService:
+    """Visit ingestion and alert handling over a `FaceCRM`'s database."""
+
+    def __init__(self, crm: FaceCRM, bus: AlertBus | None = None) -> None:
+        self.crm = crm
+        self.bus = bus or AlertBus()
+
+    def ingest(self, device: Principal, events: list[VisitEvent]) -> list[str]:
+        """Apply events in order; returns each one's outcome (visit, same_visit, duplicate)."""
+        store_id = next(iter(device.stores or []), None)
+        outcomes = []
+        for event in events:
+            published: list[tuple[str, dict[str, object]]] = []
+            try:
+                with db.transaction(self.crm.sessions) as session:
+                    if session.get(AgentEvent, event.key) is not None:
+                        outcomes.append("duplicate")
+                        continue
+                    outcome = self._apply(session, device, store_id, event, published)
+                    session.add(AgentEvent(key=event.key, device_id=device.id, outcome=outcome))
+                    session.flush()
+            except IntegrityError:  # the same key delivered twice at once
+                outcomes.append("duplicate")
+                continue
+            outcomes.append(outcome)
+            for store, payload in published:  # only once committed
+                self._publish(store, payload)
+        return outcomes
+
+    def _apply(
+        self,
+        session: Session,
+        device: Principal,
+        store_id: str | None,
+        event: VisitEvent,
+        published: list[tuple[str, dict[str, object]]],
+    ) -> str:
+        if store_id is None:
+            raise ConflictError("the device has no store")
+        customer = session.get(Customer, event.customer_id)
+        if customer is None:
+            return "ignored"  # erased between the agent's decision and delivery
+        at = _aware(event.at)
+        window = timedelta(minutes=self.crm.settings.visit_window_minutes)
+        previous = session.scalars(
+            select(Visit)
+            .where(Visit.customer_id == customer.id, Visit.store_id == store_id)
+            .order_by(Visit.at.desc())
+            .limit(1)
+        ).first()
+        if previous is not None and at - _aware(previous.at) < window:
+            return "same_visit"
+        last_anywhere = session.scalars(
+            select(Visit.at)
+            .where(Visit.customer_id == customer.id)
+            .order_by(Visit.at.desc())
+            .limit(1)
+        ).first()
+        visit = activity.record_visit(
+            session, device, customer.id, store_id, "agent", event.similarity, at
+        )
+        draft = rules.evaluate(
+            self._context(session, customer, store_id, at, last_anywhere),
+            self._config(session, store_id).rules,
+        )
+        if draft is not None:
+            alert = Alert(
+                store_id=store_id,
+                customer_id=customer.id,
+                visit_id=visit.id,
+                rule=",".join(draft.rules),
+                message=draft.message,
+                assignee_id=draft.assignee_id,
+            )
+            session.add(alert)
+            session.flush()
+            audit.record(session, device, "alert", customer.id, store_id, rules=list(draft.rules))
+            published.append((store_id, alert_dict(alert, customer.name)))
+        return "visit"
+
+    def _context(
+        self,
+        session: Session,
+        customer: Customer,
+        store_id: str,
+        at: datetime,
+        previous: datetime | None,
+    ) -> rules.VisitContext:
+        wanted = session.execute(
+            select(Interest.product, Interest.out_of_stock).where(
+                Interest.customer_id == customer.id, Interest.resolved.is_(False)
+            )
+        ).all()
+        feedback = session.scalars(
+            select(Feedback.text).where(
+                Feedback.customer_id == customer.id, Feedback.resolved.is_(False)
+            )
+        ).all()
+        advisor = None
+        if customer.preferred_advisor_id:
+            on_shift = session.scalar(
+                select(Shift.id).where(
+                    Shift.staff_id == customer.preferred_advisor_id,
+                    Shift.store_id == store_id,
+                    Shift.ended_at.is_(None),
+                )
+            )
+            advisor = session.get(StaffUser, customer.preferred_advisor_id) if on_shift else None
+        return rules.VisitContext(
+            name=customer.preferred_name or customer.name,
+            tier=customer.tier,
+            at=at,
+            previous_visit=_aware(previous) if previous else None,
+            wanted=[(p, bool(o)) for p, o in wanted],
+            open_feedback=[f or "(no text)" for f in feedback],
+            advisor_on_shift=advisor.id if advisor else None,
+            advisor_name=advisor.display_name if advisor else None,
+        )
+
+    def _config(self, session: Session, store_id: str) -> StoreConfig:
+        return session.get(StoreConfig, store_id) or StoreConfig(store_id=store_id, rules={})
+
+    def _publish(self, store_id: str, payload: dict[str, object]) -> None:
+        self.bus.publish(store_id, {"type": "alert", **payload})
+        with self.crm.sessions() as session:
+            config = session.get(StoreConfig, store_id)
+            if config is not None and config.webhook_url and config.webhook_secret:
+                webhooks.deliver(config.webhook_url, config.webhook_secret, payload)
+
+    # -- staff side ------------------------------------------------------------------
+
+    def open_alerts(self, principal: Principal, limit: int = 50) -> list[dict[str, object]]:
+        with self.crm.sessions() as session:
+            stmt = (
+                select(Alert, Customer.name)
+                .join(Customer, Customer.id == Alert.customer_id)
+                .where(Alert.acknowledged_at.is_(None))
+                .order_by(Alert.created_at.desc())
+                .limit(limit)
+            )
+            if principal.stores is not None:
+                stmt = stmt.where(Alert.store_id.in_(principal.stores))
+            return [alert_dict(a, name) for a, name in session.execute(stmt)]
+
+    def claim(self, principal: Principal, alert_id: int) -> dict[str, object]:
+        with db.transaction(self.crm.sessions) as session:
+            alert = self._alert(session, principal, alert_id)
+            if alert.claimed_by is not None and alert.claimed_by != principal.id:
+                raise ConflictError("another staff member has claimed this alert")
+            alert.claimed_by, alert.claimed_at = principal.id, alert.claimed_at or utcnow()
+            audit.record(session, principal, "alert_claim", alert.customer_id, alert.store_id)
+            payload = alert_dict(alert)
+        self.bus.publish(payload["store_id"], {"type": "claimed", **payload})  # type: ignore[arg-type]
+        return payload
+
+    def acknowledge(self, principal: Principal, alert_id: int) -> dict[str, object]:
+        """The customer has been greeted: records the time to greet."""
+        with db.transaction(self.crm.sessions) as session:
+            alert = self._alert(session, principal, alert_id)
+            alert.acknowledged_at = alert.acknowledged_at or utcnow()
+            alert.claimed_by = alert.claimed_by or principal.id
+            alert.claimed_at = alert.claimed_at or alert.acknowledged_at
+            seconds = (alert.acknowledged_at - _aware(alert.created_at)).total_seconds()
+            audit.record(
+                session,
+                principal,
+                "alert_ack",
+                alert.customer_id,
+                alert.store_id,
+                time_to_greet_s=round(seconds, 1),
+            )
+            payload = {**alert_dict(alert), "time_to_greet_s": round(seconds, 1)}
+        self.bus.publish(payload["store_id"], {"type": "acknowledged", **payload})  # type: ignore[arg-type]
+        return payload
+
+    def _alert(self, session: Session, principal: Principal, alert_id: int) -> Alert:
+        alert = session.get(Alert, alert_id)
+        if alert is None or not principal.may_act_in(alert.store_id):
+            raise NotFoundError(f"no alert with id {alert_id}")
+        return alert

@@ -1,0 +1,179 @@
+"""Store agents (gallery sync, visit events), live alerts, shifts and store rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+
+from facecrm.alerts.bus import AlertBus
+from facecrm.alerts.rules import DEFAULT_RULES
+from facecrm.alerts.service import AlertService, VisitEvent
+from facecrm.api.deps import allow, get_crm
+from facecrm.api.problems import ApiError
+from facecrm.crm import accounts, audit, db
+from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.models import Shift, StoreConfig, utcnow
+from facecrm.crm.service import FaceCRM
+
+router = APIRouter(tags=["store agents and alerts"])
+Agent = Depends(allow(Permission.AGENT))
+Staff = Depends(allow(Permission.ALERTS))
+
+
+def get_alerts(request: Request) -> AlertService:
+    return request.app.state.alerts  # type: ignore[no-any-return]
+
+
+class EventIn(BaseModel):
+    key: str = Field(min_length=8, max_length=80)
+    type: str = Field(pattern="^visit$")
+    customer_id: str = Field(max_length=32)
+    at: datetime
+    camera: str = Field(default="", max_length=100)
+    similarity: float = Field(ge=-1, le=1)
+
+
+class EventsIn(BaseModel):
+    events: list[EventIn] = Field(max_length=500)
+
+
+class StoreConfigIn(BaseModel):
+    rules: dict[str, dict[str, Any]] = {}
+    webhook_url: str | None = Field(default=None, max_length=500, pattern="^https?://")
+    webhook_secret: str | None = Field(default=None, min_length=16, max_length=100)
+
+
+@router.get("/agent/gallery")
+def agent_gallery(
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Agent,
+    if_none_match: str | None = Header(default=None),
+) -> Response:
+    """Templates of opted-in customers for local decisions; 304 while unchanged."""
+    with crm.sessions() as session:
+        etag = f'"{crm.model_id}-{crm.generation(session)}"'
+    if if_none_match == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    body = crm.gallery_export(principal)
+    return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag})
+
+
+@router.post("/agent/events")
+def agent_events(
+    body: EventsIn, alerts: AlertService = Depends(get_alerts), principal: Principal = Agent
+) -> dict[str, list[str]]:
+    """Visit events in the agent's order; each key is applied once."""
+    events = [VisitEvent(e.key, e.customer_id, e.at, e.camera, e.similarity) for e in body.events]
+    return {"outcomes": alerts.ingest(principal, events)}
+
+
+@router.get("/alerts")
+def list_alerts(
+    alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+) -> list[dict[str, object]]:
+    return alerts.open_alerts(principal)
+
+
+@router.post("/alerts/{alert_id}/claim")
+def claim_alert(
+    alert_id: int, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+) -> dict[str, object]:
+    return alerts.claim(principal, alert_id)
+
+
+@router.post("/alerts/{alert_id}/ack")
+def acknowledge_alert(
+    alert_id: int, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+) -> dict[str, object]:
+    return alerts.acknowledge(principal, alert_id)
+
+
+def sse(bus: AlertBus, principal: Principal, request: Request) -> StreamingResponse:
+    """Server-sent events of the principal's stores' alerts, with keep-alives."""
+
+    async def stream() -> AsyncIterator[str]:
+        sub = bus.subscribe(principal.stores)
+        try:
+            yield "retry: 2000\n: connected\n\n"
+            while not await request.is_disconnected():
+                try:
+                    payload = await asyncio.wait_for(sub.queue.get(), timeout=10)
+                except TimeoutError:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
+        finally:
+            bus.unsubscribe(sub)
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/alerts/stream")
+def alert_stream(
+    request: Request, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+) -> StreamingResponse:
+    return sse(alerts.bus, principal, request)
+
+
+@router.post("/shifts/{store_id}", status_code=201)
+def start_shift(
+    store_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Staff
+) -> dict[str, object]:
+    """The calling staff member is on shift in this store (alerts may be routed to them)."""
+    principal.require_store(store_id)
+    with db.transaction(crm.sessions) as session:
+        accounts.get_store(session, store_id)
+        shift = Shift(staff_id=principal.id, store_id=store_id)
+        session.add(shift)
+        session.flush()
+        audit.record(session, principal, "shift_start", None, store_id)
+        return {"id": shift.id, "store_id": store_id, "started_at": shift.started_at.isoformat()}
+
+
+@router.delete("/shifts/{store_id}", status_code=204)
+def end_shift(
+    store_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Staff
+) -> Response:
+    with db.transaction(crm.sessions) as session:
+        shifts = session.query(Shift).filter(
+            Shift.staff_id == principal.id, Shift.store_id == store_id, Shift.ended_at.is_(None)
+        )
+        for shift in shifts:
+            shift.ended_at = utcnow()
+        audit.record(session, principal, "shift_end", None, store_id)
+    return Response(status_code=204)
+
+
+@router.put("/stores/{store_id}/config")
+def configure_store(
+    store_id: str,
+    body: StoreConfigIn,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
+) -> dict[str, object]:
+    """Switch rules on or off, tune them, and set the store's signed webhook."""
+    principal.require_store(store_id)
+    unknown = set(body.rules) - set(DEFAULT_RULES)
+    if unknown:
+        raise ApiError(422, f"unknown rules: {', '.join(sorted(unknown))}")
+    if (body.webhook_url is None) != (body.webhook_secret is None):
+        raise ApiError(422, "a webhook needs both a URL and a secret")
+    with db.transaction(crm.sessions) as session:
+        accounts.get_store(session, store_id)
+        config = session.get(StoreConfig, store_id) or StoreConfig(store_id=store_id)
+        config.rules, config.webhook_url = body.rules, body.webhook_url
+        config.webhook_secret = body.webhook_secret
+        session.merge(config)
+        audit.record(session, principal, "store_config", None, store_id)
+    return {"store_id": store_id, "rules": body.rules, "webhook_url": body.webhook_url}
