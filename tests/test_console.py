@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
+from browser import CHROMIUM_ARGS, chromium_path
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
@@ -26,15 +25,7 @@ from server import serve
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-CHROMIUM = os.environ.get("FACECRM_CHROMIUM", "/usr/lib/chromium/chromium")
 PASSWORD = "correct horse battery"
-
-
-def chromium_path() -> str:
-    for candidate in (CHROMIUM, "/usr/bin/chromium", shutil.which("chromium") or ""):
-        if candidate and Path(candidate).exists():
-            return candidate
-    pytest.fail("Chromium not found: install Debian's chromium (see .ci/run)")
 
 
 def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
@@ -78,19 +69,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterat
         browser = pw.chromium.launch(
             executable_path=chromium_path(),
             headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-quic",
-                "--no-first-run",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-video-capture={camera}",
-            ],
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
         )
         yield browser
         browser.close()

@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from facecrm import __version__
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems
+from facecrm.api.ratelimit import RateLimiter
 from facecrm.api.routes import activity, admin, agent, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm.service import FaceCRM
@@ -125,6 +126,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     )
     app.state.crm = crm
     app.state.alerts = AlertService(crm)
+    app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
     problems.install(app)
     for router in (
         auth.router,

@@ -45,6 +45,7 @@ _STAFF = {
     P.VISITS_WRITE,
     P.PURCHASES_WRITE,
     P.ACTIVITY_WRITE,
+    P.ALERTS,
 }
 
 GRANTS: dict[str, frozenset[Permission]] = {

@@ -224,13 +224,14 @@ class FaceCRM:
         principal: Principal = SYSTEM,
         store_id: str | None = None,
         purpose: str = "identify",
+        max_faces: int | None = None,
     ) -> list[Identification]:
-        """Every face in `image`: the opted-in customer it is, or unknown."""
+        """Every face in `image` (or the `max_faces` largest): a customer, or unknown."""
         principal.require(Permission.IDENTIFY)
         if store_id is not None or principal.stores is not None:
             store_id = store_id or (next(iter(principal.stores)) if principal.stores else None)
             principal.require_store(store_id)
-        faces = self.pipeline.faces(image)
+        faces = self.pipeline.faces(image)[:max_faces]
         with db.transaction(self.sessions) as session:
             decisions = (
                 self.gallery.decide(session, np.stack([f.template for f in faces]), self.threshold)

@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from facecrm.api.deps import get_crm, principal_for_token
 from facecrm.api.problems import ApiError, problem
+from facecrm.api.routes.agent import sse
 from facecrm.api.routes.customers import card
 from facecrm.api.security import issue_token
 from facecrm.api.uploads import read_image_upload
@@ -158,6 +159,65 @@ def customer_photo(
             raise ApiError(404, "no photo to show for this customer")
         audit.record(session, principal, "photo_view", customer_id, channel="console")
         return Response(photo.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+@router.get("/alerts", response_class=HTMLResponse)
+def alerts_page(request: Request, principal: Principal = Depends(staff)) -> Response:
+    principal.require(Permission.ALERTS)
+    alerts = request.app.state.alerts.open_alerts(principal)
+    return render(request, "alerts.html", principal, alerts=alerts)
+
+
+@router.get("/alerts/stream")
+def alerts_stream(request: Request, principal: Principal = Depends(staff)) -> Response:
+    principal.require(Permission.ALERTS)
+    return sse(request.app.state.alerts.bus, principal, request)
+
+
+@router.post("/alerts/{alert_id}/{action}")
+def alert_action(
+    request: Request, alert_id: int, action: str, principal: Principal = Depends(staff)
+) -> dict[str, object]:
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    principal.require(Permission.ALERTS)
+    service = request.app.state.alerts
+    if action == "claim":
+        return service.claim(principal, alert_id)  # type: ignore[no-any-return]
+    if action == "ack":
+        return service.acknowledge(principal, alert_id)  # type: ignore[no-any-return]
+    raise ApiError(404, "unknown action")
+
+
+@router.get("/lookup", response_class=HTMLResponse)
+def lookup_page(request: Request, principal: Principal = Depends(staff)) -> Response:
+    principal.require(Permission.IDENTIFY)
+    return render(request, "lookup.html", principal)
+
+
+@router.post("/lookup")
+def lookup(
+    request: Request,
+    image: Annotated[UploadFile, File()],
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(staff),
+) -> Response:
+    """An associate's phone photo → the opted-in customer's card, or nothing at all."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    principal.require(Permission.IDENTIFY)
+    if not request.app.state.lookup_limiter.allow(principal.id):
+        return problem(429, "too many look-ups; wait a minute", reason="rate_limited")
+    picture = read_image_upload(image, crm.settings)
+    results = crm.identify(picture, principal, purpose="phone_lookup", max_faces=1)
+    if not results or results[0].match is None:
+        return JSONResponse({"found": False, "message": "No opted-in customer."})
+    customer_id = results[0].match.customer_id
+    return JSONResponse(
+        {
+            "found": True,
+            "url": f"/console/customers/{customer_id}",
+            "card": card(crm, principal, customer_id),
+        }
+    )
 
 
 @router.get("/enroll", response_class=HTMLResponse)

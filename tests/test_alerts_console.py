@@ -1,0 +1,109 @@
+"""In a real browser: the agent recognises a customer, the associate sees the alert live
+and claims it; the phone look-up shows opted-in customers only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from browser import CHROMIUM_ARGS, chromium_path
+from facecrm.agent.runner import Agent, AgentConfig
+from facecrm.api.app import create_app
+from facecrm.config import Settings
+from facecrm.crm import accounts, db
+from facecrm.crm.models import Alert, AuditEvent
+from facecrm.crm.service import FaceCRM, Photo
+from facecrm.vision.image import read_image
+from facecrm.vision.pipeline import FacePipeline
+
+from server import serve
+
+pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
+from playwright.sync_api import Page, expect, sync_playwright
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture()
+def shop(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[dict]:
+    crm = FaceCRM(settings, pipeline=pipeline)
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "NYC", "Broadway")
+        alice = accounts.create_staff(session, "alice", PASSWORD, "associate", [store.id])
+        _, key = accounts.create_device(session, store.id, "agent")
+        ids = {"store": store.id, "alice": alice.id, "key": key}
+    lin = crm.enroll(
+        "Lin-Manuel Miranda",
+        [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
+        "v1",
+        "kiosk",
+        profile={"tier": "vip"},
+    )
+    with serve(create_app(crm)) as url:
+        yield {"url": url, "crm": crm, "lin": lin.id, **ids}
+    crm.engine.dispose()
+
+
+@pytest.fixture()
+def page(shop: dict) -> Iterator[Page]:
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+        )
+        context = browser.new_context(base_url=shop["url"])
+        context.set_default_timeout(20_000)
+        page = context.new_page()
+        page.goto("/console/login")
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        expect(page.locator("h1")).to_have_text("Customers")
+        yield page
+        context.close()
+        browser.close()
+
+
+def test_live_alert_is_shown_and_claimed(
+    page: Page, shop: dict, pipeline: FacePipeline, faces_dir: Path, tmp_path: Path
+) -> None:
+    page.goto("/console/alerts")
+    expect(page.locator("#stream-state")).to_have_text("Live.")
+    video = faces_dir / "video" / "short_hamilton_clip.mp4"
+    Agent(
+        AgentConfig(
+            server=shop["url"],
+            api_key=shop["key"],
+            cameras=(str(video),),
+            data_dir=tmp_path / "agent",
+            realtime=False,
+            exit_when_done=True,
+        ),
+        pipeline,
+    ).run()
+    item = page.locator("#alerts li.alert").first
+    expect(item).to_contain_text("Lin-Manuel Miranda has arrived")
+    expect(item).to_contain_text("VIP customer")
+    item.locator("button.claim").click()
+    expect(item.locator(".state")).to_have_text("claimed by you")
+    item.locator("button.ack").click()
+    expect(item.locator(".state")).to_contain_text("greeted after")
+    with shop["crm"].sessions() as session:
+        (alert,) = session.scalars(select(Alert)).all()
+    assert alert.claimed_by == shop["alice"] and alert.acknowledged_at is not None
+
+
+def test_phone_lookup(page: Page, shop: dict, faces_dir: Path) -> None:
+    page.goto("/console/lookup")
+    page.set_input_files("#shot", str(faces_dir / "identities/lin_manuel_miranda/1.png"))
+    expect(page.locator("#answer")).to_contain_text("Lin-Manuel Miranda (vip)")
+    page.set_input_files("#shot", str(faces_dir / "distractors/kate_siegel.jpg"))
+    expect(page.locator("#answer")).to_have_text("No opted-in customer.")
+    with shop["crm"].sessions() as session:
+        lookups = session.scalars(
+            select(AuditEvent).where(AuditEvent.action.like("phone_lookup%"))
+        ).all()
+    assert {e.action for e in lookups} == {"phone_lookup", "phone_lookup_summary"}
+    assert all(e.customer_id in {None, shop["lin"]} for e in lookups)
