@@ -34,6 +34,7 @@ from facecrm.crm.models import (
     utcnow,
 )
 from facecrm.crm.service import FaceCRM
+from facecrm.metrics import Registry
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,31 +69,48 @@ def alert_dict(a: Alert, customer_name: str | None = None) -> dict[str, object]:
 class AlertService:
     """Visit ingestion and alert handling over a `FaceCRM`'s database."""
 
-    def __init__(self, crm: FaceCRM, bus: AlertBus | None = None) -> None:
+    def __init__(
+        self, crm: FaceCRM, bus: AlertBus | None = None, metrics: Registry | None = None
+    ) -> None:
         self.crm = crm
         self.bus = bus or AlertBus()
+        self.metrics = metrics or Registry()
 
     def ingest(self, device: Principal, events: list[VisitEvent]) -> list[str]:
-        """Apply events in order; returns each one's outcome (visit, same_visit, duplicate)."""
+        """Apply events in order; each one's outcome: visit, same_visit, duplicate, ignored."""
         store_id = next(iter(device.stores or []), None)
         outcomes = []
         for event in events:
             published: list[tuple[str, dict[str, object]]] = []
-            try:
-                with db.transaction(self.crm.sessions) as session:
-                    if session.get(AgentEvent, event.key) is not None:
-                        outcomes.append("duplicate")
-                        continue
-                    outcome = self._apply(session, device, store_id, event, published)
-                    session.add(AgentEvent(key=event.key, device_id=device.id, outcome=outcome))
-                    session.flush()
-            except IntegrityError:  # the same key delivered twice at once
-                outcomes.append("duplicate")
-                continue
+            outcome = self._ingest_one(device, store_id, event, published)
             outcomes.append(outcome)
+            self.metrics.inc(
+                "facecrm_agent_events_total",
+                outcome=outcome,
+                help="visit events received from agents",
+            )
             for store, payload in published:  # only once committed
                 self._publish(store, payload)
         return outcomes
+
+    def _ingest_one(
+        self,
+        device: Principal,
+        store_id: str | None,
+        event: VisitEvent,
+        published: list[tuple[str, dict[str, object]]],
+    ) -> str:
+        try:
+            with db.transaction(self.crm.sessions) as session:
+                if session.get(AgentEvent, event.key) is not None:
+                    return "duplicate"
+                outcome = self._apply(session, device, store_id, event, published)
+                session.add(AgentEvent(key=event.key, device_id=device.id, outcome=outcome))
+                session.flush()
+                return outcome
+        except IntegrityError:  # the same key delivered twice at once
+            published.clear()
+            return "duplicate"
 
     def _apply(
         self,
@@ -189,6 +207,7 @@ class AlertService:
 
     def _publish(self, store_id: str, payload: dict[str, object]) -> None:
         self.bus.publish(store_id, {"type": "alert", **payload})
+        self.metrics.inc("facecrm_alerts_sent_total", help="alerts raised and published")
         with self.crm.sessions() as session:
             config = session.get(StoreConfig, store_id)
             if config is not None and config.webhook_url and config.webhook_secret:

@@ -16,6 +16,7 @@ from facecrm.api.ratelimit import RateLimiter
 from facecrm.api.routes import activity, admin, agent, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm.service import FaceCRM
+from facecrm.metrics import Registry
 from facecrm.web import console
 
 Scope = MutableMapping[str, Any]
@@ -125,7 +126,8 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         openapi_url="/openapi.json",
     )
     app.state.crm = crm
-    app.state.alerts = AlertService(crm)
+    app.state.metrics = Registry()
+    app.state.alerts = AlertService(crm, metrics=app.state.metrics)
     app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
     problems.install(app)
     for router in (
@@ -148,6 +150,11 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     @app.get("/", include_in_schema=False)
     def root() -> Response:
         return RedirectResponse("/console/", status_code=303)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics (counts and latencies only: no personal data)."""
+        return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz", tags=["operations"])
     def health() -> dict[str, str]:
