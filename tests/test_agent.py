@@ -155,3 +155,103 @@ def test_events_wait_for_the_server_and_arrive_once(
     with store.crm.sessions() as session:
         assert len(session.scalars(select(Visit)).all()) == 1
         assert len(session.scalars(select(AgentEvent)).all()) == 1
+
+
+def test_outbox_survives_kill_9_and_a_server_outage(
+    store: Store, faces_dir: Path, tmp_path: Path, settings: Settings
+) -> None:
+    """The agent queues while the server is down, is killed -9, restarts, and delivers."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from server import free_port, serve
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "FACECRM_DATA_DIR": str(tmp_path / "agent-data"),
+        "FACECRM_AGENT_KEY": store.key,
+    }
+    (tmp_path / "agent-data" / "cache").mkdir(parents=True)
+    (tmp_path / "agent-data" / "cache" / "models").symlink_to(
+        settings.cache_dir / "models", target_is_directory=True
+    )
+    video = str(faces_dir / "video" / "short_hamilton_clip.mp4")
+    cmd = [
+        sys.executable,
+        "-m",
+        "facecrm",
+        "agent",
+        "--server",
+        f"http://127.0.0.1:{port}",
+        "--camera",
+        video,
+    ]
+    outbox_path = tmp_path / "agent-data" / "agent" / "outbox.sqlite"
+
+    def synced() -> bool:
+        with store.crm.sessions() as session:
+            actions = session.scalars(select(AuditEvent.action)).all()
+        return "gallery_sync" in actions
+
+    def queued() -> list[str]:
+        if not outbox_path.exists():
+            return []
+        with sqlite3.connect(outbox_path) as outbox:
+            return [k for (k,) in outbox.execute("SELECT key FROM events ORDER BY seq")]
+
+    # 1. the agent syncs the gallery, then the server goes down mid-stream (real-time video)
+    first = subprocess.Popen(
+        [*cmd, "--realtime"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    with serve(create_app(store.crm), port=port):
+        wait_until(synced, first)
+    # 2. recognised while the server is down: the event waits in the durable outbox
+    wait_until(lambda: bool(queued()), first)
+    first.send_signal(signal.SIGKILL)  # 3. kill -9
+    first.wait(timeout=30)
+    waiting = queued()
+    assert waiting, "the queued event must survive kill -9"
+    # 4. server back, agent restarted: the queued event is delivered first, exactly once
+    with serve(create_app(store.crm), port=port):
+        second = subprocess.run(
+            [*cmd, "--fast", "--exit-when-done"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert second.returncode == 0, second.stderr[-2000:]
+    with store.crm.sessions() as session:
+        visits = session.scalars(select(Visit)).all()
+        keys = {e.key: e.outcome for e in session.scalars(select(AgentEvent))}
+    assert [v.customer_id for v in visits] == [store.lin]
+    assert keys[waiting[0]] == "visit"  # the event from before the crash made the visit
+    assert set(keys.values()) <= {"visit", "same_visit"}
+    assert queued() == []
+
+
+class Outage:
+    """ASGI middleware: every event delivery fails with 503."""
+
+    def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] == "http" and scope["path"] == "/api/v1/agent/events":
+            await send({"type": "http.response.start", "status": 503, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
+
+
+def wait_until(condition, process, timeout: float = 120) -> None:  # type: ignore[no-untyped-def]
+    import time
+
+    deadline = time.time() + timeout
+    while not condition():
+        assert process.poll() is None, "the agent exited early"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
