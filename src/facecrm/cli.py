@@ -349,7 +349,13 @@ def serve(
     from facecrm.api.app import create_app
 
     settings = get_settings()
-    uvicorn.run(create_app(), host=host or settings.host, port=port or settings.port)
+    # live alert streams stay open: do not let them hold a shutdown for more than 5 s
+    uvicorn.run(
+        create_app(),
+        host=host or settings.host,
+        port=port or settings.port,
+        timeout_graceful_shutdown=5,
+    )
 
 
 @app.command()

@@ -94,6 +94,7 @@ class Agent:
         self.gallery = LocalGallery()
         self.metrics = Registry()
         self.stop = threading.Event()
+        self._wake = threading.Event()
         self._client = httpx.Client(
             base_url=config.server, timeout=10, headers={"X-API-Key": config.api_key}
         )
@@ -136,6 +137,7 @@ class Agent:
             "similarity": round(similarity, 4),
         }
         self.outbox.put(track.id, event)
+        self._wake.set()  # deliver now, not at the next poll
         self.metrics.inc("facecrm_agent_known_tracks_total", help="tracks of opted-in customers")
 
     # -- cameras -------------------------------------------------------------------
@@ -211,7 +213,11 @@ class Agent:
             except (httpx.HTTPError, ValueError) as exc:
                 log.warning("%s: server unreachable (%s); retrying", action, type(exc).__name__)
                 delay = min(delay * 2, 15)
-            self.stop.wait(delay)
+            if action == "deliver" and delay == period:
+                self._wake.wait(delay)  # a new event wakes the sender at once
+                self._wake.clear()
+            else:
+                self.stop.wait(delay)
 
     def run(self) -> None:
         """Run every camera until stopped (or, with exit_when_done, until files end)."""
