@@ -166,7 +166,10 @@ def latency(faces: Path, alerts: int) -> None:
 
 def listen(url: str, token: str, arrivals: list[float], connected: threading.Event) -> None:
     headers = {"Authorization": f"Bearer {token}"}
-    with httpx.stream("GET", f"{url}/api/v1/alerts/stream", headers=headers, timeout=None) as r:
+    with (
+        contextlib.suppress(httpx.HTTPError),  # the server stops at the end of the run
+        httpx.stream("GET", f"{url}/api/v1/alerts/stream", headers=headers, timeout=None) as r,
+    ):
         for line in r.iter_lines():
             connected.set()
             if line.startswith("data:") and json.loads(line[5:]).get("type") == "alert":
