@@ -14,6 +14,7 @@ from rich.table import Table
 from facecrm.config import Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.crm.service import EnrollmentError, FaceCRM, NotFoundError, Photo
+from facecrm.logs import configure_logging
 from facecrm.vision.image import ImageError, read_image
 
 app = typer.Typer(
@@ -348,6 +349,7 @@ def serve(
 
     from facecrm.api.app import create_app
 
+    configure_logging()
     settings = get_settings()
     # live alert streams stay open: do not let them hold a shutdown for more than 5 s
     uvicorn.run(
@@ -382,6 +384,7 @@ def agent(
     from facecrm.agent.runner import Agent, AgentConfig
     from facecrm.vision.pipeline import build_pipeline
 
+    configure_logging()
     settings = get_settings()
     try:
         me = httpx.get(f"{server}/api/v1/me", headers={"X-API-Key": api_key}, timeout=10)
