@@ -33,8 +33,11 @@ class Filters:
     offset: int = 0
 
 
-def _scoped(principal: Principal, store_id: str) -> None:
+def _target(session: Session, principal: Principal, customer_id: str, store_id: str) -> None:
+    """Check that the store is the principal's and that store and customer exist."""
     principal.require_store(store_id)
+    accounts.get_store(session, store_id)
+    load(session, customer_id)
 
 
 def _listing(model: Any, time_col: Any, principal: Principal, f: Filters) -> Select[Any]:
@@ -62,9 +65,7 @@ def record_visit(
     similarity: float | None = None,
     at: datetime | None = None,
 ) -> Visit:
-    _scoped(principal, store_id)
-    accounts.get_store(session, store_id)
-    load(session, customer_id)
+    _target(session, principal, customer_id, store_id)
     visit = Visit(
         customer_id=customer_id,
         store_id=store_id,
@@ -100,9 +101,7 @@ def add_purchase(
     currency: str = "EUR",
     at: datetime | None = None,
 ) -> Purchase:
-    _scoped(principal, store_id)
-    accounts.get_store(session, store_id)
-    load(session, customer_id)
+    _target(session, principal, customer_id, store_id)
     if not items:
         raise InvalidError("a purchase needs at least one item")
     if any(i.quantity <= 0 or i.unit_price_cents < 0 for i in items):
@@ -140,9 +139,7 @@ def add_interest(
     sku: str | None = None,
     out_of_stock: bool = False,
 ) -> Interest:
-    _scoped(principal, store_id)
-    accounts.get_store(session, store_id)
-    load(session, customer_id)
+    _target(session, principal, customer_id, store_id)
     if not product.strip():
         raise InvalidError("the product is empty")
     interest = Interest(
@@ -195,9 +192,7 @@ def add_feedback(
     text: str,
     rating: int | None = None,
 ) -> Feedback:
-    _scoped(principal, store_id)
-    accounts.get_store(session, store_id)
-    load(session, customer_id)
+    _target(session, principal, customer_id, store_id)
     if rating is not None and not 1 <= rating <= 5:
         raise InvalidError("the rating must be between 1 and 5")
     feedback = Feedback(customer_id=customer_id, store_id=store_id, text=text, rating=rating)

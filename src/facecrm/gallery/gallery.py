@@ -86,9 +86,6 @@ class Gallery:
         if self._ann is not None:
             self._ann.remove(ids)
 
-    def template_ids(self) -> set[int]:
-        return set(self._owner)
-
     def attach_ann(self, index: HnswIndex) -> None:
         """Use a prebuilt (e.g. loaded from disk) HNSW index for large galleries."""
         self._ann = index
