@@ -255,3 +255,32 @@ def wait_until(condition, process, timeout: float = 120) -> None:  # type: ignor
         assert process.poll() is None, "the agent exited early"
         assert time.time() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_an_erased_customer_is_a_stranger_to_the_agent(
+    store: Store,
+    pipeline: FacePipeline,
+    faces_dir: Path,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """After erasure the video is all strangers: nothing anywhere can be linked to them."""
+    caplog.set_level(logging.DEBUG)
+    store.crm.delete_customer(store.lin)
+    agent = run_agent(
+        store, pipeline, tmp_path / "agent", faces_dir / "video" / "short_hamilton_clip.mp4"
+    )
+    with store.crm.sessions() as session:
+        assert session.scalars(select(Visit)).all() == []
+        assert session.scalars(select(AgentEvent)).all() == []
+        assert session.scalars(select(Alert)).all() == []
+        erased_at = session.scalar(select(AuditEvent.id).where(AuditEvent.action == "erase"))
+        after = session.scalars(select(AuditEvent).where(AuditEvent.id > erased_at)).all()
+        assert after and all(e.customer_id is None for e in after)  # syncs only
+    assert agent.metrics.counter("facecrm_agent_unknown_tracks_total") >= 2
+    assert agent.metrics.counter("facecrm_agent_known_tracks_total") == 0
+    with sqlite3.connect(tmp_path / "agent" / "outbox.sqlite") as outbox:
+        assert outbox.execute("SELECT count(*) FROM events").fetchone()[0] == 0
+    files = [p for p in (tmp_path / "agent").rglob("*") if p.is_file()]
+    assert all(p.name.startswith("outbox.sqlite") for p in files)
+    assert [r for r in caplog.records if r.name.startswith("facecrm.agent")] == []
