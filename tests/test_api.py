@@ -358,3 +358,14 @@ def test_expired_token(chain: Chain) -> None:
     expired = issue_token(chain.crm.settings, admin.id, minutes=-1)
     r = httpx.get(f"{chain.url}/api/v1/me", headers={"Authorization": f"Bearer {expired}"})
     assert r.status_code == 401
+
+
+def test_audit_trail_for_auditors_only(chain: Chain) -> None:
+    with chain.client("auditor") as c:
+        events = c.get("/api/v1/audit", params={"action": "login"}).json()
+        assert events and all(e["action"] == "login" and e["hash"] for e in events)
+        verified = c.get("/api/v1/audit/verify").json()
+        assert verified["ok"] is True and verified["checked"] > 0
+        assert c.get("/api/v1/customers").status_code == 403  # auditors see no customers
+    with chain.client("associate") as c:
+        assert c.get("/api/v1/audit").status_code == 403

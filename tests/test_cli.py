@@ -178,3 +178,18 @@ def test_admin_store_and_device_commands(data_dir: Path) -> None:
     assert key not in (data_dir / "facecrm.db").read_bytes().decode("latin-1")  # only its hash
     bad = facecrm(data_dir, "devices", "add", "--store", "nope", "--kind", "agent")
     assert bad.returncode == 2 and "no store" in bad.stderr
+
+
+def test_audit_verify_and_export(data_dir: Path) -> None:
+    import sqlite3
+
+    assert facecrm(data_dir, "stores", "add", "A", "Store A").returncode == 0
+    assert facecrm(data_dir, "stores", "add", "B", "Store B").returncode == 0
+    ok = facecrm(data_dir, "audit", "verify")
+    assert ok.returncode == 0 and "intact: 2 events" in ok.stdout
+    lines = facecrm(data_dir, "audit", "export").stdout.strip().splitlines()
+    assert [json.loads(line)["action"] for line in lines] == ["store_create", "store_create"]
+    with sqlite3.connect(data_dir / "facecrm.db") as db:
+        db.execute("UPDATE audit_events SET action = 'nothing' WHERE id = 1")
+    bad = facecrm(data_dir, "audit", "verify")
+    assert bad.returncode == 1 and "event 1: content altered" in bad.stderr

@@ -30,6 +30,8 @@ stores_app = typer.Typer(help="Stores of the chain.", no_args_is_help=True)
 app.add_typer(stores_app, name="stores")
 devices_app = typer.Typer(help="Store agents and POS terminals.", no_args_is_help=True)
 app.add_typer(devices_app, name="devices")
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err = Console(stderr=True)
@@ -404,6 +406,32 @@ def agent(
         metrics_port=metrics_port,
     )
     Agent(config, build_pipeline(settings)).run()
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain: report every altered, inserted or deleted event (exit 1)."""
+    report = _crm().verify_audit()
+    for problem in report.problems:
+        err.print(f"[bold red]{problem}[/]")
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print(f"Audit trail intact: {report.checked} events verified.")
+
+
+@audit_app.command("export")
+def audit_export(
+    since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
+) -> None:
+    """Print audit events as JSON lines (with their chain hashes)."""
+    from datetime import datetime
+
+    from facecrm.crm.auditlog import event_dict, events
+
+    start = datetime.fromisoformat(since) if since else None
+    with _crm().sessions() as session:
+        for item in events(session, since=start, limit=None):
+            print(json.dumps(event_dict(item)))
 
 
 @app.command()

@@ -13,7 +13,7 @@ from facecrm import __version__
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems
 from facecrm.api.ratelimit import RateLimiter
-from facecrm.api.routes import activity, admin, agent, auth, customers, recognition
+from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm.service import FaceCRM
 from facecrm.metrics import Registry
@@ -137,6 +137,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         recognition.router,
         activity.router,
         agent.router,
+        audit.router,
     ):
         app.include_router(router, prefix="/api/v1")
 

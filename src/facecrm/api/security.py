@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from datetime import UTC, datetime, timedelta
 
 import jwt
 
 from facecrm.config import Settings
+from facecrm.keys import server_secret
 
 ALGORITHM = "HS256"
 
 
 def secret_key(settings: Settings) -> str:
-    """The configured key, or a random one created once in the data directory (mode 600)."""
-    if settings.secret_key:
-        return settings.secret_key
-    path = settings.data_dir / "secret.key"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+    """The key that signs staff tokens."""
+    return server_secret(settings)
 
 
 def issue_token(settings: Settings, staff_id: str, minutes: int | None = None) -> str:

@@ -21,6 +21,7 @@ def record(
     **detail: object,
 ) -> None:
     """Add an audit event to the session's transaction (it commits with the action)."""
+    session.info["audited"] = True  # sealed into the hash chain after the commit
     session.add(
         AuditEvent(
             actor=principal.label[:100],

@@ -304,6 +304,9 @@ class AuditEvent(Base):
     customer_id: Mapped[str | None] = mapped_column(String(32), index=True, default=None)
     detail: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     note: Mapped[str] = mapped_column(Text, default="")
+    # the hash chain (see facecrm.crm.auditchain): filled in right after commit
+    prev_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    hash: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
 
 
 class AgentEvent(Base):

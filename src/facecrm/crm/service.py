@@ -23,11 +23,11 @@ from functools import cached_property
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, event, func, select
 from sqlalchemy.orm import Session
 
 from facecrm.config import Settings, get_settings
-from facecrm.crm import audit, customers, db
+from facecrm.crm import audit, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import ConsentError, InvalidError, NotFoundError
@@ -35,6 +35,7 @@ from facecrm.crm.gallery_store import GalleryStore, MemoryGalleryStore, PgVector
 from facecrm.crm.models import Customer, CustomerPhoto, FaceTemplate, GalleryState, Purpose
 from facecrm.gallery.gallery import Candidate
 from facecrm.gallery.threshold import Calibration, load_calibration
+from facecrm.keys import derived_key
 from facecrm.vision.pipeline import FacePipeline, QualityError, default_pipeline
 from facecrm.vision.types import Face, Image
 
@@ -94,6 +95,17 @@ class FaceCRM:
         db.migrate(self.engine)
         self.sessions = db.session_factory(self.engine)
         self._pipeline = pipeline
+        self.audit_key = derived_key(self.settings, "audit-chain")
+        self.audit_head = self.settings.data_dir / "audit-head.json"
+        event.listen(self.sessions, "after_commit", self._seal_audit)
+
+    def _seal_audit(self, session: Session) -> None:
+        if session.info.pop("audited", False):
+            auditchain.seal(self.sessions, self.audit_key, self.audit_head)
+
+    def verify_audit(self) -> auditchain.Report:
+        """Check the audit trail's hash chain (see `auditchain`)."""
+        return auditchain.verify(self.sessions, self.audit_key, self.audit_head)
 
     @property
     def pipeline(self) -> FacePipeline:

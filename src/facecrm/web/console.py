@@ -22,7 +22,7 @@ from facecrm.api.routes.agent import sse
 from facecrm.api.routes.customers import card
 from facecrm.api.security import issue_token
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, audit, customers, db
+from facecrm.crm import accounts, audit, auditlog, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.models import CustomerPhoto
@@ -118,7 +118,25 @@ def logout(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") ->
 
 @router.get("/", response_class=HTMLResponse)
 def home(principal: Principal = Depends(staff)) -> Response:
-    return RedirectResponse("/console/customers", status_code=303)
+    first = "/console/customers" if principal.can(Permission.CUSTOMERS_READ) else "/console/audit"
+    return RedirectResponse(first, status_code=303)
+
+
+@router.get("/audit", response_class=HTMLResponse)
+def audit_page(
+    request: Request, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
+) -> Response:
+    """The audit trail (auditors, admins) with the result of the chain check."""
+    principal.require(Permission.AUDIT_READ)
+    report = crm.verify_audit()
+    with db.transaction(crm.sessions) as session:
+        total = len(auditlog.events(session, limit=None))
+        rows = [
+            auditlog.event_dict(e)
+            for e in auditlog.events(session, limit=200, offset=max(0, total - 200))
+        ]
+        audit.record(session, principal, "audit_read", results=len(rows), channel="console")
+    return render(request, "audit.html", principal, rows=rows[::-1], report=report)
 
 
 @router.get("/customers", response_class=HTMLResponse)

@@ -1,0 +1,47 @@
+"""Reading the audit trail (for auditors: API, console, export)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from facecrm.crm.models import AuditEvent
+
+
+def events(
+    session: Session,
+    customer_id: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = 200,
+    offset: int = 0,
+) -> Sequence[AuditEvent]:
+    """Audit events, oldest first, filtered."""
+    stmt = select(AuditEvent).order_by(AuditEvent.id).offset(offset)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    if customer_id is not None:
+        stmt = stmt.where(AuditEvent.customer_id == customer_id)
+    if action is not None:
+        stmt = stmt.where(AuditEvent.action == action)
+    if since is not None:
+        stmt = stmt.where(AuditEvent.at >= since)
+    return session.scalars(stmt).all()
+
+
+def event_dict(e: AuditEvent) -> dict[str, object]:
+    return {
+        "id": e.id,
+        "at": e.at.isoformat(),
+        "actor": e.actor,
+        "store_id": e.store_id,
+        "action": e.action,
+        "customer_id": e.customer_id,
+        "detail": e.detail,
+        "note": e.note,
+        "prev_hash": e.prev_hash,
+        "hash": e.hash,
+    }
