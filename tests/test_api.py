@@ -369,3 +369,15 @@ def test_audit_trail_for_auditors_only(chain: Chain) -> None:
         assert c.get("/api/v1/customers").status_code == 403  # auditors see no customers
     with chain.client("associate") as c:
         assert c.get("/api/v1/audit").status_code == 403
+
+
+def test_login_lockout(chain: Chain) -> None:
+    url = f"{chain.url}/api/v1/auth/token"
+    for _ in range(5):
+        assert httpx.post(url, data={"username": "auditor", "password": "guess"}).status_code == 401
+    locked = httpx.post(url, data={"username": "auditor", "password": PASSWORD})
+    assert locked.status_code == 429  # even the right password, for the rest of the window
+    ghost = [
+        httpx.post(url, data={"username": "nobody", "password": "x"}).status_code for _ in range(6)
+    ]
+    assert ghost == [401] * 5 + [429]  # unknown names lock the same way: no user enumeration

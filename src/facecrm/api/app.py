@@ -12,7 +12,7 @@ from fastapi.staticfiles import StaticFiles
 from facecrm import __version__
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems
-from facecrm.api.ratelimit import RateLimiter
+from facecrm.api.ratelimit import LoginGuard, RateLimiter
 from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm.service import FaceCRM
@@ -129,6 +129,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.state.metrics = Registry()
     app.state.alerts = AlertService(crm, metrics=app.state.metrics)
     app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
+    app.state.login_guard = LoginGuard()
     problems.install(app)
     for router in (
         auth.router,

@@ -84,6 +84,14 @@ def login(
     crm: FaceCRM = Depends(get_crm),
 ) -> Response:
     check_csrf(request, csrf)
+    guard = request.app.state.login_guard
+    address = request.client.host if request.client else "?"
+    if guard.blocked(username, address):
+        response = render(
+            request, "login.html", None, error="Too many failed log-ins. Try again in 15 minutes."
+        )
+        response.status_code = 429
+        return response
     with db.transaction(crm.sessions) as session:
         user = accounts.authenticate(session, username, password)
         if user is None:
@@ -93,6 +101,7 @@ def login(
             audit.record(session, accounts.staff_principal(user), "login", channel="console")
             staff_id = user.id
     if user is None:
+        guard.failed(username, address)
         response = render(request, "login.html", None, error="Wrong username or password.")
         response.status_code = 401
         return response
