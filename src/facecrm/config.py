@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     target_fmr: float = 1e-3  # false-match rate per comparison the threshold is set for
     ann_min_size: int = 20_000  # galleries at least this large use the approximate index
 
+    # Encryption at rest (see facecrm.crypto)
+    master_key: str | None = None  # "key_id:base64(32 bytes)", comma-separated, last wraps
+    master_key_file: Path | None = None  # default: data_dir/master.keys
+
     # Server and staff authentication
     secret_key: str | None = None  # signs staff tokens; default: a random key kept in data_dir
     token_minutes: int = 8 * 60  # a staff token lasts one shift

@@ -14,15 +14,16 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import event, select, text, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import event, text, update
+from sqlalchemy.orm import Session
 
 from facecrm.config import Settings
-from facecrm.crm.models import FaceTemplate, GalleryState
+from facecrm.crm.models import GalleryState
 from facecrm.gallery.gallery import (
     CANDIDATES_PER_FACE,
     Decision,
@@ -32,11 +33,14 @@ from facecrm.gallery.gallery import (
 )
 from facecrm.gallery.index import HnswIndex, Vectors
 
+Row = tuple[int, str, np.ndarray]
+"""A template for search: (template id, customer id, plaintext unit vector)."""
+
 
 class GalleryStore(Protocol):
-    """The search side of the templates table."""
+    """The search side of the templates table (which holds them encrypted)."""
 
-    def added(self, session: Session, templates: list[FaceTemplate]) -> None: ...
+    def added(self, session: Session, rows: list[Row]) -> None: ...
     def removed(self, session: Session, customer_id: str) -> None: ...
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]: ...
 
@@ -55,17 +59,22 @@ def bump_generation(session: Session, model_id: str) -> None:
 class MemoryGalleryStore:
     """The in-process gallery for SQLite (one server process per data directory)."""
 
-    def __init__(self, sessions: sessionmaker[Session], model_id: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        load: Callable[[], tuple[list[Row], int | None]],
+        model_id: str,
+        settings: Settings,
+    ) -> None:
         self.model_id = model_id
         self.settings = settings
         self._lock = threading.Lock()  # API requests run in a thread pool
-        self.gallery = self._load(sessions)
+        self.gallery = self._build(*load())
 
-    def added(self, session: Session, templates: list[FaceTemplate]) -> None:
+    def added(self, session: Session, rows: list[Row]) -> None:
         bump_generation(session, self.model_id)
-        ids = [t.id for t in templates]
-        owners = [t.customer_id for t in templates]
-        vectors = np.stack([np.frombuffer(t.vector, dtype=np.float32) for t in templates])
+        ids = [r[0] for r in rows]
+        owners = [r[1] for r in rows]
+        vectors = np.stack([r[2] for r in rows])
 
         @event.listens_for(session, "after_commit", once=True)
         def _publish(_session: Session) -> None:
@@ -83,19 +92,10 @@ class MemoryGalleryStore:
 
     # -- loading and the saved HNSW graph -------------------------------------------
 
-    def _load(self, sessions: sessionmaker[Session]) -> Gallery:
-        with sessions() as session:
-            rows = session.execute(
-                select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector).where(
-                    FaceTemplate.model_id == self.model_id
-                )
-            ).all()
-            generation = session.scalar(
-                select(GalleryState.generation).where(GalleryState.model_id == self.model_id)
-            )
-        dim = len(rows[0][2]) // 4 if rows else 128
+    def _build(self, rows: list[Row], generation: int | None) -> Gallery:
+        dim = len(rows[0][2]) if rows else 128
         gallery = Gallery(dim, ann_min_size=self.settings.ann_min_size)
-        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(-1, dim)
+        vectors = np.stack([r[2] for r in rows]) if rows else np.zeros((0, dim), np.float32)
         saved = self._load_saved_ann(dim, generation, {r[0] for r in rows})
         if saved is not None:
             gallery.attach_ann(saved)
@@ -158,23 +158,17 @@ class PgVectorGalleryStore:
         )
         self._indexed.add(dim)
 
-    def added(self, session: Session, templates: list[FaceTemplate]) -> None:
+    def added(self, session: Session, rows: list[Row]) -> None:
         bump_generation(session, self.model_id)
-        vectors = [np.frombuffer(t.vector, dtype=np.float32) for t in templates]
-        self._ensure_index(session, len(vectors[0]))
+        self._ensure_index(session, len(rows[0][2]))
         session.execute(
             text(
                 "INSERT INTO gallery_vectors (template_id, customer_id, model_id, embedding)"
                 " VALUES (:id, :customer, :model, CAST(:embedding AS vector))"
             ),
             [
-                {
-                    "id": t.id,
-                    "customer": t.customer_id,
-                    "model": t.model_id,
-                    "embedding": _literal(v),
-                }
-                for t, v in zip(templates, vectors, strict=True)
+                {"id": t, "customer": c, "model": self.model_id, "embedding": _literal(v)}
+                for t, c, v in rows
             ],
         )
 

@@ -369,3 +369,16 @@ class Alert(Base):
     )
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class CustomerKey(Base):
+    """A customer's data key, wrapped by a master key; deleting it shreds their data."""
+
+    __tablename__ = "customer_keys"
+
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    wrapped: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -31,8 +31,21 @@ from facecrm.crm import audit, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import ConsentError, InvalidError, NotFoundError
-from facecrm.crm.gallery_store import GalleryStore, MemoryGalleryStore, PgVectorGalleryStore
-from facecrm.crm.models import Customer, CustomerPhoto, FaceTemplate, GalleryState, Purpose
+from facecrm.crm.gallery_store import (
+    GalleryStore,
+    MemoryGalleryStore,
+    PgVectorGalleryStore,
+    Row,
+)
+from facecrm.crm.models import (
+    Customer,
+    CustomerKey,
+    CustomerPhoto,
+    FaceTemplate,
+    GalleryState,
+    Purpose,
+)
+from facecrm.crypto import CryptoError, CustomerCipher, key_provider, new_dek
 from facecrm.gallery.gallery import Candidate
 from facecrm.gallery.threshold import Calibration, load_calibration
 from facecrm.keys import derived_key
@@ -95,6 +108,8 @@ class FaceCRM:
         db.migrate(self.engine)
         self.sessions = db.session_factory(self.engine)
         self._pipeline = pipeline
+        self.keys = key_provider(self.settings)
+        self._seal_legacy()
         self.audit_key = derived_key(self.settings, "audit-chain")
         self.audit_head = self.settings.data_dir / "audit-head.json"
         event.listen(self.sessions, "after_commit", self._seal_audit)
@@ -130,7 +145,56 @@ class FaceCRM:
     def gallery(self) -> GalleryStore:
         if self.engine.dialect.name == "postgresql":
             return PgVectorGalleryStore(self.model_id)
-        return MemoryGalleryStore(self.sessions, self.model_id, self.settings)
+        return MemoryGalleryStore(self._load_gallery, self.model_id, self.settings)
+
+    def _load_gallery(self) -> tuple[list[Row], int | None]:
+        with self.sessions() as session:
+            return self.plain_templates(session), self.generation(session)
+
+    # -- encryption at rest ----------------------------------------------------------
+
+    def cipher(self, session: Session, customer_id: str, create: bool = False) -> CustomerCipher:
+        """The customer's data key (a new one when `create` and none exists)."""
+        row = session.get(CustomerKey, customer_id)
+        if row is None:
+            if not create:
+                raise CryptoError(f"customer {customer_id} has no data key")
+            dek = new_dek()
+            key_id, wrapped = self.keys.wrap(dek)
+            session.add(CustomerKey(customer_id=customer_id, key_id=key_id, wrapped=wrapped))
+            session.flush()
+            return CustomerCipher(customer_id, dek)
+        return CustomerCipher(customer_id, self.keys.unwrap(row.key_id, row.wrapped))
+
+    def plain_templates(self, session: Session, customer_id: str | None = None) -> list[Row]:
+        """Decrypted templates of the current model (of one customer, or all)."""
+        stmt = (
+            select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector)
+            .where(FaceTemplate.model_id == self.model_id)
+            .order_by(FaceTemplate.customer_id, FaceTemplate.id)
+        )
+        if customer_id is not None:
+            stmt = stmt.where(FaceTemplate.customer_id == customer_id)
+        rows: list[Row] = []
+        cipher: CustomerCipher | None = None
+        for template_id, owner, sealed in session.execute(stmt):
+            if cipher is None or cipher.customer_id != owner:
+                cipher = self.cipher(session, owner)
+            plain = cipher.open(sealed, f"template:{self.model_id}")
+            rows.append((template_id, owner, np.frombuffer(plain, dtype=np.float32)))
+        return rows
+
+    def _seal_legacy(self) -> None:
+        """Encrypt templates written before encryption at rest (customers without a key)."""
+        with db.transaction(self.sessions) as session:
+            legacy = session.scalars(
+                select(FaceTemplate).where(
+                    FaceTemplate.customer_id.not_in(select(CustomerKey.customer_id))
+                )
+            ).all()
+            for template in legacy:
+                cipher = self.cipher(session, template.customer_id, create=True)
+                template.vector = cipher.seal(template.vector, f"template:{template.model_id}")
 
     # -- enrollment -----------------------------------------------------------------
 
@@ -204,20 +268,26 @@ class FaceCRM:
         if customer.active_consent(Purpose.IN_STORE_RECOGNITION) is None:
             raise ConsentError(f"customer {customer.id} has no active recognition consent")
         templates = []
+        cipher = self.cipher(session, customer.id, create=True)
         for photo, face in zip(photos, faces, strict=True):
             assert face.template is not None and face.quality is not None
             quality = dataclasses.asdict(face.quality)
             quality.pop("issues")
             template = FaceTemplate(
                 model_id=self.model_id,
-                vector=face.template.astype(np.float32).tobytes(),
+                vector=cipher.seal(
+                    face.template.astype(np.float32).tobytes(), f"template:{self.model_id}"
+                ),
                 quality={k: round(float(v), 4) for k, v in quality.items()},
                 source=photo.source[:200],
             )
             customer.templates.append(template)
             templates.append(template)
         session.flush()
-        self.gallery.added(session, templates)
+        self.gallery.added(
+            session,
+            [(t.id, customer.id, f.template) for t, f in zip(templates, faces, strict=True)],
+        )
         audit.record(session, principal, "enroll_faces", customer.id, templates=len(templates))
         return templates
 
@@ -226,7 +296,16 @@ class FaceCRM:
         pil.thumbnail((480, 480))
         buffer = io.BytesIO()
         pil.save(buffer, "JPEG", quality=85)
-        session.merge(CustomerPhoto(customer_id=customer.id, jpeg=buffer.getvalue()))
+        sealed = self.cipher(session, customer.id, create=True).seal(buffer.getvalue(), "photo")
+        session.merge(CustomerPhoto(customer_id=customer.id, jpeg=sealed))
+
+    def photo(self, session: Session, customer_id: str) -> bytes | None:
+        """The kept enrollment photo (JPEG), if the customer agreed to it being shown."""
+        customer = customers.load(session, customer_id)
+        row = session.get(CustomerPhoto, customer_id)
+        if row is None or not customer.show_photo:
+            return None
+        return self.cipher(session, customer_id).open(row.jpeg, "photo")
 
     # -- identification ------------------------------------------------------------
 
@@ -290,11 +369,7 @@ class FaceCRM:
         faces = self.pipeline.faces(image)
         with db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
-            vectors = [
-                np.frombuffer(t.vector, dtype=np.float32)
-                for t in customer.templates
-                if t.model_id == self.model_id
-            ]
+            vectors = [v for _, _, v in self.plain_templates(session, customer.id)]
             similarity = (
                 float(np.max(np.stack(vectors) @ faces[0].template)) if faces and vectors else None
             )
@@ -311,11 +386,7 @@ class FaceCRM:
         principal.require(Permission.AGENT)
         with db.transaction(self.sessions) as session:
             generation = self.generation(session)
-            rows = session.execute(
-                select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector).where(
-                    FaceTemplate.model_id == self.model_id
-                )
-            ).all()
+            rows = self.plain_templates(session)
             audit.record(
                 session,
                 principal,
@@ -329,7 +400,7 @@ class FaceCRM:
             "threshold": self.threshold,
             "generation": generation,
             "templates": [
-                {"id": t, "customer_id": c, "vector": base64.b64encode(v).decode()}
+                {"id": t, "customer_id": c, "vector": base64.b64encode(v.tobytes()).decode()}
                 for t, c, v in rows
             ],
         }
@@ -353,6 +424,8 @@ class FaceCRM:
                 session.execute(
                     delete(CustomerPhoto).where(CustomerPhoto.customer_id == customer_id)
                 )
+                # nothing else is sealed under the data key: destroy it too
+                session.execute(delete(CustomerKey).where(CustomerKey.customer_id == customer_id))
 
     def delete_customer(self, customer_id: str, principal: Principal = SYSTEM) -> None:
         """Erase a customer: profile, consents, templates, visits and the rest."""

@@ -25,7 +25,6 @@ from facecrm.api.uploads import read_image_upload
 from facecrm.crm import accounts, audit, auditlog, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
-from facecrm.crm.models import CustomerPhoto
 from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
 
 SESSION_COOKIE = "facecrm_session"
@@ -180,12 +179,11 @@ def customer_photo(
 ) -> Response:
     principal.require(Permission.CUSTOMERS_READ)
     with db.transaction(crm.sessions) as session:
-        customer = customers.load(session, customer_id)
-        photo = session.get(CustomerPhoto, customer_id)
-        if photo is None or not customer.show_photo:
+        jpeg = crm.photo(session, customer_id)
+        if jpeg is None:
             raise ApiError(404, "no photo to show for this customer")
         audit.record(session, principal, "photo_view", customer_id, channel="console")
-        return Response(photo.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/alerts", response_class=HTMLResponse)

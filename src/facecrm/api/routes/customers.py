@@ -164,9 +164,8 @@ def customer_photo(
 ) -> Response:
     """The enrollment photo, only where the customer agreed to it being shown."""
     with db.transaction(crm.sessions) as session:
-        customer = customers.load(session, customer_id)
-        photo = session.get(CustomerPhoto, customer_id)
-        if photo is None or not customer.show_photo:
+        jpeg = crm.photo(session, customer_id)
+        if jpeg is None:
             raise ApiError(404, "no photo to show for this customer")
         audit.record(session, principal, "photo_view", customer_id)
-        return Response(photo.jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})

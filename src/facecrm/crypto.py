@@ -1,0 +1,131 @@
+"""Encryption at rest: a data key per customer, wrapped by a master key.
+
+* Templates and kept photos are sealed with AES-256-GCM under the customer's
+  data key (DEK); the associated data binds each ciphertext to its customer.
+* DEKs are stored only wrapped (AES-256-GCM) by a master key from a
+  `KeyProvider`: an environment variable, a key file, or a KMS behind the same
+  three methods.
+* Erasing a customer destroys their DEK ("crypto-shredding"): copies of their
+  templates in older backups can no longer be decrypted.
+* `rotate` re-wraps every DEK under a new master key, one customer at a time,
+  while the server keeps running: providers unwrap with any key they hold.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from facecrm.config import Settings
+
+NONCE = 12
+
+
+class KeyProvider(Protocol):
+    """Wraps and unwraps data keys; a KMS client can implement the same interface."""
+
+    current_id: str
+
+    def wrap(self, dek: bytes) -> tuple[str, bytes]: ...
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes: ...
+
+
+class CryptoError(RuntimeError):
+    """A key is missing or a ciphertext does not authenticate."""
+
+
+def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+    nonce = secrets.token_bytes(NONCE)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+
+
+def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+    try:
+        return AESGCM(key).decrypt(sealed[:NONCE], sealed[NONCE:], aad)
+    except Exception as exc:  # InvalidTag: wrong key or altered data
+        raise CryptoError("the data does not decrypt with this key") from exc
+
+
+@dataclass
+class LocalKeyProvider:
+    """Master keys held in this process: `{key_id: 32 bytes}`; `current_id` wraps."""
+
+    keys: dict[str, bytes]
+    current_id: str
+
+    def wrap(self, dek: bytes) -> tuple[str, bytes]:
+        return self.current_id, _seal(self.keys[self.current_id], dek, self.current_id.encode())
+
+    def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        if key_id not in self.keys:
+            raise CryptoError(f"master key {key_id!r} is not available")
+        return _open(self.keys[key_id], wrapped, key_id.encode())
+
+
+def _parse(text: str) -> dict[str, bytes]:
+    """Key lines `key_id:base64` (the last line is the current key)."""
+    keys: dict[str, bytes] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key_id, _, value = line.partition(":")
+            raw = base64.b64decode(value)
+            if len(raw) != 32:
+                raise CryptoError(f"master key {key_id!r} is not 32 bytes")
+            keys[key_id] = raw
+    if not keys:
+        raise CryptoError("no master key")
+    return keys
+
+
+def key_file(settings: Settings) -> Path:
+    return settings.master_key_file or settings.data_dir / "master.keys"
+
+
+def new_key_line() -> tuple[str, str]:
+    key_id = "mk-" + secrets.token_hex(4)
+    return key_id, f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def key_provider(settings: Settings) -> LocalKeyProvider:
+    """`FACECRM_MASTER_KEY` (`id:base64`), else the key file (created on first use)."""
+    if settings.master_key:
+        keys = _parse(settings.master_key.replace(",", "\n"))
+        return LocalKeyProvider(keys, list(keys)[-1])
+    path = key_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _, line = new_key_line()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write("# facecrm master keys: id:base64; the last one wraps new keys\n")
+                fh.write(line + "\n")
+        except FileExistsError:
+            pass
+    keys = _parse(path.read_text())
+    return LocalKeyProvider(keys, list(keys)[-1])
+
+
+@dataclass
+class CustomerCipher:
+    """Seals and opens one customer's data with their data key."""
+
+    customer_id: str
+    dek: bytes = field(repr=False)
+
+    def seal(self, data: bytes, label: str) -> bytes:
+        return _seal(self.dek, data, f"{self.customer_id}:{label}".encode())
+
+    def open(self, sealed: bytes, label: str) -> bytes:
+        return _open(self.dek, sealed, f"{self.customer_id}:{label}".encode())
+
+
+def new_dek() -> bytes:
+    return AESGCM.generate_key(bit_length=256)
