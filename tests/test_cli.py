@@ -193,3 +193,17 @@ def test_audit_verify_and_export(data_dir: Path) -> None:
         db.execute("UPDATE audit_events SET action = 'nothing' WHERE id = 1")
     bad = facecrm(data_dir, "audit", "verify")
     assert bad.returncode == 1 and "event 1: content altered" in bad.stderr
+
+
+def test_keys_rotate(data_dir: Path, faces_dir: Path) -> None:
+    photo = str(faces_dir / "identities/rose_leslie/1.jpg")
+    assert facecrm(data_dir, "enroll", "Rose", photo, "--consent").returncode == 0
+    before = (data_dir / "master.keys").read_text()
+    rotated = facecrm(data_dir, "keys", "rotate", "--retire")
+    assert rotated.returncode == 0, rotated.stderr
+    assert "1 re-wrapped" in rotated.stdout
+    after = (data_dir / "master.keys").read_text()
+    old_id = next(line for line in before.splitlines() if not line.startswith("#")).split(":")[0]
+    assert old_id not in after and old_id in rotated.stdout
+    found = facecrm(data_dir, "identify", str(faces_dir / "identities/rose_leslie/2.jpg"), "--json")
+    assert json.loads(found.stdout)["faces"][0]["customer"]["name"] == "Rose"

@@ -32,6 +32,8 @@ devices_app = typer.Typer(help="Store agents and POS terminals.", no_args_is_hel
 app.add_typer(devices_app, name="devices")
 audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 err = Console(stderr=True)
@@ -432,6 +434,28 @@ def audit_export(
     with _crm().sessions() as session:
         for item in events(session, since=start, limit=None):
             print(json.dumps(event_dict(item)))
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    retire: Annotated[
+        bool, typer.Option(help="Then delete master keys that no data key uses any more.")
+    ] = False,
+) -> None:
+    """Add a new master key and re-wrap every customer's data key with it (no downtime)."""
+    from facecrm.crypto import CryptoError, add_master_key, drop_master_keys
+
+    settings = get_settings()
+    crm = _crm()
+    try:
+        key_id = add_master_key(settings) if not settings.master_key else crm.keys.current_id
+    except CryptoError as exc:
+        raise _fail(str(exc)) from exc
+    count = crm.rotate_keys()
+    console.print(f"Master key {key_id} now wraps all data keys ({count} re-wrapped).")
+    if retire and not settings.master_key:
+        removed = drop_master_keys(settings, crm.master_keys_in_use() | {key_id})
+        console.print(f"Retired master keys: {', '.join(removed) or 'none'}.")
 
 
 @app.command()

@@ -54,18 +54,30 @@ def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
 
 @dataclass
 class LocalKeyProvider:
-    """Master keys held in this process: `{key_id: 32 bytes}`; `current_id` wraps."""
+    """Master keys held in this process: `{key_id: 32 bytes}`; `current_id` wraps.
+
+    With a key `path`, an unknown key id makes it re-read the file once, so a
+    running server follows `facecrm keys rotate` without a restart.
+    """
 
     keys: dict[str, bytes]
     current_id: str
+    path: Path | None = None
 
     def wrap(self, dek: bytes) -> tuple[str, bytes]:
         return self.current_id, _seal(self.keys[self.current_id], dek, self.current_id.encode())
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
+        if key_id not in self.keys and self.path is not None:
+            self.reload()
         if key_id not in self.keys:
             raise CryptoError(f"master key {key_id!r} is not available")
         return _open(self.keys[key_id], wrapped, key_id.encode())
+
+    def reload(self) -> None:
+        if self.path is not None:
+            self.keys = _parse(self.path.read_text())
+            self.current_id = list(self.keys)[-1]
 
 
 def _parse(text: str) -> dict[str, bytes]:
@@ -110,7 +122,39 @@ def key_provider(settings: Settings) -> LocalKeyProvider:
         except FileExistsError:
             pass
     keys = _parse(path.read_text())
-    return LocalKeyProvider(keys, list(keys)[-1])
+    return LocalKeyProvider(keys, list(keys)[-1], path)
+
+
+def add_master_key(settings: Settings) -> str:
+    """Append a new master key to the key file; it wraps from now on. Returns its id."""
+    if settings.master_key:
+        raise CryptoError(
+            "the master keys come from FACECRM_MASTER_KEY: append the new key there "
+            "(old,new) and run `facecrm keys rotate` again"
+        )
+    key_provider(settings)  # make sure the file exists
+    key_id, line = new_key_line()
+    with key_file(settings).open("a") as fh:
+        fh.write(line + "\n")
+    return key_id
+
+
+def drop_master_keys(settings: Settings, keep: set[str]) -> list[str]:
+    """Remove every master key not in `keep` from the key file; returns the removed ids."""
+    path = key_file(settings)
+    lines = path.read_text().splitlines()
+    kept, removed = [], []
+    for line in lines:
+        key_id = line.partition(":")[0].strip()
+        if line.strip() and not line.startswith("#") and key_id not in keep:
+            removed.append(key_id)
+        else:
+            kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(kept) + "\n")
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return removed
 
 
 @dataclass

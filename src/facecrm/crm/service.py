@@ -45,7 +45,13 @@ from facecrm.crm.models import (
     GalleryState,
     Purpose,
 )
-from facecrm.crypto import CryptoError, CustomerCipher, key_provider, new_dek
+from facecrm.crypto import (
+    CryptoError,
+    CustomerCipher,
+    LocalKeyProvider,
+    key_provider,
+    new_dek,
+)
 from facecrm.gallery.gallery import Candidate
 from facecrm.gallery.threshold import Calibration, load_calibration
 from facecrm.keys import derived_key
@@ -183,6 +189,34 @@ class FaceCRM:
             plain = cipher.open(sealed, f"template:{self.model_id}")
             rows.append((template_id, owner, np.frombuffer(plain, dtype=np.float32)))
         return rows
+
+    def rotate_keys(self, batch: int = 500) -> int:
+        """Re-wrap every customer's data key under the current master key (online).
+
+        Works in small transactions, so the server keeps serving; returns how
+        many keys were re-wrapped.
+        """
+        if isinstance(self.keys, LocalKeyProvider):
+            self.keys.reload()  # the CLI may just have added a key to the file
+        current = self.keys.current_id
+        done = 0
+        while True:
+            with db.transaction(self.sessions) as session:
+                rows = session.scalars(
+                    select(CustomerKey).where(CustomerKey.key_id != current).limit(batch)
+                ).all()
+                for row in rows:
+                    dek = self.keys.unwrap(row.key_id, row.wrapped)
+                    row.key_id, row.wrapped = self.keys.wrap(dek)
+                done += len(rows)
+                if rows:
+                    audit.record(session, SYSTEM, "keys_rotate", rewrapped=len(rows))
+            if len(rows) < batch:
+                return done
+
+    def master_keys_in_use(self) -> set[str]:
+        with self.sessions() as session:
+            return set(session.scalars(select(CustomerKey.key_id).distinct()))
 
     def _seal_legacy(self) -> None:
         """Encrypt templates written before encryption at rest (customers without a key)."""

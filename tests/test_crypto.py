@@ -1,0 +1,76 @@
+"""Encryption at rest, crypto-shredding and online master-key rotation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from facecrm.config import Settings
+from facecrm.crm.models import CustomerKey, CustomerPhoto, FaceTemplate, Purpose
+from facecrm.crm.service import FaceCRM, Photo
+from facecrm.crypto import CryptoError, add_master_key, drop_master_keys, key_file
+from facecrm.vision.pipeline import FacePipeline
+from facecrm.vision.types import Image
+
+Load = Callable[[str], Image]
+
+
+def _enroll(crm: FaceCRM, load: Load) -> str:
+    photo = Photo("p", load("identities/rose_leslie/1.jpg"))
+    return crm.enroll("Rose", [photo], "v1", "kiosk", profile={"show_photo": True}).id
+
+
+def test_templates_and_photos_are_sealed(crm: FaceCRM, load: Load) -> None:
+    rose = _enroll(crm, load)
+    with crm.sessions() as session:
+        (template,) = session.scalars(select(FaceTemplate)).all()
+        photo = session.get(CustomerPhoto, rose)
+        key = session.get(CustomerKey, rose)
+        (plain,) = crm.plain_templates(session, rose)
+    assert key is not None and len(key.wrapped) == 12 + 32 + 16
+    assert len(template.vector) == 12 + 128 * 4 + 16
+    assert plain[2].tobytes() not in template.vector
+    assert photo is not None and not photo.jpeg.startswith(b"\xff\xd8")  # not a readable JPEG
+    with crm.sessions() as session:
+        assert (crm.photo(session, rose) or b"")[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize("how", ["withdraw", "erase"])
+def test_withdrawal_and_erasure_destroy_the_data_key(crm: FaceCRM, load: Load, how: str) -> None:
+    rose = _enroll(crm, load)
+    with crm.sessions() as session:
+        sealed = session.scalars(select(FaceTemplate.vector)).one()  # e.g. in a backup
+        cipher = crm.cipher(session, rose)
+    if how == "withdraw":
+        crm.withdraw(rose, Purpose.IN_STORE_RECOGNITION)
+    else:
+        crm.delete_customer(rose)
+    with crm.sessions() as session:
+        assert session.get(CustomerKey, rose) is None
+        with pytest.raises(CryptoError):
+            crm.cipher(session, rose)
+    # only the destroyed key opened it
+    assert np.frombuffer(cipher.open(sealed, f"template:{crm.model_id}"), np.float32).shape == (
+        128,
+    )
+
+
+def test_online_rotation(settings: Settings, pipeline: FacePipeline, load: Load) -> None:
+    server = FaceCRM(settings, pipeline=pipeline)  # a running server
+    rose = _enroll(server, load)
+    old = server.keys.current_id
+    rotator = FaceCRM(settings, pipeline=pipeline)  # `facecrm keys rotate`
+    new = add_master_key(settings)
+    assert rotator.rotate_keys() == 1
+    assert rotator.master_keys_in_use() == {new}
+    removed = drop_master_keys(settings, rotator.master_keys_in_use())
+    assert removed == [old] and old not in key_file(settings).read_text()
+    # the running server, which loaded only the old key, follows the new file
+    (face,) = (server.verify(rose, load("identities/rose_leslie/2.jpg")),)
+    assert face.match
+    fresh = FaceCRM(settings, pipeline=pipeline)
+    (found,) = fresh.identify(load("identities/rose_leslie/2.jpg"))
+    assert found.match is not None and found.match.customer_id == rose
