@@ -459,6 +459,18 @@ def keys_rotate(
 
 
 @app.command()
+def purge() -> None:
+    """Apply the retention rules now (the server also does it every hour)."""
+    from facecrm.crm.retention import purge as run_purge
+
+    report = run_purge(_crm())
+    console.print(
+        f"Purged {report.visits} visit(s); forgot the faces of {report.unseen_customers} "
+        f"customer(s) not seen for long; {report.expired_consents} consent(s) expired."
+    )
+
+
+@app.command()
 def demo() -> None:
     """A self-contained walkthrough: enroll, identify, a stranger is unknown, erase."""
     from facecrm.demo import DemoFailed, run

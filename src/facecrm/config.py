@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     visit_window_minutes: int = 120  # one visit per customer and store within this window
     lookup_per_minute: int = 20  # phone look-ups per staff member
 
+    # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
+    retain_visits_days: int = 365
+    retain_templates_unseen_months: int = 24  # templates of customers not seen for this long
+    reconfirm_consent_months: int = 36  # consents expire unless given again
+    purge_interval_minutes: int = 60
+
     # Bad input limits
     max_upload_bytes: int = 15 * 1024 * 1024
     max_image_pixels: int = 40_000_000

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +17,7 @@ from facecrm.api import problems
 from facecrm.api.ratelimit import LoginGuard, RateLimiter
 from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
 from facecrm.config import Settings, get_settings
+from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
 from facecrm.metrics import Registry
 from facecrm.web import console
@@ -119,7 +122,16 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     """The application over `crm` (default: a `FaceCRM` on the configured database)."""
     settings = settings or (crm.settings if crm else get_settings())
     crm = crm or FaceCRM(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        retention.start_scheduler(crm, stop)  # hourly purge while the server runs
+        yield
+        stop.set()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="facecrm",
         version=__version__,
         description="Opt-in face recognition for retail customer service.",

@@ -453,13 +453,20 @@ class FaceCRM:
         with db.transaction(self.sessions) as session:
             customers.withdraw_consent(session, principal, customer_id, purpose)
             if purpose == Purpose.IN_STORE_RECOGNITION:
-                self.gallery.removed(session, customer_id)
-                session.execute(delete(FaceTemplate).where(FaceTemplate.customer_id == customer_id))
-                session.execute(
-                    delete(CustomerPhoto).where(CustomerPhoto.customer_id == customer_id)
-                )
-                # nothing else is sealed under the data key: destroy it too
-                session.execute(delete(CustomerKey).where(CustomerKey.customer_id == customer_id))
+                self._forget_face(session, customer_id)
+
+    def forget_face(self, customer_id: str, reason: str, principal: Principal = SYSTEM) -> None:
+        """Delete a customer's templates, photo and data key (e.g. for retention)."""
+        with db.transaction(self.sessions) as session:
+            self._forget_face(session, customer_id)
+            audit.record(session, principal, "forget_face", customer_id, reason=reason)
+
+    def _forget_face(self, session: Session, customer_id: str) -> None:
+        self.gallery.removed(session, customer_id)
+        session.execute(delete(FaceTemplate).where(FaceTemplate.customer_id == customer_id))
+        session.execute(delete(CustomerPhoto).where(CustomerPhoto.customer_id == customer_id))
+        # nothing else is sealed under the data key: destroy it too
+        session.execute(delete(CustomerKey).where(CustomerKey.customer_id == customer_id))
 
     def delete_customer(self, customer_id: str, principal: Principal = SYSTEM) -> None:
         """Erase a customer: profile, consents, templates, visits and the rest."""

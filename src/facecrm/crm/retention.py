@@ -1,0 +1,115 @@
+"""Retention: old visits go, unused templates go, old consents expire. Every purge is audited.
+
+* visits older than `retain_visits_days`;
+* templates (and the data key) of customers enrolled but not seen in any store
+  for `retain_templates_unseen_months` — they re-enroll if they come back;
+* consents given more than `reconfirm_consent_months` ago expire (recorded as
+  withdrawn, history kept); an expired recognition consent deletes the templates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, select
+
+from facecrm.crm import audit, db
+from facecrm.crm.authz import SYSTEM
+from facecrm.crm.models import Consent, FaceTemplate, Purpose, Visit
+from facecrm.crm.service import FaceCRM
+
+log = logging.getLogger("facecrm.retention")
+MONTH = timedelta(days=30)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    visits: int
+    unseen_customers: int
+    expired_consents: int
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
+    """Apply every retention rule once."""
+    settings = crm.settings
+    now = now or datetime.now(UTC)
+    visits = expired = 0
+    unseen: list[str] = []
+    with db.transaction(crm.sessions) as session:
+        if settings.retain_visits_days:
+            cutoff = now - timedelta(days=settings.retain_visits_days)
+            visits = session.execute(delete(Visit).where(Visit.at < cutoff)).rowcount or 0
+        if settings.reconfirm_consent_months:
+            cutoff = now - settings.reconfirm_consent_months * MONTH
+            stale = session.scalars(
+                select(Consent).where(Consent.withdrawn_at.is_(None), Consent.given_at < cutoff)
+            ).all()
+            for consent in stale:
+                consent.withdrawn_at = now
+                expired += 1
+            recognition = {
+                c.customer_id for c in stale if c.purpose == Purpose.IN_STORE_RECOGNITION
+            }
+        else:
+            recognition = set()
+        if settings.retain_templates_unseen_months:
+            cutoff = now - settings.retain_templates_unseen_months * MONTH
+            enrolled = dict(
+                session.execute(
+                    select(FaceTemplate.customer_id, func.max(FaceTemplate.created_at)).group_by(
+                        FaceTemplate.customer_id
+                    )
+                ).all()
+            )
+            seen = dict(
+                session.execute(
+                    select(Visit.customer_id, func.max(Visit.at))
+                    .where(Visit.customer_id.in_(enrolled))
+                    .group_by(Visit.customer_id)
+                ).all()
+            )
+            unseen = [
+                customer_id
+                for customer_id, newest in enrolled.items()
+                if max(_aware(newest), _aware(seen.get(customer_id, newest))) < cutoff
+            ]
+        if visits or expired or unseen:
+            audit.record(
+                session,
+                SYSTEM,
+                "purge",
+                visits=visits,
+                expired_consents=expired,
+                unseen_customers=len(unseen),
+            )
+    for customer_id in sorted(recognition | set(unseen)):
+        crm.forget_face(customer_id, reason="retention")
+    return PurgeReport(visits, len(unseen), expired)
+
+
+def start_scheduler(crm: FaceCRM, stop: threading.Event) -> threading.Thread:
+    """Run `purge` every `purge_interval_minutes` until `stop` is set."""
+
+    def loop() -> None:
+        while not stop.wait(crm.settings.purge_interval_minutes * 60):
+            try:
+                report = purge(crm)
+                log.info(
+                    "retention purge: %d visits, %d unseen customers, %d consents expired",
+                    report.visits,
+                    report.unseen_customers,
+                    report.expired_consents,
+                )
+            except Exception:  # the scheduler must survive a failed run
+                log.exception("retention purge failed")
+
+    thread = threading.Thread(target=loop, daemon=True, name="retention")
+    thread.start()
+    return thread
