@@ -28,6 +28,16 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+API_PREFIX = "/api/v1"
+API_ROUTERS = (
+    auth.router,
+    admin.router,
+    customers.router,
+    recognition.router,
+    activity.router,
+    agent.router,
+    audit.router,
+)
 FORM_OVERHEAD = 64 * 1024  # multipart boundaries and small fields around a photo
 
 SECURITY_HEADERS = [
@@ -143,16 +153,8 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
     app.state.login_guard = LoginGuard()
     problems.install(app)
-    for router in (
-        auth.router,
-        admin.router,
-        customers.router,
-        recognition.router,
-        activity.router,
-        agent.router,
-        audit.router,
-    ):
-        app.include_router(router, prefix="/api/v1")
+    for router in API_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
 
     app.include_router(console.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")

@@ -77,8 +77,8 @@ def allow(permission: Permission) -> Callable[..., Principal]:
     return _check
 
 
-def multipart(request: Request) -> None:
-    """Uploads must be multipart/form-data (415 otherwise)."""
+def multipart(request: Request, _: Principal = Depends(current_principal)) -> None:
+    """Uploads must be multipart/form-data (415 otherwise); checked after authentication."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(415, "send the photo as multipart/form-data with the field 'image'")

@@ -144,13 +144,14 @@ def withdraw_consent(
     return Response(status_code=204)
 
 
-@router.post("/customers/{customer_id}/faces", status_code=201, dependencies=[Depends(multipart)])
+@router.post("/customers/{customer_id}/faces", status_code=201)
 def add_face(
     customer_id: str,
     image: Annotated[UploadFile, File()],
     keep_photo: Annotated[bool, Form()] = False,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Write,
+    _: None = Depends(multipart),  # after the permission
 ) -> dict[str, Any]:
     """Enroll a photo: a template id and its quality, or 422 with the quality reason."""
     photo = Photo(image.filename or "upload", read_image_upload(image, crm.settings))

@@ -16,7 +16,8 @@ from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import Customer
 from facecrm.crm.service import FaceCRM
 
-router = APIRouter(tags=["recognition"], dependencies=[Depends(multipart)])
+router = APIRouter(tags=["recognition"])
+Upload = Depends(multipart)  # last parameter: checked after the permission
 
 
 @router.post("/identify")
@@ -26,9 +27,12 @@ def identify(
     store_id: Annotated[str | None, Form(max_length=32)] = None,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Depends(allow(Permission.IDENTIFY)),
+    _: None = Upload,
 ) -> dict[str, Any]:
     """Every face in the photo with its box: an opted-in customer with similarity, or unknown."""
     started = time.perf_counter()
+    if store_id is not None:
+        principal.require_store(store_id)  # before any work on the photo
     picture = read_image_upload(image, crm.settings)
     if store_id is not None:
         with crm.sessions() as session:
@@ -64,6 +68,7 @@ def verify(
     image: Annotated[UploadFile, File()],
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Depends(allow(Permission.IDENTIFY)),
+    _: None = Upload,
 ) -> VerifyOut:
     """Is the photo this customer? (1:1 against all their templates)"""
     result = crm.verify(customer_id, read_image_upload(image, crm.settings), principal)
