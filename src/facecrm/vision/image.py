@@ -84,8 +84,10 @@ def decode_image(data: bytes) -> Image:
             if scale < 1.0:
                 pil.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
         try:
-            pil.load()
-            upright = ImageOps.exif_transpose(pil)
+            with warnings.catch_warnings():  # malformed metadata is not worth a log line
+                warnings.simplefilter("ignore", UserWarning)
+                pil.load()
+                upright = ImageOps.exif_transpose(pil)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError("corrupt", f"the image data is truncated or corrupt: {exc}") from exc
         return _to_rgb(upright)
