@@ -8,6 +8,7 @@ from http import HTTPStatus
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from facecrm.crm.authz import Forbidden
@@ -84,6 +85,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(EnrollmentError)
     async def _quality(_: Request, exc: EnrollmentError) -> JSONResponse:
         return problem(422, str(exc.error), reason=exc.error.reason)
+
+    @app.exception_handler(IntegrityError)
+    async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
+        # a concurrent change won a uniqueness race; nothing was written
+        return problem(409, "the change conflicts with existing data")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, EmailStr, Field
 
 from facecrm.crm.models import Purpose
 
 Tier = Literal["standard", "silver", "gold", "vip"]
+RowId = Annotated[int, PathParam(ge=1, le=2**53, description="a numeric id")]
 
 
 class Strict(BaseModel):

@@ -61,7 +61,14 @@ def load(session: Session, customer_id: str) -> Customer:
     return customer
 
 
+OPTIONAL_TEXT = ("preferred_name", "email", "phone", "loyalty_id", "preferred_advisor_id")
+
+
 def _apply(session: Session, customer: Customer, values: dict[str, object]) -> None:
+    values = {
+        k: (None if k in OPTIONAL_TEXT and isinstance(v, str) and not v.strip() else v)
+        for k, v in values.items()
+    }  # an empty optional field means "none", never a value to be unique about
     unknown = set(values) - set(EDITABLE)
     if unknown:
         raise InvalidError(f"unknown customer fields: {', '.join(sorted(unknown))}")

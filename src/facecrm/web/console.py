@@ -20,6 +20,7 @@ from facecrm.api.deps import get_crm, principal_for_token
 from facecrm.api.problems import ApiError, problem
 from facecrm.api.routes.agent import sse
 from facecrm.api.routes.customers import card
+from facecrm.api.schemas import RowId
 from facecrm.api.security import issue_token
 from facecrm.api.uploads import read_image_upload
 from facecrm.crm import accounts, audit, auditlog, customers, db
@@ -201,7 +202,7 @@ def alerts_stream(request: Request, principal: Principal = Depends(staff)) -> Re
 
 @router.post("/alerts/{alert_id}/{action}")
 def alert_action(
-    request: Request, alert_id: int, action: str, principal: Principal = Depends(staff)
+    request: Request, alert_id: RowId, action: str, principal: Principal = Depends(staff)
 ) -> dict[str, object]:
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.ALERTS)

@@ -14,6 +14,7 @@ from facecrm.api.schemas import (
     InterestIn,
     InterestPatch,
     PurchaseIn,
+    RowId,
     VisitIn,
 )
 from facecrm.crm import activity, db
@@ -32,7 +33,7 @@ def filters(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Filters:
     return Filters(store_id, customer_id, since, until, limit, offset)
 
@@ -124,7 +125,7 @@ def add_interest(
 
 @router.patch("/interests/{interest_id}")
 def update_interest(
-    interest_id: int,
+    interest_id: RowId,
     body: InterestPatch,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Depends(allow(Permission.ACTIVITY_WRITE)),
@@ -163,7 +164,7 @@ def add_feedback(
 
 @router.patch("/feedback/{feedback_id}")
 def update_feedback(
-    feedback_id: int,
+    feedback_id: RowId,
     body: FeedbackPatch,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Depends(allow(Permission.ACTIVITY_WRITE)),

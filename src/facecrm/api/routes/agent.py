@@ -17,6 +17,7 @@ from facecrm.alerts.rules import DEFAULT_RULES
 from facecrm.alerts.service import AlertService, VisitEvent
 from facecrm.api.deps import allow, get_crm
 from facecrm.api.problems import ApiError
+from facecrm.api.schemas import RowId
 from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import Shift, StoreConfig, utcnow
@@ -83,14 +84,14 @@ def list_alerts(
 
 @router.post("/alerts/{alert_id}/claim")
 def claim_alert(
-    alert_id: int, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+    alert_id: RowId, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
 ) -> dict[str, object]:
     return alerts.claim(principal, alert_id)
 
 
 @router.post("/alerts/{alert_id}/ack")
 def acknowledge_alert(
-    alert_id: int, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+    alert_id: RowId, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
 ) -> dict[str, object]:
     return alerts.acknowledge(principal, alert_id)
 

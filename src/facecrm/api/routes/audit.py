@@ -22,7 +22,7 @@ def list_audit(
     action: Annotated[str | None, Query(max_length=60)] = None,
     since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Auditor,
 ) -> list[dict[str, object]]:

@@ -63,7 +63,7 @@ def create_customer(
 def search_customers(
     q: Annotated[str, Query(max_length=200)] = "",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Read,
 ) -> list[dict[str, Any]]:
