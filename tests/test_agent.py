@@ -284,3 +284,24 @@ def test_an_erased_customer_is_a_stranger_to_the_agent(
     files = [p for p in (tmp_path / "agent").rglob("*") if p.is_file()]
     assert all(p.name.startswith("outbox.sqlite") for p in files)
     assert [r for r in caplog.records if r.name.startswith("facecrm.agent")] == []
+
+
+@pytest.mark.parametrize("flow", ["erase", "withdraw"])
+def test_a_running_agent_forgets_at_once(
+    store: Store, pipeline: FacePipeline, faces_dir: Path, tmp_path: Path, flow: str
+) -> None:
+    from facecrm.crm.models import Purpose
+
+    agent = Agent(
+        AgentConfig(server=store.url, api_key=store.key, cameras=(), data_dir=tmp_path / "agent"),
+        pipeline,
+    )
+    assert agent.gallery.sync(agent._client)
+    face = pipeline.faces(read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))[0]
+    assert agent.gallery.decide(face.template) is not None
+    if flow == "erase":
+        store.crm.delete_customer(store.lin)
+    else:
+        store.crm.withdraw(store.lin, Purpose.IN_STORE_RECOGNITION)
+    assert agent.gallery.sync(agent._client)  # what the agent does every 2 seconds
+    assert agent.gallery.decide(face.template) is None
