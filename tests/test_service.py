@@ -165,6 +165,9 @@ def test_saved_ann_index_is_reused_only_while_current(
     assert reloaded.gallery.gallery.uses_ann
     index_file = settings.cache_dir / f"hnsw-{crm.model_id}.bin"
     assert index_file.is_file()
+    assert (v / np.linalg.norm(v)).astype(np.float32).tobytes()[:64] not in index_file.read_bytes()
+    again = FaceCRM(settings, pipeline=pipeline)  # loads the saved (encrypted) graph
+    assert again.gallery.gallery.ann is not None and again.gallery.gallery.uses_ann
     reloaded.delete_customer(rose.id)  # bumps the generation: the saved file is stale
     fresh = FaceCRM(settings, pipeline=pipeline)
     assert rose.id not in set(fresh.gallery.gallery._owner.values())

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import event, text, update
 from sqlalchemy.orm import Session
 
@@ -32,6 +34,7 @@ from facecrm.gallery.gallery import (
     best_per_customer,
 )
 from facecrm.gallery.index import HnswIndex, Vectors
+from facecrm.keys import derived_key
 
 Row = tuple[int, str, np.ndarray]
 """A template for search: (template id, customer id, plaintext unit vector)."""
@@ -108,7 +111,11 @@ class MemoryGalleryStore:
         base = self.settings.cache_dir / f"hnsw-{self.model_id}"
         return base.with_suffix(".bin"), base.with_suffix(".json")
 
+    def _cache_key(self) -> bytes:
+        return derived_key(self.settings, "gallery-cache")
+
     def _load_saved_ann(self, dim: int, generation: int | None, ids: set[int]) -> HnswIndex | None:
+        """The saved graph, if it reflects this generation (it is stored encrypted)."""
         if len(ids) < self.settings.ann_min_size:
             return None
         index_path, meta_path = self._ann_paths()
@@ -116,13 +123,20 @@ class MemoryGalleryStore:
             meta = json.loads(meta_path.read_text())
             if meta.get("generation") != generation or meta.get("count") != len(ids):
                 return None
-            return HnswIndex.load(index_path, dim, ids)
-        except (OSError, ValueError, RuntimeError):
+            sealed = index_path.read_bytes()
+            plain = AESGCM(self._cache_key()).decrypt(sealed[:12], sealed[12:], b"hnsw")
+            return HnswIndex.from_bytes(plain, dim, ids)
+        except Exception:  # missing, stale, corrupt or from another key: rebuild
             return None
 
     def _save_ann(self, index: HnswIndex, generation: int) -> None:
         index_path, meta_path = self._ann_paths()
-        index.save(index_path)
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        nonce = secrets.token_bytes(12)
+        sealed = nonce + AESGCM(self._cache_key()).encrypt(nonce, index.to_bytes(), b"hnsw")
+        tmp = index_path.with_suffix(".tmp")
+        tmp.write_bytes(sealed)
+        tmp.replace(index_path)
         meta_path.write_text(json.dumps({"generation": generation, "count": len(index)}))
 
 

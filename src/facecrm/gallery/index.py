@@ -8,7 +8,8 @@ of hnswlib).
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
+import pickle
 from typing import Protocol
 
 import numpy as np
@@ -98,8 +99,9 @@ class HnswIndex:
         if needed > self._index.get_max_elements():
             self._index.resize_index(max(needed, 2 * self._index.get_max_elements()))
         for i in ids:
-            if int(i) in self._live:
-                self._index.unmark_deleted(int(i))
+            if int(i) not in self._live:
+                with contextlib.suppress(RuntimeError):  # a label removed earlier comes back
+                    self._index.unmark_deleted(int(i))
         self._index.add_items(np.asarray(vectors, dtype=np.float32), ids, replace_deleted=False)
         self._live.update(int(i) for i in ids)
 
@@ -119,19 +121,16 @@ class HnswIndex:
         labels, distances = self._index.knn_query(queries, k=k)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
 
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._index.save_index(str(path))
+    def to_bytes(self) -> bytes:
+        """The graph (with its vectors) serialised; the caller encrypts it before storing."""
+        return pickle.dumps(self._index)
 
     @classmethod
-    def load(cls, path: Path, dim: int, live: set[int], ef_search: int = 256) -> HnswIndex:
-        import hnswlib
-
+    def from_bytes(cls, data: bytes, dim: int, live: set[int], ef_search: int = 256) -> HnswIndex:
         index = cls.__new__(cls)
         index.dim = dim
         index.ef_search = ef_search
-        index._index = hnswlib.Index(space="ip", dim=dim)
-        index._index.load_index(str(path), allow_replace_deleted=False)
+        index._index = pickle.loads(data)
         index._index.set_ef(ef_search)
         index._live = set(live)
         return index
