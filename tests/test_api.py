@@ -381,3 +381,28 @@ def test_login_lockout(chain: Chain) -> None:
         httpx.post(url, data={"username": "nobody", "password": "x"}).status_code for _ in range(6)
     ]
     assert ghost == [401] * 5 + [429]  # unknown names lock the same way: no user enumeration
+
+
+def test_console_csrf_and_security_headers(chain: Chain) -> None:
+    with httpx.Client(base_url=chain.url) as browser:
+        page = browser.get("/console/login")
+        assert page.headers["x-frame-options"] == "DENY"
+        assert page.headers["x-content-type-options"] == "nosniff"
+        csrf = browser.cookies["facecrm_csrf"]
+        forged = browser.post(
+            "/console/login",
+            data={"username": "admin", "password": PASSWORD, "csrf": "not-the-token"},
+        )
+        assert forged.status_code == 403
+        ok = browser.post(
+            "/console/login", data={"username": "admin", "password": PASSWORD, "csrf": csrf}
+        )
+        assert ok.status_code == 303
+        session = ok.cookies.get("facecrm_session") or browser.cookies.get("facecrm_session")
+        assert session
+        no_token = browser.post(
+            "/console/enroll",
+            data={"name": "x", "consent": "true"},
+            files={"image": ("x.jpg", b"x", "image/jpeg")},
+        )
+        assert no_token.status_code == 403  # state changes need the CSRF header
