@@ -406,3 +406,18 @@ def test_console_csrf_and_security_headers(chain: Chain) -> None:
             files={"image": ("x.jpg", b"x", "image/jpeg")},
         )
         assert no_token.status_code == 403  # state changes need the CSRF header
+
+
+def test_store_rules_and_shifts(chain: Chain) -> None:
+    with chain.client("manager") as c:
+        path = f"/api/v1/stores/{chain.store_a}/config"
+        ok = c.put(path, json={"rules": {"vip_arrival": {"enabled": False}}})
+        assert ok.status_code == 200 and ok.json()["rules"]["vip_arrival"]["enabled"] is False
+        assert c.put(path, json={"rules": {"astrology": {}}}).status_code == 422
+        half = c.put(path, json={"webhook_url": "https://example.test/hook"})
+        assert half.status_code == 422
+    with chain.client("associate") as c:
+        shift = c.post(f"/api/v1/shifts/{chain.store_a}")
+        assert shift.status_code == 201 and shift.json()["store_id"] == chain.store_a
+        assert c.delete(f"/api/v1/shifts/{chain.store_a}").status_code == 204
+        assert c.post(f"/api/v1/shifts/{chain.store_b}").status_code == 403

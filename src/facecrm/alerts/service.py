@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from facecrm.alerts import rules, webhooks
 from facecrm.alerts.bus import AlertBus
-from facecrm.crm import activity, audit, db
+from facecrm.crm import accounts, activity, audit, db
 from facecrm.crm.authz import Principal
-from facecrm.crm.errors import ConflictError, NotFoundError
+from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     AgentEvent,
     Alert,
@@ -264,3 +264,56 @@ class AlertService:
         if alert is None or not principal.may_act_in(alert.store_id):
             raise NotFoundError(f"no alert with id {alert_id}")
         return alert
+
+    # -- shifts and store rules ------------------------------------------------------
+
+    def start_shift(self, principal: Principal, store_id: str) -> dict[str, object]:
+        principal.require_store(store_id)
+        with db.transaction(self.crm.sessions) as session:
+            accounts.get_store(session, store_id)
+            shift = Shift(staff_id=principal.id, store_id=store_id)
+            session.add(shift)
+            session.flush()
+            audit.record(session, principal, "shift_start", None, store_id)
+            return {
+                "id": shift.id,
+                "store_id": store_id,
+                "started_at": shift.started_at.isoformat(),
+            }
+
+    def end_shift(self, principal: Principal, store_id: str) -> None:
+        with db.transaction(self.crm.sessions) as session:
+            open_shifts = session.scalars(
+                select(Shift).where(
+                    Shift.staff_id == principal.id,
+                    Shift.store_id == store_id,
+                    Shift.ended_at.is_(None),
+                )
+            )
+            for shift in open_shifts:
+                shift.ended_at = utcnow()
+            audit.record(session, principal, "shift_end", None, store_id)
+
+    def configure_store(
+        self,
+        principal: Principal,
+        store_id: str,
+        rule_settings: dict[str, dict[str, object]],
+        webhook_url: str | None,
+        webhook_secret: str | None,
+    ) -> dict[str, object]:
+        """Set the store's rule overrides and signed webhook."""
+        principal.require_store(store_id)
+        unknown = set(rule_settings) - set(rules.DEFAULT_RULES)
+        if unknown:
+            raise InvalidError(f"unknown rules: {', '.join(sorted(unknown))}")
+        if (webhook_url is None) != (webhook_secret is None):
+            raise InvalidError("a webhook needs both a URL and a secret")
+        with db.transaction(self.crm.sessions) as session:
+            accounts.get_store(session, store_id)
+            config = session.get(StoreConfig, store_id) or StoreConfig(store_id=store_id)
+            config.rules = dict(rule_settings)
+            config.webhook_url, config.webhook_secret = webhook_url, webhook_secret
+            session.merge(config)
+            audit.record(session, principal, "store_config", None, store_id)
+        return {"store_id": store_id, "rules": rule_settings, "webhook_url": webhook_url}

@@ -353,9 +353,9 @@ class FaceCRM:
     ) -> list[Identification]:
         """Every face in `image` (or the `max_faces` largest): a customer, or unknown."""
         principal.require(Permission.IDENTIFY)
-        if store_id is not None or principal.stores is not None:
-            store_id = store_id or (next(iter(principal.stores)) if principal.stores else None)
-            principal.require_store(store_id)
+        if store_id is None and principal.stores:
+            store_id = min(principal.stores)  # a store-bound principal acts in its store
+        principal.require_store(store_id)  # chain-wide principals may name any or none
         faces = self.pipeline.faces(image)[:max_faces]
         with db.transaction(self.sessions) as session:
             decisions = (

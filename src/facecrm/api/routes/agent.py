@@ -13,14 +13,10 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from facecrm.alerts.bus import AlertBus
-from facecrm.alerts.rules import DEFAULT_RULES
 from facecrm.alerts.service import AlertService, VisitEvent
 from facecrm.api.deps import allow, get_crm
-from facecrm.api.problems import ApiError
 from facecrm.api.schemas import RowId
-from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.models import Shift, StoreConfig, utcnow
 from facecrm.crm.service import FaceCRM
 
 router = APIRouter(tags=["store agents and alerts"])
@@ -129,30 +125,17 @@ def alert_stream(
 
 @router.post("/shifts/{store_id}", status_code=201)
 def start_shift(
-    store_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Staff
+    store_id: str, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
 ) -> dict[str, object]:
     """The calling staff member is on shift in this store (alerts may be routed to them)."""
-    principal.require_store(store_id)
-    with db.transaction(crm.sessions) as session:
-        accounts.get_store(session, store_id)
-        shift = Shift(staff_id=principal.id, store_id=store_id)
-        session.add(shift)
-        session.flush()
-        audit.record(session, principal, "shift_start", None, store_id)
-        return {"id": shift.id, "store_id": store_id, "started_at": shift.started_at.isoformat()}
+    return alerts.start_shift(principal, store_id)
 
 
 @router.delete("/shifts/{store_id}", status_code=204)
 def end_shift(
-    store_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Staff
+    store_id: str, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
 ) -> Response:
-    with db.transaction(crm.sessions) as session:
-        shifts = session.query(Shift).filter(
-            Shift.staff_id == principal.id, Shift.store_id == store_id, Shift.ended_at.is_(None)
-        )
-        for shift in shifts:
-            shift.ended_at = utcnow()
-        audit.record(session, principal, "shift_end", None, store_id)
+    alerts.end_shift(principal, store_id)
     return Response(status_code=204)
 
 
@@ -160,21 +143,10 @@ def end_shift(
 def configure_store(
     store_id: str,
     body: StoreConfigIn,
-    crm: FaceCRM = Depends(get_crm),
+    alerts: AlertService = Depends(get_alerts),
     principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
 ) -> dict[str, object]:
     """Switch rules on or off, tune them, and set the store's signed webhook."""
-    principal.require_store(store_id)
-    unknown = set(body.rules) - set(DEFAULT_RULES)
-    if unknown:
-        raise ApiError(422, f"unknown rules: {', '.join(sorted(unknown))}")
-    if (body.webhook_url is None) != (body.webhook_secret is None):
-        raise ApiError(422, "a webhook needs both a URL and a secret")
-    with db.transaction(crm.sessions) as session:
-        accounts.get_store(session, store_id)
-        config = session.get(StoreConfig, store_id) or StoreConfig(store_id=store_id)
-        config.rules, config.webhook_url = body.rules, body.webhook_url
-        config.webhook_secret = body.webhook_secret
-        session.merge(config)
-        audit.record(session, principal, "store_config", None, store_id)
-    return {"store_id": store_id, "rules": body.rules, "webhook_url": body.webhook_url}
+    return alerts.configure_store(
+        principal, store_id, body.rules, body.webhook_url, body.webhook_secret
+    )
