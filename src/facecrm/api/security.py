@@ -12,11 +12,6 @@ from facecrm.keys import server_secret
 ALGORITHM = "HS256"
 
 
-def secret_key(settings: Settings) -> str:
-    """The key that signs staff tokens."""
-    return server_secret(settings)
-
-
 def issue_token(settings: Settings, staff_id: str, minutes: int | None = None) -> str:
     now = datetime.now(UTC)
     claims = {
@@ -25,13 +20,13 @@ def issue_token(settings: Settings, staff_id: str, minutes: int | None = None) -
         "exp": now + timedelta(minutes=minutes or settings.token_minutes),
         "typ": "staff",
     }
-    return jwt.encode(claims, secret_key(settings), algorithm=ALGORITHM)
+    return jwt.encode(claims, server_secret(settings), algorithm=ALGORITHM)
 
 
 def staff_id_from_token(settings: Settings, token: str) -> str | None:
     """The staff id of a valid, unexpired token, else None."""
     try:
-        claims = jwt.decode(token, secret_key(settings), algorithms=[ALGORITHM])
+        claims = jwt.decode(token, server_secret(settings), algorithms=[ALGORITHM])
     except jwt.PyJWTError:
         return None
     sub = claims.get("sub")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
@@ -38,6 +38,17 @@ def _target(session: Session, principal: Principal, customer_id: str, store_id: 
     principal.require_store(store_id)
     accounts.get_store(session, store_id)
     load(session, customer_id)
+
+
+Scoped = TypeVar("Scoped", Interest, Feedback)
+
+
+def _visible(session: Session, principal: Principal, model: type[Scoped], row_id: int) -> Scoped:
+    """A row of the principal's stores; another store's row is as unknown as a missing one."""
+    row = session.get(model, row_id)
+    if row is None or not principal.may_act_in(row.store_id):
+        raise NotFoundError(f"no {model.__tablename__} entry with id {row_id}")
+    return row
 
 
 def _listing(model: Any, time_col: Any, principal: Principal, f: Filters) -> Select[Any]:
@@ -162,9 +173,7 @@ def update_interest(
     resolved: bool | None = None,
     out_of_stock: bool | None = None,
 ) -> Interest:
-    interest = session.get(Interest, interest_id)
-    if interest is None or not principal.may_act_in(interest.store_id):
-        raise NotFoundError(f"no interest with id {interest_id}")
+    interest = _visible(session, principal, Interest, interest_id)
     if out_of_stock is not None:
         interest.out_of_stock = out_of_stock
     if resolved is not None:
@@ -205,9 +214,7 @@ def add_feedback(
 def resolve_feedback(
     session: Session, principal: Principal, feedback_id: int, resolved: bool
 ) -> Feedback:
-    feedback = session.get(Feedback, feedback_id)
-    if feedback is None or not principal.may_act_in(feedback.store_id):
-        raise NotFoundError(f"no feedback with id {feedback_id}")
+    feedback = _visible(session, principal, Feedback, feedback_id)
     feedback.resolved = resolved
     feedback.resolved_at = utcnow() if resolved else None
     session.flush()

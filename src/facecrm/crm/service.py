@@ -333,6 +333,15 @@ class FaceCRM:
         sealed = self.cipher(session, customer.id, create=True).seal(buffer.getvalue(), "photo")
         session.merge(CustomerPhoto(customer_id=customer.id, jpeg=sealed))
 
+    def view_photo(self, principal: Principal, customer_id: str, channel: str) -> bytes | None:
+        """The kept photo for a staff card (None if none or not agreed); audited."""
+        principal.require(Permission.CUSTOMERS_READ)
+        with db.transaction(self.sessions) as session:
+            jpeg = self.photo(session, customer_id)
+            if jpeg is not None:
+                audit.record(session, principal, "photo_view", customer_id, channel=channel)
+            return jpeg
+
     def photo(self, session: Session, customer_id: str) -> bytes | None:
         """The kept enrollment photo (JPEG), if the customer agreed to it being shown."""
         customer = customers.load(session, customer_id)

@@ -59,6 +59,7 @@ def decode_image(data: bytes) -> Image:
         )
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # malformed metadata: not worth a log
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
             pil = PILImage.open(io.BytesIO(bytes(data)))
     except UnidentifiedImageError as exc:

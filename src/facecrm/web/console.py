@@ -19,11 +19,10 @@ from fastapi.templating import Jinja2Templates
 from facecrm.api.deps import get_crm, principal_for_token
 from facecrm.api.problems import ApiError, problem
 from facecrm.api.routes.agent import sse
-from facecrm.api.routes.customers import card
 from facecrm.api.schemas import RowId
 from facecrm.api.security import issue_token
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, audit, auditlog, customers, db
+from facecrm.crm import accounts, audit, auditlog, cards, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
@@ -171,20 +170,19 @@ def customer_card(
     principal: Principal = Depends(staff),
 ) -> Response:
     principal.require(Permission.CUSTOMERS_READ)
-    return render(request, "card.html", principal, c=card(crm, principal, customer_id))
+    with db.transaction(crm.sessions) as session:
+        c = cards.card(session, principal, customer_id)
+    return render(request, "card.html", principal, c=c)
 
 
 @router.get("/customers/{customer_id}/photo")
 def customer_photo(
     customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
 ) -> Response:
-    principal.require(Permission.CUSTOMERS_READ)
-    with db.transaction(crm.sessions) as session:
-        jpeg = crm.photo(session, customer_id)
-        if jpeg is None:
-            raise ApiError(404, "no photo to show for this customer")
-        audit.record(session, principal, "photo_view", customer_id, channel="console")
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    jpeg = crm.view_photo(principal, customer_id, channel="console")
+    if jpeg is None:
+        raise ApiError(404, "no photo to show for this customer")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/alerts", response_class=HTMLResponse)
@@ -237,11 +235,13 @@ def lookup(
     if not results or results[0].match is None:
         return JSONResponse({"found": False, "message": "No opted-in customer."})
     customer_id = results[0].match.customer_id
+    with db.transaction(crm.sessions) as session:
+        found = cards.card(session, principal, customer_id)
     return JSONResponse(
         {
             "found": True,
             "url": f"/console/customers/{customer_id}",
-            "card": card(crm, principal, customer_id),
+            "card": found,
         }
     )
 

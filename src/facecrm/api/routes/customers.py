@@ -10,45 +10,15 @@ from facecrm.api.deps import allow, get_crm, multipart
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, activity, audit, customers, db
+from facecrm.crm import accounts, audit, cards, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant, consent_dict, profile
-from facecrm.crm.models import CustomerPhoto, Purpose
+from facecrm.crm.models import Purpose
 from facecrm.crm.service import FaceCRM, Photo
 
 router = APIRouter(tags=["customers"])
 Read = Depends(allow(Permission.CUSTOMERS_READ))
 Write = Depends(allow(Permission.CUSTOMERS_WRITE))
-
-
-def card(crm: FaceCRM, principal: Principal, customer_id: str) -> dict[str, Any]:
-    """The staff card: profile, consents and the activity in the principal's stores."""
-    with db.transaction(crm.sessions) as session:
-        customer = customers.load(session, customer_id)
-        f = activity.Filters(customer_id=customer_id, limit=10)
-        out = {
-            **profile(customer),
-            "consents": [consent_dict(c) for c in customer.consents],
-            "templates": len(customer.templates),
-            "has_photo": session.get(CustomerPhoto, customer_id) is not None
-            and customer.show_photo,
-            "recent_visits": [
-                customers.visit_dict(v) for v in activity.visits(session, principal, f)
-            ],
-            "purchases": [
-                customers.purchase_dict(p) for p in activity.purchases(session, principal, f)
-            ],
-            "open_interests": [
-                customers.interest_dict(i)
-                for i in activity.interests(session, principal, f, open_only=True)
-            ],
-            "open_feedback": [
-                customers.feedback_dict(x)
-                for x in activity.feedback(session, principal, f, open_only=True)
-            ],
-        }
-        audit.record(session, principal, "lookup", customer_id)
-        return out
 
 
 @router.post("/customers", status_code=201)
@@ -77,7 +47,9 @@ def search_customers(
 def get_customer(
     customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Read
 ) -> dict[str, Any]:
-    return card(crm, principal, customer_id)
+    """The staff card (the lookup is audited)."""
+    with db.transaction(crm.sessions) as session:
+        return cards.card(session, principal, customer_id)
 
 
 @router.patch("/customers/{customer_id}")
@@ -164,9 +136,7 @@ def customer_photo(
     customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Read
 ) -> Response:
     """The enrollment photo, only where the customer agreed to it being shown."""
-    with db.transaction(crm.sessions) as session:
-        jpeg = crm.photo(session, customer_id)
-        if jpeg is None:
-            raise ApiError(404, "no photo to show for this customer")
-        audit.record(session, principal, "photo_view", customer_id)
-        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    jpeg = crm.view_photo(principal, customer_id, channel="api")
+    if jpeg is None:
+        raise ApiError(404, "no photo to show for this customer")
+    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
