@@ -76,12 +76,17 @@ class Photo:
     image: Image
 
 
-@dataclass(frozen=True, slots=True)
 class EnrollmentError(ValueError):
-    """A photo of an enrollment failed the quality gate; nothing was stored."""
+    """A photo of an enrollment failed the quality gate; nothing was stored.
 
-    source: str
-    error: QualityError
+    An ordinary exception class on purpose: a frozen/slotted dataclass cannot take the
+    `__traceback__` that Starlette and `raise` set on it (TypeError, connection reset).
+    """
+
+    def __init__(self, source: str, error: QualityError) -> None:
+        super().__init__(source, error)
+        self.source = source
+        self.error = error
 
     def __str__(self) -> str:
         return f"{self.source}: {self.error}"
