@@ -73,7 +73,13 @@ class Settings(BaseSettings):
 
     # Bad input limits
     max_upload_bytes: int = 15 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
+    max_image_pixels: int = 40_000_000  # JPEG: decoded at 1/2..1/8 scale, so cheap per pixel
+    # PNG, TIFF and BMP decode at full size before they can be reduced: up to 8 bytes a
+    # pixel, so 16 MP (a 4900x3300 photo) peaks at ~130 MB; WebP costs 16 bytes a pixel
+    # and gets half this limit (see vision/image.py and benchmarks/README.md)
+    max_decoded_pixels: int = 16_000_000
+    max_concurrent_decodes: int = 2  # decodes at once per process (one per core)
+    decode_wait_seconds: float = 5.0  # a request waits this long for a decode slot, then 503
 
     @property
     def resolved_database_url(self) -> str:

@@ -14,17 +14,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from facecrm.crm.authz import Forbidden
 from facecrm.crm.errors import ConflictError, ConsentError, InvalidError, NotFoundError
 from facecrm.crm.service import EnrollmentError
-from facecrm.vision.image import ImageError
+from facecrm.vision.image import DecoderBusy, ImageError
 
 log = logging.getLogger("facecrm.api")
 MEDIA_TYPE = "application/problem+json"
 
 
-def problem(status: int, detail: str, **extra: object) -> JSONResponse:
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, **extra: object
+) -> JSONResponse:
     """A problem response with the standard members plus `extra`."""
     title = HTTPStatus(status).phrase
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {**({"WWW-Authenticate": "Bearer"} if status == 401 else {}), **(headers or {})}
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
@@ -81,6 +83,11 @@ def install(app: FastAPI) -> None:
     async def _image(_: Request, exc: ImageError) -> JSONResponse:
         status = 413 if exc.reason == "too_large" else 422
         return problem(status, exc.message, reason=exc.reason)
+
+    @app.exception_handler(DecoderBusy)
+    async def _busy(_: Request, exc: DecoderBusy) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after)}
+        return problem(503, str(exc), headers=headers, reason="busy")
 
     @app.exception_handler(EnrollmentError)
     async def _quality(_: Request, exc: EnrollmentError) -> JSONResponse:

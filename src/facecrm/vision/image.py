@@ -5,22 +5,45 @@ Every photo that reaches facecrm (CLI, API, kiosk, phone) passes through
 the header before allocating, restricts formats to the ones cameras and phones
 produce, applies the EXIF orientation (phones store portraits sideways) and
 normalises grayscale, palette, alpha, 16-bit and CMYK images to 8-bit RGB.
+
+Memory is bounded per decode and per process: JPEGs are scaled down inside the
+decoder (DCT scaling); the other formats can only be decoded at full size, so
+they get a lower pixel limit (`max_decoded_pixels`) and are box-reduced right
+after loading, before any conversion; at most `max_concurrent_decodes` run at
+once (a request that waits longer than `decode_wait_seconds` gets `DecoderBusy`);
+and freed memory is handed back to the system after a large decode.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageFile, ImageOps, UnidentifiedImageError
+from PIL import ImageFile, UnidentifiedImageError
 
-from facecrm.config import get_settings
+from facecrm.config import Settings, get_settings
 from facecrm.vision.types import Image
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
+SCALED_IN_DECODER = frozenset({"JPEG", "MPO"})  # the others decode at full size
+TRIM_AFTER_PIXELS = 4_000_000  # after a decode this large, give freed memory back
+_ORIENTATION = {
+    2: PILImage.Transpose.FLIP_LEFT_RIGHT,
+    3: PILImage.Transpose.ROTATE_180,
+    4: PILImage.Transpose.FLIP_TOP_BOTTOM,
+    5: PILImage.Transpose.TRANSPOSE,
+    6: PILImage.Transpose.ROTATE_270,
+    7: PILImage.Transpose.TRANSVERSE,
+    8: PILImage.Transpose.ROTATE_90,
+}
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, not a grey band
 PILImage.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit below
@@ -35,6 +58,60 @@ class ImageError(ValueError):
         self.message = message
 
 
+class DecoderBusy(Exception):
+    """Every decode slot stayed taken for `decode_wait_seconds`; retry shortly (HTTP 503)."""
+
+    retry_after = 1  # seconds; a decode takes well under one
+
+    def __init__(self) -> None:
+        super().__init__("the server is busy decoding other photos; retry in a second")
+
+
+_slots_lock = threading.Lock()
+_slots: dict[int, threading.BoundedSemaphore] = {}
+_held = threading.local()
+
+
+@contextmanager
+def decode_slot(settings: Settings) -> Iterator[None]:
+    """Hold one of the process's `max_concurrent_decodes` slots, or raise `DecoderBusy`.
+
+    Waiting is bounded: a flood of uploads is turned away with 503 instead of piling up
+    threads that each hold a compressed body and then a decoded image.
+    """
+    if getattr(_held, "slot", False):  # re-entrant: the upload reader holds it for decode_image
+        yield
+        return
+    size = max(1, settings.max_concurrent_decodes)
+    with _slots_lock:
+        slots = _slots.setdefault(size, threading.BoundedSemaphore(size))
+    if not slots.acquire(timeout=max(0.0, settings.decode_wait_seconds)):
+        raise DecoderBusy
+    _held.slot = True
+    try:
+        yield
+    finally:
+        _held.slot = False
+        slots.release()
+
+
+def _load_malloc_trim() -> ctypes._CFuncPtr | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def release_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them in its arenas otherwise)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def read_image(path: str | Path) -> Image:
     """Read and decode an image file (see `decode_image`)."""
     path = Path(path)
@@ -47,7 +124,7 @@ def read_image(path: str | Path) -> Image:
 
 
 def decode_image(data: bytes) -> Image:
-    """Decode `data` into an upright RGB uint8 array, or raise `ImageError`."""
+    """Decode `data` into an upright RGB uint8 array, or raise `ImageError`/`DecoderBusy`."""
     settings = get_settings()
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageError("wrong_type", f"expected image bytes, got {type(data).__name__}")
@@ -57,28 +134,32 @@ def decode_image(data: bytes) -> Image:
         raise ImageError(
             "too_large", f"the image is larger than the {settings.max_upload_bytes} byte limit"
         )
+    with decode_slot(settings):
+        pixels = 0
+        try:
+            pil, pixels, scale_max = _load(bytes(data), settings)
+            return _to_rgb(pil, scale_max)
+        finally:
+            if pixels >= TRIM_AFTER_PIXELS:
+                release_memory()
+
+
+def _load(data: bytes, settings: Settings) -> tuple[PILImage.Image, int, float]:
+    """Open, check and load `data`; returns the upright, reduced image, the pixel count
+    decoded and the white point of 16-bit/int/float images."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # malformed metadata: not worth a log
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            pil = PILImage.open(io.BytesIO(bytes(data)))
+            pil = PILImage.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise ImageError("not_an_image", "the data is not a recognised image") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("corrupt", f"the image header is corrupt: {exc}") from exc
     with pil:
-        if pil.format not in ALLOWED_FORMATS:
-            raise ImageError(
-                "unsupported_format",
-                f"{pil.format} images are not accepted; use JPEG, PNG, WebP, BMP or TIFF",
-            )
+        _check(pil, settings)
         width, height = pil.size
-        if width <= 0 or height <= 0 or width * height > settings.max_image_pixels:
-            raise ImageError(
-                "too_many_pixels",
-                f"{width}x{height} exceeds the {settings.max_image_pixels} pixel limit",
-            )
-        if pil.format in {"JPEG", "MPO"} and settings.decode_max_side:
+        if pil.format in SCALED_IN_DECODER and settings.decode_max_side:
             # let the JPEG decoder scale down by 1/2, 1/4 or 1/8 in the DCT (much cheaper
             # than decoding everything and resizing), never below decode_max_side
             scale = settings.decode_max_side / max(width, height)
@@ -88,26 +169,110 @@ def decode_image(data: bytes) -> Image:
             with warnings.catch_warnings():  # malformed metadata is not worth a log line
                 warnings.simplefilter("ignore", UserWarning)
                 pil.load()
-                upright = ImageOps.exif_transpose(pil)
+                orientation = pil.getexif().get(0x0112)
+                scale_max = _white_point(pil)
+                small = _reduce(pil, settings.decode_max_side)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError("corrupt", f"the image data is truncated or corrupt: {exc}") from exc
-        return _to_rgb(upright)
+        pixels = pil.size[0] * pil.size[1]
+    if orientation in _ORIENTATION:
+        small = small.transpose(_ORIENTATION[orientation])
+    return small, pixels, scale_max
 
 
-def _to_rgb(pil: PILImage.Image) -> Image:
-    """Normalise any Pillow mode to an 8-bit RGB array."""
+def _check(pil: PILImage.Image, settings: Settings) -> None:
+    """Refuse, from the header alone, what would cost too much to decode."""
+    if pil.format not in ALLOWED_FORMATS:
+        raise ImageError(
+            "unsupported_format",
+            f"{pil.format} images are not accepted; use JPEG, PNG, WebP, BMP or TIFF",
+        )
+    width, height = pil.size
+    if width <= 0 or height <= 0 or width * height > settings.max_image_pixels:
+        raise ImageError(
+            "too_many_pixels",
+            f"{width}x{height} exceeds the {settings.max_image_pixels} pixel limit",
+        )
+    limit = decoded_pixel_limit(pil.format, settings)
+    if width * height > limit:
+        raise ImageError(
+            "too_many_pixels",
+            f"{pil.format} images are decoded at full size: {width}x{height} exceeds their"
+            f" {limit} pixel limit; send a JPEG or a smaller image",
+        )
+    if pil.format == "TIFF":
+        if getattr(pil, "is_animated", False):
+            raise ImageError("multi_page", "multi-page TIFF files are not accepted")
+        tile = (pil.tag_v2.get(322), pil.tag_v2.get(323))  # TileWidth, TileLength
+        if all(isinstance(v, int) for v in tile) and tile[0] * tile[1] > max(
+            width * height, 1 << 20
+        ):
+            raise ImageError("corrupt", f"the TIFF tiles ({tile[0]}x{tile[1]}) exceed the image")
+
+
+def decoded_pixel_limit(fmt: str | None, settings: Settings) -> int:
+    """The most pixels an image of `fmt` may have.
+
+    PNG, TIFF and BMP peak at up to 8 bytes a pixel (the image, plus the premultiplied
+    copy Pillow makes to reduce one with alpha); WebP at 16 (Pillow decodes every WebP
+    through libwebp's animation API: two canvases, a copy, then the image), so it gets half.
+    """
+    if fmt in SCALED_IN_DECODER:
+        return settings.max_image_pixels
+    if fmt == "WEBP":
+        return min(settings.max_image_pixels, settings.max_decoded_pixels // 2)
+    return min(settings.max_image_pixels, settings.max_decoded_pixels)
+
+
+def _white_point(pil: PILImage.Image) -> float:
+    """The value that maps to white for 16-bit, int and float images (from the full image)."""
+    if pil.mode.startswith("I;16"):
+        return 65535.0
+    if pil.mode in {"I", "F"}:
+        top = pil.getextrema()[1]
+        return 65535.0 if isinstance(top, int | float) and top > 255 else 255.0
+    return 255.0
+
+
+def _reduce(pil: PILImage.Image, max_side: int) -> PILImage.Image:
+    """Box-reduce a full-size decode to between `max_side` and twice that, as JPEGs are.
+
+    Done before any mode conversion so that no full-size copy is ever made (palette and
+    1-bit images, which Pillow cannot average, are expanded first).
+    """
+    if pil.mode == "1":
+        pil = pil.convert("L")
+    elif pil.mode in {"P", "PA"}:
+        pil = pil.convert("RGBA" if pil.mode == "PA" or "transparency" in pil.info else "RGB")
+    factor = max(pil.size) // max_side if max_side else 1
+    if factor < 2:
+        return pil
+    if pil.mode.startswith("I;16"):  # Image.reduce has no 16-bit path; resize does
+        width, height = pil.size
+        size = (-(-width // factor), -(-height // factor))
+        return pil.resize(size, PILImage.Resampling.BOX)
+    return pil.reduce(factor)
+
+
+def _to_rgb(pil: PILImage.Image, white: float = 255.0) -> Image:
+    """Normalise any Pillow mode to an 8-bit RGB array (on the already reduced image)."""
     mode = pil.mode
-    if mode in {"I;16", "I;16B", "I;16L", "I", "F"}:
-        arr = np.asarray(pil, dtype=np.float64)
-        hi = 65535.0 if mode.startswith("I;16") or arr.max() > 255 else 255.0
-        gray = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.stack([gray] * 3, axis=-1))
+    if mode.startswith("I;16") or mode in {"I", "F"}:
+        arr = np.asarray(pil)
+        if arr.dtype.kind == "f":
+            arr = np.nan_to_num(arr.astype(np.float32), nan=0.0, posinf=white, neginf=0.0)
+            gray = np.clip(arr * np.float32(255.0 / white) + np.float32(0.5), 0, 255)
+        else:  # integer math: round(v * 255 / white)
+            wide = np.clip(arr.astype(np.int64), 0, int(white))
+            gray = (wide * 255 + int(white) // 2) // int(white)
+        gray8 = gray.astype(np.uint8)
+        return np.ascontiguousarray(np.stack([gray8] * 3, axis=-1))
     if mode == "P" and "transparency" in pil.info:
         pil = pil.convert("RGBA")
         mode = "RGBA"
     if mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
         rgba = pil.convert("RGBA")
-        white = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
-        pil = PILImage.alpha_composite(white, rgba)
+        white_bg = PILImage.new("RGBA", rgba.size, (255, 255, 255, 255))
+        pil = PILImage.alpha_composite(white_bg, rgba)
     rgb = pil.convert("RGB")
     return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))

@@ -1,0 +1,239 @@
+"""Server memory under hostile uploads: `POST /api/v1/identify` with worst-case images.
+
+    python benchmarks/decode_bench.py [--clients 8] [--rounds 3] [--smoke]
+
+`facecrm serve` runs as its own process over a fresh data directory (an admin is
+created with `facecrm admin create`). After one warm-up request (models loaded),
+its idle RSS is read from /proc/<pid>/status and its high-water mark reset; then
+`--clients` threads each send `--rounds` times every worst-case upload: images a
+few KB on disk that decode to tens of megapixels (lossless WebP, 16-bit PNG,
+float TIFF, a huge JPEG), both far above the pixel limits and just below them.
+Reported: the statuses, the peak RSS above idle (VmHWM) and the RSS left after.
+Goal: peak ≤ 400 MB above idle, never a 5xx other than 503 `busy`.
+
+`--smoke` (one round, the same files) exits non-zero when the goal is missed; the
+test suite runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from common import machine
+
+PASSWORD = "benchmark-password"
+GOAL_MB = 400
+
+
+def _encode(image: Image.Image, fmt: str, **options: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **options)
+    return buf.getvalue()
+
+
+def _sixteen_bit(side: int) -> Image.Image:
+    gray = np.zeros((side, side), np.uint16)
+    gray[::7] = 40_000  # a little structure so the decoder has work to do
+    return Image.fromarray(gray)
+
+
+def worst_cases(side: int = 6300, limit_side: int = 4000) -> dict[str, bytes]:
+    """Small files that decode to `side`² (above the limits) and to just below the limits.
+
+    6300² is 39.7 MP, just under `max_image_pixels`; 4000² is the 16 MP limit of PNG and
+    TIFF and 2800² (7.8 MP) that of WebP. Each is generated, then freed, one at a time.
+    """
+    webp_side = limit_side * 7 // 10
+    return {
+        f"rgba-lossless-{side}.webp": _encode(
+            Image.new("RGBA", (side, side), (200, 100, 50, 128)), "WEBP", lossless=True
+        ),
+        f"gray16-{side}.png": _encode(_sixteen_bit(side), "PNG"),
+        f"float-{side}.tiff": _encode(
+            Image.fromarray(np.zeros((side, side), np.float32)),
+            "TIFF",
+            compression="tiff_adobe_deflate",
+        ),
+        f"rgb-{side}.jpg": _encode(Image.new("RGB", (side, side), (90, 120, 150)), "JPEG"),
+        f"rgba-lossless-{webp_side}.webp": _encode(
+            Image.new("RGBA", (webp_side, webp_side), (200, 100, 50, 128)), "WEBP", lossless=True
+        ),
+        f"rgba-{limit_side}.png": _encode(
+            Image.new("RGBA", (limit_side, limit_side), (200, 100, 50, 128)), "PNG"
+        ),
+        f"gray16-{limit_side}.png": _encode(_sixteen_bit(limit_side), "PNG"),
+        f"float-{limit_side}.tiff": _encode(
+            Image.fromarray(np.zeros((limit_side, limit_side), np.float32)),
+            "TIFF",
+            compression="tiff_adobe_deflate",
+        ),
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def status_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM of `pid`, in MB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in {"VmRSS", "VmHWM"}:
+            values[key] = int(rest.split()[0]) / 1024
+    return values
+
+
+def reset_peak(pid: int) -> None:
+    """Reset VmHWM to the current RSS (Linux: `5` to /proc/<pid>/clear_refs)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+@contextlib.contextmanager
+def server(env: dict[str, str]) -> Iterator[tuple[str, int]]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(1200):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the server exited: {proc.stderr.read().decode()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield url, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def attack(url: str, token: str, files: dict[str, bytes], clients: int, rounds: int) -> dict:
+    """`clients` threads, each sending every file `rounds` times; statuses by file."""
+    statuses: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    lock = threading.Lock()
+    headers = {"Authorization": f"Bearer {token}"}
+
+    def worker(offset: int) -> None:
+        names = list(files)
+        order = names[offset % len(names) :] + names[: offset % len(names)]
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
+            for _ in range(rounds):
+                for name in order:
+                    r = c.post("/api/v1/identify", files={"image": (name, files[name])})
+                    reason = ""
+                    if r.status_code != 200:
+                        with contextlib.suppress(ValueError):
+                            reason = " " + str(r.json().get("reason", ""))
+                    if r.status_code == 503:
+                        assert r.headers.get("retry-after"), "503 without Retry-After"
+                    with lock:
+                        statuses[name][f"{r.status_code}{reason}"] += 1
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"statuses": statuses, "seconds": time.perf_counter() - start}
+
+
+def warm_up_photo() -> bytes:
+    return _encode(Image.new("RGB", (640, 480), (128, 128, 128)), "JPEG")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="one round; fail if goal missed")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
+    args = parser.parse_args()
+    rounds = 1 if args.smoke else args.rounds
+    files = worst_cases()
+    print(f"machine: {machine()}")
+    print(f"{len(files)} worst-case files, {sum(map(len, files.values())) // 1024} KB in all:")
+    print(", ".join(f"{name} ({len(data) // 1024} KB)" for name, data in files.items()))
+
+    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-decode-bench-"))
+    if args.model_cache:
+        (data_dir / "cache").mkdir(parents=True)
+        (data_dir / "cache" / "models").symlink_to(args.model_cache.resolve())
+    env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
+    env.pop("FACECRM_DATABASE_URL", None)
+    create_admin = ["admin", "create", "--username", "bench", "--password", PASSWORD]
+    subprocess.run(
+        [sys.executable, "-m", "facecrm", *create_admin],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    with server(env) as (url, pid):
+        token = httpx.post(
+            f"{url}/api/v1/auth/token", data={"username": "bench", "password": PASSWORD}
+        ).json()["access_token"]
+        warm = httpx.post(
+            f"{url}/api/v1/identify",
+            files={"image": ("warm.jpg", warm_up_photo())},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=300,
+        )
+        warm.raise_for_status()
+        time.sleep(0.5)
+        idle = status_mb(pid)["VmRSS"]
+        reset_peak(pid)
+        result = attack(url, token, files, args.clients, rounds)
+        peak = status_mb(pid)["VmHWM"]
+        time.sleep(1.0)
+        after = status_mb(pid)["VmRSS"]
+
+    print(f"\n{args.clients} clients x {rounds} rounds x {len(files)} files")
+    print("| file | statuses |")
+    print("| --- | --- |")
+    for name in files:
+        counts = ", ".join(f"{k}: {v}" for k, v in sorted(result["statuses"][name].items()))
+        print(f"| {name} | {counts} |")
+    print(
+        f"\n| idle RSS MB | peak above idle MB | after, above idle MB | seconds |\n"
+        f"| ---: | ---: | ---: | ---: |\n"
+        f"| {idle:.0f} | {peak - idle:.0f} | {after - idle:.0f} | {result['seconds']:.1f} |"
+    )
+    failures = [
+        f"{name}: {status}"
+        for name, counts in result["statuses"].items()
+        for status in counts
+        if status.startswith("5") and not status.startswith("503")
+    ]
+    if peak - idle > GOAL_MB:
+        failures.append(f"peak {peak - idle:.0f} MB above idle exceeds {GOAL_MB} MB")
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    return 1 if failures and args.smoke else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
