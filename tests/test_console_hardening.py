@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from browser import CHROMIUM_ARGS, chromium_path
@@ -100,26 +101,36 @@ def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
     context.close()
 
 
-@pytest.fixture()
-def page(context: BrowserContext) -> Iterator[Page]:
-    """A page that fails the test on a script error or on any CSP violation Chromium reports."""
-    page = context.new_page()
-    # recorded by the page itself, so violations on every navigation are kept
-    page.add_init_script(
-        """document.addEventListener("securitypolicyviolation", (e) => {
-             const seen = JSON.parse(sessionStorage.getItem("csp") || "[]");
-             seen.push(e.violatedDirective + " " + e.blockedURI);
-             sessionStorage.setItem("csp", JSON.stringify(seen));
-           });"""
-    )
+RECORD_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => {
+  const seen = JSON.parse(sessionStorage.getItem("csp") || "[]");
+  seen.push(e.violatedDirective + " " + e.blockedURI);
+  sessionStorage.setItem("csp", JSON.stringify(seen));
+});"""
+
+
+def watch(page: Page) -> list[str]:
+    """Script errors and CSP reports of `page` (console and `securitypolicyviolation`)."""
+    page.add_init_script(RECORD_VIOLATIONS)  # kept in the page, across navigations
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on(
         "console",
         lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
     )
+    return errors
+
+
+def violations(page: Page) -> list[str]:
+    return list(page.evaluate("JSON.parse(sessionStorage.getItem('csp') || '[]')"))
+
+
+@pytest.fixture()
+def page(context: BrowserContext) -> Iterator[Page]:
+    """A page that fails the test on a script error or on any CSP violation Chromium reports."""
+    page = context.new_page()
+    errors = watch(page)
     yield page
-    errors += page.evaluate("JSON.parse(sessionStorage.getItem('csp') || '[]')")
+    errors += violations(page)
     assert not errors, errors
 
 
@@ -169,3 +180,90 @@ def test_card_keeps_the_connection_alive(page: Page, context: BrowserContext, si
         assert sockets[0] is not None and sockets[0] is sockets[1]  # no reconnect in between
     finally:
         connection.close()
+
+
+def test_every_console_page_has_the_csp_and_works_without_violations(
+    page: Page, context: BrowserContext, site: Site, faces_dir: Path
+) -> None:
+    """Each page carries the policy; its scripts (camera, upload, live stream) still work."""
+
+    def visit(path: str) -> None:
+        response = page.goto(path)
+        assert response is not None and response.status == 200, path
+        assert response.headers.get("content-security-policy") == CSP, path
+        hop = response.request.redirected_from
+        if hop is not None:  # the redirect that led here carries it too
+            assert (hop_response := hop.response()) is not None
+            assert hop_response.headers.get("content-security-policy") == CSP, hop.url
+
+    visit("/console/login")
+    log_in(page)
+    visit("/console/")  # home: redirects to the customer search
+    expect(page.locator("h1")).to_have_text("Customers")
+    visit("/console/customers?q=rose")
+    page.click("text=Rose Leslie")
+    expect(page.locator("#purchases")).to_contain_text("Wool socks")
+    assert page.evaluate("document.querySelector('img.photo').naturalWidth") > 0
+    visit(f"/console/customers/{site.rose}")
+
+    visit("/console/alerts")
+    expect(page.locator("#stream-state")).to_have_text("Live.")
+
+    visit("/console/lookup")
+    page.set_input_files("#shot", str(faces_dir / "identities/rose_leslie/2.jpg"))
+    expect(page.locator("#answer a")).to_have_text("Rose Leslie (vip)")
+
+    visit("/console/enroll")
+    page.fill("input[name=name]", "Kit Harington")
+    page.check("input[name=consent]")
+    page.click("#start-camera")
+    expect(page.locator("#take-photo")).to_be_enabled()
+    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    page.click("#take-photo")
+    expect(page.locator("#photo-state")).to_contain_text("Photo taken")
+    page.click("#submit")
+    expect(page.locator("#result")).to_contain_text("Enrolled")
+
+    page.click("header button[type=submit]")  # log out, then the auditor's page
+    log_in(page, "audrey")
+    visit("/console/audit")
+    expect(page.locator("#chain")).to_contain_text("Hash chain intact")
+
+
+def test_the_policy_blocks_an_injected_inline_script(context: BrowserContext, site: Site) -> None:
+    """The CSP is enforced, not just sent: an inline script added to a page does not run."""
+    page = context.new_page()
+    errors = watch(page)
+    log_in(page)
+    page.goto(f"/console/customers/{site.rose}")
+    page.evaluate(
+        """() => {
+             const s = document.createElement("script");
+             s.textContent = "window.injected = true";
+             document.body.append(s);
+           }"""
+    )
+    assert page.evaluate("window.injected === undefined")
+    page.wait_for_function("(sessionStorage.getItem('csp') || '').includes('script-src')")
+    assert any("Content Security Policy" in e for e in errors), errors
+
+
+def test_hsts_only_over_https(site: Site) -> None:
+    """HSTS when uvicorn sees https (here: X-Forwarded-Proto from its trusted local proxy)."""
+    https = httpx.get(f"{site.url}/console/login", headers={"X-Forwarded-Proto": "https"})
+    assert https.status_code == 200
+    assert https.headers["strict-transport-security"] == "max-age=31536000; includeSubDomains"
+    assert "; secure" in https.headers["set-cookie"].lower()  # the CSRF cookie too
+    plain = httpx.get(f"{site.url}/console/login")
+    assert plain.status_code == 200
+    assert "strict-transport-security" not in plain.headers
+    assert plain.headers["content-security-policy"] == CSP
+
+
+def test_no_cdn_backed_api_docs(site: Site) -> None:
+    """Swagger UI and ReDoc (scripts from a CDN) are off; the schema is still served."""
+    for path in ("/docs", "/redoc", "/docs/oauth2-redirect"):
+        assert httpx.get(f"{site.url}{path}").status_code == 404, path
+    schema = httpx.get(f"{site.url}/openapi.json")
+    assert schema.status_code == 200
+    assert "/api/v1/customers" in schema.json()["paths"]
