@@ -122,7 +122,7 @@ class SecurityHeaders:
 
     The scheme is the request's as uvicorn sees it, so behind a TLS-terminating proxy
     HSTS is sent only when uvicorn trusts that proxy's X-Forwarded-Proto
-    (`--proxy-headers`, `--forwarded-allow-ips`).
+    (`FORWARDED_ALLOW_IPS`, by default the local host only).
     """
 
     def __init__(self, app: ASGIApp) -> None:
