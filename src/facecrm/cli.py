@@ -361,6 +361,7 @@ def serve(
         host=host or settings.host,
         port=port or settings.port,
         timeout_graceful_shutdown=5,
+        log_config=None,  # keep configure_logging's JSON lines (access log without queries)
     )
 
 
