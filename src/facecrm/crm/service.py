@@ -23,7 +23,7 @@ from functools import cached_property
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from facecrm.config import Settings, get_settings
@@ -118,11 +118,8 @@ class FaceCRM:
         self._seal_legacy()
         self.audit_key = derived_key(self.settings, "audit-chain")
         self.audit_head = self.settings.data_dir / "audit-head.json"
-        event.listen(self.sessions, "after_commit", self._seal_audit)
-
-    def _seal_audit(self, session: Session) -> None:
-        if session.info.pop("audited", False):
-            auditchain.seal(self.sessions, self.audit_key, self.audit_head)
+        # audit events are sealed inside the transaction that records them
+        auditchain.install(self.sessions, self.audit_key, self.audit_head)
 
     def verify_audit(self) -> auditchain.Report:
         """Check the audit trail's hash chain (see `auditchain`)."""
