@@ -14,10 +14,15 @@ DIR_MODE = 0o700
 FILE_MODE = 0o600
 
 
-def make_dir(path: Path) -> Path:
-    """Create `path` (and parents) if needed; `path` itself ends up 0700."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
-    os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask; an old dir keeps its mode
+def make_dir(path: Path, own: bool = False) -> Path:
+    """Create `path` (and parents) if missing, 0700; with `own`, an existing one is made 0700.
+
+    Without `own` an existing folder is left alone: it may be shared (a
+    database URL pointing into /srv or /tmp must not change that folder).
+    """
+    if own or not path.exists():
+        path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        os.chmod(path, DIR_MODE)  # mkdir's mode is filtered by the umask
     return path
 
 

@@ -26,6 +26,7 @@ from PIL import Image as PILImage
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
+from facecrm import private
 from facecrm.config import Settings, get_settings
 from facecrm.crm import audit, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
@@ -66,6 +67,23 @@ __all__ = [
     "NotFoundError",
     "Photo",
 ]
+
+
+# where a customer's data lives (every table with a foreign-key path to `customers`)
+CUSTOMER_TABLES = (
+    "customers",
+    "consents",
+    "customer_keys",
+    "customer_photos",
+    "face_templates",
+    "feedback",
+    "interests",
+    "purchases",
+    "purchase_items",
+    "visits",
+    "alerts",
+)
+FACE_TABLES = ("face_templates", "customer_photos", "customer_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +128,7 @@ class FaceCRM:
 
     def __init__(self, settings: Settings | None = None, pipeline: FacePipeline | None = None):
         self.settings = settings or get_settings()
+        private.make_dir(self.settings.data_dir, own=True)  # keys, secret, database: 0700
         self.engine = db.make_engine(self.settings.resolved_database_url)
         db.migrate(self.engine)
         self.sessions = db.session_factory(self.engine)
@@ -460,12 +479,15 @@ class FaceCRM:
             customers.withdraw_consent(session, principal, customer_id, purpose)
             if purpose == Purpose.IN_STORE_RECOGNITION:
                 self._forget_face(session, customer_id)
+        if purpose == Purpose.IN_STORE_RECOGNITION:
+            self.scrub_erased(FACE_TABLES)
 
     def forget_face(self, customer_id: str, reason: str, principal: Principal = SYSTEM) -> None:
         """Delete a customer's templates, photo and data key (e.g. for retention)."""
         with db.transaction(self.sessions) as session:
             self._forget_face(session, customer_id)
             audit.record(session, principal, "forget_face", customer_id, reason=reason)
+        self.scrub_erased(FACE_TABLES)
 
     def _forget_face(self, session: Session, customer_id: str) -> None:
         self.gallery.removed(session, customer_id)
@@ -481,6 +503,18 @@ class FaceCRM:
             self.gallery.removed(session, customer_id)
             session.delete(customer)
             audit.record(session, principal, "erase", customer_id)
+        self.scrub_erased(CUSTOMER_TABLES)
+
+    def scrub_erased(self, tables: Sequence[str] = CUSTOMER_TABLES) -> bool:
+        """Once an erasure has committed, wipe the deleted rows from the database files.
+
+        See `db.scrub`: on SQLite nothing of them is left in any file when this
+        returns (unless a long reader blocks the checkpoint: False); on
+        PostgreSQL the touched tables are vacuumed.
+        """
+        if self.engine.dialect.name == "postgresql":
+            tables = [*tables, "gallery_vectors"]
+        return db.scrub(self.engine, tables)
 
     # -- reads ---------------------------------------------------------------------
 
