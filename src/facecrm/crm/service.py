@@ -24,6 +24,7 @@ from functools import cached_property
 import numpy as np
 from PIL import Image as PILImage
 from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from facecrm import private
@@ -514,7 +515,11 @@ class FaceCRM:
         """
         if self.engine.dialect.name == "postgresql":
             tables = [*tables, "gallery_vectors"]
-        return db.scrub(self.engine, tables)
+        try:
+            return db.scrub(self.engine, tables)
+        except SQLAlchemyError:  # the erasure itself has committed: report, do not fail it
+            db.log.exception("could not scrub erased data from the database files")
+            return False
 
     # -- reads ---------------------------------------------------------------------
 
