@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select, text
 
 from facecrm.crm import customers, db
@@ -69,20 +72,133 @@ def test_inserted_event(crm: FaceCRM) -> None:
             )
         _sql(
             c,
-            "INSERT INTO audit_events (at, actor, action, detail, note, prev_hash, hash)"
-            " VALUES (:at, 'intruder', 'lookup', '{}', '', :prev, :hash)",
+            "INSERT INTO audit_events (id, at, actor, action, detail, note, prev_hash, hash)"
+            " VALUES (:id, :at, 'intruder', 'lookup', '{}', '', :prev, :hash)",
+            id=ids[-1] + 1,
             at=row["at"],
             prev=row["hash"],
             hash="f" * 64,
         )
 
     problems = _tampered(crm, forge)
-    assert any("content altered" in p for p in problems)
-    assert any("newest event" in p for p in problems)
+    assert problems == ["event 6: content altered"]
 
 
 def test_truncated_tail(crm: FaceCRM) -> None:
     problems = _tampered(
         crm, lambda c, ids: _sql(c, "DELETE FROM audit_events WHERE id >= :i", i=ids[-2])
     )
-    assert any("newest event" in p for p in problems)
+    assert any("newest sealed one, is missing" in p for p in problems)
+
+
+# -- an intruder with write access to the database ---------------------------------
+
+
+def _hashes(crm: FaceCRM) -> dict[int, str | None]:
+    with crm.sessions() as session:
+        return dict(session.execute(select(AuditEvent.id, AuditEvent.hash)).all())  # type: ignore[arg-type]
+
+
+def _attack(crm: FaceCRM, *statements: str, **params: object) -> list[str]:
+    """Run the intruder's SQL, then a normal audited request, then verify."""
+    for statement in statements:
+        _sql(crm, statement, **params)
+    _activity(crm, 1)  # the next request must not seal the intruder's rows
+    report = crm.verify_audit()
+    assert not report.ok
+    return report.problems
+
+
+def test_null_out_and_reseal_after_delete(crm: FaceCRM) -> None:
+    ids = _activity(crm)
+    problems = _attack(
+        crm,
+        "DELETE FROM audit_events WHERE id = :i",
+        "UPDATE audit_events SET hash = NULL, prev_hash = NULL WHERE id > :i",
+        i=ids[1],
+    )
+    assert f"events {ids[1]}: missing (deleted)" in problems
+    assert all(f"event {i}: not sealed" in " ".join(problems) for i in ids[2:])
+    assert all(_hashes(crm)[i] is None for i in ids[2:])  # never re-sealed
+
+
+def test_null_out_and_reseal_after_alter(crm: FaceCRM) -> None:
+    ids = _activity(crm)
+    problems = _attack(
+        crm,
+        "UPDATE audit_events SET actor = 'someone else' WHERE id = :i",
+        "UPDATE audit_events SET hash = NULL, prev_hash = NULL WHERE id >= :i",
+        i=ids[2],
+    )
+    assert all(f"event {i}: not sealed" in " ".join(problems) for i in ids[2:])
+    assert all(_hashes(crm)[i] is None for i in ids[2:])
+
+
+def test_backdated_insert_with_null_hash(crm: FaceCRM) -> None:
+    ids = _activity(crm)
+    forged = ids[-1] + 1
+    problems = _attack(
+        crm,
+        "INSERT INTO audit_events (id, at, actor, action, customer_id, detail, note)"
+        " VALUES (:i, :at, 'clerk', 'lookup', NULL, '{}', '')",
+        i=forged,
+        at=datetime.now(UTC) - timedelta(days=30),
+    )
+    text_ = " ".join(problems)
+    assert f"event {forged}: not sealed" in text_
+    assert f"event {forged}: dated" in text_ and "out of order" in text_
+    assert _hashes(crm)[forged] is None
+
+
+def test_id_gap(crm: FaceCRM) -> None:
+    ids = _activity(crm)
+    problems = _attack(crm, "DELETE FROM audit_events WHERE id IN (:a, :b)", a=ids[1], b=ids[2])
+    assert f"events {ids[1]}..{ids[2]}: missing (deleted)" in problems
+
+
+def test_out_of_order_at(crm: FaceCRM) -> None:
+    ids = _activity(crm)
+    problems = _attack(
+        crm,
+        "UPDATE audit_events SET at = :at, hash = NULL WHERE id = :i",
+        i=ids[3],
+        at=datetime.now(UTC) - timedelta(hours=1),
+    )
+    assert any(p.startswith(f"event {ids[3]}: dated") for p in problems)
+
+
+def test_truncation_stays_visible_after_later_writes(crm: FaceCRM) -> None:
+    ids = _activity(crm)
+    problems = _attack(crm, "DELETE FROM audit_events WHERE id >= :i", i=ids[-2])
+    # the next event reuses the id but chains from the anchored (deleted) event
+    assert f"event {ids[-2]}: does not follow the previous event" in " ".join(problems)
+
+
+def test_rollback_leaves_no_gap(crm: FaceCRM) -> None:
+    _activity(crm, 2)
+    with pytest.raises(RuntimeError), db.transaction(crm.sessions) as session:
+        customers.create(session, SYSTEM, {"name": "Rolled back"})
+        raise RuntimeError("the action failed")
+    ids = _activity(crm, 1)
+    assert ids == [1, 2, 3]
+    assert crm.verify_audit().ok
+
+
+def test_concurrent_writers_keep_one_chain(crm: FaceCRM) -> None:
+    def work(_: int) -> None:
+        for i in range(5):
+            with db.transaction(crm.sessions) as session:
+                customers.create(session, SYSTEM, {"name": f"Customer {i}"})
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    report = crm.verify_audit()
+    assert report.ok, report.problems
+    assert report.checked == 20
+
+
+def test_audit_needs_a_sealing_session(crm: FaceCRM) -> None:
+    from sqlalchemy.orm import Session
+
+    with Session(crm.engine) as session, pytest.raises(RuntimeError):
+        customers.create(session, SYSTEM, {"name": "Unsealed"})

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from facecrm import private
 from facecrm.config import Settings
 
 NONCE = 12
@@ -150,10 +151,8 @@ def drop_master_keys(settings: Settings, keep: set[str]) -> list[str]:
             removed.append(key_id)
         else:
             kept.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(kept) + "\n")
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
+    # created 0600 before the first key byte is written (a chmod afterwards leaves a window)
+    private.write_file(path, ("\n".join(kept) + "\n").encode())
     return removed
 
 

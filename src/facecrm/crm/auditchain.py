@@ -1,12 +1,28 @@
 """The tamper-evident audit trail: an HMAC chain over every audit event.
 
-Events are written in the transaction of the action they record, then sealed
-right after it commits: in id order, each event's `hash` is
-HMAC-SHA256(key, prev_hash + canonical content), with a key derived from the
-server secret, so someone who can only write to the database cannot forge a
-consistent chain. The newest sealed hash is also kept beside the database
-(`audit-head.json`), so truncating the tail or rewriting the whole table shows
-too. `verify()` reports every altered, inserted or deleted event.
+Each event's `hash` is HMAC-SHA256(key, prev_hash + canonical content), with a
+key derived from the server secret, so someone who can only write to the
+database cannot forge a consistent chain.
+
+Sealing happens *inside* the transaction that records the events, at commit
+(`seal_pending`, a `before_commit` hook of `FaceCRM.sessions`): under a lock
+that orders every audited commit (PostgreSQL: an advisory transaction lock;
+SQLite: the database's single write lock), the events get the next ids, the
+commit time, and their hashes, and are inserted. So:
+
+* only the events the sealing transaction wrote itself are ever sealed: a row
+  whose hash was removed, or that was inserted without one, stays unsealed and
+  `verify` reports it (there is no legitimate unsealed row: events and hashes
+  commit together, and a crash before the commit loses both);
+* ids are allocated as max(id)+1 under that lock, never from a sequence, so a
+  rolled-back transaction burns no id (on PostgreSQL a sequence would, making
+  gaps ambiguous): every gap is a deletion;
+* chain order is id order and `at` never decreases along it.
+
+The newest sealed event is also kept beside the database (`audit-head.json`).
+`verify` uses it to show deletions at the end; the sealer uses it too: if the
+anchored event is gone or changed, new events chain from the anchored hash, so
+a truncation stays visible after later writes instead of being papered over.
 """
 
 from __future__ import annotations
@@ -16,23 +32,38 @@ import hmac
 import json
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from facecrm import private
 from facecrm.crm.models import AuditEvent
 
-_seal_lock = threading.Lock()
 GENESIS = "0" * 64
+PENDING = "audit_pending"  # session.info: events recorded, not yet sealed
+SEALER = "audit_sealer"  # session.info: this session's factory seals at commit
+_SEALED = "audit_sealed"  # session.info: (id, hash) of the newest event sealed
+_ADVISORY_LOCK = 7354201
+# clocks of several PostgreSQL clients (or an NTP step) may disagree a little;
+# a back-dated event is off by far more than this
+CLOCK_SKEW = timedelta(seconds=5)
+_head_lock = threading.Lock()
+
+
+def _utc(value: datetime | str) -> str:
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is not None:  # SQLite hands back naive UTC, PostgreSQL aware
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat()
 
 
 def canonical(event: AuditEvent) -> bytes:
-    at = event.at.isoformat() if isinstance(event.at, datetime) else str(event.at)
     content = {
         "id": event.id,
-        "at": at,
+        "at": _utc(event.at),
         "actor": event.actor,
         "store_id": event.store_id,
         "action": event.action,
@@ -47,28 +78,82 @@ def link(key: bytes, prev_hash: str, event: AuditEvent) -> str:
     return hmac.new(key, prev_hash.encode() + canonical(event), hashlib.sha256).hexdigest()
 
 
-def seal(sessions: sessionmaker[Session], key: bytes, head: Path | None = None) -> int:
-    """Chain every unsealed event; returns how many were sealed."""
-    with _seal_lock, sessions() as session, session.begin():
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(7354201)"))
-        last = session.scalars(
-            select(AuditEvent).where(AuditEvent.hash.is_not(None)).order_by(AuditEvent.id.desc())
-        ).first()
-        prev = last.hash if last is not None and last.hash else GENESIS
-        pending = session.scalars(
-            select(AuditEvent).where(AuditEvent.hash.is_(None)).order_by(AuditEvent.id)
-        ).all()
-        for event in pending:
-            event.prev_hash = prev
-            event.hash = prev = link(key, prev, event)
-            last = event
-        if pending and head is not None and last is not None:
-            head.parent.mkdir(parents=True, exist_ok=True)
-            tmp = head.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"id": last.id, "hash": last.hash}))
-            tmp.replace(head)
-        return len(pending)
+def _read_head(head: Path | None) -> tuple[int, str] | None:
+    if head is None or not head.is_file():
+        return None
+    anchor = json.loads(head.read_text())
+    return int(anchor["id"]), str(anchor["hash"])
+
+
+def _lock_chain(session: Session) -> None:
+    """Order audited commits: whoever holds this lock appends next."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text(f"SELECT pg_advisory_xact_lock({_ADVISORY_LOCK})"))
+    else:
+        # a write statement takes SQLite's write lock (held to the commit) before the
+        # chain's end is read; it changes nothing
+        session.execute(text("UPDATE audit_events SET id = id WHERE 0 = 1"))
+
+
+def seal_pending(session: Session, key: bytes, head: Path | None) -> None:
+    """Append the events this transaction recorded to the chain (runs at its commit)."""
+    events: list[AuditEvent] = session.info.pop(PENDING, [])
+    if not events:
+        return
+    _lock_chain(session)
+    last_id = session.scalar(select(func.max(AuditEvent.id))) or 0
+    prev = session.scalar(
+        select(AuditEvent.hash)
+        .where(AuditEvent.hash.is_not(None))
+        .order_by(AuditEvent.id.desc())
+        .limit(1)
+    )
+    prev = prev or GENESIS
+    anchor = _read_head(head)
+    if anchor is not None:
+        anchored = session.scalar(select(AuditEvent.hash).where(AuditEvent.id == anchor[0]))
+        if anchored != anchor[1]:
+            prev = anchor[1]  # the anchored event was deleted or changed: keep the break
+    now = datetime.now(UTC)
+    for offset, event in enumerate(events, start=1):
+        event.id = last_id + offset
+        event.at = now
+        event.prev_hash = prev
+        event.hash = prev = link(key, prev, event)
+    session.add_all(events)
+    session.info[_SEALED] = (events[-1].id, events[-1].hash)
+
+
+def write_head(session: Session, head: Path | None) -> None:
+    """After the commit: move `audit-head.json` forward to the newest sealed event."""
+    sealed = session.info.pop(_SEALED, None)
+    if sealed is None or head is None:
+        return
+    with _head_lock:
+        current = _read_head(head)
+        if current is not None and current[0] >= sealed[0]:
+            return  # another transaction already sealed a newer event
+        private.write_file(head, json.dumps({"id": sealed[0], "hash": sealed[1]}).encode())
+
+
+def forget_pending(session: Session) -> None:
+    """After a rollback: nothing was sealed."""
+    session.info.pop(PENDING, None)
+    session.info.pop(_SEALED, None)
+
+
+def install(sessions: sessionmaker[Session], key: bytes, head: Path | None) -> None:
+    """Make every session of `sessions` seal its audit events at commit."""
+    from sqlalchemy import event
+
+    sessions.kw.setdefault("info", {})[SEALER] = True
+    event.listen(sessions, "before_commit", lambda s: seal_pending(s, key, head))
+    event.listen(sessions, "after_commit", lambda s: write_head(s, head))
+    event.listen(
+        sessions,
+        "after_soft_rollback",
+        lambda s, t: forget_pending(s) if t.parent is None else None,
+    )
 
 
 @dataclass
@@ -82,29 +167,53 @@ class Report:
 
 
 def verify(sessions: sessionmaker[Session], key: bytes, head: Path | None = None) -> Report:
-    """Walk the chain; every altered, inserted or deleted event becomes a problem."""
+    """Walk the chain in id order; every sign of tampering becomes a problem.
+
+    Reported: unsealed events (none exist legitimately, see the module doc), gaps
+    in the ids (deletions), `at` going backwards (back-dating), events that do not
+    follow their predecessor (deleted or inserted events), altered content, and an
+    anchored newest event that is gone or changed (deletions at the end).
+    """
     report = Report()
-    prev, last = GENESIS, None
+    prev_hash, prev_id, prev_at = GENESIS, 0, None
+    anchor = _read_head(head)
+    anchor_seen = False
     with sessions() as session:
         for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)).yield_per(1000):
             report.checked += 1
+            if event.id != prev_id + 1:
+                missing = (
+                    f"{prev_id + 1}"
+                    if event.id == prev_id + 2
+                    else f"{prev_id + 1}..{event.id - 1}"
+                )
+                report.problems.append(f"events {missing}: missing (deleted)")
+            at = datetime.fromisoformat(_utc(event.at))
+            if prev_at is not None and at < prev_at - CLOCK_SKEW:
+                report.problems.append(
+                    f"event {event.id}: dated {at.isoformat()} before the event before it "
+                    f"({prev_at.isoformat()}): out of order (back-dated?)"
+                )
+            prev_id, prev_at = event.id, at
+            if anchor is not None and event.id == anchor[0]:
+                anchor_seen = event.hash == anchor[1]
             if event.hash is None:
-                report.problems.append(f"event {event.id}: not sealed")
+                report.problems.append(
+                    f"event {event.id}: not sealed (written outside the audit trail, "
+                    "or its seal was removed)"
+                )
                 continue
-            if event.prev_hash != prev:
+            if event.prev_hash != prev_hash:
                 report.problems.append(
                     f"event {event.id}: does not follow the previous event "
-                    "(an event before it was deleted or inserted)"
+                    "(an event before it was deleted, inserted or unsealed)"
                 )
-            elif event.hash != link(key, prev, event):
+            if event.hash != link(key, event.prev_hash or "", event):
                 report.problems.append(f"event {event.id}: content altered")
-            prev, last = event.hash, event
-    if head is not None and head.is_file():
-        anchor = json.loads(head.read_text())
-        if last is None or last.id != anchor["id"] or last.hash != anchor["hash"]:
-            found = f"event {last.id}" if last is not None else "no event"
-            report.problems.append(
-                f"the newest event should be {anchor['id']} but is {found}: "
-                "events were deleted from the end or the table was rewritten"
-            )
+            prev_hash = event.hash
+    if anchor is not None and not anchor_seen:
+        report.problems.append(
+            f"event {anchor[0]}, the newest sealed one, is missing or changed: "
+            "events were deleted from the end or the table was rewritten"
+        )
     return report

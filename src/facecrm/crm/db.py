@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -14,11 +16,23 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from facecrm import private
+
+log = logging.getLogger("facecrm.db")
+
 
 def make_engine(url: str) -> Engine:
-    """An engine; for SQLite the parent folder is created and foreign keys enforced."""
+    """An engine; for SQLite the parent folder is created and foreign keys enforced.
+
+    The SQLite file is created 0600 in a 0700 folder before SQLite opens it (its
+    -wal and -shm files take the database file's mode), and every connection
+    runs with `secure_delete`, so deleted rows are overwritten with zeros.
+    """
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        if path.name and path.name != ":memory:":
+            private.make_dir(path.parent)
+            private.touch(path)
         engine = create_engine(url, connect_args={"check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -29,10 +43,53 @@ def make_engine(url: str) -> Engine:
             # WAL + NORMAL never corrupts; a power cut may lose the last commits only
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.execute("PRAGMA busy_timeout=5000")
+            # erased data must not linger in free space of the file (see `scrub`)
+            cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def scrub(engine: Engine, tables: Iterable[str], wait_seconds: float = 5.0) -> bool:
+    """After an erasure has committed: make the deleted rows' bytes go away on disk.
+
+    SQLite: with `secure_delete` the new page images hold zeros where the rows
+    were, but the write-ahead log still holds older images of those pages (with
+    the data) until a checkpoint. `wal_checkpoint(TRUNCATE)` copies the pages
+    into the database file and empties the log. A reader still in a transaction
+    makes it report busy; it is retried for `wait_seconds`. If it still cannot
+    finish, the data stays in the log until the next checkpoint (SQLite's own,
+    after 1000 pages, or the next erasure's): logged as a warning, returns False.
+
+    PostgreSQL: a DELETE leaves dead tuples in the heap (and index) pages until
+    VACUUM; VACUUM marks their space reusable but does not zero it (new rows
+    overwrite it over time), and only VACUUM FULL rewrites a table into new
+    files. A plain VACUUM of the touched tables runs here: it costs about as
+    much as the changed pages, where VACUUM FULL would rewrite the tables and
+    lock them. Dead tuples still visible to an older open transaction are kept
+    by VACUUM; the server's WAL files and backups keep their copies until they
+    are recycled or expire (see docs/threat-model.md).
+    """
+    if engine.dialect.name == "sqlite":
+        deadline = time.monotonic() + wait_seconds
+        with engine.connect() as connection:
+            while True:
+                busy, _log_pages, _done = connection.exec_driver_sql(
+                    "PRAGMA wal_checkpoint(TRUNCATE)"
+                ).one()
+                if not busy:
+                    return True
+                if time.monotonic() >= deadline:
+                    log.warning("erased data stays in the SQLite log until the next checkpoint")
+                    return False
+                time.sleep(0.05)
+    if engine.dialect.name == "postgresql":
+        names = ", ".join(f'"{t}"' for t in sorted(set(tables)))
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.exec_driver_sql(f"VACUUM {names}")
+        return True
+    return False
 
 
 def _alembic_config() -> Config:

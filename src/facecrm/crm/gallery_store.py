@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import event, text, update
 from sqlalchemy.orm import Session
 
+from facecrm import private
 from facecrm.config import Settings
 from facecrm.crm.models import GalleryState
 from facecrm.gallery.gallery import (
@@ -131,13 +132,12 @@ class MemoryGalleryStore:
 
     def _save_ann(self, index: HnswIndex, generation: int) -> None:
         index_path, meta_path = self._ann_paths()
-        index_path.parent.mkdir(parents=True, exist_ok=True)
+        private.make_dir(index_path.parent, own=True)
         nonce = secrets.token_bytes(12)
         sealed = nonce + AESGCM(self._cache_key()).encrypt(nonce, index.to_bytes(), b"hnsw")
-        tmp = index_path.with_suffix(".tmp")
-        tmp.write_bytes(sealed)
-        tmp.replace(index_path)
-        meta_path.write_text(json.dumps({"generation": generation, "count": len(index)}))
+        private.write_file(index_path, sealed)
+        meta = {"generation": generation, "count": len(index)}
+        private.write_file(meta_path, json.dumps(meta).encode())
 
 
 def _literal(vector: np.ndarray) -> str:

@@ -4,7 +4,12 @@
 * templates (and the data key) of customers enrolled but not seen in any store
   for `retain_templates_unseen_months` — they re-enroll if they come back;
 * consents given more than `reconfirm_consent_months` ago expire (recorded as
-  withdrawn, history kept); an expired recognition consent deletes the templates.
+  withdrawn, history kept); an expired recognition consent deletes the templates;
+* templates (and photo, data key) of anyone without an active recognition
+  consent, whatever the cause, are deleted too.
+
+Everything happens in one transaction: a consent never expires without its
+templates going with it, even if the process dies half-way.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, union
+from sqlalchemy.orm import Session
 
 from facecrm.crm import audit, db
 from facecrm.crm.authz import SYSTEM
-from facecrm.crm.models import Consent, FaceTemplate, Purpose, Visit
+from facecrm.crm.models import Consent, CustomerPhoto, FaceTemplate, Purpose, Visit
 from facecrm.crm.service import FaceCRM
 
 log = logging.getLogger("facecrm.retention")
@@ -34,6 +40,19 @@ class PurgeReport:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _without_consent(session: Session) -> set[str]:
+    """Customers holding a template or kept photo but no active recognition consent."""
+    consenting = select(Consent.customer_id).where(
+        Consent.purpose == Purpose.IN_STORE_RECOGNITION, Consent.withdrawn_at.is_(None)
+    )
+    holders = union(select(FaceTemplate.customer_id), select(CustomerPhoto.customer_id)).subquery()
+    return set(
+        session.scalars(
+            select(holders.c.customer_id).where(holders.c.customer_id.not_in(consenting))
+        )
+    )
 
 
 def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
@@ -54,11 +73,7 @@ def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
             for consent in stale:
                 consent.withdrawn_at = now
                 expired += 1
-            recognition = {
-                c.customer_id for c in stale if c.purpose == Purpose.IN_STORE_RECOGNITION
-            }
-        else:
-            recognition = set()
+            session.flush()
         if settings.retain_templates_unseen_months:
             cutoff = now - settings.retain_templates_unseen_months * MONTH
             enrolled = dict(
@@ -89,8 +104,13 @@ def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
                 expired_consents=expired,
                 unseen_customers=len(unseen),
             )
-    for customer_id in sorted(recognition | set(unseen)):
-        crm.forget_face(customer_id, reason="retention")
+        # expired consents, and whoever else holds templates without consent
+        forget = sorted(_without_consent(session) | set(unseen))
+        for customer_id in forget:
+            crm._forget_face(session, customer_id)
+            audit.record(session, SYSTEM, "forget_face", customer_id, reason="retention")
+    if forget or visits:
+        crm.scrub_erased()
     return PurgeReport(visits, len(unseen), expired)
 
 

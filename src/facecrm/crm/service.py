@@ -23,9 +23,11 @@ from functools import cached_property
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import delete, event, func, select
+from sqlalchemy import delete, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from facecrm import private
 from facecrm.config import Settings, get_settings
 from facecrm.crm import audit, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
@@ -66,6 +68,23 @@ __all__ = [
     "NotFoundError",
     "Photo",
 ]
+
+
+# where a customer's data lives (every table with a foreign-key path to `customers`)
+CUSTOMER_TABLES = (
+    "customers",
+    "consents",
+    "customer_keys",
+    "customer_photos",
+    "face_templates",
+    "feedback",
+    "interests",
+    "purchases",
+    "purchase_items",
+    "visits",
+    "alerts",
+)
+FACE_TABLES = ("face_templates", "customer_photos", "customer_keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +134,7 @@ class FaceCRM:
 
     def __init__(self, settings: Settings | None = None, pipeline: FacePipeline | None = None):
         self.settings = settings or get_settings()
+        private.make_dir(self.settings.data_dir, own=True)  # keys, secret, database: 0700
         self.engine = db.make_engine(self.settings.resolved_database_url)
         db.migrate(self.engine)
         self.sessions = db.session_factory(self.engine)
@@ -123,11 +143,8 @@ class FaceCRM:
         self._seal_legacy()
         self.audit_key = derived_key(self.settings, "audit-chain")
         self.audit_head = self.settings.data_dir / "audit-head.json"
-        event.listen(self.sessions, "after_commit", self._seal_audit)
-
-    def _seal_audit(self, session: Session) -> None:
-        if session.info.pop("audited", False):
-            auditchain.seal(self.sessions, self.audit_key, self.audit_head)
+        # audit events are sealed inside the transaction that records them
+        auditchain.install(self.sessions, self.audit_key, self.audit_head)
 
     def verify_audit(self) -> auditchain.Report:
         """Check the audit trail's hash chain (see `auditchain`)."""
@@ -468,12 +485,15 @@ class FaceCRM:
             customers.withdraw_consent(session, principal, customer_id, purpose)
             if purpose == Purpose.IN_STORE_RECOGNITION:
                 self._forget_face(session, customer_id)
+        if purpose == Purpose.IN_STORE_RECOGNITION:
+            self.scrub_erased(FACE_TABLES)
 
     def forget_face(self, customer_id: str, reason: str, principal: Principal = SYSTEM) -> None:
         """Delete a customer's templates, photo and data key (e.g. for retention)."""
         with db.transaction(self.sessions) as session:
             self._forget_face(session, customer_id)
             audit.record(session, principal, "forget_face", customer_id, reason=reason)
+        self.scrub_erased(FACE_TABLES)
 
     def _forget_face(self, session: Session, customer_id: str) -> None:
         self.gallery.removed(session, customer_id)
@@ -489,6 +509,22 @@ class FaceCRM:
             self.gallery.removed(session, customer_id)
             session.delete(customer)
             audit.record(session, principal, "erase", customer_id)
+        self.scrub_erased(CUSTOMER_TABLES)
+
+    def scrub_erased(self, tables: Sequence[str] = CUSTOMER_TABLES) -> bool:
+        """Once an erasure has committed, wipe the deleted rows from the database files.
+
+        See `db.scrub`: on SQLite nothing of them is left in any file when this
+        returns (unless a long reader blocks the checkpoint: False); on
+        PostgreSQL the touched tables are vacuumed.
+        """
+        if self.engine.dialect.name == "postgresql":
+            tables = [*tables, "gallery_vectors"]
+        try:
+            return db.scrub(self.engine, tables)
+        except SQLAlchemyError:  # the erasure itself has committed: report, do not fail it
+            db.log.exception("could not scrub erased data from the database files")
+            return False
 
     # -- reads ---------------------------------------------------------------------
 
