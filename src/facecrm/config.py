@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Store visits and alerts
     visit_window_minutes: int = 120  # one visit per customer and store within this window
     lookup_per_minute: int = 20  # phone look-ups per staff member
+    # Store webhooks go to public https hosts only; an admin may allow known internal ones
+    webhook_allow_hosts: list[str] = []  # host names or addresses exempt from the address check
+    webhook_allow_http: bool = False
 
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
     retain_visits_days: int = 365

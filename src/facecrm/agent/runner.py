@@ -199,6 +199,14 @@ class Agent:
         response.raise_for_status()
         self.outbox.ack(batch[-1][0])
         self.metrics.inc("facecrm_agent_events_delivered_total", len(batch), help="events sent")
+        try:
+            outcomes = response.json().get("outcomes", [])
+        except (ValueError, AttributeError):
+            outcomes = []
+        rejected = outcomes.count("rejected")  # malformed events are dropped, not retried
+        if rejected:
+            log.warning("the server rejected %d malformed events; they are dropped", rejected)
+            self.metrics.inc("facecrm_agent_events_rejected_total", rejected, help="bad events")
         return len(batch)
 
     def _loop(self, action: str, period: float) -> None:

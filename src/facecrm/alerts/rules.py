@@ -1,31 +1,98 @@
 """Alert rules: what about a customer's arrival is worth a staff member's attention.
 
 Pure functions over a `VisitContext`; each store can switch rules off and tune
-them through `StoreConfig.rules` (defaults in `DEFAULT_RULES`).
+them through `StoreConfig.rules`. `RuleSettings` is the one schema for those
+overrides: it bounds every value and refuses unknown rules and keys, so a bad
+setting is a 422 when it is written, never an error on a later visit.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Annotated, Any
 
-DEFAULT_RULES: dict[str, dict[str, object]] = {
-    "vip_arrival": {"enabled": True, "tiers": ["vip", "gold"]},
-    "out_of_stock_return": {"enabled": True},
-    "unresolved_feedback": {"enabled": True},
-    "long_absence": {"enabled": True, "days": 90},
-    "preferred_advisor": {"enabled": True},
-}
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from facecrm.crm.models import Tier
+
+
+class Rule(BaseModel):
+    """A rule without parameters: on or off."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: Annotated[bool, Field(strict=True)] = True
+
+
+class VipArrival(Rule):
+    tiers: Annotated[list[Tier], Field(min_length=1, max_length=len(Tier))] = [
+        Tier.VIP,
+        Tier.GOLD,
+    ]
+
+
+class LongAbsence(Rule):
+    days: Annotated[int, Field(strict=True, ge=1, le=3650)] = 90
+
+
+class RuleSettings(BaseModel):
+    """A store's rule overrides; a rule or key left out keeps its default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vip_arrival: VipArrival = VipArrival()
+    out_of_stock_return: Rule = Rule()
+    unresolved_feedback: Rule = Rule()
+    long_absence: LongAbsence = LongAbsence()
+    preferred_advisor: Rule = Rule()
+
+
+DEFAULT_RULES: dict[str, dict[str, object]] = RuleSettings().model_dump(mode="json")
+
+
+def parse(overrides: Mapping[str, Any]) -> RuleSettings:
+    """Strictly validated overrides (raises `pydantic.ValidationError`)."""
+    return RuleSettings.model_validate(dict(overrides))
+
+
+def stored(raw: object) -> tuple[RuleSettings, list[str]]:
+    """The settings of a stored config row, however it was written, and what was wrong.
+
+    Rows written before validation may hold anything. A broken rule is switched
+    off (its intent is unknown); a row that is not an object leaves the defaults.
+    Problems name rules, keys and error types only, never the stored values.
+    """
+    if raw is None:
+        return RuleSettings(), []
+    if not isinstance(raw, dict):
+        return RuleSettings(), [f"rules are a {type(raw).__name__}, not an object"]
+    problems: list[str] = []
+    good: dict[str, object] = {}
+    for name, values in raw.items():
+        if name not in RuleSettings.model_fields:
+            problems.append(f"unknown rule {str(name)[:40]!r}")
+            continue
+        try:
+            good[name] = getattr(parse({name: values}), name)
+        except ValidationError as exc:
+            where = "; ".join(
+                ".".join(str(p) for p in e["loc"]) + f": {e['type']}" for e in exc.errors()
+            )
+            problems.append(f"{name} switched off ({where})")
+            good[name] = {"enabled": False}
+    return RuleSettings.model_validate(good), problems
 
 
 @dataclass(frozen=True, slots=True)
 class VisitContext:
-    """What the rules may look at when a customer arrives."""
+    """What the rules may look at when a customer arrives (the receiving store's data only)."""
 
     name: str
     tier: str
     at: datetime
-    previous_visit: datetime | None
+    previous_visit: datetime | None  # the last visit to this store
     wanted: list[tuple[str, bool]] = field(default_factory=list)  # (product, still out of stock)
     open_feedback: list[str] = field(default_factory=list)
     advisor_on_shift: str | None = None  # staff id of the preferred advisor, if on shift here
@@ -39,46 +106,34 @@ class AlertDraft:
     assignee_id: str | None
 
 
-def merged(config: dict[str, object] | None) -> dict[str, dict[str, object]]:
-    """The store's rule settings over the defaults."""
-    rules = {name: dict(values) for name, values in DEFAULT_RULES.items()}
-    for name, values in (config or {}).items():
-        if name in rules and isinstance(values, dict):
-            rules[name].update(values)
-    return rules
-
-
-def evaluate(ctx: VisitContext, config: dict[str, object] | None = None) -> AlertDraft | None:
+def evaluate(
+    ctx: VisitContext, config: RuleSettings | Mapping[str, Any] | None = None
+) -> AlertDraft | None:
     """One alert for the arrival, listing every reason; None when nothing is worth it."""
-    rules = merged(config)
+    s = config if isinstance(config, RuleSettings) else parse(config or {})
     fired: list[str] = []
     lines: list[str] = []
-    if _on(rules, "vip_arrival") and ctx.tier in rules["vip_arrival"]["tiers"]:  # type: ignore[operator]
+    if s.vip_arrival.enabled and ctx.tier in s.vip_arrival.tiers:
         fired.append("vip_arrival")
         lines.append(f"{ctx.tier.upper()} customer")
-    if _on(rules, "out_of_stock_return") and ctx.wanted:
+    if s.out_of_stock_return.enabled and ctx.wanted:
         fired.append("out_of_stock_return")
         for product, still_out in ctx.wanted:
             state = "still out of stock" if still_out else "back in stock now"
             lines.append(f"wanted {product} last time (out of stock then; {state})")
-    if _on(rules, "unresolved_feedback") and ctx.open_feedback:
+    if s.unresolved_feedback.enabled and ctx.open_feedback:
         fired.append("unresolved_feedback")
         lines.append("unresolved feedback: " + "; ".join(ctx.open_feedback[:3]))
-    days = int(rules["long_absence"]["days"])  # type: ignore[call-overload]
-    if _on(rules, "long_absence") and ctx.previous_visit is not None:
+    if s.long_absence.enabled and ctx.previous_visit is not None:
         absent = (ctx.at - ctx.previous_visit).days
-        if absent >= days:
+        if absent >= s.long_absence.days:
             fired.append("long_absence")
             lines.append(f"back after {absent} days")
     assignee = None
-    if _on(rules, "preferred_advisor") and ctx.advisor_on_shift:
+    if s.preferred_advisor.enabled and ctx.advisor_on_shift:
         fired.append("preferred_advisor")
         assignee = ctx.advisor_on_shift
         lines.append(f"preferred advisor {ctx.advisor_name or ''} is on shift: assigned".strip())
     if not fired:
         return None
     return AlertDraft(tuple(fired), f"{ctx.name} has arrived — " + " · ".join(lines), assignee)
-
-
-def _on(rules: dict[str, dict[str, object]], name: str) -> bool:
-    return bool(rules[name].get("enabled", True))

@@ -5,15 +5,24 @@
   camera of that store) is the same visit: no new visit, no new alert.
 * A new visit runs the store's rules; an alert is stored, published to live
   consoles and sent to the store's webhook.
+* An alert is about one store and goes to that store's staff, so it is built
+  only from that store's activity (visits, interests, feedback, shifts) plus
+  the chain-wide profile; another store's activity never leaks into it.
+* One event never blocks the ones behind it: a rejected (malformed) event is
+  reported and skipped, and a failure while raising the alert keeps the visit.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from pydantic import ValidationError
+from sqlalchemy import Text, cast, select, update
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from facecrm.alerts import rules, webhooks
@@ -36,6 +45,9 @@ from facecrm.crm.models import (
 from facecrm.crm.service import FaceCRM
 from facecrm.metrics import Registry
 
+log = logging.getLogger("facecrm.alerts")
+_UNAVAILABLE = (OperationalError, InterfaceError)  # the database, not the event: retry later
+
 
 @dataclass(frozen=True, slots=True)
 class VisitEvent:
@@ -48,6 +60,20 @@ class VisitEvent:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _rule_column(fired: tuple[str, ...]) -> str:
+    """The fired rules' names that fit `alerts.rule` (the message lists every reason).
+
+    Three rules already exceed the column; a longer value would fail the insert on
+    PostgreSQL and with it the visit.
+    """
+    limit = Alert.__table__.c.rule.type.length or 40
+    kept: list[str] = []
+    for name in fired:
+        if len(",".join([*kept, name])) <= limit:
+            kept.append(name)
+    return ",".join(kept)
 
 
 def alert_dict(a: Alert, customer_name: str | None = None) -> dict[str, object]:
@@ -76,13 +102,30 @@ class AlertService:
         self.bus = bus or AlertBus()
         self.metrics = metrics or Registry()
 
-    def ingest(self, device: Principal, events: list[VisitEvent]) -> list[str]:
-        """Apply events in order; each one's outcome: visit, same_visit, duplicate, ignored."""
+    def ingest(self, device: Principal, events: Sequence[VisitEvent | None]) -> list[str]:
+        """Apply events in order; each one's outcome: visit, same_visit, duplicate, ignored,
+        or rejected (None: an event the caller could not parse; or one that failed here).
+
+        A database outage still fails the whole batch (the agent retries it; applied keys
+        are duplicates then); anything else about one event is that event's outcome only.
+        """
         store_id = next(iter(device.stores or []), None)
+        if store_id is None:
+            raise ConflictError("the device has no store")
         outcomes = []
-        for event in events:
+        for index, event in enumerate(events):
             published: list[tuple[str, dict[str, object]]] = []
-            outcome = self._ingest_one(device, store_id, event, published)
+            if event is None:
+                outcome = "rejected"
+            else:
+                try:
+                    outcome = self._ingest_one(device, store_id, event, published)
+                except _UNAVAILABLE:
+                    raise
+                except Exception as exc:  # one poisoned event must not stall
+                    log.warning("visit event %d rejected: %s", index, type(exc).__name__)
+                    published.clear()
+                    outcome = "rejected"
             outcomes.append(outcome)
             self.metrics.inc(
                 "facecrm_agent_events_total",
@@ -116,12 +159,10 @@ class AlertService:
         self,
         session: Session,
         device: Principal,
-        store_id: str | None,
+        store_id: str,
         event: VisitEvent,
         published: list[tuple[str, dict[str, object]]],
     ) -> str:
-        if store_id is None:
-            raise ConflictError("the device has no store")
         customer = session.get(Customer, event.customer_id)
         if customer is None:
             return "ignored"  # erased between the agent's decision and delivery
@@ -135,25 +176,29 @@ class AlertService:
         ).first()
         if previous is not None and at - _aware(previous.at) < window:
             return "same_visit"
-        last_anywhere = session.scalars(
-            select(Visit.at)
-            .where(Visit.customer_id == customer.id)
-            .order_by(Visit.at.desc())
-            .limit(1)
-        ).first()
         visit = activity.record_visit(
             session, device, customer.id, store_id, "agent", event.similarity, at
         )
-        draft = rules.evaluate(
-            self._context(session, customer, store_id, at, last_anywhere),
-            self._config(session, store_id).rules,
-        )
+        previous_at = _aware(previous.at) if previous is not None else None
+        # Evaluation only reads; whatever goes wrong in it costs the alert, never the visit.
+        # (No savepoint: releasing one would fire the audit seal before the visit commits.)
+        try:
+            draft = rules.evaluate(
+                self._context(session, customer, store_id, at, previous_at),
+                self._rules(session, store_id),
+            )
+        except _UNAVAILABLE:
+            raise
+        except Exception as exc:  # a broken rule must not lose the visit
+            log.warning("store %s: no alert, the visit is kept (%s)", store_id, type(exc).__name__)
+            self.metrics.inc("facecrm_alert_failures_total", help="alerts that failed to be raised")
+            draft = None
         if draft is not None:
             alert = Alert(
                 store_id=store_id,
                 customer_id=customer.id,
                 visit_id=visit.id,
-                rule=",".join(draft.rules),
+                rule=_rule_column(draft.rules),
                 message=draft.message,
                 assignee_id=draft.assignee_id,
             )
@@ -171,15 +216,24 @@ class AlertService:
         at: datetime,
         previous: datetime | None,
     ) -> rules.VisitContext:
+        """The customer's profile plus this store's activity only (see the module doc)."""
         wanted = session.execute(
-            select(Interest.product, Interest.out_of_stock).where(
-                Interest.customer_id == customer.id, Interest.resolved.is_(False)
+            select(Interest.product, Interest.out_of_stock)
+            .where(
+                Interest.customer_id == customer.id,
+                Interest.store_id == store_id,
+                Interest.resolved.is_(False),
             )
+            .order_by(Interest.id)
         ).all()
         feedback = session.scalars(
-            select(Feedback.text).where(
-                Feedback.customer_id == customer.id, Feedback.resolved.is_(False)
+            select(Feedback.text)
+            .where(
+                Feedback.customer_id == customer.id,
+                Feedback.store_id == store_id,
+                Feedback.resolved.is_(False),
             )
+            .order_by(Feedback.id)
         ).all()
         advisor = None
         if customer.preferred_advisor_id:
@@ -195,23 +249,45 @@ class AlertService:
             name=customer.preferred_name or customer.name,
             tier=customer.tier,
             at=at,
-            previous_visit=_aware(previous) if previous else None,
+            previous_visit=previous,
             wanted=[(p, bool(o)) for p, o in wanted],
             open_feedback=[f or "(no text)" for f in feedback],
             advisor_on_shift=advisor.id if advisor else None,
             advisor_name=advisor.display_name if advisor else None,
         )
 
-    def _config(self, session: Session, store_id: str) -> StoreConfig:
-        return session.get(StoreConfig, store_id) or StoreConfig(store_id=store_id, rules={})
+    def _rules(self, session: Session, store_id: str) -> rules.RuleSettings:
+        """The store's rules; a row written before validation never breaks a visit.
+
+        The column is read as text and parsed here, so even malformed JSON only
+        falls back to the defaults (and is logged, without the stored values).
+        """
+        text = session.scalar(
+            select(cast(StoreConfig.rules, Text)).where(StoreConfig.store_id == store_id)
+        )
+        try:
+            raw = json.loads(text) if text is not None else None
+        except ValueError:
+            raw, problems = None, ["rules are not valid JSON"]
+        else:
+            problems = []
+        settings, more = rules.stored(raw)
+        for problem in problems + more:
+            log.warning("store %s: invalid alert rule setting: %s", store_id, problem)
+        return settings
 
     def _publish(self, store_id: str, payload: dict[str, object]) -> None:
         self.bus.publish(store_id, {"type": "alert", **payload})
         self.metrics.inc("facecrm_alerts_sent_total", help="alerts raised and published")
         with self.crm.sessions() as session:
-            config = session.get(StoreConfig, store_id)
-            if config is not None and config.webhook_url and config.webhook_secret:
-                webhooks.deliver(config.webhook_url, config.webhook_secret, payload)
+            hook = session.execute(
+                select(StoreConfig.webhook_url, StoreConfig.webhook_secret).where(
+                    StoreConfig.store_id == store_id
+                )
+            ).first()
+        if hook is not None and hook.webhook_url and hook.webhook_secret:
+            policy = webhooks.Policy.from_settings(self.crm.settings)
+            webhooks.deliver(hook.webhook_url, hook.webhook_secret, payload, policy)
 
     # -- staff side ------------------------------------------------------------------
 
@@ -298,22 +374,36 @@ class AlertService:
         self,
         principal: Principal,
         store_id: str,
-        rule_settings: dict[str, dict[str, object]],
+        rule_settings: rules.RuleSettings | dict[str, object],
         webhook_url: str | None,
         webhook_secret: str | None,
     ) -> dict[str, object]:
-        """Set the store's rule overrides and signed webhook."""
+        """Set the store's rule overrides and signed webhook; all checked before any write.
+
+        Bad rules and a URL the server must not call (`webhooks.WebhookRefused`, with a
+        reason) are `InvalidError`s: nothing is written.
+        """
         principal.require_store(store_id)
-        unknown = set(rule_settings) - set(rules.DEFAULT_RULES)
-        if unknown:
-            raise InvalidError(f"unknown rules: {', '.join(sorted(unknown))}")
+        if not isinstance(rule_settings, rules.RuleSettings):
+            try:
+                rule_settings = rules.parse(rule_settings)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise InvalidError(f"rules.{where}: {first['msg']}") from exc
+        overrides = rule_settings.model_dump(mode="json", exclude_unset=True)
         if (webhook_url is None) != (webhook_secret is None):
             raise InvalidError("a webhook needs both a URL and a secret")
+        if webhook_url is not None:
+            webhooks.check_url(webhook_url, webhooks.Policy.from_settings(self.crm.settings))
+        values = {"rules": overrides, "webhook_url": webhook_url, "webhook_secret": webhook_secret}
         with db.transaction(self.crm.sessions) as session:
             accounts.get_store(session, store_id)
-            config = session.get(StoreConfig, store_id) or StoreConfig(store_id=store_id)
-            config.rules = dict(rule_settings)
-            config.webhook_url, config.webhook_secret = webhook_url, webhook_secret
-            session.merge(config)
+            # an UPDATE, not a load: a row with unreadable rules can still be repaired
+            changed = session.execute(
+                update(StoreConfig).where(StoreConfig.store_id == store_id).values(**values)
+            )
+            if not changed.rowcount:  # type: ignore[attr-defined]
+                session.add(StoreConfig(store_id=store_id, **values))
             audit.record(session, principal, "store_config", None, store_id)
-        return {"store_id": store_id, "rules": rule_settings, "webhook_url": webhook_url}
+        return {"store_id": store_id, "rules": overrides, "webhook_url": webhook_url}

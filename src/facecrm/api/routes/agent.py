@@ -10,11 +10,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from facecrm.alerts.bus import AlertBus
+from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import AlertService, VisitEvent
+from facecrm.alerts.webhooks import WebhookRefused
 from facecrm.api.deps import allow, get_crm
+from facecrm.api.problems import ApiError
 from facecrm.api.schemas import RowId
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.service import FaceCRM
@@ -38,13 +41,30 @@ class EventIn(BaseModel):
 
 
 class EventsIn(BaseModel):
-    events: list[EventIn] = Field(max_length=500)
+    """A batch; each item is checked on its own (see `EventIn`) so one bad item is
+    rejected alone instead of failing, and so stalling, the whole batch."""
+
+    events: list[Any] = Field(max_length=500)
+
+
+class EventsOut(BaseModel):
+    outcomes: list[str]  # per event: visit, same_visit, duplicate, ignored or rejected
+    errors: list[dict[str, Any]]  # per rejected event: index, loc, msg, type (never the input)
 
 
 class StoreConfigIn(BaseModel):
-    rules: dict[str, dict[str, Any]] = {}
-    webhook_url: str | None = Field(default=None, max_length=500, pattern="^https?://")
+    rules: RuleSettings = RuleSettings()
+    webhook_url: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(default=None, min_length=16, max_length=100)
+
+
+def _event(raw: object) -> VisitEvent | list[dict[str, Any]]:
+    """The event, or what is wrong with it (locations and messages, not the values)."""
+    try:
+        e = EventIn.model_validate(raw)
+    except ValidationError as exc:
+        return [{"loc": list(x["loc"]), "msg": x["msg"], "type": x["type"]} for x in exc.errors()]
+    return VisitEvent(e.key, e.customer_id, e.at, e.camera, e.similarity)
 
 
 @router.get("/agent/gallery")
@@ -65,10 +85,18 @@ def agent_gallery(
 @router.post("/agent/events")
 def agent_events(
     body: EventsIn, alerts: AlertService = Depends(get_alerts), principal: Principal = Agent
-) -> dict[str, list[str]]:
-    """Visit events in the agent's order; each key is applied once."""
-    events = [VisitEvent(e.key, e.customer_id, e.at, e.camera, e.similarity) for e in body.events]
-    return {"outcomes": alerts.ingest(principal, events)}
+) -> EventsOut:
+    """Visit events in the agent's order; each key is applied once; a malformed event is
+    reported as rejected and the others are still applied."""
+    parsed = [_event(raw) for raw in body.events]
+    events = [p if isinstance(p, VisitEvent) else None for p in parsed]
+    errors = [
+        {"index": i, **error}
+        for i, p in enumerate(parsed)
+        if not isinstance(p, VisitEvent)
+        for error in p
+    ]
+    return EventsOut(outcomes=alerts.ingest(principal, events), errors=errors)
 
 
 @router.get("/alerts")
@@ -147,6 +175,9 @@ def configure_store(
     principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
 ) -> dict[str, object]:
     """Switch rules on or off, tune them, and set the store's signed webhook."""
-    return alerts.configure_store(
-        principal, store_id, body.rules, body.webhook_url, body.webhook_secret
-    )
+    try:
+        return alerts.configure_store(
+            principal, store_id, body.rules, body.webhook_url, body.webhook_secret
+        )
+    except WebhookRefused as exc:
+        raise ApiError(422, str(exc), reason=exc.reason) from exc
