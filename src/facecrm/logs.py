@@ -27,8 +27,24 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class DropQueryStrings(logging.Filter):
+    """Access-log lines without query strings: a search (`?q=ada`) is personal data.
+
+    It belongs in the access-controlled audit trail, not in logs shipped elsewhere.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args  # uvicorn: (client, method, path with query, http version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (args[0], args[1], args[2].split("?", 1)[0], *args[3:])
+        return True
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send facecrm's logs to stderr as JSON lines."""
+    """Send facecrm's logs to stderr as JSON lines; keep query strings out of access logs."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, DropQueryStrings) for f in access.filters):
+        access.addFilter(DropQueryStrings())
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("facecrm")

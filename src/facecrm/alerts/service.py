@@ -77,7 +77,7 @@ class AlertService:
         self.metrics = metrics or Registry()
 
     def ingest(self, device: Principal, events: list[VisitEvent]) -> list[str]:
-        """Apply events in order; each one's outcome: visit, same_visit, duplicate, ignored."""
+        """Apply events in order; outcomes: visit, same_visit, duplicate, ignored, rejected."""
         store_id = next(iter(device.stores or []), None)
         outcomes = []
         for event in events:
@@ -111,6 +111,9 @@ class AlertService:
         except IntegrityError:  # the same key delivered twice at once
             published.clear()
             return "duplicate"
+        except InvalidError:  # e.g. dated in the future: nothing stored, never retried
+            published.clear()
+            return "rejected"
 
     def _apply(
         self,
