@@ -5,7 +5,11 @@ Real faces, real models, SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -113,3 +117,32 @@ def test_photos_of_one_enrollment_are_one_person(crm: FaceCRM, load: Load) -> No
         _photo(load, "identities/kit_harington/2.jpg"),
     ]
     assert len(crm.enroll("Kit", both, VERSION, "kiosk").templates) == 2
+
+
+def test_cli_refuses_a_face_enrolled_under_another_customer(
+    tmp_path: Path, model_cache: Path, faces_dir: Path
+) -> None:
+    """The command line goes through the same check (a real subprocess, SQLite)."""
+    data = tmp_path / "data"
+    (data / "cache").mkdir(parents=True)
+    (data / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
+    env = {**os.environ, "FACECRM_DATA_DIR": str(data), "COLUMNS": "200"}
+
+    def enroll(name: str, photo: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "facecrm", "enroll", name, str(faces_dir / photo)]
+        return subprocess.run(
+            [*command, "--consent"], capture_output=True, text=True, env=env, timeout=600
+        )
+
+    assert enroll("Rose Leslie", "identities/rose_leslie/1.jpg").returncode == 0
+    again = enroll("Someone Else", "identities/rose_leslie/2.jpg")
+    assert again.returncode == 2
+    assert "already enrolled" in again.stderr and "Rose" not in again.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "facecrm", "customers", "list"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert "Rose Leslie" in listed.stdout and "Someone Else" not in listed.stdout

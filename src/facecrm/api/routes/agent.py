@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, StrictFloat
 
 from facecrm.alerts.bus import AlertBus
 from facecrm.alerts.service import AlertService, VisitEvent
@@ -33,7 +33,7 @@ class EventIn(BaseModel):
     customer_id: str = Field(max_length=32)
     at: AwareDatetime  # a future one is "rejected" (crm.activity.check_time)
     camera: str = Field(default="", max_length=100)
-    similarity: float = Field(ge=-1, le=1)
+    similarity: StrictFloat = Field(ge=-1, le=1)
 
 
 class EventsIn(BaseModel):
