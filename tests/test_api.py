@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from sqlalchemy import func, select
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM
 from facecrm.vision.pipeline import FacePipeline
@@ -86,7 +88,7 @@ def _enroll(chain: Chain, name: str, photo: str, role: str = "associate") -> str
             f"/api/v1/customers/{customer['id']}/consents",
             json={
                 "purpose": "in_store_recognition",
-                "text_version": "v1",
+                "text_version": CURRENT,
                 "channel": "kiosk",
                 "store_id": chain.store_a,
             },
@@ -172,7 +174,7 @@ def test_quality_gate_reason(chain: Chain) -> None:
         customer = c.post("/api/v1/customers", json={"name": "Two"}).json()
         c.post(
             f"/api/v1/customers/{customer['id']}/consents",
-            json={"purpose": "in_store_recognition", "text_version": "v1", "channel": "kiosk"},
+            json={"purpose": "in_store_recognition", "text_version": CURRENT, "channel": "kiosk"},
         )
         r = c.post(
             f"/api/v1/customers/{customer['id']}/faces",
@@ -234,10 +236,11 @@ def test_activity_card_export_and_erasure(chain: Chain) -> None:
     with chain.client("associate_b") as c:  # another store's associate sees none of it
         assert c.get("/api/v1/visits", params={"customer_id": rose}).json() == []
         assert c.get(f"/api/v1/customers/{rose}").json()["purchases"] == []
-    with chain.client("manager") as c:
+    with chain.client("admin") as c:  # the export is chain-wide: admins only
         export = c.get(f"/api/v1/customers/{rose}/export").json()
         assert export["customer"]["name"] == "Rose" and len(export["purchases"]) == 1
         assert "vector" not in str(export["face_templates"][0]["id"])
+    with chain.client("manager") as c:
         assert c.delete(f"/api/v1/customers/{rose}").status_code == 204
         assert c.get(f"/api/v1/customers/{rose}").status_code == 404
         r = c.post("/api/v1/identify", files={"image": chain.photo("identities/rose_leslie/2.jpg")})
@@ -258,7 +261,18 @@ def test_device_key(chain: Chain) -> None:
             c.post("/api/v1/devices", json={"store_id": chain.store_b, "kind": "agent"}).status_code
             == 403
         )
-        assert "api_key" not in str(c.get("/api/v1/devices").json()[0].get("api_key") or "")
+        listing = c.get("/api/v1/devices")
+        assert listing.status_code == 200 and listing.json()
+        # the key is shown once: never again, neither itself, nor its hash, nor a key-ish field
+        assert key not in listing.text and accounts.hash_key(key) not in listing.text
+        assert key.removeprefix(accounts.DEVICE_KEY_PREFIX) not in listing.text
+        named_like_a_key = [
+            field
+            for device in listing.json()
+            for field in device
+            if re.search("key|hash|secret|token", field, re.IGNORECASE)
+        ]
+        assert named_like_a_key == []
     with httpx.Client(base_url=chain.url, headers={"X-API-Key": key}) as device:
         r = device.post(
             "/api/v1/identify", files={"image": chain.photo("distractors/paul_rudd.jpg")}

@@ -154,6 +154,9 @@ class AlertService:
         except IntegrityError:  # the same key delivered twice at once
             published.clear()
             return "duplicate"
+        except InvalidError:  # e.g. dated in the future: nothing stored, never retried
+            published.clear()
+            return "rejected"
 
     def _apply(
         self,

@@ -65,7 +65,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(ConflictError)
     async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
-        return problem(409, str(exc))
+        return problem(409, str(exc), **({"reason": exc.reason} if exc.reason else {}))
 
     @app.exception_handler(ConsentError)
     async def _consent(_: Request, exc: ConsentError) -> JSONResponse:
@@ -73,7 +73,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(InvalidError)
     async def _invalid(_: Request, exc: InvalidError) -> JSONResponse:
-        return problem(422, str(exc))
+        return problem(422, str(exc), **({"reason": exc.reason} if exc.reason else {}))
 
     @app.exception_handler(Forbidden)
     async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:

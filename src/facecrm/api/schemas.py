@@ -1,4 +1,10 @@
-"""Request and response bodies of the REST API."""
+"""Request and response bodies of the REST API.
+
+Request bodies are bounded and not coerced: every string has a maximum length,
+every list and dict a maximum size; integers and booleans must be JSON numbers
+and booleans (`"2"` is not a quantity, `1` is not `true`); times must carry a
+time zone offset (they are stored in UTC).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +12,28 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Path as PathParam
-from pydantic import BaseModel, ConfigDict, EmailStr, Field
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    field_validator,
+)
 
+from facecrm.crm.consent_text import TEXTS
 from facecrm.crm.models import Purpose
 
 Tier = Literal["standard", "silver", "gold", "vip"]
 RowId = Annotated[int, PathParam(ge=1, le=2**53, description="a numeric id")]
+Id = Annotated[str, Field(min_length=1, max_length=32)]
+Text = Annotated[str, Field(max_length=200)]
+PreferenceKey = Annotated[str, Field(min_length=1, max_length=64)]
+Preferences = Annotated[dict[PreferenceKey, object], Field(max_length=50)]  # size: crm.customers
+Similarity = Annotated[StrictFloat, Field(ge=-1, le=1)]
 
 
 class Strict(BaseModel):
@@ -47,8 +69,8 @@ class StaffIn(Strict):
     username: str = Field(min_length=1, max_length=100)
     password: str = Field(min_length=8, max_length=200)
     role: Literal["admin", "manager", "associate", "auditor"]
-    store_ids: list[str] = []
-    display_name: str = ""
+    store_ids: list[Id] = Field(default=[], max_length=100)
+    display_name: Text = ""
 
 
 class StaffOut(BaseModel):
@@ -59,9 +81,9 @@ class StaffOut(BaseModel):
 
 
 class DeviceIn(Strict):
-    store_id: str
+    store_id: Id
     kind: Literal["agent", "pos"]
-    name: str = ""
+    name: Text = ""
 
 
 class DeviceOut(BaseModel):
@@ -70,7 +92,12 @@ class DeviceOut(BaseModel):
     kind: str
     name: str
     created_at: datetime
-    api_key: str | None = None  # only in the response that created it
+
+
+class NewDeviceOut(DeviceOut):
+    """Only the response that created the device carries its key (stored as a hash only)."""
+
+    api_key: str
 
 
 class CustomerIn(Strict):
@@ -80,10 +107,20 @@ class CustomerIn(Strict):
     phone: str | None = Field(default=None, max_length=40)
     loyalty_id: str | None = Field(default=None, max_length=64)
     tier: Tier = "standard"
-    preferences: dict[str, object] = {}
+    preferences: Preferences = {}
     notes: str = Field(default="", max_length=10_000)
-    preferred_advisor_id: str | None = None
-    show_photo: bool = False
+    preferred_advisor_id: Id | None = None
+    show_photo: StrictBool = False
+
+
+class CustomerSummary(BaseModel):
+    """A search result: enough to pick the right person; the card has the rest."""
+
+    id: str
+    name: str
+    preferred_name: str | None
+    tier: str
+    loyalty_id: str | None
 
 
 class CustomerPatch(Strict):
@@ -93,62 +130,70 @@ class CustomerPatch(Strict):
     phone: str | None = Field(default=None, max_length=40)
     loyalty_id: str | None = Field(default=None, max_length=64)
     tier: Tier | None = None
-    preferences: dict[str, object] | None = None
+    preferences: Preferences | None = None
     notes: str | None = Field(default=None, max_length=10_000)
-    preferred_advisor_id: str | None = None
-    show_photo: bool | None = None
+    preferred_advisor_id: Id | None = None
+    show_photo: StrictBool | None = None
 
 
 class ConsentIn(Strict):
     purpose: Purpose
     text_version: str = Field(min_length=1, max_length=40)
     channel: Literal["kiosk", "phone", "associate", "web", "cli"]
-    store_id: str | None = None
+    store_id: Id | None = None
     witness: str | None = Field(default=None, max_length=200)
+
+    @field_validator("text_version")
+    @classmethod
+    def _known_text(cls, value: str) -> str:
+        """A consent is only as good as the text shown: it must be one this server has."""
+        if value not in TEXTS:
+            raise ValueError(f"unknown consent text version; known: {', '.join(sorted(TEXTS))}")
+        return value
 
 
 class VisitIn(Strict):
-    customer_id: str
-    store_id: str
-    at: datetime | None = None
-    source: Literal["agent", "identify", "manual"] = "manual"
-    similarity: float | None = Field(default=None, ge=-1, le=1)
+    customer_id: Id
+    store_id: Id
+    at: AwareDatetime | None = None  # not in the future (crm.activity.check_time)
+    source: Literal["agent", "identify", "manual"] = "manual"  # per principal kind
+    similarity: Similarity | None = None
 
 
 class ItemIn(Strict):
     sku: str = Field(min_length=1, max_length=64)
     name: str = Field(min_length=1, max_length=200)
-    quantity: int = Field(gt=0, le=10_000)
-    unit_price_cents: int = Field(ge=0, le=10**9)
+    quantity: StrictInt = Field(ge=1, le=10_000)
+    unit_price_cents: StrictInt = Field(ge=0, le=10**9)  # the total too (crm.activity)
 
 
 class PurchaseIn(Strict):
-    store_id: str
+    store_id: Id
     items: list[ItemIn] = Field(min_length=1, max_length=500)
-    currency: str = Field(default="EUR", min_length=3, max_length=3)
-    at: datetime | None = None
+    currency: str = Field(default="EUR", pattern="^[A-Za-z]{3}$")
+    at: AwareDatetime | None = None
 
 
 class InterestIn(Strict):
-    store_id: str
+    store_id: Id
     product: str = Field(min_length=1, max_length=200)
     sku: str | None = Field(default=None, max_length=64)
-    out_of_stock: bool = False
+    out_of_stock: StrictBool = False
 
 
 class InterestPatch(Strict):
-    resolved: bool | None = None
-    out_of_stock: bool | None = None
+    resolved: StrictBool | None = None
+    out_of_stock: StrictBool | None = None
 
 
 class FeedbackIn(Strict):
-    store_id: str
+    store_id: Id
     text: str = Field(default="", max_length=10_000)
-    rating: int | None = Field(default=None, ge=1, le=5)
+    rating: StrictInt | None = Field(default=None, ge=1, le=5)
 
 
 class FeedbackPatch(Strict):
-    resolved: bool
+    resolved: StrictBool
 
 
 class VerifyOut(BaseModel):

@@ -23,6 +23,18 @@ from facecrm.crm.models import Device, DeviceKind, Role, StaffUser, Store
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("timing-equaliser")
 DEVICE_KEY_PREFIX = "fcd_"
+MIN_PASSWORD = 8
+
+
+def check_password(password: str) -> None:
+    """Refuse a password too short once surrounding blanks are ignored (all-blank included).
+
+    Shared by account creation and password change, so both hold the same rule.
+    """
+    if len(password.strip()) < MIN_PASSWORD:
+        raise InvalidError(
+            f"the password must have at least {MIN_PASSWORD} characters besides spaces"
+        )
 
 
 def create_store(session: Session, code: str, name: str) -> Store:
@@ -59,8 +71,7 @@ def create_staff(
     username = username.strip()
     if not username:
         raise InvalidError("the username is empty")
-    if len(password) < 8:
-        raise InvalidError("the password must have at least 8 characters")
+    check_password(password)
     if role not in {r.value for r in Role}:
         raise InvalidError(f"unknown role {role!r}; use admin, manager, associate or auditor")
     if session.scalar(select(StaffUser).where(StaffUser.username == username)) is not None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Select, select
@@ -41,6 +41,38 @@ def _target(session: Session, principal: Principal, customer_id: str, store_id: 
 
 
 Scoped = TypeVar("Scoped", Interest, Feedback)
+
+CLOCK_SKEW = timedelta(minutes=5)
+MAX_TOTAL_CENTS = 10**9
+VISIT_SOURCES: dict[str, frozenset[str]] = {
+    # who may say how a visit was noticed: only a store agent's camera says "agent"
+    "agent": frozenset({"agent", "identify"}),
+    "pos": frozenset({"identify", "manual"}),
+    "staff": frozenset({"identify", "manual"}),
+}
+
+
+def check_time(at: datetime | None, what: str) -> datetime:
+    """The time of an event, or now; refused when in the future beyond clock skew.
+
+    A visit dated 9999-12-31 would be "the last visit" for ever and hide every
+    real one (same-visit window, alert rules, retention).
+    """
+    now = utcnow()
+    if at is None:
+        return now
+    if at.tzinfo is None:  # internal callers' naive times are UTC (see models.UTCDateTime)
+        at = at.replace(tzinfo=UTC)
+    if at > now + CLOCK_SKEW:
+        raise InvalidError(f"the {what} time is in the future")
+    return at
+
+
+def check_visit_source(principal: Principal, source: str) -> None:
+    kind = principal.role if principal.kind == "device" else principal.kind
+    allowed = VISIT_SOURCES.get(kind)
+    if allowed is not None and source not in allowed:  # the system (CLI) may say anything
+        raise InvalidError(f"a {kind} may not record a visit with source {source!r}")
 
 
 def _visible(session: Session, principal: Principal, model: type[Scoped], row_id: int) -> Scoped:
@@ -77,13 +109,14 @@ def record_visit(
     at: datetime | None = None,
 ) -> Visit:
     _target(session, principal, customer_id, store_id)
+    check_visit_source(principal, source)
     visit = Visit(
         customer_id=customer_id,
         store_id=store_id,
         source=source,
         similarity=similarity,
         device_id=principal.id if principal.kind == "device" else None,
-        at=at or utcnow(),
+        at=check_time(at, "visit"),
     )
     session.add(visit)
     session.flush()
@@ -117,12 +150,15 @@ def add_purchase(
         raise InvalidError("a purchase needs at least one item")
     if any(i.quantity <= 0 or i.unit_price_cents < 0 for i in items):
         raise InvalidError("quantities must be positive and prices not negative")
+    total = sum(i.quantity * i.unit_price_cents for i in items)
+    if total > MAX_TOTAL_CENTS:  # also keeps the sum inside a 32-bit column
+        raise InvalidError(f"the total may not exceed {MAX_TOTAL_CENTS} cents")
     purchase = Purchase(
         customer_id=customer_id,
         store_id=store_id,
         currency=currency.upper(),
-        total_cents=sum(i.quantity * i.unit_price_cents for i in items),
-        at=at or utcnow(),
+        total_cents=total,
+        at=check_time(at, "purchase"),
         items=[
             PurchaseItem(
                 sku=i.sku, name=i.name, quantity=i.quantity, unit_price_cents=i.unit_price_cents

@@ -4,8 +4,12 @@ Customers are chain-wide (one gallery, recognised in every store), so their
 profile is readable by all store staff. Everything that happens *in* a store
 (identification requests, visits, purchases, interests, feedback, devices) is
 scoped: managers and associates act only in their own stores, a device only in
-its store. Erasure and export are for managers and admins; the auditor reads
-the audit trail and nothing else.
+its store. Erasure is for managers and admins. The data-subject export
+(GDPR art. 15) is by nature complete and chain-wide -- it holds every store's
+visits and purchases -- so it needs a chain-wide role: admins only. Attaching a
+photo that does not match a customer's existing face (a new look the model
+misses) needs a manager's override. The auditor reads the audit trail and
+nothing else.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ class Permission(StrEnum):
     CUSTOMERS_WRITE = "customers:write"
     CUSTOMERS_EXPORT = "customers:export"
     CUSTOMERS_ERASE = "customers:erase"
+    FACES_OVERRIDE = "faces:override"  # add a face that fails the 1:1 check (audited)
     IDENTIFY = "identify"
     ACTIVITY_READ = "activity:read"
     VISITS_WRITE = "visits:write"
@@ -50,7 +55,7 @@ _STAFF = {
 
 GRANTS: dict[str, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_EXPORT, P.CUSTOMERS_ERASE}),
+    Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_ERASE, P.FACES_OVERRIDE}),
     Role.ASSOCIATE: frozenset(_STAFF),
     Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ}),
     DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -9,7 +10,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from facecrm.crm import audit
-from facecrm.crm.authz import Principal
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     Consent,
@@ -62,6 +63,39 @@ def load(session: Session, customer_id: str) -> Customer:
 
 
 OPTIONAL_TEXT = ("preferred_name", "email", "phone", "loyalty_id", "preferred_advisor_id")
+MAX_LENGTH = {
+    "name": 200,
+    "preferred_name": 200,
+    "email": 320,
+    "phone": 40,
+    "loyalty_id": 64,
+    "notes": 10_000,
+    "preferred_advisor_id": 32,
+}
+MAX_PREFERENCES = 50  # keys
+MAX_PREFERENCE_KEY = 64
+MAX_PREFERENCES_JSON = 4096  # bytes, serialised
+
+
+def _check_sizes(values: dict[str, object]) -> None:
+    """Bound every free-text field and the preferences (they are shown on every card)."""
+    for key, limit in MAX_LENGTH.items():
+        value = values.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            raise InvalidError(f"{key} must be text of at most {limit} characters")
+    if "preferences" not in values:
+        return
+    prefs = values["preferences"]
+    if not isinstance(prefs, dict) or len(prefs) > MAX_PREFERENCES:
+        raise InvalidError(f"preferences must be an object of at most {MAX_PREFERENCES} keys")
+    if any(not isinstance(k, str) or not 0 < len(k) <= MAX_PREFERENCE_KEY for k in prefs):
+        raise InvalidError(f"preference names must have 1 to {MAX_PREFERENCE_KEY} characters")
+    try:
+        size = len(json.dumps(prefs, ensure_ascii=False).encode())
+    except (TypeError, ValueError) as exc:
+        raise InvalidError("preferences must be plain JSON") from exc
+    if size > MAX_PREFERENCES_JSON:
+        raise InvalidError(f"preferences may not exceed {MAX_PREFERENCES_JSON} bytes as JSON")
 
 
 def _apply(session: Session, customer: Customer, values: dict[str, object]) -> None:
@@ -72,6 +106,7 @@ def _apply(session: Session, customer: Customer, values: dict[str, object]) -> N
     unknown = set(values) - set(EDITABLE)
     if unknown:
         raise InvalidError(f"unknown customer fields: {', '.join(sorted(unknown))}")
+    _check_sizes(values)
     if "name" in values and not str(values["name"] or "").strip():
         raise InvalidError("the customer's name is empty")
     if "tier" in values and values["tier"] not in {t.value for t in Tier}:
@@ -132,6 +167,35 @@ def search(session: Session, query: str = "", limit: int = 50, offset: int = 0) 
     return list(session.scalars(stmt))
 
 
+def find(
+    session: Session,
+    principal: Principal,
+    query: str = "",
+    limit: int = 50,
+    offset: int = 0,
+    channel: str = "api",
+) -> list[dict[str, object]]:
+    """A search as staff see it: summaries only; the query and every id returned are audited.
+
+    A list is for picking the right person, so it carries no contact details,
+    notes or preferences: the full card is a separate, per-customer audited
+    lookup. The query is personal data too; it goes to the (access-controlled)
+    audit trail and nowhere else.
+    """
+    principal.require(Permission.CUSTOMERS_READ)
+    found = search(session, query, limit, offset)
+    audit.record(
+        session,
+        principal,
+        "customer_search",
+        query=query.strip(),
+        ids=[c.id for c in found],
+        results=len(found),
+        channel=channel,
+    )
+    return [summary(c) for c in found]
+
+
 def give_consent(
     session: Session, principal: Principal, customer_id: str, grant: ConsentGrant
 ) -> Consent:
@@ -182,7 +246,11 @@ def _ts(value: datetime | None) -> str | None:
 
 
 def export(session: Session, principal: Principal, customer_id: str) -> dict[str, object]:
-    """Everything held about a customer, as JSON-ready data (templates by metadata only)."""
+    """Everything held about a customer, as JSON-ready data (templates by metadata only).
+
+    Complete and chain-wide (every store's activity), hence admins only.
+    """
+    principal.require(Permission.CUSTOMERS_EXPORT)
     customer = load(session, customer_id)
     visits = session.scalars(select(Visit).where(Visit.customer_id == customer.id)).all()
     purchases = session.scalars(
@@ -212,6 +280,17 @@ def export(session: Session, principal: Principal, customer_id: str) -> dict[str
         "purchases": [purchase_dict(p) for p in purchases],
         "interests": [interest_dict(i) for i in interests],
         "feedback": [feedback_dict(f) for f in feedback],
+    }
+
+
+def summary(c: Customer) -> dict[str, object]:
+    """What a search result shows: enough to tell namesakes apart, nothing more."""
+    return {
+        "id": c.id,
+        "name": c.name,
+        "preferred_name": c.preferred_name,
+        "tier": c.tier,
+        "loyalty_id": c.loyalty_id,
     }
 
 

@@ -19,7 +19,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -31,8 +33,34 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
+class UTCDateTime(TypeDecorator[datetime]):
+    """A point in time, stored in UTC and read back aware (UTC) on every database.
+
+    PostgreSQL's `timestamptz` keeps the instant, but SQLite has no time zone
+    type: it would store `10:00+05:00` as `10:00` and read it back as 10:00
+    UTC, five hours off. So every value is converted to UTC on the way in. A
+    naive value is taken as UTC (what `utcnow` and older rows mean); the API
+    refuses naive times from clients, so none arrive ambiguous from outside.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[object, object]] = {datetime: DateTime(timezone=True)}
+    type_annotation_map: ClassVar[dict[object, object]] = {datetime: UTCDateTime()}
 
 
 class Purpose(StrEnum):

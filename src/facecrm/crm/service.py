@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -32,7 +33,13 @@ from facecrm.config import Settings, get_settings
 from facecrm.crm import audit, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.customers import ConsentGrant
-from facecrm.crm.errors import ConsentError, InvalidError, NotFoundError
+from facecrm.crm.errors import (
+    AlreadyEnrolledError,
+    ConsentError,
+    FaceMismatchError,
+    InvalidError,
+    NotFoundError,
+)
 from facecrm.crm.gallery_store import (
     GalleryStore,
     MemoryGalleryStore,
@@ -61,9 +68,11 @@ from facecrm.vision.pipeline import FacePipeline, QualityError, default_pipeline
 from facecrm.vision.types import Face, Image
 
 __all__ = [
+    "AlreadyEnrolledError",
     "ConsentError",
     "EnrollmentError",
     "FaceCRM",
+    "FaceMismatchError",
     "Identification",
     "NotFoundError",
     "Photo",
@@ -109,6 +118,16 @@ class EnrollmentError(ValueError):
 
     def __str__(self) -> str:
         return f"{self.source}: {self.error}"
+
+
+@dataclass
+class _Refused(Exception):
+    """An enrollment refused for who is in the photo (audited, then made public)."""
+
+    action: str  # enroll_duplicate or enroll_mismatch
+    customer_id: str  # the customer the face belongs to (duplicate) or was meant for
+    target: str | None  # the customer being enrolled or extended (None: a new one)
+    similarity: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +287,8 @@ class FaceCRM:
         """Create a customer with recognition consent and a template per photo, or nothing.
 
         `profile` holds further customer fields; with `show_photo` among them the
-        first photo is kept for the staff card.
+        first photo is kept for the staff card. The photos must all be one person
+        (`FaceMismatchError`) who is not already enrolled (`AlreadyEnrolledError`).
         """
         if not photos:
             raise InvalidError("enrollment needs at least one photo")
@@ -276,7 +296,8 @@ class FaceCRM:
         grant = ConsentGrant(
             Purpose.IN_STORE_RECOGNITION, consent_text_version, channel, store_id, witness
         )
-        with db.transaction(self.sessions) as session:
+        with self._refusals(principal, store_id), db.transaction(self.sessions) as session:
+            self._refuse_duplicates(session, faces, None)
             customer = customers.create(session, principal, {**(profile or {}), "name": name})
             customers.give_consent(session, principal, customer.id, grant)
             self._store(session, principal, customer, photos, faces)
@@ -290,28 +311,107 @@ class FaceCRM:
         photos: Sequence[Photo],
         principal: Principal = SYSTEM,
         keep_photo: bool = False,
+        override_reason: str | None = None,
     ) -> list[FaceTemplate]:
         """Add templates (a new look: glasses, beard) to a consenting customer.
 
-        With `keep_photo` and the customer's agreement (`show_photo`), the first
-        photo is kept as the picture on the staff card.
+        Each photo must match the customer's existing templates 1:1 at the
+        operating threshold -- otherwise anyone's face could be attached to the
+        customer and then be recognised as them. A manager may override a
+        mismatch with a reason (audited as `face_override`); no override lets a
+        face that already belongs to another customer in. With `keep_photo` and
+        the customer's agreement (`show_photo`), the first photo is kept as the
+        picture on the staff card.
         """
+        if override_reason is not None:
+            principal.require(Permission.FACES_OVERRIDE)
+            override_reason = override_reason.strip()
+            if not override_reason:
+                raise InvalidError("an override needs a reason")
+        if not photos:
+            raise InvalidError("at least one photo is needed")
         faces = self._gate(photos)
-        with db.transaction(self.sessions) as session:
+        with self._refusals(principal, None), db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
+            self._refuse_duplicates(session, faces, customer.id)
+            own = [v for _, _, v in self.plain_templates(session, customer.id)]
+            if own:
+                best = min(float(np.max(np.stack(own) @ f.template)) for f in faces)
+                if best < self.threshold and override_reason is None:
+                    raise _Refused("enroll_mismatch", customer.id, customer.id, best)
+                if best < self.threshold:
+                    audit.record(
+                        session,
+                        principal,
+                        "face_override",
+                        customer.id,
+                        similarity=round(best, 4),
+                        reason=override_reason,
+                    )
             templates = self._store(session, principal, customer, photos, faces)
             if keep_photo and customer.show_photo:
                 self._keep_photo(session, customer, photos[0].image)
         return templates
 
     def _gate(self, photos: Sequence[Photo]) -> list[Face]:
+        """Every photo passes the quality gate, and all of them are the same person."""
         faces = []
         for photo in photos:
             try:
                 faces.append(self.pipeline.enrollment_face(photo.image))
             except QualityError as exc:
                 raise EnrollmentError(photo.source, exc) from exc
+        first = faces[0].template if faces else None
+        for photo, face in zip(photos[1:], faces[1:], strict=True):
+            if float(face.template @ first) < self.threshold:
+                raise FaceMismatchError(
+                    f"{photo.source}: not the same person as the first photo; nothing was stored"
+                )
         return faces
+
+    def _refuse_duplicates(
+        self, session: Session, faces: Sequence[Face], customer_id: str | None
+    ) -> None:
+        """Refuse a face that identification would give to another customer (1:N)."""
+        for face in faces:  # one query per face: `decide` gives a customer to one face only
+            (decision,) = self.gallery.decide(session, face.template[np.newaxis], self.threshold)
+            if decision.match is not None and decision.match.customer_id != customer_id:
+                raise _Refused(
+                    "enroll_duplicate",
+                    decision.match.customer_id,
+                    customer_id,
+                    decision.match.similarity,
+                )
+
+    @contextmanager
+    def _refusals(self, principal: Principal, store_id: str | None) -> Iterator[None]:
+        """Turn a `_Refused` into its public error after auditing it in its own transaction.
+
+        The enrollment's transaction is rolled back (nothing stored), but the
+        attempt stays in the audit trail -- with the other customer's id for a
+        duplicate, which the caller is never told.
+        """
+        try:
+            yield
+        except _Refused as refused:
+            with db.transaction(self.sessions) as session:
+                audit.record(
+                    session,
+                    principal,
+                    refused.action,
+                    refused.customer_id,
+                    store_id,
+                    target=refused.target,
+                    similarity=round(refused.similarity, 4),
+                )
+            if refused.action == "enroll_duplicate":
+                raise AlreadyEnrolledError(
+                    "this face is already enrolled under another customer; nothing was stored"
+                ) from None
+            raise FaceMismatchError(
+                "the photo does not match the customer's enrolled face; nothing was stored"
+                " (a manager may override with a reason)"
+            ) from None
 
     def _store(
         self,

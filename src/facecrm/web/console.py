@@ -156,9 +156,7 @@ def customer_search(
 ) -> Response:
     principal.require(Permission.CUSTOMERS_READ)
     with db.transaction(crm.sessions) as session:
-        found = customers.search(session, q[:200], limit=50)
-        audit.record(session, principal, "customer_search", results=len(found), channel="console")
-        rows = [customers.profile(c) for c in found]
+        rows = customers.find(session, principal, q[:200], limit=50, channel="console")
     return render(request, "customers.html", principal, q=q, customers=rows)
 
 

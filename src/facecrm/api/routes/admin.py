@@ -5,7 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from facecrm.api.deps import allow, get_crm
-from facecrm.api.schemas import DeviceIn, DeviceOut, StaffIn, StaffOut, StoreIn, StoreOut
+from facecrm.api.schemas import (
+    DeviceIn,
+    DeviceOut,
+    NewDeviceOut,
+    StaffIn,
+    StaffOut,
+    StoreIn,
+    StoreOut,
+)
 from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import Device
@@ -53,14 +61,13 @@ def create_staff(
         )
 
 
-def _device(device: Device, key: str | None = None) -> DeviceOut:
+def _device(device: Device) -> DeviceOut:
     return DeviceOut(
         id=device.id,
         store_id=device.store_id,
         kind=device.kind,
         name=device.name,
         created_at=device.created_at,
-        api_key=key,
     )
 
 
@@ -73,15 +80,15 @@ def list_devices(
         return [_device(d) for d in accounts.list_devices(session, principal.visible_stores())]
 
 
-@router.post("/devices", response_model=DeviceOut, status_code=201)
+@router.post("/devices", response_model=NewDeviceOut, status_code=201)
 def create_device(
     body: DeviceIn,
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
-) -> DeviceOut:
+) -> NewDeviceOut:
     """Register a store agent or POS; the response carries its API key, shown only once."""
     principal.require_store(body.store_id)
     with db.transaction(crm.sessions) as session:
         device, key = accounts.create_device(session, body.store_id, body.kind, body.name)
         audit.record(session, principal, "device_create", None, body.store_id, kind=body.kind)
-        return _device(device, key)
+        return NewDeviceOut(**_device(device).model_dump(), api_key=key)

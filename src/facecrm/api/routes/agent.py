@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, Field, StrictFloat, ValidationError
 
 from facecrm.alerts.bus import AlertBus
 from facecrm.alerts.rules import RuleSettings
@@ -35,9 +34,9 @@ class EventIn(BaseModel):
     key: str = Field(min_length=8, max_length=80)
     type: str = Field(pattern="^visit$")
     customer_id: str = Field(max_length=32)
-    at: datetime
+    at: AwareDatetime  # a future one is "rejected" (crm.activity.check_time)
     camera: str = Field(default="", max_length=100)
-    similarity: float = Field(ge=-1, le=1)
+    similarity: StrictFloat = Field(ge=-1, le=1)
 
 
 class EventsIn(BaseModel):

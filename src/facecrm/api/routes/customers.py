@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
 from facecrm.api.deps import allow, get_crm, multipart
 from facecrm.api.problems import ApiError
-from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch
+from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch, CustomerSummary
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, audit, cards, customers, db
+from facecrm.crm import accounts, cards, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant, consent_dict, profile
 from facecrm.crm.models import Purpose
@@ -29,7 +29,7 @@ def create_customer(
         return profile(customers.create(session, principal, body.model_dump(mode="json")))
 
 
-@router.get("/customers")
+@router.get("/customers", response_model=list[CustomerSummary])
 def search_customers(
     q: Annotated[str, Query(max_length=200)] = "",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -37,10 +37,9 @@ def search_customers(
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Read,
 ) -> list[dict[str, Any]]:
+    """Summaries for picking the right person; the card is `GET /customers/{id}`."""
     with db.transaction(crm.sessions) as session:
-        found = customers.search(session, q, limit, offset)
-        audit.record(session, principal, "customer_search", results=len(found))
-        return [profile(c) for c in found]
+        return customers.find(session, principal, q, limit, offset)
 
 
 @router.get("/customers/{customer_id}")
@@ -121,13 +120,28 @@ def add_face(
     customer_id: str,
     image: Annotated[UploadFile, File()],
     keep_photo: Annotated[bool, Form()] = False,
+    override: Annotated[bool, Form()] = False,
+    reason: Annotated[str, Form(max_length=500)] = "",
     crm: FaceCRM = Depends(get_crm),
     principal: Principal = Write,
     _: None = Depends(multipart),  # after the permission
 ) -> dict[str, Any]:
-    """Enroll a photo: a template id and its quality, or 422 with the quality reason."""
+    """Enroll a photo: a template id and its quality, or a problem with its `reason`.
+
+    422 `face_mismatch` when the photo is not the customer's face (a manager may
+    send `override=true` with a `reason`), 409 `already_enrolled` when the face
+    belongs to another customer, 422 with the quality gate's reason otherwise.
+    """
+    if override:
+        principal.require(Permission.FACES_OVERRIDE)  # before reading the upload
     photo = Photo(image.filename or "upload", read_image_upload(image, crm.settings))
-    (template,) = crm.add_photos(customer_id, [photo], principal, keep_photo=keep_photo)
+    (template,) = crm.add_photos(
+        customer_id,
+        [photo],
+        principal,
+        keep_photo=keep_photo,
+        override_reason=reason if override else None,
+    )
     return {"template_id": template.id, "model_id": template.model_id, "quality": template.quality}
 
 
