@@ -51,6 +51,10 @@ class StaffIn(Strict):
     display_name: str = ""
 
 
+class PasswordIn(Strict):
+    password: str = Field(min_length=8, max_length=200)
+
+
 class StaffOut(BaseModel):
     id: str
     username: str
@@ -70,6 +74,7 @@ class DeviceOut(BaseModel):
     kind: str
     name: str
     created_at: datetime
+    revoked_at: datetime | None = None
     api_key: str | None = None  # only in the response that created it
 
 
