@@ -385,18 +385,6 @@ def test_audit_trail_for_auditors_only(chain: Chain) -> None:
         assert c.get("/api/v1/audit").status_code == 403
 
 
-def test_login_lockout(chain: Chain) -> None:
-    url = f"{chain.url}/api/v1/auth/token"
-    for _ in range(5):
-        assert httpx.post(url, data={"username": "auditor", "password": "guess"}).status_code == 401
-    locked = httpx.post(url, data={"username": "auditor", "password": PASSWORD})
-    assert locked.status_code == 429  # even the right password, for the rest of the window
-    ghost = [
-        httpx.post(url, data={"username": "nobody", "password": "x"}).status_code for _ in range(6)
-    ]
-    assert ghost == [401] * 5 + [429]  # unknown names lock the same way: no user enumeration
-
-
 def test_console_csrf_and_security_headers(chain: Chain) -> None:
     with httpx.Client(base_url=chain.url) as browser:
         page = browser.get("/console/login")
@@ -435,3 +423,4 @@ def test_store_rules_and_shifts(chain: Chain) -> None:
         assert shift.status_code == 201 and shift.json()["store_id"] == chain.store_a
         assert c.delete(f"/api/v1/shifts/{chain.store_a}").status_code == 204
         assert c.post(f"/api/v1/shifts/{chain.store_b}").status_code == 403
+        assert c.delete(f"/api/v1/shifts/{chain.store_b}").status_code == 403

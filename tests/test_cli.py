@@ -207,3 +207,87 @@ def test_keys_rotate(data_dir: Path, faces_dir: Path) -> None:
     assert old_id not in after and old_id in rotated.stdout
     found = facecrm(data_dir, "identify", str(faces_dir / "identities/rose_leslie/2.jpg"), "--json")
     assert json.loads(found.stdout)["faces"][0]["customer"]["name"] == "Rose"
+
+
+def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) -> None:
+    from facecrm.crm import accounts, db
+    from facecrm.crm.models import Device, StaffUser
+
+    root = facecrm(data_dir, "admin", "create", "--username", "root", "--password", "root-pass1")
+    assert root.returncode == 0, root.stderr
+    store = facecrm(data_dir, "stores", "add", "S1", "Store").stdout.split("id")[-1].strip()
+    made = facecrm(
+        data_dir,
+        "admin",
+        "create",
+        "--username",
+        "Bea",
+        "--password",
+        "bea-pass1",
+        "--role",
+        "associate",
+        "--store",
+        store,
+    )
+    assert made.returncode == 0, made.stderr
+    assert (
+        facecrm(
+            data_dir,
+            "admin",
+            "create",
+            "--username",
+            "BEA",
+            "--password",
+            "bea-pass1",
+            "--role",
+            "associate",
+        ).returncode
+        == 2
+    )  # usernames ignore case
+    chain_wide = facecrm(
+        data_dir,
+        "admin",
+        "create",
+        "--username",
+        "boss",
+        "--password",
+        "boss-pass1",
+        "--store",
+        store,
+    )
+    assert chain_wide.returncode == 2 and "chain-wide" in chain_wide.stderr
+    device = facecrm(data_dir, "devices", "add", "--store", store, "--kind", "pos")
+    device_id = device.stdout.split("(")[1].split(")")[0]
+
+    assert facecrm(data_dir, "admin", "disable", "bea").returncode == 0
+    assert facecrm(data_dir, "admin", "password", "bea", "--password", "new-pass-2").returncode == 0
+    assert facecrm(data_dir, "admin", "password", "bea", "--password", "short").returncode == 2
+    assert facecrm(data_dir, "devices", "revoke", device_id).returncode == 0
+    missing = facecrm(data_dir, "admin", "disable", "nobody")
+    assert missing.returncode == 2 and "no staff user" in missing.stderr
+    engine = db.make_engine(f"sqlite:///{data_dir / 'facecrm.db'}")
+    with db.session_factory(engine)() as session:
+        bea = accounts.find_staff(session, "bea")
+        assert not bea.active and bea.token_version == 2  # disable, then the password
+        assert session.get(Device, device_id).revoked_at is not None  # type: ignore[union-attr]
+    assert facecrm(data_dir, "admin", "enable", "bea").returncode == 0
+    with db.session_factory(engine)() as session:
+        assert accounts.authenticate(session, "Bea", "new-pass-2") is not None
+    last = facecrm(data_dir, "admin", "delete", "root", "--yes")
+    assert last.returncode == 2 and "last active administrator" in last.stderr
+    assert facecrm(data_dir, "admin", "delete", "bea", "--yes").returncode == 0
+    with db.session_factory(engine)() as session:
+        assert {u.username for u in session.query(StaffUser)} == {"root"}
+    engine.dispose()
+    trail = [
+        json.loads(line)["action"]
+        for line in facecrm(data_dir, "audit", "export").stdout.split("\n")
+        if line
+    ]
+    assert {
+        "staff_disable",
+        "staff_password",
+        "staff_enable",
+        "staff_delete",
+        "device_revoke",
+    } <= set(trail)

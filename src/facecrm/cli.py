@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,12 @@ from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.crm.service import EnrollmentError, FaceCRM, NotFoundError, Photo
 from facecrm.logs import configure_logging
 from facecrm.vision.image import ImageError, read_image
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import uvicorn
+    from sqlalchemy.orm import Session
 
 app = typer.Typer(
     help="facecrm: opt-in face recognition for retail customer service.",
@@ -294,6 +300,67 @@ def admin_create(
     console.print(f"Created {role} [bold]{user.username}[/] ({user.id}).")
 
 
+def _staff_change(action: str, change: Callable[[Session], object]) -> None:
+    from facecrm.crm import db
+
+    try:
+        with db.transaction(_crm().sessions) as session:
+            change(session)
+    except (ValueError, LookupError) as exc:
+        raise _fail(str(exc)) from exc
+    console.print(action)
+
+
+@admin_app.command("disable")
+def admin_disable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
+    """Disable an account: its tokens, console sessions and live streams stop at once."""
+    from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
+
+    _staff_change(f"Disabled {user}.", lambda s: accounts.set_active(s, SYSTEM, user, active=False))
+
+
+@admin_app.command("enable")
+def admin_enable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
+    """Enable a disabled account (tokens from before stay void: the user logs in again)."""
+    from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
+
+    _staff_change(f"Enabled {user}.", lambda s: accounts.set_active(s, SYSTEM, user, active=True))
+
+
+@admin_app.command("password")
+def admin_password(
+    user: Annotated[str, typer.Argument(help="Username or id.")],
+    password: Annotated[
+        str,
+        typer.Option(prompt=True, hide_input=True, confirmation_prompt=True, help="New password."),
+    ],
+) -> None:
+    """Set a new password; every token issued before it stops working."""
+    from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
+
+    _staff_change(
+        f"New password set for {user}; their sessions are logged out.",
+        lambda s: accounts.set_password(s, SYSTEM, user, password),
+    )
+
+
+@admin_app.command("delete")
+def admin_delete(
+    user: Annotated[str, typer.Argument(help="Username or id.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete an account (the audit trail keeps its name)."""
+    from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
+
+    if not yes and not typer.confirm(f"Delete the account {user}?", default=False):
+        raise typer.Exit(1)
+    _staff_change(f"Deleted {user}.", lambda s: accounts.delete_staff(s, SYSTEM, user))
+
+
 @stores_app.command("add")
 def stores_add(code: str, name: str) -> None:
     """Add a store; prints its id."""
@@ -343,26 +410,60 @@ def devices_add(
     print(key)
 
 
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
-    port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
-) -> None:
-    """Run the API and the staff console (uvicorn) on the configured database."""
+@devices_app.command("revoke")
+def devices_revoke(device_id: Annotated[str, typer.Argument(help="The device id.")]) -> None:
+    """Revoke a device's API key for good: its next request is refused."""
+    from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
+
+    _staff_change(
+        f"Revoked device {device_id}.", lambda s: accounts.revoke_device(s, SYSTEM, device_id)
+    )
+
+
+def server_config(
+    host: str | None = None, port: int | None = None, forwarded_allow_ips: str | None = None
+) -> uvicorn.Config:
+    """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted)."""
     import uvicorn
 
     from facecrm.api.app import create_app
 
-    configure_logging()
     settings = get_settings()
-    # live alert streams stay open: do not let them hold a shutdown for more than 5 s
-    uvicorn.run(
+    trusted = forwarded_allow_ips or settings.forwarded_allow_ips
+    # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: anyone on the
+    # host could then pose as any address and dodge the per-address log-in limit
+    return uvicorn.Config(
         create_app(),
         host=host or settings.host,
         port=port or settings.port,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or "",
+        # live alert streams stay open: do not let them hold a shutdown for more than 5 s
         timeout_graceful_shutdown=5,
         log_config=None,  # keep configure_logging's JSON lines (access log without queries)
     )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface to listen on.")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port.")] = None,
+    forwarded_allow_ips: Annotated[
+        str | None,
+        typer.Option(
+            envvar="FACECRM_FORWARDED_ALLOW_IPS",
+            help="Comma-separated addresses of reverse proxies whose X-Forwarded-For is "
+            "believed (the log-in limit then counts the real client). Default: none; "
+            "set it only to your proxy's address, never '*' on an exposed port.",
+        ),
+    ] = None,
+) -> None:
+    """Run the API and the staff console (uvicorn) on the configured database."""
+    import uvicorn
+
+    configure_logging()
+    uvicorn.Server(server_config(host, port, forwarded_allow_ips)).run()
 
 
 @app.command()

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     token_minutes: int = 8 * 60  # a staff token lasts one shift
     host: str = "127.0.0.1"
     port: int = 8000
+    # proxies whose X-Forwarded-For/-Proto are believed (comma-separated IPs, "*" for any);
+    # none by default: a forged header would otherwise dodge the per-address log-in limit
+    forwarded_allow_ips: str | None = None
 
     # Store visits and alerts
     visit_window_minutes: int = 120  # one visit per customer and store within this window

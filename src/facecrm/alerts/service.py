@@ -1,6 +1,7 @@
 """From agent events to visits and alerts; claiming and acknowledging alerts.
 
-* Events carry the agent's idempotency key: a key seen before changes nothing.
+* Events carry the agent's idempotency key: a key this device sent before
+  changes nothing (keys are per device: another device's key never suppresses it).
 * A customer seen again in the same store within `visit_window_minutes` (by any
   camera of that store) is the same visit: no new visit, no new alert.
 * A new visit runs the store's rules; an alert is stored, published to live
@@ -145,7 +146,7 @@ class AlertService:
     ) -> str:
         try:
             with db.transaction(self.crm.sessions) as session:
-                if session.get(AgentEvent, event.key) is not None:
+                if session.get(AgentEvent, (device.id, event.key)) is not None:
                     return "duplicate"
                 outcome = self._apply(session, device, store_id, event, published)
                 session.add(AgentEvent(key=event.key, device_id=device.id, outcome=outcome))
@@ -361,6 +362,7 @@ class AlertService:
             }
 
     def end_shift(self, principal: Principal, store_id: str) -> None:
+        principal.require_store(store_id)  # like starting one: 403, not a silent 204
         with db.transaction(self.crm.sessions) as session:
             open_shifts = session.scalars(
                 select(Shift).where(

@@ -6,15 +6,12 @@ from collections.abc import Callable
 
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
-from sqlalchemy import select
-from sqlalchemy.orm import selectinload
 
 from facecrm.api.problems import ApiError
-from facecrm.api.security import staff_id_from_token
+from facecrm.api.security import read_token
 from facecrm.config import Settings
 from facecrm.crm import accounts
 from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.models import StaffUser
 from facecrm.crm.service import FaceCRM
 
 oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
@@ -30,19 +27,32 @@ def get_settings(request: Request) -> Settings:
 
 
 def principal_for_token(crm: FaceCRM, token: str) -> Principal | None:
-    """The staff principal of a valid token whose user is still active."""
-    staff_id = staff_id_from_token(crm.settings, token)
-    if staff_id is None:
+    """The staff principal of a valid token: active user, current version, not logged out."""
+    claims = read_token(crm.settings, token)
+    if claims is None:
         return None
     with crm.sessions() as session:
-        user = session.scalar(
-            select(StaffUser)
-            .where(StaffUser.id == staff_id)
-            .options(selectinload(StaffUser.stores))
-        )
-        if user is None or not user.active:
-            return None
-        return accounts.staff_principal(user)
+        user = accounts.staff_for_token(session, claims.staff_id, claims.version, claims.token_id)
+        return None if user is None else accounts.staff_principal(user)
+
+
+def principal_for_key(crm: FaceCRM, key: str) -> Principal | None:
+    """The device principal of an API key that has not been revoked."""
+    with crm.sessions() as session:
+        device = accounts.device_for_key(session, key)
+        return None if device is None else accounts.device_principal(device)
+
+
+def still_valid(
+    crm: FaceCRM, principal: Principal, token: str | None = None, key: str | None = None
+) -> Callable[[], bool]:
+    """A re-check of the credentials a long-lived response (SSE) was opened with."""
+
+    def check() -> bool:
+        again = principal_for_key(crm, key) if key else principal_for_token(crm, token or "")
+        return again is not None and again.id == principal.id
+
+    return check
 
 
 def current_principal(
@@ -53,10 +63,9 @@ def current_principal(
     """The staff user (bearer token) or device (X-API-Key) making the request."""
     crm = get_crm(request)
     if key:
-        with crm.sessions() as session:
-            device = accounts.device_for_key(session, key)
-            if device is not None:
-                return accounts.device_principal(device)
+        device = principal_for_key(crm, key)
+        if device is not None:
+            return device
         raise ApiError(401, "the device key is not valid")
     if token:
         principal = principal_for_token(crm, token)
@@ -75,6 +84,24 @@ def allow(permission: Permission) -> Callable[..., Principal]:
         return principal
 
     return _check
+
+
+def charge_identification(request: Request, principal: Principal) -> None:
+    """One budget per staff member for every way of identifying a face (console look-up,
+    API identify, API verify), so a second path cannot bypass the first's limit.
+    Devices are not charged: an agent identifies every face its cameras see."""
+    if principal.kind != "staff":
+        return
+    if not request.app.state.lookup_limiter.allow(principal.id):
+        raise ApiError(429, "too many identifications; wait a minute", reason="rate_limited")
+
+
+def identifier(
+    request: Request, principal: Principal = Depends(allow(Permission.IDENTIFY))
+) -> Principal:
+    """A dependency: a principal allowed to identify, charged against the staff limit."""
+    charge_identification(request, principal)
+    return principal
 
 
 def multipart(request: Request, _: Principal = Depends(current_principal)) -> None:

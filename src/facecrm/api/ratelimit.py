@@ -5,18 +5,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
 
 class RateLimiter:
     """At most `limit` events per `window` seconds for each key."""
 
-    def __init__(self, limit: int, window: float) -> None:
+    def __init__(
+        self, limit: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.limit, self.window = limit, window
         self._events: dict[str, deque[float]] = {}
+        self._clock = clock
         self._lock = threading.Lock()
 
     def allow(self, key: str) -> bool:
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             events = self._events.setdefault(key, deque())
             while events and now - events[0] > self.window:
@@ -28,37 +33,101 @@ class RateLimiter:
 
     def full(self, key: str) -> bool:
         """Whether `key` has used up its allowance (without using any)."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             events = self._events.get(key, deque())
             while events and now - events[0] > self.window:
                 events.popleft()
             return len(events) >= self.limit
 
+    def retry_after(self, key: str) -> float:
+        """Seconds until `key` may act again (0: now)."""
+        now = self._clock()
+        with self._lock:
+            events = self._events.get(key)
+            if not events or len(events) < self.limit:
+                return 0.0
+            return max(0.0, events[-self.limit] + self.window - now)
+
     def reset(self, key: str) -> None:
         with self._lock:
             self._events.pop(key, None)
 
 
-class LoginGuard:
-    """Throttle password guessing: per username (existing or not) and per client address.
+@dataclass
+class _Account:
+    failures: int = 0
+    last_failure: float = 0.0
 
-    After `per_user` failures in `window` seconds a username is locked out for
-    the rest of the window, whatever the password; an address is locked after
-    `per_address` failures. Counts live in the server process.
+
+class LoginGuard:
+    """Throttle password guessing: per client address first, then back-off per account.
+
+    * An address with `per_address` failures in `window` seconds is refused until
+      they age out: a single guesser is stopped here, long before it can push an
+      account's back-off to the cap.
+    * An account (username, existing or not, case-folded) may fail `free` times;
+      after that each failure opens a refusal window of `base` seconds doubled per
+      further failure, capped at `cap`. No one can lock an account for longer than
+      `cap` after their last counted failure, and refused attempts are not counted.
+    * A success (never checked while refused) resets the account; failures older
+      than `window` are forgotten.
+
+    Counts live in the server process; `clock` is injectable for tests.
     """
 
-    def __init__(self, per_user: int = 5, per_address: int = 30, window: float = 900.0) -> None:
-        self._users = RateLimiter(per_user, window)
-        self._addresses = RateLimiter(per_address, window)
+    def __init__(
+        self,
+        per_address: int = 10,
+        free: int = 5,
+        base: float = 5.0,
+        cap: float = 900.0,
+        window: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.free, self.base, self.cap, self.window = free, base, cap, window
+        self._addresses = RateLimiter(per_address, window, clock)
+        self._accounts: dict[str, _Account] = {}
+        self._clock = clock
         self._lock = threading.Lock()
 
+    def _delay(self, failures: int) -> float:
+        if failures < self.free:
+            return 0.0
+        return float(min(self.cap, self.base * 2 ** min(failures - self.free, 40)))
+
+    def retry_after(self, username: str, address: str) -> float:
+        """Seconds until this attempt may be checked (0: go ahead)."""
+        address_wait = self._addresses.retry_after(address)
+        if address_wait > 0:
+            return address_wait
+        now = self._clock()
+        with self._lock:
+            account = self._accounts.get(username.lower())
+            if account is None:
+                return 0.0
+            if now - account.last_failure > self.window:
+                del self._accounts[username.lower()]
+                return 0.0
+            return max(0.0, account.last_failure + self._delay(account.failures) - now)
+
     def blocked(self, username: str, address: str) -> bool:
-        return self._users.full(username.lower()) or self._addresses.full(address)
+        return self.retry_after(username, address) > 0
 
     def failed(self, username: str, address: str) -> None:
-        self._users.allow(username.lower())
         self._addresses.allow(address)
+        now = self._clock()
+        with self._lock:
+            if len(self._accounts) > 100_000:  # a spray of made-up names: forget the stale
+                stale = [k for k, a in self._accounts.items() if now - a.last_failure > self.window]
+                for key in stale:
+                    del self._accounts[key]
+            account = self._accounts.setdefault(username.lower(), _Account())
+            if now - account.last_failure > self.window:
+                account.failures = 0
+            account.failures += 1
+            account.last_failure = now
 
-    def succeeded(self, username: str) -> None:
-        self._users.reset(username.lower())
+    def succeeded(self, username: str, address: str = "") -> None:
+        with self._lock:
+            self._accounts.pop(username.lower(), None)

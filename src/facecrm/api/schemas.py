@@ -73,6 +73,10 @@ class StaffIn(Strict):
     display_name: Text = ""
 
 
+class PasswordIn(Strict):
+    password: str = Field(min_length=8, max_length=200)
+
+
 class StaffOut(BaseModel):
     id: str
     username: str
@@ -92,6 +96,7 @@ class DeviceOut(BaseModel):
     kind: str
     name: str
     created_at: datetime
+    revoked_at: datetime | None = None
 
 
 class NewDeviceOut(DeviceOut):

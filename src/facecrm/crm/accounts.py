@@ -1,28 +1,37 @@
-"""Stores, staff accounts and devices; password and API-key checks.
+"""Stores, staff accounts and devices; password and API-key checks; revocation.
 
 Staff passwords are hashed with Argon2id. Device API keys are 256-bit random
 tokens shown once; only their SHA-256 is stored (a slow hash adds nothing for
 keys with that much entropy, and lookups stay O(1)).
+
+Revocation takes effect on the next request: every staff token carries the
+user's `token_version`, which disabling, a password change or deletion bumps
+(or removes), and a logged-out token's id is kept in `revoked_tokens` until it
+would have expired anyway. Only administrators manage staff accounts (managers
+would need a "whose accounts may I touch" rule; not worth its risk yet).
 """
 
 from __future__ import annotations
 
 import hashlib
 import secrets
+from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from facecrm.crm import audit
 from facecrm.crm.authz import Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
-from facecrm.crm.models import Device, DeviceKind, Role, StaffUser, Store
+from facecrm.crm.models import Device, DeviceKind, RevokedToken, Role, StaffUser, Store, utcnow
 
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("timing-equaliser")
 DEVICE_KEY_PREFIX = "fcd_"
+CHAIN_WIDE = frozenset({Role.ADMIN, Role.AUDITOR})
 MIN_PASSWORD = 8
 
 
@@ -74,8 +83,11 @@ def create_staff(
     check_password(password)
     if role not in {r.value for r in Role}:
         raise InvalidError(f"unknown role {role!r}; use admin, manager, associate or auditor")
-    if session.scalar(select(StaffUser).where(StaffUser.username == username)) is not None:
-        raise ConflictError(f"the username {username!r} is taken")
+    if role in CHAIN_WIDE and store_ids:
+        raise InvalidError(f"a {role} acts chain-wide: give no stores")
+    taken = select(StaffUser.id).where(func.lower(StaffUser.username) == username.lower())
+    if session.scalar(taken) is not None:
+        raise ConflictError(f"the username {username!r} is taken (usernames ignore case)")
     stores = [get_store(session, s) for s in store_ids or []]
     user = StaffUser(
         username=username,
@@ -108,8 +120,86 @@ def authenticate(session: Session, username: str, password: str) -> StaffUser | 
     return user
 
 
+def staff_for_token(
+    session: Session, staff_id: str, version: int, token_id: str
+) -> StaffUser | None:
+    """The user a token names, if it is still good: active, same version, not logged out."""
+    user = session.scalar(
+        select(StaffUser).where(StaffUser.id == staff_id).options(selectinload(StaffUser.stores))
+    )
+    if user is None or not user.active or user.token_version != version:
+        return None
+    if session.get(RevokedToken, token_id) is not None:
+        return None
+    return user
+
+
+def revoke_token(session: Session, staff_id: str, token_id: str, expires_at: datetime) -> None:
+    """Log out one session (token id) only; the user's other sessions stay valid.
+
+    Rows of tokens that have expired anyway are pruned here, so the table stays small.
+    """
+    session.execute(delete(RevokedToken).where(RevokedToken.expires_at < utcnow()))
+    if session.get(RevokedToken, token_id) is None and expires_at > datetime.now(UTC):
+        session.add(RevokedToken(jti=token_id, staff_id=staff_id, expires_at=expires_at))
+        session.flush()
+
+
+def find_staff(session: Session, ref: str) -> StaffUser:
+    """A staff user by id or by username (case-insensitive)."""
+    user = session.get(StaffUser, ref) or session.scalar(
+        select(StaffUser).where(func.lower(StaffUser.username) == ref.strip().lower())
+    )
+    if user is None:
+        raise NotFoundError(f"no staff user {ref!r}")
+    return user
+
+
+def _keep_an_admin(session: Session, user: StaffUser) -> None:
+    if user.role != Role.ADMIN or not user.active:
+        return
+    others = select(func.count()).where(
+        StaffUser.role == Role.ADMIN, StaffUser.active.is_(True), StaffUser.id != user.id
+    )
+    if not session.scalar(others):
+        raise ConflictError("this is the last active administrator; create another one first")
+
+
+def set_active(session: Session, principal: Principal, ref: str, active: bool) -> StaffUser:
+    """Disable (every token of the user stops working at once) or enable an account."""
+    user = find_staff(session, ref)
+    if not active:
+        _keep_an_admin(session, user)
+    if user.active != active:
+        user.active = active
+        user.token_version += 1  # an enabled account starts with no valid token
+    audit.record(
+        session, principal, "staff_enable" if active else "staff_disable", username=user.username
+    )
+    return user
+
+
+def set_password(session: Session, principal: Principal, ref: str, password: str) -> StaffUser:
+    """A new password; every token issued before it stops working."""
+    check_password(password)
+    user = find_staff(session, ref)
+    user.password_hash = _hasher.hash(password)
+    user.token_version += 1
+    audit.record(session, principal, "staff_password", username=user.username)
+    return user
+
+
+def delete_staff(session: Session, principal: Principal, ref: str) -> None:
+    """Delete an account; the audit trail keeps its name, shifts go, alerts lose the link."""
+    user = find_staff(session, ref)
+    _keep_an_admin(session, user)
+    audit.record(session, principal, "staff_delete", username=user.username, role=user.role)
+    session.delete(user)
+    session.flush()
+
+
 def staff_principal(user: StaffUser) -> Principal:
-    chain_wide = user.role in {Role.ADMIN, Role.AUDITOR}
+    chain_wide = user.role in CHAIN_WIDE
     stores = None if chain_wide else frozenset(s.id for s in user.stores)
     return Principal("staff", user.id, user.username, user.role, stores)
 
@@ -136,6 +226,17 @@ def device_for_key(session: Session, key: str) -> Device | None:
     device = session.scalar(select(Device).where(Device.key_hash == hash_key(key)))
     if device is None or device.revoked_at is not None:
         return None
+    return device
+
+
+def revoke_device(session: Session, principal: Principal, device_id: str) -> Device:
+    """Revoke a device's key for good (its visits stay); in the principal's stores only."""
+    device = session.get(Device, device_id)
+    if device is None or not principal.may_act_in(device.store_id):
+        raise NotFoundError(f"no device with id {device_id!r}")
+    if device.revoked_at is None:
+        device.revoked_at = utcnow()
+    audit.record(session, principal, "device_revoke", None, device.store_id, device=device.id)
     return device
 
 

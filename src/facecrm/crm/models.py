@@ -14,12 +14,14 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
     Table,
     Text,
     TypeDecorator,
+    func,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -120,8 +122,24 @@ class StaffUser(Base):
     role: Mapped[str] = mapped_column(String(20))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # carried in every token; bumped on disable and password change to void them all at once
+    token_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     stores: Mapped[list[Store]] = relationship(secondary=staff_stores, order_by="Store.code")
+
+
+# "Alice" and "alice" would be two accounts that staff and the audit trail cannot tell apart
+Index("uq_staff_users_username_lower", func.lower(StaffUser.username), unique=True)
+
+
+class RevokedToken(Base):
+    """A logged-out staff session (token id), refused until the token would have expired."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    staff_id: Mapped[str] = mapped_column(ForeignKey("staff_users.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class Device(Base):
@@ -338,12 +356,18 @@ class AuditEvent(Base):
 
 
 class AgentEvent(Base):
-    """Idempotency record of an event a store agent delivered (the key is the agent's)."""
+    """Idempotency record of an event a store agent delivered.
+
+    The key is chosen by the agent, so it is unique per device only: another
+    device reusing it (by accident or on purpose) must not suppress this one's events.
+    """
 
     __tablename__ = "agent_events"
 
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
     key: Mapped[str] = mapped_column(String(80), primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
     received_at: Mapped[datetime] = mapped_column(default=utcnow)
     outcome: Mapped[str] = mapped_column(String(20))  # visit, same_visit, ignored
 

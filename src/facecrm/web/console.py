@@ -16,13 +16,13 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from facecrm.api.deps import get_crm, principal_for_token
+from facecrm.api.deps import charge_identification, get_crm, principal_for_token, still_valid
+from facecrm.api.login import LoginFailed, LoginThrottled, log_in, log_out
 from facecrm.api.problems import ApiError, problem
 from facecrm.api.routes.agent import sse
 from facecrm.api.schemas import RowId
-from facecrm.api.security import issue_token
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, audit, auditlog, cards, customers, db
+from facecrm.crm import audit, auditlog, cards, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
@@ -83,31 +83,23 @@ def login(
     crm: FaceCRM = Depends(get_crm),
 ) -> Response:
     check_csrf(request, csrf)
-    guard = request.app.state.login_guard
     address = request.client.host if request.client else "?"
-    if guard.blocked(username, address):
-        response = render(
-            request, "login.html", None, error="Too many failed log-ins. Try again in 15 minutes."
-        )
+    try:
+        done = log_in(crm, request.app.state.login_guard, username, password, address, "console")
+    except LoginThrottled as exc:
+        message = f"Too many failed log-ins. Try again in {exc.retry_after} seconds."
+        response = render(request, "login.html", None, error=message)
         response.status_code = 429
+        response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    with db.transaction(crm.sessions) as session:
-        user = accounts.authenticate(session, username, password)
-        if user is None:
-            anonymous = Principal("staff", "", username[:60], "", frozenset())
-            audit.record(session, anonymous, "login_failed", channel="console")
-        else:
-            audit.record(session, accounts.staff_principal(user), "login", channel="console")
-            staff_id = user.id
-    if user is None:
-        guard.failed(username, address)
+    except LoginFailed:
         response = render(request, "login.html", None, error="Wrong username or password.")
         response.status_code = 401
         return response
     response = RedirectResponse("/console/", status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        issue_token(crm.settings, staff_id),
+        done.token,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
@@ -117,8 +109,17 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, csrf: Annotated[str, Form(max_length=100)] = "") -> Response:
+def logout(
+    request: Request,
+    csrf: Annotated[str, Form(max_length=100)] = "",
+    crm: FaceCRM = Depends(get_crm),
+) -> Response:
+    """Revoke this browser's session token server-side (a copied cookie stops working);
+    the user's sessions on other devices stay logged in."""
     check_csrf(request, csrf)
+    token = request.cookies.get(SESSION_COOKIE)
+    if token:
+        log_out(crm, token)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -191,9 +192,12 @@ def alerts_page(request: Request, principal: Principal = Depends(staff)) -> Resp
 
 
 @router.get("/alerts/stream")
-def alerts_stream(request: Request, principal: Principal = Depends(staff)) -> Response:
+def alerts_stream(
+    request: Request, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
+) -> Response:
     principal.require(Permission.ALERTS)
-    return sse(request.app.state.alerts.bus, principal, request)
+    alive = still_valid(crm, principal, token=request.cookies.get(SESSION_COOKIE))
+    return sse(request.app.state.alerts.bus, principal, request, alive)
 
 
 @router.post("/alerts/{alert_id}/{action}")
@@ -226,8 +230,7 @@ def lookup(
     """An associate's phone photo → the opted-in customer's card, or nothing at all."""
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.IDENTIFY)
-    if not request.app.state.lookup_limiter.allow(principal.id):
-        return problem(429, "too many look-ups; wait a minute", reason="rate_limited")
+    charge_identification(request, principal)  # the same budget as the API's identify
     picture = read_image_upload(image, crm.settings)
     results = crm.identify(picture, principal, purpose="phone_lookup", max_faces=1)
     if not results or results[0].match is None:

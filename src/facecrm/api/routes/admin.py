@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from facecrm.api.deps import allow, get_crm
 from facecrm.api.schemas import (
     DeviceIn,
     DeviceOut,
     NewDeviceOut,
+    PasswordIn,
     StaffIn,
     StaffOut,
     StoreIn,
@@ -61,6 +62,55 @@ def create_staff(
         )
 
 
+@router.post("/staff/{staff_id}/disable", status_code=204)
+def disable_staff(
+    staff_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.STAFF_WRITE)),
+) -> Response:
+    """Disable an account: its tokens, console sessions and live streams stop at once."""
+    with db.transaction(crm.sessions) as session:
+        accounts.set_active(session, principal, staff_id, active=False)
+    return Response(status_code=204)
+
+
+@router.post("/staff/{staff_id}/enable", status_code=204)
+def enable_staff(
+    staff_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.STAFF_WRITE)),
+) -> Response:
+    """Enable a disabled account again (the user logs in anew: old tokens stay void)."""
+    with db.transaction(crm.sessions) as session:
+        accounts.set_active(session, principal, staff_id, active=True)
+    return Response(status_code=204)
+
+
+@router.post("/staff/{staff_id}/password", status_code=204)
+def set_password(
+    staff_id: str,
+    body: PasswordIn,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.STAFF_WRITE)),
+) -> Response:
+    """Set a new password; every token issued before stops working."""
+    with db.transaction(crm.sessions) as session:
+        accounts.set_password(session, principal, staff_id, body.password)
+    return Response(status_code=204)
+
+
+@router.delete("/staff/{staff_id}", status_code=204)
+def delete_staff(
+    staff_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.STAFF_WRITE)),
+) -> Response:
+    """Delete an account (the audit trail keeps its name)."""
+    with db.transaction(crm.sessions) as session:
+        accounts.delete_staff(session, principal, staff_id)
+    return Response(status_code=204)
+
+
 def _device(device: Device) -> DeviceOut:
     return DeviceOut(
         id=device.id,
@@ -68,6 +118,7 @@ def _device(device: Device) -> DeviceOut:
         kind=device.kind,
         name=device.name,
         created_at=device.created_at,
+        revoked_at=device.revoked_at,
     )
 
 
@@ -92,3 +143,15 @@ def create_device(
         device, key = accounts.create_device(session, body.store_id, body.kind, body.name)
         audit.record(session, principal, "device_create", None, body.store_id, kind=body.kind)
         return NewDeviceOut(**_device(device).model_dump(), api_key=key)
+
+
+@router.post("/devices/{device_id}/revoke", status_code=204)
+def revoke_device(
+    device_id: str,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
+) -> Response:
+    """Revoke a device's key for good: its next request is refused (its visits stay)."""
+    with db.transaction(crm.sessions) as session:
+        accounts.revoke_device(session, principal, device_id)
+    return Response(status_code=204)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, Field, StrictFloat, ValidationError
 
@@ -15,7 +17,7 @@ from facecrm.alerts.bus import AlertBus
 from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import AlertService, VisitEvent
 from facecrm.alerts.webhooks import WebhookRefused
-from facecrm.api.deps import allow, get_crm
+from facecrm.api.deps import allow, api_key, get_crm, oauth2, still_valid
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import RowId
 from facecrm.crm.authz import Permission, Principal
@@ -24,6 +26,7 @@ from facecrm.crm.service import FaceCRM
 router = APIRouter(tags=["store agents and alerts"])
 Agent = Depends(allow(Permission.AGENT))
 Staff = Depends(allow(Permission.ALERTS))
+RECHECK_SECONDS = 5.0  # how soon a revoked principal's open alert stream is closed
 
 
 def get_alerts(request: Request) -> AlertService:
@@ -119,16 +122,33 @@ def acknowledge_alert(
     return alerts.acknowledge(principal, alert_id)
 
 
-def sse(bus: AlertBus, principal: Principal, request: Request) -> StreamingResponse:
-    """Server-sent events of the principal's stores' alerts, with keep-alives."""
+def sse(
+    bus: AlertBus,
+    principal: Principal,
+    request: Request,
+    alive: Callable[[], bool] | None = None,
+    recheck_seconds: float = RECHECK_SECONDS,
+) -> StreamingResponse:
+    """Server-sent events of the principal's stores' alerts, with keep-alives.
+
+    `alive` re-checks the credentials the stream was opened with every
+    `recheck_seconds`: a disabled user, a changed password, a log-out or a
+    revoked device closes the stream instead of leaving it open for hours.
+    """
 
     async def stream() -> AsyncIterator[str]:
         sub = bus.subscribe(principal.stores)
+        checked = time.monotonic()
         try:
             yield "retry: 2000\n: connected\n\n"
             while not await request.is_disconnected():
+                if alive is not None and time.monotonic() - checked >= recheck_seconds:
+                    if not await run_in_threadpool(alive):
+                        yield 'event: end\ndata: {"reason": "credentials revoked"}\n\n'
+                        return
+                    checked = time.monotonic()
                 try:
-                    payload = await asyncio.wait_for(sub.queue.get(), timeout=10)
+                    payload = await asyncio.wait_for(sub.queue.get(), timeout=recheck_seconds)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
@@ -145,9 +165,14 @@ def sse(bus: AlertBus, principal: Principal, request: Request) -> StreamingRespo
 
 @router.get("/alerts/stream")
 def alert_stream(
-    request: Request, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
+    request: Request,
+    alerts: AlertService = Depends(get_alerts),
+    principal: Principal = Staff,
+    token: str | None = Depends(oauth2),
+    key: str | None = Depends(api_key),
 ) -> StreamingResponse:
-    return sse(alerts.bus, principal, request)
+    alive = still_valid(alerts.crm, principal, token=token, key=key)
+    return sse(alerts.bus, principal, request, alive)
 
 
 @router.post("/shifts/{store_id}", status_code=201)

@@ -1,20 +1,24 @@
-"""Staff log-in."""
+"""Staff log-in and log-out."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Request, Response
 
-from facecrm.api.deps import current_principal, get_crm
+from facecrm.api.deps import current_principal, get_crm, oauth2
+from facecrm.api.login import LoginFailed, LoginThrottled, log_in, log_out
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import Me, Token
-from facecrm.api.security import issue_token
-from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Principal
 from facecrm.crm.service import FaceCRM
 
 router = APIRouter(tags=["auth"])
+
+
+def client_address(request: Request) -> str:
+    """The peer address (X-Forwarded-For only counts if the server trusts the proxy)."""
+    return request.client.host if request.client else "?"
 
 
 @router.post("/auth/token", response_model=Token)
@@ -26,22 +30,32 @@ def token(
 ) -> Token:
     """OAuth2 password flow: a bearer token for a staff user (throttled on failures)."""
     guard = request.app.state.login_guard
-    address = request.client.host if request.client else "?"
-    if guard.blocked(username, address):
-        raise ApiError(429, "too many failed log-ins; try again in 15 minutes")
-    with db.transaction(crm.sessions) as session:
-        user = accounts.authenticate(session, username, password)
-        anonymous = Principal("staff", "", username[:60], "", frozenset())
-        if user is None:
-            audit.record(session, anonymous, "login_failed")
-        else:
-            audit.record(session, accounts.staff_principal(user), "login")
-    if user is None:
-        guard.failed(username, address)
-        raise ApiError(401, "wrong username or password")
-    guard.succeeded(username)
+    try:
+        done = log_in(crm, guard, username, password, client_address(request), "api")
+    except LoginThrottled as exc:
+        raise ApiError(
+            429,
+            f"too many failed log-ins; try again in {exc.retry_after} s",
+            reason="login_throttled",
+            retry_after=exc.retry_after,
+        ) from exc
+    except LoginFailed as exc:
+        raise ApiError(401, "wrong username or password") from exc
     minutes = crm.settings.token_minutes
-    return Token(access_token=issue_token(crm.settings, user.id), expires_in=minutes * 60)
+    return Token(access_token=done.token, expires_in=minutes * 60)
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(
+    token: str | None = Depends(oauth2),
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(current_principal),
+) -> Response:
+    """Revoke the bearer token of this request (the user's other sessions stay)."""
+    if principal.kind != "staff" or not token:
+        raise ApiError(422, "only a staff token can be logged out; revoke a device instead")
+    log_out(crm, token)
+    return Response(status_code=204)
 
 
 @router.get("/me", response_model=Me)

@@ -8,11 +8,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from sqlalchemy import select
 
-from facecrm.api.deps import allow, get_crm, multipart
+from facecrm.api.deps import get_crm, identifier, multipart
 from facecrm.api.schemas import VerifyOut
 from facecrm.api.uploads import read_image_upload
 from facecrm.crm import accounts
-from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.authz import Principal
 from facecrm.crm.models import Customer
 from facecrm.crm.service import FaceCRM
 
@@ -26,7 +26,7 @@ def identify(
     image: Annotated[UploadFile, File()],
     store_id: Annotated[str | None, Form(max_length=32)] = None,
     crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.IDENTIFY)),
+    principal: Principal = Depends(identifier),
     _: None = Upload,
 ) -> dict[str, Any]:
     """Every face in the photo with its box: an opted-in customer with similarity, or unknown."""
@@ -67,7 +67,7 @@ def verify(
     customer_id: Annotated[str, Form(max_length=32)],
     image: Annotated[UploadFile, File()],
     crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.IDENTIFY)),
+    principal: Principal = Depends(identifier),
     _: None = Upload,
 ) -> VerifyOut:
     """Is the photo this customer? (1:1 against all their templates)"""
