@@ -63,20 +63,6 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _rule_column(fired: tuple[str, ...]) -> str:
-    """The fired rules' names that fit `alerts.rule` (the message lists every reason).
-
-    Three rules already exceed the column; a longer value would fail the insert on
-    PostgreSQL and with it the visit.
-    """
-    limit = Alert.__table__.c.rule.type.length or 40
-    kept: list[str] = []
-    for name in fired:
-        if len(",".join([*kept, name])) <= limit:
-            kept.append(name)
-    return ",".join(kept)
-
-
 def alert_dict(a: Alert, customer_name: str | None = None) -> dict[str, object]:
     return {
         "id": a.id,
@@ -202,7 +188,7 @@ class AlertService:
                 store_id=store_id,
                 customer_id=customer.id,
                 visit_id=visit.id,
-                rule=_rule_column(draft.rules),
+                rule=",".join(draft.rules),  # every name fits: see migration 0007
                 message=draft.message,
                 assignee_id=draft.assignee_id,
             )

@@ -410,7 +410,7 @@ class Alert(Base):
     visit_id: Mapped[int | None] = mapped_column(
         ForeignKey("visits.id", ondelete="CASCADE"), default=None
     )
-    rule: Mapped[str] = mapped_column(String(40))
+    rule: Mapped[str] = mapped_column(String(200))  # fired rules, comma-separated
     message: Mapped[str] = mapped_column(Text)
     assignee_id: Mapped[str | None] = mapped_column(
         ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
