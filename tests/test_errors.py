@@ -20,6 +20,7 @@ from facecrm.api.app import create_app
 from facecrm.api.problems import ApiError
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import Forbidden
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.errors import ConflictError, ConsentError, InvalidError, NotFoundError
 from facecrm.crm.service import EnrollmentError, FaceCRM
 from facecrm.vision.image import ImageError
@@ -79,7 +80,7 @@ def test_rejected_enrollment_keeps_the_connection(crm: FaceCRM, faces_dir: Path)
         customer = client.post("/api/v1/customers", json={"name": "Two"}).json()
         r = client.post(
             f"/api/v1/customers/{customer['id']}/consents",
-            json={"purpose": "in_store_recognition", "text_version": "v1", "channel": "kiosk"},
+            json={"purpose": "in_store_recognition", "text_version": CURRENT, "channel": "kiosk"},
         )
         assert r.status_code == 201, r.text
         photo = faces_dir / "scenes" / "two_people.jpg"

@@ -120,14 +120,20 @@ class EnrollmentError(ValueError):
         return f"{self.source}: {self.error}"
 
 
-@dataclass
 class _Refused(Exception):
-    """An enrollment refused for who is in the photo (audited, then made public)."""
+    """An enrollment refused for who is in the photo (audited, then made public).
 
-    action: str  # enroll_duplicate or enroll_mismatch
-    customer_id: str  # the customer the face belongs to (duplicate) or was meant for
-    target: str | None  # the customer being enrolled or extended (None: a new one)
-    similarity: float
+    An ordinary exception class, not a dataclass: the server sets `__traceback__`.
+    """
+
+    def __init__(
+        self, action: str, customer_id: str, target: str | None, similarity: float
+    ) -> None:
+        super().__init__(action)
+        self.action = action  # enroll_duplicate or enroll_mismatch
+        self.customer_id = customer_id  # whom the face belongs to, or was meant for
+        self.target = target  # the customer being enrolled or extended (None: a new one)
+        self.similarity = similarity
 
 
 @dataclass(frozen=True, slots=True)
