@@ -363,8 +363,8 @@ class Run:
     """What the scenario did: the events each path wrote, and the ids it made."""
 
     crm: FaceCRM
-    ids: dict[str, str] = field(default_factory=dict)
-    written: dict[str, list[Seen]] = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict, repr=False)
+    written: dict[str, list[Seen]] = field(default_factory=dict, repr=False)
     failed: dict[str, str] = field(default_factory=dict)
 
     def _last_id(self) -> int:
