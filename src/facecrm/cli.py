@@ -287,14 +287,12 @@ def admin_create(
     store: Annotated[list[str] | None, typer.Option(help="Store id (repeatable).")] = None,
 ) -> None:
     """Create a staff account (by default an administrator, to bootstrap the server)."""
-    from facecrm.crm import accounts, audit, db
-    from facecrm.crm.authz import SYSTEM
+    from facecrm.crm import accounts, db
 
     crm = _crm()
     try:
         with db.transaction(crm.sessions) as session:
             user = accounts.create_staff(session, username, password, role, store or [])
-            audit.record(session, SYSTEM, "staff_create", username=user.username, role=role)
     except (ValueError, LookupError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"Created {role} [bold]{user.username}[/] ({user.id}).")
@@ -364,14 +362,12 @@ def admin_delete(
 @stores_app.command("add")
 def stores_add(code: str, name: str) -> None:
     """Add a store; prints its id."""
-    from facecrm.crm import accounts, audit, db
-    from facecrm.crm.authz import SYSTEM
+    from facecrm.crm import accounts, db
 
     crm = _crm()
     try:
         with db.transaction(crm.sessions) as session:
             store = accounts.create_store(session, code, name)
-            audit.record(session, SYSTEM, "store_create", None, store.id)
     except ValueError as exc:
         raise _fail(str(exc)) from exc
     console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
@@ -396,14 +392,12 @@ def devices_add(
     name: Annotated[str, typer.Option(help="A label.")] = "",
 ) -> None:
     """Register a device; its API key is printed once and never stored."""
-    from facecrm.crm import accounts, audit, db
-    from facecrm.crm.authz import SYSTEM
+    from facecrm.crm import accounts, db
 
     crm = _crm()
     try:
         with db.transaction(crm.sessions) as session:
             device, key = accounts.create_device(session, store, kind, name)
-            audit.record(session, SYSTEM, "device_create", None, store, kind=kind)
     except (ValueError, LookupError) as exc:
         raise _fail(str(exc)) from exc
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from facecrm.crm import audit
-from facecrm.crm.authz import Principal
+from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import Device, DeviceKind, RevokedToken, Role, StaffUser, Store, utcnow
 
@@ -46,7 +46,8 @@ def check_password(password: str) -> None:
         )
 
 
-def create_store(session: Session, code: str, name: str) -> Store:
+def create_store(session: Session, code: str, name: str, principal: Principal = SYSTEM) -> Store:
+    """A new store; audited here, so every path that adds one (API, CLI) is."""
     code, name = code.strip(), name.strip()
     if not code or not name:
         raise InvalidError("a store needs a code and a name")
@@ -55,6 +56,7 @@ def create_store(session: Session, code: str, name: str) -> Store:
     store = Store(code=code, name=name)
     session.add(store)
     session.flush()
+    audit.record(session, principal, "store_create", None, store.id)
     return store
 
 
@@ -76,7 +78,9 @@ def create_staff(
     role: str,
     store_ids: list[str] | None = None,
     display_name: str = "",
+    principal: Principal = SYSTEM,
 ) -> StaffUser:
+    """A new staff account; audited here, so every path that adds one (API, CLI) is."""
     username = username.strip()
     if not username:
         raise InvalidError("the username is empty")
@@ -101,6 +105,7 @@ def create_staff(
         session.flush()
     except IntegrityError as exc:  # a concurrent insert of the same username
         raise ConflictError(f"the username {username!r} is taken") from exc
+    audit.record(session, principal, "staff_create", username=user.username, role=user.role)
     return user
 
 
@@ -204,8 +209,10 @@ def staff_principal(user: StaffUser) -> Principal:
     return Principal("staff", user.id, user.username, user.role, stores)
 
 
-def create_device(session: Session, store_id: str, kind: str, name: str = "") -> tuple[Device, str]:
-    """A new device and its API key (returned once, never stored)."""
+def create_device(
+    session: Session, store_id: str, kind: str, name: str = "", principal: Principal = SYSTEM
+) -> tuple[Device, str]:
+    """A new device and its API key (returned once, never stored); audited."""
     if kind not in {k.value for k in DeviceKind}:
         raise InvalidError(f"unknown device kind {kind!r}; use agent or pos")
     store = get_store(session, store_id)
@@ -215,6 +222,7 @@ def create_device(session: Session, store_id: str, kind: str, name: str = "") ->
     )
     session.add(device)
     session.flush()
+    audit.record(session, principal, "device_create", None, store.id, kind=kind)
     return device, key
 
 

@@ -8,6 +8,8 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from facecrm.crm import audit
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import AuditEvent
 
 
@@ -30,6 +32,24 @@ def events(
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= since)
     return session.scalars(stmt).all()
+
+
+def read(
+    session: Session,
+    principal: Principal,
+    channel: str,
+    customer_id: str | None = None,
+    action: str | None = None,
+    since: datetime | None = None,
+    limit: int = 200,
+    offset: int = 0,
+) -> list[dict[str, object]]:
+    """Audit events for an auditor or admin; reading the trail is itself audited (here, so
+    that every page or route that shows the trail is)."""
+    principal.require(Permission.AUDIT_READ)
+    rows = [event_dict(e) for e in events(session, customer_id, action, since, limit, offset)]
+    audit.record(session, principal, "audit_read", customer_id, results=len(rows), channel=channel)
+    return rows
 
 
 def event_dict(e: AuditEvent) -> dict[str, object]:

@@ -22,7 +22,7 @@ from facecrm.api.problems import ApiError, problem
 from facecrm.api.routes.agent import sse
 from facecrm.api.schemas import RowId
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import audit, auditlog, cards, customers, db
+from facecrm.crm import auditlog, cards, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
@@ -140,11 +140,7 @@ def audit_page(
     report = crm.verify_audit()
     with db.transaction(crm.sessions) as session:
         total = len(auditlog.events(session, limit=None))
-        rows = [
-            auditlog.event_dict(e)
-            for e in auditlog.events(session, limit=200, offset=max(0, total - 200))
-        ]
-        audit.record(session, principal, "audit_read", results=len(rows), channel="console")
+        rows = auditlog.read(session, principal, "console", limit=200, offset=max(0, total - 200))
     return render(request, "audit.html", principal, rows=rows[::-1], report=report)
 
 

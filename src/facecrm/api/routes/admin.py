@@ -15,7 +15,7 @@ from facecrm.api.schemas import (
     StoreIn,
     StoreOut,
 )
-from facecrm.crm import accounts, audit, db
+from facecrm.crm import accounts, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import Device
 from facecrm.crm.service import FaceCRM
@@ -38,8 +38,7 @@ def create_store(
     principal: Principal = Depends(allow(Permission.STORES_WRITE)),
 ) -> StoreOut:
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, body.code, body.name)
-        audit.record(session, principal, "store_create", None, store.id)
+        store = accounts.create_store(session, body.code, body.name, principal)
         return StoreOut(id=store.id, code=store.code, name=store.name)
 
 
@@ -51,9 +50,14 @@ def create_staff(
 ) -> StaffOut:
     with db.transaction(crm.sessions) as session:
         user = accounts.create_staff(
-            session, body.username, body.password, body.role, body.store_ids, body.display_name
+            session,
+            body.username,
+            body.password,
+            body.role,
+            body.store_ids,
+            body.display_name,
+            principal,
         )
-        audit.record(session, principal, "staff_create", username=user.username, role=user.role)
         return StaffOut(
             id=user.id,
             username=user.username,
@@ -140,8 +144,9 @@ def create_device(
     """Register a store agent or POS; the response carries its API key, shown only once."""
     principal.require_store(body.store_id)
     with db.transaction(crm.sessions) as session:
-        device, key = accounts.create_device(session, body.store_id, body.kind, body.name)
-        audit.record(session, principal, "device_create", None, body.store_id, kind=body.kind)
+        device, key = accounts.create_device(
+            session, body.store_id, body.kind, body.name, principal
+        )
         return NewDeviceOut(**_device(device).model_dump(), api_key=key)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query
 
 from facecrm.api.deps import allow, get_crm
-from facecrm.crm import audit, auditlog, db
+from facecrm.crm import auditlog, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.service import FaceCRM
 
@@ -28,10 +28,7 @@ def list_audit(
 ) -> list[dict[str, object]]:
     """Audit events, oldest first (reading the trail is itself audited)."""
     with db.transaction(crm.sessions) as session:
-        found = auditlog.events(session, customer_id, action, since, limit, offset)
-        rows = [auditlog.event_dict(e) for e in found]
-        audit.record(session, principal, "audit_read", customer_id, results=len(rows))
-    return rows
+        return auditlog.read(session, principal, "api", customer_id, action, since, limit, offset)
 
 
 @router.get("/audit/verify")
