@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from facecrm.crm import audit
@@ -32,6 +32,11 @@ def events(
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= since)
     return session.scalars(stmt).all()
+
+
+def count(session: Session) -> int:
+    """How many events the trail holds (a COUNT, not a load: the trail only grows)."""
+    return int(session.scalar(select(func.count()).select_from(AuditEvent)) or 0)
 
 
 def read(

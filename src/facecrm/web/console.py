@@ -139,7 +139,7 @@ def audit_page(
     principal.require(Permission.AUDIT_READ)
     report = crm.verify_audit()
     with db.transaction(crm.sessions) as session:
-        total = len(auditlog.events(session, limit=None))
+        total = auditlog.count(session)
         rows = auditlog.read(session, principal, "console", limit=200, offset=max(0, total - 200))
     return render(request, "audit.html", principal, rows=rows[::-1], report=report)
 
