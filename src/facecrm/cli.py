@@ -145,7 +145,8 @@ def enroll(
         images = [Photo(str(p), read_image(p)) for p in photos]
         customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel)
     except FacecrmError as exc:  # an unusable photo, the quality gate, a duplicate face...
-        raise _fail(f"{exc} ({exc.reason}); nothing was stored") from exc
+        message = str(exc).removesuffix("; nothing was stored")
+        raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
     console.print(
         f"Enrolled [bold]{customer.name}[/] as [cyan]{customer.id}[/] "
         f"with {len(customer.templates)} template(s)."
