@@ -322,23 +322,17 @@ def admin_create(
     from facecrm.crm.authz import SYSTEM
 
     crm = _crm()
-    try:
-        with db.transaction(crm.sessions) as session:
-            user = accounts.create_staff(session, username, password, role, store or [])
-            audit.record(session, SYSTEM, "staff_create", username=user.username, role=role)
-    except (ValueError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(crm.sessions) as session:
+        user = accounts.create_staff(session, username, password, role, store or [])
+        audit.record(session, SYSTEM, "staff_create", username=user.username, role=role)
     console.print(f"Created {role} [bold]{user.username}[/] ({user.id}).")
 
 
 def _staff_change(action: str, change: Callable[[Session], object]) -> None:
     from facecrm.crm import db
 
-    try:
-        with db.transaction(_crm().sessions) as session:
-            change(session)
-    except (ValueError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(_crm().sessions) as session:
+        change(session)
     console.print(action)
 
 
@@ -399,12 +393,9 @@ def stores_add(code: str, name: str) -> None:
     from facecrm.crm.authz import SYSTEM
 
     crm = _crm()
-    try:
-        with db.transaction(crm.sessions) as session:
-            store = accounts.create_store(session, code, name)
-            audit.record(session, SYSTEM, "store_create", None, store.id)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, code, name)
+        audit.record(session, SYSTEM, "store_create", None, store.id)
     console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
 
 
@@ -431,12 +422,9 @@ def devices_add(
     from facecrm.crm.authz import SYSTEM
 
     crm = _crm()
-    try:
-        with db.transaction(crm.sessions) as session:
-            device, key = accounts.create_device(session, store, kind, name)
-            audit.record(session, SYSTEM, "device_create", None, store, kind=kind)
-    except (ValueError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(crm.sessions) as session:
+        device, key = accounts.create_device(session, store, kind, name)
+        audit.record(session, SYSTEM, "device_create", None, store, kind=kind)
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
     print(key)
 
