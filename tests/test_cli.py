@@ -70,7 +70,7 @@ def test_enroll_identify_list_show_delete(data_dir: Path, faces_dir: Path) -> No
 def test_enroll_without_consent_stores_nothing(data_dir: Path, faces_dir: Path) -> None:
     photo = str(faces_dir / "identities/rose_leslie/1.jpg")
     refused = facecrm(data_dir, "enroll", "Rose", photo, input="n\n")
-    assert refused.returncode == 2
+    assert refused.returncode == 1
     assert "no consent" in refused.stderr
     assert "Rose" not in facecrm(data_dir, "customers", "list").stdout
 
@@ -85,22 +85,22 @@ def test_bad_photos_are_refused(
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(content)
     result = facecrm(data_dir, "enroll", "Nobody", str(bad), "--consent")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert facecrm(data_dir, "identify", str(bad)).returncode == 2
+    assert facecrm(data_dir, "identify", str(bad)).returncode == 1
 
 
 def test_quality_gate_reason_is_shown(data_dir: Path, faces_dir: Path) -> None:
     result = facecrm(
         data_dir, "enroll", "Two", str(faces_dir / "scenes/two_people.jpg"), "--consent"
     )
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "multiple_faces" in result.stderr and "nothing was stored" in result.stderr
 
 
 def test_unknown_customer_id(data_dir: Path) -> None:
     result = facecrm(data_dir, "customers", "show", "nope")
-    assert result.returncode == 2 and "no customer" in result.stderr
+    assert result.returncode == 1 and "no customer" in result.stderr
 
 
 def test_eval_json_pairs_scores_and_plot(data_dir: Path, faces_dir: Path, tmp_path: Path) -> None:
@@ -145,7 +145,7 @@ def test_eval_rejects_unknown_pair_files(data_dir: Path, faces_dir: Path, tmp_pa
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("barack_obama/1.jpg,nobody/1.jpg\n")
     result = facecrm(data_dir, "eval", str(faces_dir / "identities"), "--pairs", str(pairs))
-    assert result.returncode == 2 and "nobody/1.jpg" in result.stderr
+    assert result.returncode == 1 and "nobody/1.jpg" in result.stderr
 
 
 def test_demo_runs_without_the_shared_photos(data_dir: Path) -> None:
@@ -165,7 +165,7 @@ def test_admin_store_and_device_commands(data_dir: Path) -> None:
         facecrm(
             data_dir, "admin", "create", "--username", "root", "--password", "s3cret-pass"
         ).returncode
-        == 2
+        == 1
     )  # taken
     store = facecrm(data_dir, "stores", "add", "PAR1", "Paris Rivoli")
     assert store.returncode == 0, store.stderr
@@ -177,7 +177,7 @@ def test_admin_store_and_device_commands(data_dir: Path) -> None:
     assert key.startswith("fcd_") and len(key) > 40
     assert key not in (data_dir / "facecrm.db").read_bytes().decode("latin-1")  # only its hash
     bad = facecrm(data_dir, "devices", "add", "--store", "nope", "--kind", "agent")
-    assert bad.returncode == 2 and "no store" in bad.stderr
+    assert bad.returncode == 1 and "no store" in bad.stderr
 
 
 def test_audit_verify_and_export(data_dir: Path) -> None:
@@ -242,7 +242,7 @@ def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) 
             "--role",
             "associate",
         ).returncode
-        == 2
+        == 1
     )  # usernames ignore case
     chain_wide = facecrm(
         data_dir,
@@ -255,16 +255,16 @@ def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) 
         "--store",
         store,
     )
-    assert chain_wide.returncode == 2 and "chain-wide" in chain_wide.stderr
+    assert chain_wide.returncode == 1 and "chain-wide" in chain_wide.stderr
     device = facecrm(data_dir, "devices", "add", "--store", store, "--kind", "pos")
     device_id = device.stdout.split("(")[1].split(")")[0]
 
     assert facecrm(data_dir, "admin", "disable", "bea").returncode == 0
     assert facecrm(data_dir, "admin", "password", "bea", "--password", "new-pass-2").returncode == 0
-    assert facecrm(data_dir, "admin", "password", "bea", "--password", "short").returncode == 2
+    assert facecrm(data_dir, "admin", "password", "bea", "--password", "short").returncode == 1
     assert facecrm(data_dir, "devices", "revoke", device_id).returncode == 0
     missing = facecrm(data_dir, "admin", "disable", "nobody")
-    assert missing.returncode == 2 and "no staff user" in missing.stderr
+    assert missing.returncode == 1 and "no staff user" in missing.stderr
     engine = db.make_engine(f"sqlite:///{data_dir / 'facecrm.db'}")
     with db.session_factory(engine)() as session:
         bea = accounts.find_staff(session, "bea")
@@ -274,7 +274,7 @@ def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) 
     with db.session_factory(engine)() as session:
         assert accounts.authenticate(session, "Bea", "new-pass-2") is not None
     last = facecrm(data_dir, "admin", "delete", "root", "--yes")
-    assert last.returncode == 2 and "last active administrator" in last.stderr
+    assert last.returncode == 1 and "last active administrator" in last.stderr
     assert facecrm(data_dir, "admin", "delete", "bea", "--yes").returncode == 0
     with db.session_factory(engine)() as session:
         assert {u.username for u in session.query(StaffUser)} == {"root"}

@@ -1,21 +1,31 @@
-"""The `facecrm` command line."""
+"""The `facecrm` command line.
+
+Exit codes: 0 done, 1 refused or failed (one `error: ...` line on stderr, never a
+traceback for a `FacecrmError`, bad settings or an unreachable database), 2 a usage
+error (Click's own: an unknown option, a missing argument).
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
+from sqlalchemy.exc import ArgumentError, OperationalError
+from typer.core import TyperGroup
 
 from facecrm.config import Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
-from facecrm.crm.service import EnrollmentError, FaceCRM, NotFoundError, Photo
+from facecrm.crm.service import FaceCRM, Photo
+from facecrm.errors import FacecrmError
 from facecrm.logs import configure_logging
-from facecrm.vision.image import ImageError, read_image
+from facecrm.vision.image import read_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -23,7 +33,42 @@ if TYPE_CHECKING:
     import uvicorn
     from sqlalchemy.orm import Session
 
+console = Console()
+err = Console(stderr=True)
+
+
+def _error_line(message: str) -> None:
+    """One `error: ...` line on stderr (not wrapped, no markup read from the message)."""
+    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class _Commands(TyperGroup):
+    """The root command: ONE place that turns refused operations into exit codes.
+
+    It wraps the global callback (settings load there) and every subcommand, so the
+    same translation holds for `facecrm ...`, `python -m facecrm` and Typer's CliRunner.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FacecrmError as exc:
+            _error_line(f"{_first_line(exc)} ({exc.reason})")
+            raise typer.Exit(exc.exit_code) from exc
+        except OperationalError as exc:  # the server is down, refuses us, a locked file...
+            _error_line(f"cannot use the database: {_first_line(exc.orig or exc)}")
+            raise typer.Exit(1) from exc
+        except ArgumentError as exc:  # create_engine: not a URL, or an unknown dialect
+            _error_line(f"FACECRM_DATABASE_URL is not a usable database URL: {_first_line(exc)}")
+            raise typer.Exit(1) from exc
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="facecrm: opt-in face recognition for retail customer service.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -41,9 +86,6 @@ app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-console = Console()
-err = Console(stderr=True)
-
 
 @app.callback()
 def main(
@@ -57,8 +99,9 @@ def main(
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(2)
+    """Report a refused operation in a command's own words (exit 1)."""
+    _error_line(message)
+    return typer.Exit(1)
 
 
 def _progress() -> Progress:
@@ -101,12 +144,9 @@ def enroll(
     try:
         images = [Photo(str(p), read_image(p)) for p in photos]
         customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel)
-    except ImageError as exc:
-        raise _fail(f"{exc.message}; nothing was stored") from exc
-    except EnrollmentError as exc:
-        raise _fail(f"{exc} ({exc.error.reason}); nothing was stored") from exc
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    except FacecrmError as exc:  # an unusable photo, the quality gate, a duplicate face...
+        message = str(exc).removesuffix("; nothing was stored")
+        raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
     console.print(
         f"Enrolled [bold]{customer.name}[/] as [cyan]{customer.id}[/] "
         f"with {len(customer.templates)} template(s)."
@@ -119,10 +159,7 @@ def identify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say which opted-in customers are in a photo; everyone else is "unknown"."""
-    try:
-        image = read_image(photo)
-    except ImageError as exc:
-        raise _fail(exc.message) from exc
+    image = read_image(photo)
     crm = _crm()
     results = crm.identify(image)
     rows = [
@@ -179,10 +216,7 @@ def customers_list() -> None:
 @customers_app.command("show")
 def customers_show(customer_id: str) -> None:
     """One customer: consents and templates (the lookup is audited)."""
-    try:
-        customer = _crm().customer(customer_id)
-    except NotFoundError as exc:
-        raise _fail(str(exc)) from exc
+    customer = _crm().customer(customer_id)
     console.print(
         f"[bold]{customer.name}[/] ({customer.id}), enrolled {customer.created_at:%Y-%m-%d}"
     )
@@ -200,13 +234,10 @@ def customers_delete(
 ) -> None:
     """Erase a customer: profile, consents and templates; out of search at once."""
     crm = _crm()
-    try:
-        customer = crm.customer(customer_id)
-        if not yes and not typer.confirm(f"Erase {customer.name} ({customer.id})?", default=False):
-            raise typer.Exit(1)
-        crm.delete_customer(customer_id)
-    except NotFoundError as exc:
-        raise _fail(str(exc)) from exc
+    customer = crm.customer(customer_id)
+    if not yes and not typer.confirm(f"Erase {customer.name} ({customer.id})?", default=False):
+        raise typer.Exit(1)
+    crm.delete_customer(customer_id)
     console.print(f"Erased {customer.name} ({customer_id}).")
 
 
@@ -231,9 +262,9 @@ def eval_(
     from facecrm.vision.pipeline import build_embedder
 
     if fmt not in {"text", "json"}:
-        raise _fail("--format must be text or json")
+        raise typer.BadParameter("must be text or json", param_hint="--format")
     if scores is not None and pairs is None:
-        raise _fail("--scores needs --pairs")
+        raise click.UsageError("--scores needs --pairs")
     settings: Settings = get_settings()
     model_id = build_embedder(settings).model_id
     workers = workers or runner.default_workers()
@@ -290,22 +321,16 @@ def admin_create(
     from facecrm.crm import accounts, db
 
     crm = _crm()
-    try:
-        with db.transaction(crm.sessions) as session:
-            user = accounts.create_staff(session, username, password, role, store or [])
-    except (ValueError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(crm.sessions) as session:
+        user = accounts.create_staff(session, username, password, role, store or [])
     console.print(f"Created {role} [bold]{user.username}[/] ({user.id}).")
 
 
 def _staff_change(action: str, change: Callable[[Session], object]) -> None:
     from facecrm.crm import db
 
-    try:
-        with db.transaction(_crm().sessions) as session:
-            change(session)
-    except (ValueError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(_crm().sessions) as session:
+        change(session)
     console.print(action)
 
 
@@ -365,11 +390,8 @@ def stores_add(code: str, name: str) -> None:
     from facecrm.crm import accounts, db
 
     crm = _crm()
-    try:
-        with db.transaction(crm.sessions) as session:
-            store = accounts.create_store(session, code, name)
-    except ValueError as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, code, name)
     console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
 
 
@@ -395,11 +417,8 @@ def devices_add(
     from facecrm.crm import accounts, db
 
     crm = _crm()
-    try:
-        with db.transaction(crm.sessions) as session:
-            device, key = accounts.create_device(session, store, kind, name)
-    except (ValueError, LookupError) as exc:
-        raise _fail(str(exc)) from exc
+    with db.transaction(crm.sessions) as session:
+        device, key = accounts.create_device(session, store, kind, name)
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
     print(key)
 
@@ -539,14 +558,11 @@ def keys_rotate(
     ] = False,
 ) -> None:
     """Add a new master key and re-wrap every customer's data key with it (no downtime)."""
-    from facecrm.crypto import CryptoError, add_master_key, drop_master_keys
+    from facecrm.crypto import add_master_key, drop_master_keys
 
     settings = get_settings()
     crm = _crm()
-    try:
-        key_id = add_master_key(settings) if not settings.master_key else crm.keys.current_id
-    except CryptoError as exc:
-        raise _fail(str(exc)) from exc
+    key_id = add_master_key(settings) if not settings.master_key else crm.keys.current_id
     count = crm.rotate_keys()
     console.print(f"Master key {key_id} now wraps all data keys ({count} re-wrapped).")
     if retire and not settings.master_key:

@@ -7,12 +7,16 @@ and the tests call `configure()` to replace them.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from facecrm.errors import ConfigError
 
 EmbedderName = Literal["dlib", "dlib-native", "sface", "onnx"]
 
@@ -87,6 +91,23 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = 2  # decodes at once per process (one per core)
     decode_wait_seconds: float = 5.0  # a request waits this long for a decode slot, then 503
 
+    @field_validator("master_key")
+    @classmethod
+    def _master_key_format(cls, value: str | None) -> str | None:
+        """`id:base64` of 32 bytes, comma-separated: refused at load, not at first use."""
+        if value is None:
+            return None
+        for n, item in enumerate(value.split(","), 1):
+            key_id, _, encoded = item.strip().partition(":")
+            try:
+                raw = base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                raw = b""
+            if not key_id or len(raw) != 32:
+                # never quote the value: it is a secret
+                raise ValueError(f"key {n} is not 'id:base64' of 32 bytes")
+        return value
+
     @property
     def resolved_database_url(self) -> str:
         """The database URL, defaulting to SQLite inside the data directory."""
@@ -103,16 +124,32 @@ class Settings(BaseSettings):
 _settings: Settings | None = None
 
 
+def load(**overrides: object) -> Settings:
+    """Settings from the environment plus `overrides`; a bad value is a `ConfigError`.
+
+    Its message names each bad variable and why, in one line, without the value
+    (a value may be a secret such as the master key).
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"FACECRM_{str(e['loc'][0]).upper()}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
 def get_settings() -> Settings:
     """The process-wide settings (from the environment unless `configure()` replaced them)."""
     global _settings
     if _settings is None:
-        _settings = Settings()
+        _settings = load()
     return _settings
 
 
 def configure(**overrides: object) -> Settings:
     """Replace the process-wide settings with environment values plus `overrides`."""
     global _settings
-    _settings = Settings(**overrides)  # type: ignore[arg-type]
+    _settings = load(**overrides)
     return _settings

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from facecrm import private
 from facecrm.config import Settings
+from facecrm.errors import FacecrmError
 
 NONCE = 12
 
@@ -37,8 +38,10 @@ class KeyProvider(Protocol):
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes: ...
 
 
-class CryptoError(RuntimeError):
-    """A key is missing or a ciphertext does not authenticate."""
+class CryptoError(FacecrmError, RuntimeError):
+    """A key is missing, malformed, or a ciphertext does not authenticate (a server fault)."""
+
+    reason = "crypto_error"
 
 
 def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
@@ -82,16 +85,21 @@ class LocalKeyProvider:
 
 
 def _parse(text: str) -> dict[str, bytes]:
-    """Key lines `key_id:base64` (the last line is the current key)."""
+    """Key lines `key_id:base64` (the last line is the current key).
+
+    A malformed line is named by its position, never quoted: it may hold a key.
+    """
     keys: dict[str, bytes] = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            key_id, _, value = line.partition(":")
-            raw = base64.b64decode(value)
-            if len(raw) != 32:
-                raise CryptoError(f"master key {key_id!r} is not 32 bytes")
-            keys[key_id] = raw
+    lines = [line.strip() for line in text.splitlines()]
+    for n, line in enumerate([x for x in lines if x and not x.startswith("#")], 1):
+        key_id, _, value = line.partition(":")
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except ValueError:  # binascii.Error
+            raw = b""
+        if not key_id or len(raw) != 32:
+            raise CryptoError(f"master key {n} is not 'id:base64' of 32 bytes")
+        keys[key_id] = raw
     if not keys:
         raise CryptoError("no master key")
     return keys

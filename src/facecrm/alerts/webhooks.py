@@ -45,8 +45,7 @@ class WebhookRefused(InvalidError):
     """A webhook URL the server will not call; `reason` is stable for API clients."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+        super().__init__(detail, reason=reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facecrm.crm.authz import Forbidden
-from facecrm.crm.errors import ConflictError, ConsentError, InvalidError, NotFoundError
-from facecrm.crm.service import EnrollmentError
-from facecrm.vision.image import DecoderBusy, ImageError
+from facecrm.errors import FacecrmError
 
 log = logging.getLogger("facecrm.api")
 MEDIA_TYPE = "application/problem+json"
+UNEXPECTED = "an unexpected error occurred; it has been logged"
 
 
 def problem(
@@ -30,20 +28,40 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
-class ApiError(Exception):
-    """Raised by routes for a specific status."""
+class ApiError(FacecrmError):
+    """Raised by routes for a specific status; `extra` members go into the problem body."""
 
-    def __init__(self, status: int, detail: str, **extra: object) -> None:
-        super().__init__(detail)
-        self.status, self.detail, self.extra = status, detail, extra
+    reason: str | None = None  # type: ignore[assignment]  # routes' errors may have none
+
+    def __init__(
+        self, status: int, detail: str, reason: str | None = None, **extra: object
+    ) -> None:
+        super().__init__(detail, reason=reason)
+        self.status, self._extra = status, extra
+
+    def extra(self) -> dict[str, object]:
+        return self._extra
+
+
+def facecrm_problem(request: Request, exc: FacecrmError) -> JSONResponse:
+    """The problem response for any error of the hierarchy (status, reason, detail).
+
+    A server-side fault (500) is logged and its message kept from the client.
+    """
+    detail = exc.detail
+    if exc.status == 500:
+        log.error("%s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        detail = UNEXPECTED
+    reason = {"reason": exc.reason} if exc.reason else {}
+    return problem(exc.status, detail, headers=exc.headers(), **reason, **exc.extra())
 
 
 def install(app: FastAPI) -> None:
-    """Map every domain error to its status."""
+    """One handler for facecrm's errors, plus the framework's own and a last resort."""
 
-    @app.exception_handler(ApiError)
-    async def _api(_: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.status, exc.detail, **exc.extra)
+    @app.exception_handler(FacecrmError)
+    async def _facecrm(request: Request, exc: FacecrmError) -> JSONResponse:
+        return facecrm_problem(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -59,46 +77,12 @@ def install(app: FastAPI) -> None:
             return problem(400, "the request body is not valid JSON", errors=errors)
         return problem(422, "the request is not valid", errors=errors)
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return problem(404, str(exc))
-
-    @app.exception_handler(ConflictError)
-    async def _conflict(_: Request, exc: ConflictError) -> JSONResponse:
-        return problem(409, str(exc), **({"reason": exc.reason} if exc.reason else {}))
-
-    @app.exception_handler(ConsentError)
-    async def _consent(_: Request, exc: ConsentError) -> JSONResponse:
-        return problem(409, str(exc), reason="consent_required")
-
-    @app.exception_handler(InvalidError)
-    async def _invalid(_: Request, exc: InvalidError) -> JSONResponse:
-        return problem(422, str(exc), **({"reason": exc.reason} if exc.reason else {}))
-
-    @app.exception_handler(Forbidden)
-    async def _forbidden(_: Request, exc: Forbidden) -> JSONResponse:
-        return problem(403, str(exc))
-
-    @app.exception_handler(ImageError)
-    async def _image(_: Request, exc: ImageError) -> JSONResponse:
-        status = 413 if exc.reason == "too_large" else 422
-        return problem(status, exc.message, reason=exc.reason)
-
-    @app.exception_handler(DecoderBusy)
-    async def _busy(_: Request, exc: DecoderBusy) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)}
-        return problem(503, str(exc), headers=headers, reason="busy")
-
-    @app.exception_handler(EnrollmentError)
-    async def _quality(_: Request, exc: EnrollmentError) -> JSONResponse:
-        return problem(422, str(exc.error), reason=exc.error.reason)
-
     @app.exception_handler(IntegrityError)
     async def _integrity(_: Request, exc: IntegrityError) -> JSONResponse:
         # a concurrent change won a uniqueness race; nothing was written
-        return problem(409, "the change conflicts with existing data")
+        return problem(409, "the change conflicts with existing data", reason="conflict")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "an unexpected error occurred; it has been logged")
+        return problem(500, UNEXPECTED)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from facecrm.crm.models import DeviceKind, Role
+from facecrm.errors import Forbidden  # re-exported: the old import path
 
 
 class Permission(StrEnum):
@@ -61,10 +62,6 @@ GRANTS: dict[str, frozenset[Permission]] = {
     DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),
     DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE}),
 }
-
-
-class Forbidden(PermissionError):
-    """The principal may not do this (HTTP 403)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import (
     AlreadyEnrolledError,
     ConsentError,
+    FacecrmError,
     FaceMismatchError,
     InvalidError,
     NotFoundError,
@@ -104,17 +105,24 @@ class Photo:
     image: Image
 
 
-class EnrollmentError(ValueError):
-    """A photo of an enrollment failed the quality gate; nothing was stored.
+class EnrollmentError(FacecrmError, ValueError):
+    """A photo of an enrollment failed the quality gate; nothing was stored (422).
 
-    An ordinary exception class on purpose: a frozen/slotted dataclass cannot take the
-    `__traceback__` that Starlette and `raise` set on it (TypeError, connection reset).
+    `reason` is the quality gate's; `detail` its message, without the file name (which
+    is the caller's own upload). An ordinary exception class on purpose: a frozen/slotted
+    dataclass cannot take the `__traceback__` that Starlette and `raise` set on it.
     """
 
+    status = 422
+
     def __init__(self, source: str, error: QualityError) -> None:
-        super().__init__(source, error)
+        super().__init__(source, error, reason=error.reason)
         self.source = source
         self.error = error
+
+    @property
+    def detail(self) -> str:
+        return str(self.error)
 
     def __str__(self) -> str:
         return f"{self.source}: {self.error}"

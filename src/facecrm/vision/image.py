@@ -30,6 +30,7 @@ from PIL import Image as PILImage
 from PIL import ImageFile, UnidentifiedImageError
 
 from facecrm.config import Settings, get_settings
+from facecrm.errors import FacecrmError
 from facecrm.vision.types import Image
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
@@ -49,22 +50,34 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated upload is an error, not a
 PILImage.MAX_IMAGE_PIXELS = None  # we enforce our own, configurable limit below
 
 
-class ImageError(ValueError):
-    """An image that cannot be used; `reason` is a stable machine-readable code."""
+class ImageError(FacecrmError, ValueError):
+    """An image that cannot be used; `reason` is a stable machine-readable code.
+
+    422, except an image too large to accept at all (413).
+    """
+
+    status = 422
+    reason = "bad_image"
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+        super().__init__(message, reason=reason)
         self.message = message
+        if reason == "too_large":
+            self.status = 413
 
 
-class DecoderBusy(Exception):
+class DecoderBusy(FacecrmError):
     """Every decode slot stayed taken for `decode_wait_seconds`; retry shortly (HTTP 503)."""
 
+    status = 503
+    reason = "busy"
     retry_after = 1  # seconds; a decode takes well under one
 
     def __init__(self) -> None:
         super().__init__("the server is busy decoding other photos; retry in a second")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 _slots_lock = threading.Lock()

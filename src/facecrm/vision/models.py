@@ -12,9 +12,13 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from facecrm.errors import ConfigError
 
-class ModelNotFoundError(RuntimeError):
+
+class ModelNotFoundError(ConfigError, RuntimeError):
     """A model file that should ship inside an installed package is missing."""
+
+    reason = "model_missing"
 
 
 def _package_file(package: str, *parts: str) -> Path:

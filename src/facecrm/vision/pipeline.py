@@ -8,6 +8,7 @@ from functools import cache
 import cv2
 
 from facecrm.config import Settings, get_settings
+from facecrm.errors import ConfigError, FacecrmError
 from facecrm.vision.align import Aligner, DlibAligner, FivePointAligner
 from facecrm.vision.detect import Detector, YuNetDetector
 from facecrm.vision.embed import (
@@ -21,12 +22,14 @@ from facecrm.vision.quality import REASONS, QualityGate
 from facecrm.vision.types import Face, Image
 
 
-class QualityError(ValueError):
-    """An enrollment photo rejected by the quality gate; `reason` is in `REASONS`."""
+class QualityError(FacecrmError, ValueError):
+    """An enrollment photo rejected by the quality gate (422); `reason` is in `REASONS`."""
+
+    status = 422
+    reason = "low_quality"
 
     def __init__(self, reason: str, face: Face | None = None) -> None:
-        super().__init__(REASONS[reason])
-        self.reason = reason
+        super().__init__(REASONS[reason], reason=reason)
         self.face = face
 
 
@@ -81,7 +84,7 @@ def build_embedder(settings: Settings) -> Embedder:
         return SFaceEmbedder()
     if settings.embedder == "onnx":
         if settings.onnx_model is None:
-            raise ValueError("FACECRM_EMBEDDER=onnx needs FACECRM_ONNX_MODEL=/path/to/model.onnx")
+            raise ConfigError("FACECRM_EMBEDDER=onnx needs FACECRM_ONNX_MODEL=/path/to/model.onnx")
         return OnnxEmbedder(
             settings.onnx_model,
             input_size=settings.onnx_input_size,

@@ -18,14 +18,15 @@ from fastapi.templating import Jinja2Templates
 
 from facecrm.api.deps import charge_identification, get_crm, principal_for_token, still_valid
 from facecrm.api.login import LoginFailed, LoginThrottled, log_in, log_out
-from facecrm.api.problems import ApiError, problem
+from facecrm.api.problems import ApiError
 from facecrm.api.routes.agent import sse
 from facecrm.api.schemas import RowId
 from facecrm.api.uploads import read_image_upload
 from facecrm.crm import auditlog, cards, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
-from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
+from facecrm.crm.errors import InvalidError
+from facecrm.crm.service import FaceCRM, Photo
 
 SESSION_COOKIE = "facecrm_session"
 CSRF_COOKIE = "facecrm_csrf"
@@ -275,11 +276,11 @@ def enroll(
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.CUSTOMERS_WRITE)
     if not consent:
-        return problem(422, "the customer has not agreed to the consent text", reason="no_consent")
+        raise InvalidError("the customer has not agreed to the consent text", reason="no_consent")
     if consent_version not in TEXTS:
-        return problem(422, "unknown consent text version", reason="bad_consent_version")
+        raise InvalidError("unknown consent text version", reason="bad_consent_version")
     if channel not in {"kiosk", "associate", "phone"}:
-        return problem(422, "unknown channel", reason="bad_channel")
+        raise InvalidError("unknown channel", reason="bad_channel")
     profile: dict[str, object] = {"show_photo": show_photo}
     if email.strip():
         profile["email"] = email.strip()
@@ -287,19 +288,17 @@ def enroll(
         profile["loyalty_id"] = loyalty_id.strip()
     store_id = next(iter(sorted(principal.stores)), None) if principal.stores else None
     photo = Photo(f"console:{channel}", read_image_upload(image, crm.settings))
-    try:
-        customer = crm.enroll(
-            name,
-            [photo],
-            consent_version,
-            channel,
-            principal,
-            profile,
-            store_id=store_id,
-            witness=principal.name,
-        )
-    except EnrollmentError as exc:
-        return problem(422, str(exc.error), reason=exc.error.reason)
+    # a refused photo (EnrollmentError: 422 with the quality gate's reason) is api.problems'
+    customer = crm.enroll(
+        name,
+        [photo],
+        consent_version,
+        channel,
+        principal,
+        profile,
+        store_id=store_id,
+        witness=principal.name,
+    )
     return JSONResponse(
         {"customer_id": customer.id, "url": f"/console/customers/{customer.id}"}, status_code=201
     )

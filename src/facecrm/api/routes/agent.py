@@ -16,9 +16,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StrictFloat, ValidationErr
 from facecrm.alerts.bus import AlertBus
 from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import AlertService, VisitEvent
-from facecrm.alerts.webhooks import WebhookRefused
 from facecrm.api.deps import allow, api_key, get_crm, oauth2, still_valid
-from facecrm.api.problems import ApiError
 from facecrm.api.schemas import RowId
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.service import FaceCRM
@@ -199,9 +197,7 @@ def configure_store(
     principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
 ) -> dict[str, object]:
     """Switch rules on or off, tune them, and set the store's signed webhook."""
-    try:
-        return alerts.configure_store(
-            principal, store_id, body.rules, body.webhook_url, body.webhook_secret
-        )
-    except WebhookRefused as exc:
-        raise ApiError(422, str(exc), reason=exc.reason) from exc
+    # a refused webhook URL is an InvalidError: 422 with its `reason` (api.problems)
+    return alerts.configure_store(
+        principal, store_id, body.rules, body.webhook_url, body.webhook_secret
+    )

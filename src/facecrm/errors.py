@@ -1,0 +1,119 @@
+"""One error hierarchy: every error facecrm raises on purpose derives from `FacecrmError`.
+
+Each class carries what its callers need to translate it without knowing it: the HTTP
+`status` and stable `reason` (a machine-readable code in problem+json) for the API and
+the console, and the `exit_code` for the CLI. `api.problems` and `cli` each have ONE
+handler for the whole hierarchy, so a new error class needs no new handler.
+
+The classes are ordinary exceptions, never dataclasses: `raise` and the server set
+`__traceback__` and notes on them. Each also keeps the built-in base it had before
+(`ValueError`, `LookupError`, ...) so existing `except ValueError` code keeps working.
+Errors specific to one module live there and derive from these (`vision.image.ImageError`,
+`vision.pipeline.QualityError`, `crm.service.EnrollmentError`, `crypto.CryptoError`, ...).
+"""
+
+from __future__ import annotations
+
+
+class FacecrmError(Exception):
+    """Base class: an operation refused or failed for a reason facecrm can name.
+
+    `status`, `reason` and `exit_code` are class-level defaults; an instance may carry its
+    own `reason` (e.g. an image's or a quality gate's). `status >= 500` means the fault is
+    on the server's side: the API logs it and does not show the message to the client.
+    """
+
+    status: int = 500
+    reason: str = "internal_error"
+    exit_code: int = 1  # a refused operation; 2 stays Click's usage error
+
+    def __init__(self, *args: object, reason: str | None = None) -> None:
+        super().__init__(*args)
+        if reason is not None:
+            self.reason = reason
+
+    @property
+    def detail(self) -> str:
+        """The human-readable message for a problem+json `detail` or a CLI error line."""
+        return str(self)
+
+    def headers(self) -> dict[str, str]:
+        """Extra HTTP response headers (e.g. `Retry-After`)."""
+        return {}
+
+    def extra(self) -> dict[str, object]:
+        """Extra problem+json members besides `reason`."""
+        return {}
+
+
+class NotFoundError(FacecrmError, LookupError):
+    """An unknown id (404)."""
+
+    status = 404
+    reason = "not_found"
+
+
+class ConflictError(FacecrmError, ValueError):
+    """The change clashes with existing data, e.g. a duplicate loyalty id (409)."""
+
+    status = 409
+    reason = "conflict"
+
+
+class ConsentError(FacecrmError, PermissionError):
+    """The action needs an active consent the customer has not given (409)."""
+
+    status = 409
+    reason = "consent_required"
+
+
+class InvalidError(FacecrmError, ValueError):
+    """A well-formed request that makes no sense, e.g. an empty name (422)."""
+
+    status = 422
+    reason = "invalid"
+
+
+class Forbidden(FacecrmError, PermissionError):
+    """The principal may not do this (403)."""
+
+    status = 403
+    reason = "forbidden"
+
+
+class AlreadyEnrolledError(ConflictError):
+    """The face already belongs to another customer (409).
+
+    The message never says whose: the person at the counter may not be entitled
+    to know who else is enrolled (the audit trail records it).
+    """
+
+    reason = "already_enrolled"
+
+
+class FaceMismatchError(InvalidError):
+    """The photo is not the same person as the customer's (or the batch's) other photos (422)."""
+
+    reason = "face_mismatch"
+
+
+class ConfigError(FacecrmError):
+    """The settings or the installation cannot work (e.g. a bad `FACECRM_*` value).
+
+    A fault of the operator, not of the request: 500 in the API, one line in the CLI.
+    """
+
+    reason = "misconfigured"
+
+
+__all__ = [
+    "AlreadyEnrolledError",
+    "ConfigError",
+    "ConflictError",
+    "ConsentError",
+    "FaceMismatchError",
+    "FacecrmError",
+    "Forbidden",
+    "InvalidError",
+    "NotFoundError",
+]
