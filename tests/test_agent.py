@@ -154,6 +154,7 @@ def test_events_wait_for_the_server_and_arrive_once(
         assert len(session.scalars(select(AgentEvent)).all()) == 1
 
 
+@pytest.mark.slow
 def test_outbox_survives_kill_9_and_a_server_outage(
     store: Store, faces_dir: Path, tmp_path: Path, settings: Settings
 ) -> None:
