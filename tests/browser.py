@@ -32,4 +32,6 @@ def chromium_path() -> str:
     for candidate in candidates:
         if candidate and Path(candidate).exists():
             return candidate
-    pytest.fail("Chromium not found: install Debian's chromium (see .ci/run)")
+    pytest.fail(
+        "Chromium not found: scripts/test installs Debian's chromium (or set FACECRM_CHROMIUM)"
+    )

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import create_engine, text
 
+from facecrm import config
 from facecrm.config import Settings, configure
-from facecrm.crm.service import FaceCRM
+from facecrm.crm import accounts, db, service
+from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline, build_pipeline
 from facecrm.vision.types import Image
@@ -20,15 +24,19 @@ from facecrm.vision.types import Image
 if TYPE_CHECKING:
     from facecrm.pgserver import PgServer
 
-REPO = Path(__file__).resolve().parents[1]
-FACES = Path(os.environ.get("FACECRM_FACES_DIR", REPO.parent / "shared" / "faces"))
+TESTS = Path(__file__).resolve().parent
+FACES = Path(os.environ.get("FACECRM_FACES_DIR", TESTS / "data"))
 
 
 @pytest.fixture(scope="session")
 def faces_dir() -> Path:
-    """`../shared/faces` (or `$FACECRM_FACES_DIR`); tests using it skip when it is absent."""
-    if not (FACES / "identities").is_dir():
-        pytest.skip(f"real face photos not found at {FACES} (set FACECRM_FACES_DIR)")
+    """The real face photos: `tests/data` (the subset the suite needs, see its NOTICE.md), or
+    the full shared set where `$FACECRM_FACES_DIR` points (same layout)."""
+    if not (FACES / "identities").is_dir():  # only a wrong FACECRM_FACES_DIR gets here
+        pytest.fail(
+            f"no face photos at {FACES}: FACECRM_FACES_DIR must point at a directory "
+            "laid out like tests/data (identities/, distractors/, scenes/, video/)"
+        )
     return FACES
 
 
@@ -77,6 +85,73 @@ def load(faces_dir: Path):  # type: ignore[no-untyped-def]
         return read_image(faces_dir / relative)
 
     return _load
+
+
+@dataclass
+class VipStore:
+    crm: FaceCRM
+    store_id: str
+    key: str  # the store agent's device key
+    lin: str  # the VIP customer's id
+
+
+@pytest.fixture()
+def vip_store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[VipStore]:
+    """A store (NYC, Broadway) with a store-agent device and one opted-in VIP, Lin-Manuel
+    Miranda, enrolled from a still: the agent then meets him in `video/short_hamilton_clip.mp4`."""
+    crm = FaceCRM(settings, pipeline=pipeline)
+    with db.transaction(crm.sessions) as session:
+        shop = accounts.create_store(session, "NYC", "Broadway")
+        _, key = accounts.create_device(session, shop.id, "agent")
+        store_id = shop.id
+    lin = crm.enroll(
+        "Lin-Manuel Miranda",
+        [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
+        "v1",
+        "kiosk",
+        profile={"tier": "vip"},
+    )
+    yield VipStore(crm, store_id, key, lin.id)
+    crm.engine.dispose()
+
+
+@dataclass
+class CliResult:
+    """A `facecrm` run, shaped like `subprocess.CompletedProcess`."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Cli = Callable[..., CliResult]
+
+
+@pytest.fixture()
+def cli(monkeypatch: pytest.MonkeyPatch, pipeline: FacePipeline) -> Cli:
+    """`cli(data_dir, *args, input=..., env=...)` runs `facecrm ARGS` in this process (Typer's
+    CliRunner): a subprocess per command costs a Python start and a model load (~2 s).
+    The session's pipeline stands in for the CLI's default one (same default settings);
+    tests/test_cli.py keeps one test of the real entry point in a subprocess."""
+    from typer.testing import CliRunner
+
+    from facecrm.cli import app
+
+    monkeypatch.setattr(config, "_settings", None)  # the CLI reconfigures the process: undone
+    monkeypatch.setattr(service, "default_pipeline", lambda: pipeline)
+    runner = CliRunner()
+
+    def run(
+        data_dir: Path, *args: str, input: str | None = None, env: dict[str, str] | None = None
+    ) -> CliResult:
+        environment = {"FACECRM_DATA_DIR": str(data_dir), "COLUMNS": "200", **(env or {})}
+        result = runner.invoke(app, list(args), input=input, env=environment)
+        stderr = result.stderr
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            stderr += "".join(traceback.format_exception(result.exception))  # shown on failure
+        return CliResult(result.exit_code, result.stdout, stderr)
+
+    return run
 
 
 BACKENDS = ["sqlite", "postgresql"]

@@ -338,6 +338,7 @@ def fresh_guard(world: World) -> Iterator[Clock]:
     world.app.state.login_guard = saved
 
 
+@pytest.mark.slow
 def test_login_throttle_over_http(world: World, fresh_guard: Clock) -> None:
     name, _ = world.user("auditor", None)
     assert [world.login(name, "guess").status_code for _ in range(5)] == [401] * 5

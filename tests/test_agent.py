@@ -7,6 +7,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import select
@@ -14,14 +15,17 @@ from sqlalchemy import select
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.api.app import create_app
 from facecrm.config import Settings
-from facecrm.crm import accounts, activity, db
+from facecrm.crm import activity, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import AgentEvent, Alert, AuditEvent, Visit
-from facecrm.crm.service import FaceCRM, Photo
+from facecrm.crm.service import FaceCRM
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve
+
+if TYPE_CHECKING:
+    from conftest import VipStore
 
 
 @dataclass
@@ -34,26 +38,19 @@ class Store:
 
 
 @pytest.fixture()
-def store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[Store]:
-    crm = FaceCRM(settings, pipeline=pipeline)
-    with db.transaction(crm.sessions) as session:
-        shop = accounts.create_store(session, "NYC", "Broadway")
-        _, key = accounts.create_device(session, shop.id, "agent")
-        store_id = shop.id
-    lin = crm.enroll(
-        "Lin-Manuel Miranda",
-        [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
-        "v1",
-        "kiosk",
-        profile={"tier": "vip"},
-    )
+def store(vip_store: VipStore) -> Iterator[Store]:
+    crm = vip_store.crm
     with db.transaction(crm.sessions) as session:
         activity.add_interest(
-            session, SYSTEM, lin.id, store_id, "Hamilton cast album (vinyl)", out_of_stock=True
+            session,
+            SYSTEM,
+            vip_store.lin,
+            vip_store.store_id,
+            "Hamilton cast album (vinyl)",
+            out_of_stock=True,
         )
     with serve(create_app(crm)) as url:
-        yield Store(url, crm, store_id, key, lin.id)
-    crm.engine.dispose()
+        yield Store(url, crm, vip_store.store_id, vip_store.key, vip_store.lin)
 
 
 def run_agent(store: Store, pipeline: FacePipeline, data_dir: Path, video: Path) -> Agent:
@@ -157,6 +154,7 @@ def test_events_wait_for_the_server_and_arrive_once(
         assert len(session.scalars(select(AgentEvent)).all()) == 1
 
 
+@pytest.mark.slow
 def test_outbox_survives_kill_9_and_a_server_outage(
     store: Store, faces_dir: Path, tmp_path: Path, settings: Settings
 ) -> None:

@@ -1,4 +1,5 @@
-"""The `facecrm` command line, run as a real subprocess."""
+"""The `facecrm` command line, run in-process (the `cli` fixture); one test, the heaviest
+command, runs the real entry point as a subprocess."""
 
 from __future__ import annotations
 
@@ -8,20 +9,22 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
+if TYPE_CHECKING:
+    from conftest import Cli
 
-def facecrm(
-    data_dir: Path, *args: str, input: str | None = None
-) -> subprocess.CompletedProcess[str]:
+
+def facecrm(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m facecrm ARGS`: the real entry point, in its own process."""
     env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "facecrm", *args],
         capture_output=True,
         text=True,
         env=env,
-        input=input,
         timeout=600,
     )
 
@@ -34,9 +37,9 @@ def data_dir(tmp_path: Path, model_cache: Path) -> Path:
     return data
 
 
-def test_enroll_identify_list_show_delete(data_dir: Path, faces_dir: Path) -> None:
+def test_enroll_identify_list_show_delete(cli: Cli, data_dir: Path, faces_dir: Path) -> None:
     ids = faces_dir / "identities"
-    enrolled = facecrm(
+    enrolled = cli(
         data_dir,
         "enroll",
         "Barack Obama",
@@ -47,7 +50,7 @@ def test_enroll_identify_list_show_delete(data_dir: Path, faces_dir: Path) -> No
     assert enrolled.returncode == 0, enrolled.stderr
     assert "2 template(s)" in enrolled.stdout
 
-    found = facecrm(data_dir, "identify", str(faces_dir / "scenes/obama_and_biden.jpg"), "--json")
+    found = cli(data_dir, "identify", str(faces_dir / "scenes/obama_and_biden.jpg"), "--json")
     assert found.returncode == 0, found.stderr
     faces = json.loads(found.stdout)["faces"]
     named = [f["customer"] for f in faces if f["customer"] != "unknown"]
@@ -55,24 +58,24 @@ def test_enroll_identify_list_show_delete(data_dir: Path, faces_dir: Path) -> No
     assert len(faces) - len(named) >= 1  # Biden is not enrolled: unknown
     customer_id = named[0]["id"]
 
-    listed = facecrm(data_dir, "customers", "list")
+    listed = cli(data_dir, "customers", "list")
     assert customer_id in listed.stdout and "Barack Obama" in listed.stdout
 
-    shown = facecrm(data_dir, "customers", "show", customer_id)
+    shown = cli(data_dir, "customers", "show", customer_id)
     assert "in_store_recognition" in shown.stdout and "active" in shown.stdout
 
-    erased = facecrm(data_dir, "customers", "delete", customer_id, "--yes")
+    erased = cli(data_dir, "customers", "delete", customer_id, "--yes")
     assert erased.returncode == 0, erased.stderr
-    again = facecrm(data_dir, "identify", str(ids / "barack_obama/3.jpg"), "--json")
+    again = cli(data_dir, "identify", str(ids / "barack_obama/3.jpg"), "--json")
     assert [f["customer"] for f in json.loads(again.stdout)["faces"]] == ["unknown"]
 
 
-def test_enroll_without_consent_stores_nothing(data_dir: Path, faces_dir: Path) -> None:
+def test_enroll_without_consent_stores_nothing(cli: Cli, data_dir: Path, faces_dir: Path) -> None:
     photo = str(faces_dir / "identities/rose_leslie/1.jpg")
-    refused = facecrm(data_dir, "enroll", "Rose", photo, input="n\n")
+    refused = cli(data_dir, "enroll", "Rose", photo, input="n\n")
     assert refused.returncode == 1
     assert "no consent" in refused.stderr
-    assert "Rose" not in facecrm(data_dir, "customers", "list").stdout
+    assert "Rose" not in cli(data_dir, "customers", "list").stdout
 
 
 @pytest.mark.parametrize(
@@ -80,26 +83,24 @@ def test_enroll_without_consent_stores_nothing(data_dir: Path, faces_dir: Path) 
     [(b"", "empty"), (b"not an image at all", "not a recognised image")],
 )
 def test_bad_photos_are_refused(
-    data_dir: Path, tmp_path: Path, content: bytes, message: str
+    cli: Cli, data_dir: Path, tmp_path: Path, content: bytes, message: str
 ) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(content)
-    result = facecrm(data_dir, "enroll", "Nobody", str(bad), "--consent")
+    result = cli(data_dir, "enroll", "Nobody", str(bad), "--consent")
     assert result.returncode == 1
     assert message in result.stderr and "Traceback" not in result.stderr
-    assert facecrm(data_dir, "identify", str(bad)).returncode == 1
+    assert cli(data_dir, "identify", str(bad)).returncode == 1
 
 
-def test_quality_gate_reason_is_shown(data_dir: Path, faces_dir: Path) -> None:
-    result = facecrm(
-        data_dir, "enroll", "Two", str(faces_dir / "scenes/two_people.jpg"), "--consent"
-    )
+def test_quality_gate_reason_is_shown(cli: Cli, data_dir: Path, faces_dir: Path) -> None:
+    result = cli(data_dir, "enroll", "Two", str(faces_dir / "scenes/two_people.jpg"), "--consent")
     assert result.returncode == 1
     assert "multiple_faces" in result.stderr and "nothing was stored" in result.stderr
 
 
-def test_unknown_customer_id(data_dir: Path) -> None:
-    result = facecrm(data_dir, "customers", "show", "nope")
+def test_unknown_customer_id(cli: Cli, data_dir: Path) -> None:
+    result = cli(data_dir, "customers", "show", "nope")
     assert result.returncode == 1 and "no customer" in result.stderr
 
 
@@ -112,10 +113,13 @@ def test_eval_json_pairs_scores_and_plot(data_dir: Path, faces_dir: Path, tmp_pa
         "kit_harington/1.jpg,kit_harington/2.jpg\n"
     )
     scores, plot = tmp_path / "scores.csv", tmp_path / "roc.png"
-    result = facecrm(
+    photos = len([p for p in (faces_dir / "identities").rglob("*") if p.is_file()])
+    result = facecrm(  # the one run of the real entry point; two worker processes
         data_dir,
         "eval",
         str(faces_dir / "identities"),
+        "--workers",
+        "2",
         "--format",
         "json",
         "--pairs",
@@ -127,7 +131,8 @@ def test_eval_json_pairs_scores_and_plot(data_dir: Path, faces_dir: Path, tmp_pa
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["images"] == 18 and report["faces_found"] == 18
+    assert report["images"] == photos and report["faces_found"] == photos
+    assert report["workers"] == 2
     assert report["verification"]["pairs"] == 3
     assert report["verification"]["accuracy"] == 1.0
     assert report["verification"]["best_accuracy"] == 1.0
@@ -141,82 +146,83 @@ def test_eval_json_pairs_scores_and_plot(data_dir: Path, faces_dir: Path, tmp_pa
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_eval_rejects_unknown_pair_files(data_dir: Path, faces_dir: Path, tmp_path: Path) -> None:
+def test_eval_rejects_unknown_pair_files(
+    cli: Cli, data_dir: Path, faces_dir: Path, tmp_path: Path
+) -> None:
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("barack_obama/1.jpg,nobody/1.jpg\n")
-    result = facecrm(data_dir, "eval", str(faces_dir / "identities"), "--pairs", str(pairs))
+    identities = str(faces_dir / "identities")
+    result = cli(data_dir, "eval", identities, "--pairs", str(pairs), "--workers", "1")
     assert result.returncode == 1 and "nobody/1.jpg" in result.stderr
 
 
-def test_demo_runs_without_the_shared_photos(data_dir: Path) -> None:
-    env_free = facecrm(data_dir, "demo")
+def test_demo_runs_without_the_shared_photos(cli: Cli, data_dir: Path) -> None:
+    env_free = cli(data_dir, "demo")
     assert env_free.returncode == 0, env_free.stderr
     assert "Demo complete" in env_free.stdout
     assert "Grace Hopper (similarity" in env_free.stdout
     assert not (data_dir / "facecrm.db").exists()  # the demo never touches real data
 
 
-def test_admin_store_and_device_commands(data_dir: Path) -> None:
-    created = facecrm(
-        data_dir, "admin", "create", "--username", "root", "--password", "s3cret-pass"
-    )
+def test_admin_store_and_device_commands(cli: Cli, data_dir: Path) -> None:
+    created = cli(data_dir, "admin", "create", "--username", "root", "--password", "s3cret-pass")
     assert created.returncode == 0, created.stderr
     assert (
-        facecrm(
+        cli(
             data_dir, "admin", "create", "--username", "root", "--password", "s3cret-pass"
         ).returncode
         == 1
     )  # taken
-    store = facecrm(data_dir, "stores", "add", "PAR1", "Paris Rivoli")
+    store = cli(data_dir, "stores", "add", "PAR1", "Paris Rivoli")
     assert store.returncode == 0, store.stderr
     store_id = store.stdout.split("id")[-1].strip()
-    assert store_id in facecrm(data_dir, "stores", "list").stdout
-    device = facecrm(data_dir, "devices", "add", "--store", store_id, "--kind", "agent")
+    assert store_id in cli(data_dir, "stores", "list").stdout
+    device = cli(data_dir, "devices", "add", "--store", store_id, "--kind", "agent")
     assert device.returncode == 0, device.stderr
     key = device.stdout.strip().splitlines()[-1]
     assert key.startswith("fcd_") and len(key) > 40
     assert key not in (data_dir / "facecrm.db").read_bytes().decode("latin-1")  # only its hash
-    bad = facecrm(data_dir, "devices", "add", "--store", "nope", "--kind", "agent")
+    bad = cli(data_dir, "devices", "add", "--store", "nope", "--kind", "agent")
     assert bad.returncode == 1 and "no store" in bad.stderr
 
 
-def test_audit_verify_and_export(data_dir: Path) -> None:
+def test_audit_verify_and_export(cli: Cli, data_dir: Path) -> None:
     import sqlite3
 
-    assert facecrm(data_dir, "stores", "add", "A", "Store A").returncode == 0
-    assert facecrm(data_dir, "stores", "add", "B", "Store B").returncode == 0
-    ok = facecrm(data_dir, "audit", "verify")
+    assert cli(data_dir, "stores", "add", "A", "Store A").returncode == 0
+    assert cli(data_dir, "stores", "add", "B", "Store B").returncode == 0
+    ok = cli(data_dir, "audit", "verify")
     assert ok.returncode == 0 and "intact: 2 events" in ok.stdout
-    lines = facecrm(data_dir, "audit", "export").stdout.strip().splitlines()
+    lines = cli(data_dir, "audit", "export").stdout.strip().splitlines()
     assert [json.loads(line)["action"] for line in lines] == ["store_create", "store_create"]
     with sqlite3.connect(data_dir / "facecrm.db") as db:
         db.execute("UPDATE audit_events SET action = 'nothing' WHERE id = 1")
-    bad = facecrm(data_dir, "audit", "verify")
+    bad = cli(data_dir, "audit", "verify")
     assert bad.returncode == 1 and "event 1: content altered" in bad.stderr
 
 
-def test_keys_rotate(data_dir: Path, faces_dir: Path) -> None:
+def test_keys_rotate(cli: Cli, data_dir: Path, faces_dir: Path) -> None:
     photo = str(faces_dir / "identities/rose_leslie/1.jpg")
-    assert facecrm(data_dir, "enroll", "Rose", photo, "--consent").returncode == 0
+    assert cli(data_dir, "enroll", "Rose", photo, "--consent").returncode == 0
     before = (data_dir / "master.keys").read_text()
-    rotated = facecrm(data_dir, "keys", "rotate", "--retire")
+    rotated = cli(data_dir, "keys", "rotate", "--retire")
     assert rotated.returncode == 0, rotated.stderr
     assert "1 re-wrapped" in rotated.stdout
     after = (data_dir / "master.keys").read_text()
     old_id = next(line for line in before.splitlines() if not line.startswith("#")).split(":")[0]
     assert old_id not in after and old_id in rotated.stdout
-    found = facecrm(data_dir, "identify", str(faces_dir / "identities/rose_leslie/2.jpg"), "--json")
+    found = cli(data_dir, "identify", str(faces_dir / "identities/rose_leslie/2.jpg"), "--json")
     assert json.loads(found.stdout)["faces"][0]["customer"]["name"] == "Rose"
 
 
-def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) -> None:
+def test_admin_disable_enable_password_delete_and_device_revoke(cli: Cli, data_dir: Path) -> None:
     from facecrm.crm import accounts, db
     from facecrm.crm.models import Device, StaffUser
 
-    root = facecrm(data_dir, "admin", "create", "--username", "root", "--password", "root-pass1")
+    root = cli(data_dir, "admin", "create", "--username", "root", "--password", "root-pass1")
     assert root.returncode == 0, root.stderr
-    store = facecrm(data_dir, "stores", "add", "S1", "Store").stdout.split("id")[-1].strip()
-    made = facecrm(
+    store = cli(data_dir, "stores", "add", "S1", "Store").stdout.split("id")[-1].strip()
+    made = cli(
         data_dir,
         "admin",
         "create",
@@ -231,7 +237,7 @@ def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) 
     )
     assert made.returncode == 0, made.stderr
     assert (
-        facecrm(
+        cli(
             data_dir,
             "admin",
             "create",
@@ -244,7 +250,7 @@ def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) 
         ).returncode
         == 1
     )  # usernames ignore case
-    chain_wide = facecrm(
+    chain_wide = cli(
         data_dir,
         "admin",
         "create",
@@ -256,32 +262,32 @@ def test_admin_disable_enable_password_delete_and_device_revoke(data_dir: Path) 
         store,
     )
     assert chain_wide.returncode == 1 and "chain-wide" in chain_wide.stderr
-    device = facecrm(data_dir, "devices", "add", "--store", store, "--kind", "pos")
+    device = cli(data_dir, "devices", "add", "--store", store, "--kind", "pos")
     device_id = device.stdout.split("(")[1].split(")")[0]
 
-    assert facecrm(data_dir, "admin", "disable", "bea").returncode == 0
-    assert facecrm(data_dir, "admin", "password", "bea", "--password", "new-pass-2").returncode == 0
-    assert facecrm(data_dir, "admin", "password", "bea", "--password", "short").returncode == 1
-    assert facecrm(data_dir, "devices", "revoke", device_id).returncode == 0
-    missing = facecrm(data_dir, "admin", "disable", "nobody")
+    assert cli(data_dir, "admin", "disable", "bea").returncode == 0
+    assert cli(data_dir, "admin", "password", "bea", "--password", "new-pass-2").returncode == 0
+    assert cli(data_dir, "admin", "password", "bea", "--password", "short").returncode == 1
+    assert cli(data_dir, "devices", "revoke", device_id).returncode == 0
+    missing = cli(data_dir, "admin", "disable", "nobody")
     assert missing.returncode == 1 and "no staff user" in missing.stderr
     engine = db.make_engine(f"sqlite:///{data_dir / 'facecrm.db'}")
     with db.session_factory(engine)() as session:
         bea = accounts.find_staff(session, "bea")
         assert not bea.active and bea.token_version == 2  # disable, then the password
         assert session.get(Device, device_id).revoked_at is not None  # type: ignore[union-attr]
-    assert facecrm(data_dir, "admin", "enable", "bea").returncode == 0
+    assert cli(data_dir, "admin", "enable", "bea").returncode == 0
     with db.session_factory(engine)() as session:
         assert accounts.authenticate(session, "Bea", "new-pass-2") is not None
-    last = facecrm(data_dir, "admin", "delete", "root", "--yes")
+    last = cli(data_dir, "admin", "delete", "root", "--yes")
     assert last.returncode == 1 and "last active administrator" in last.stderr
-    assert facecrm(data_dir, "admin", "delete", "bea", "--yes").returncode == 0
+    assert cli(data_dir, "admin", "delete", "bea", "--yes").returncode == 0
     with db.session_factory(engine)() as session:
         assert {u.username for u in session.query(StaffUser)} == {"root"}
     engine.dispose()
     trail = [
         json.loads(line)["action"]
-        for line in facecrm(data_dir, "audit", "export").stdout.split("\n")
+        for line in cli(data_dir, "audit", "export").stdout.split("\n")
         if line
     ]
     assert {

@@ -185,6 +185,7 @@ def test_busy_decoder_answers_503_with_retry_after(
         crm.engine.dispose()
 
 
+@pytest.mark.slow
 def test_decode_bench_smoke(pipeline: FacePipeline, model_cache: Path) -> None:
     """The benchmark against a real `facecrm serve`: peak RSS within its goal, no 5xx."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}

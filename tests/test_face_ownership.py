@@ -5,11 +5,9 @@ Real faces, real models, SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from sqlalchemy import func, select
@@ -19,6 +17,9 @@ from facecrm.crm.errors import AlreadyEnrolledError, FaceMismatchError, InvalidE
 from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.types import Image
+
+if TYPE_CHECKING:
+    from conftest import Cli, CliResult
 
 Load = Callable[[str], Image]
 VERSION = "2026-11-v1"
@@ -120,29 +121,19 @@ def test_photos_of_one_enrollment_are_one_person(crm: FaceCRM, load: Load) -> No
 
 
 def test_cli_refuses_a_face_enrolled_under_another_customer(
-    tmp_path: Path, model_cache: Path, faces_dir: Path
+    cli: Cli, tmp_path: Path, model_cache: Path, faces_dir: Path
 ) -> None:
-    """The command line goes through the same check (a real subprocess, SQLite)."""
+    """The command line goes through the same check (SQLite)."""
     data = tmp_path / "data"
     (data / "cache").mkdir(parents=True)
     (data / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
-    env = {**os.environ, "FACECRM_DATA_DIR": str(data), "COLUMNS": "200"}
 
-    def enroll(name: str, photo: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "facecrm", "enroll", name, str(faces_dir / photo)]
-        return subprocess.run(
-            [*command, "--consent"], capture_output=True, text=True, env=env, timeout=600
-        )
+    def enroll(name: str, photo: str) -> CliResult:
+        return cli(data, "enroll", name, str(faces_dir / photo), "--consent")
 
     assert enroll("Rose Leslie", "identities/rose_leslie/1.jpg").returncode == 0
     again = enroll("Someone Else", "identities/rose_leslie/2.jpg")
     assert again.returncode == 1  # refused (2 is a usage error)
     assert "already enrolled" in again.stderr and "Rose" not in again.stderr
-    listed = subprocess.run(
-        [sys.executable, "-m", "facecrm", "customers", "list"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    listed = cli(data, "customers", "list")
     assert "Rose Leslie" in listed.stdout and "Someone Else" not in listed.stdout

@@ -22,6 +22,7 @@ def _near(rng: np.random.Generator, v: np.ndarray, noise: float) -> np.ndarray:
 
 
 class TestIndexes:
+    @pytest.mark.slow
     def test_exact_and_hnsw_agree_on_rank1(self) -> None:
         rng = np.random.default_rng(1)
         vectors = _unit(rng, 20_000)

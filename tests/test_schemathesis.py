@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from facecrm.api.app import create_app
 from facecrm.config import Settings
@@ -19,6 +20,7 @@ from facecrm.vision.pipeline import FacePipeline
 from server import serve
 
 
+@pytest.mark.slow
 def test_no_server_errors(settings: Settings, pipeline: FacePipeline, tmp_path: Path) -> None:
     crm = FaceCRM(settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
