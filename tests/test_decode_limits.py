@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.service import FaceCRM
-from facecrm.vision.image import ImageError, decode_image, decode_slot
+from facecrm.vision.image import ImageError, decode_image, decode_slot, jpeg_scans
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve
@@ -60,6 +61,19 @@ CASES = {
         "too_many_pixels",
     ),
     "jpeg-6300": (lambda: PILImage.new("RGB", (6300, 6300), (90, 120, 150)), "JPEG", {}, "ok"),
+    # progressive JPEGs keep every coefficient at full size, however far they are scaled
+    "jpeg-progressive-cmyk-6300": (
+        lambda: PILImage.new("CMYK", (6300, 6300), (90, 120, 150, 20)),
+        "JPEG",
+        {"progressive": True},
+        "too_many_pixels",
+    ),
+    "jpeg-progressive-cmyk-3900": (
+        lambda: PILImage.new("CMYK", (3900, 3900), (90, 120, 150, 20)),
+        "JPEG",
+        {"progressive": True},
+        "ok",
+    ),
     "webp-lossless-2800": (
         lambda: PILImage.new("RGBA", (2800, 2800), (200, 100, 50, 128)),
         "WEBP",
@@ -102,7 +116,7 @@ def test_worst_case_decode_is_bounded(name: str, tmp_path: Path) -> None:
     make, fmt, options, expected = CASES[name]
     path = tmp_path / name
     path.write_bytes(_encode(make(), fmt, **options))
-    assert path.stat().st_size < 700_000  # tiny on disk
+    assert path.stat().st_size < 1_000_000  # small on disk
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "FACECRM_DATA_DIR": str(tmp_path)}
     out = subprocess.run(
         [sys.executable, "-c", MEASURE, str(path)],
@@ -129,6 +143,27 @@ def test_reduced_sixteen_bit_and_float_keep_their_levels() -> None:
     floats[0, 0] = np.nan
     image = decode_image(_encode(PILImage.fromarray(floats), "TIFF", compression="tiff_lzw"))
     assert image.shape == (1500, 1100, 3) and int(image[700, 500, 0]) == 200
+
+
+def _scan_bomb(side: int, copies: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated: libjpeg runs each over the image."""
+    data = _encode(PILImage.new("L", (side, side), 128), "JPEG", progressive=True)
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * copies + b"\xff\xd9"
+
+
+@pytest.mark.usefixtures("settings")
+def test_a_progressive_jpeg_with_too_many_scans_is_refused_at_once() -> None:
+    normal = _encode(PILImage.new("RGB", (800, 600), (90, 120, 150)), "JPEG", progressive=True)
+    assert 1 < jpeg_scans(normal) <= 32 and decode_image(normal).shape == (600, 800, 3)
+    assert jpeg_scans(_encode(PILImage.new("RGB", (80, 60)), "JPEG")) == 1
+    bomb = _scan_bomb(3000, 300)  # 42 KB; the decoder spent 2.6 s on it before the limit
+    assert len(bomb) < 50_000 and jpeg_scans(bomb) > 300
+    started = time.perf_counter()
+    with pytest.raises(ImageError) as exc:
+        decode_image(bomb)
+    assert exc.value.reason == "too_many_scans"
+    assert time.perf_counter() - started < 0.5
 
 
 @pytest.mark.usefixtures("settings")

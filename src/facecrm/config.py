@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     # pixel, so 16 MP (a 4900x3300 photo) peaks at ~130 MB; WebP costs 16 bytes a pixel
     # and gets half this limit (see vision/image.py and benchmarks/README.md)
     max_decoded_pixels: int = 16_000_000
+    # libjpeg's own progressive scripts use 6 (grey) to 10 (colour) scans, mozjpeg a few
+    # more; every scan is a pass over the whole image, so more than this is refused
+    jpeg_max_scans: int = 32
     max_concurrent_decodes: int = 2  # decodes at once per process (one per core)
     decode_wait_seconds: float = 5.0  # a request waits this long for a decode slot, then 503
 

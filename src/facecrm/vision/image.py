@@ -36,6 +36,8 @@ from facecrm.vision.types import Image
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF"})
 SCALED_IN_DECODER = frozenset({"JPEG", "MPO"})  # the others decode at full size
 TRIM_AFTER_PIXELS = 4_000_000  # after a decode this large, give freed memory back
+_SOS = 0xDA
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0..7 carry no length
 _ORIENTATION = {
     2: PILImage.Transpose.FLIP_LEFT_RIGHT,
     3: PILImage.Transpose.ROTATE_180,
@@ -150,7 +152,7 @@ def decode_image(data: bytes) -> Image:
     with decode_slot(settings):
         pixels = 0
         try:
-            pil, pixels, scale_max = _load(bytes(data), settings)
+            pil, pixels, scale_max = _load(bytes(data), settings)  # pixels: as in the header
             return _to_rgb(pil, scale_max)
         finally:
             if pixels >= TRIM_AFTER_PIXELS:
@@ -170,8 +172,9 @@ def _load(data: bytes, settings: Settings) -> tuple[PILImage.Image, int, float]:
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("corrupt", f"the image header is corrupt: {exc}") from exc
     with pil:
-        _check(pil, settings)
+        _check(pil, settings, data)
         width, height = pil.size
+        pixels = width * height  # what the decoder may touch, even when it scales down
         if pil.format in SCALED_IN_DECODER and settings.decode_max_side:
             # let the JPEG decoder scale down by 1/2, 1/4 or 1/8 in the DCT (much cheaper
             # than decoding everything and resizing), never below decode_max_side
@@ -187,13 +190,12 @@ def _load(data: bytes, settings: Settings) -> tuple[PILImage.Image, int, float]:
                 small = _reduce(pil, settings.decode_max_side)
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError("corrupt", f"the image data is truncated or corrupt: {exc}") from exc
-        pixels = pil.size[0] * pil.size[1]
     if orientation in _ORIENTATION:
         small = small.transpose(_ORIENTATION[orientation])
     return small, pixels, scale_max
 
 
-def _check(pil: PILImage.Image, settings: Settings) -> None:
+def _check(pil: PILImage.Image, settings: Settings, data: bytes) -> None:
     """Refuse, from the header alone, what would cost too much to decode."""
     if pil.format not in ALLOWED_FORMATS:
         raise ImageError(
@@ -206,7 +208,17 @@ def _check(pil: PILImage.Image, settings: Settings) -> None:
             "too_many_pixels",
             f"{width}x{height} exceeds the {settings.max_image_pixels} pixel limit",
         )
-    limit = decoded_pixel_limit(pil.format, settings)
+    progressive = pil.format in SCALED_IN_DECODER and bool(pil.info.get("progressive"))
+    if progressive:
+        # libjpeg re-runs every scan over the whole image, so a small file that repeats
+        # one refinement scan thousands of times holds a decode slot for minutes
+        scans = jpeg_scans(data, stop_after=settings.jpeg_max_scans + 1)
+        if scans > settings.jpeg_max_scans:
+            raise ImageError(
+                "too_many_scans",
+                f"the progressive JPEG has more than {settings.jpeg_max_scans} scans",
+            )
+    limit = decoded_pixel_limit(pil.format, settings, progressive)
     if width * height > limit:
         raise ImageError(
             "too_many_pixels",
@@ -223,18 +235,60 @@ def _check(pil: PILImage.Image, settings: Settings) -> None:
             raise ImageError("corrupt", f"the TIFF tiles ({tile[0]}x{tile[1]}) exceed the image")
 
 
-def decoded_pixel_limit(fmt: str | None, settings: Settings) -> int:
+def decoded_pixel_limit(fmt: str | None, settings: Settings, progressive: bool = False) -> int:
     """The most pixels an image of `fmt` may have.
 
     PNG, TIFF and BMP peak at up to 8 bytes a pixel (the image, plus the premultiplied
     copy Pillow makes to reduce one with alpha); WebP at 16 (Pillow decodes every WebP
     through libwebp's animation API: two canvases, a copy, then the image), so it gets half.
+    A progressive JPEG keeps every DCT coefficient of the full-size image (2 bytes per
+    pixel and component) however far it is scaled down, so it counts as full size too.
     """
-    if fmt in SCALED_IN_DECODER:
+    if fmt in SCALED_IN_DECODER and not progressive:
         return settings.max_image_pixels
     if fmt == "WEBP":
         return min(settings.max_image_pixels, settings.max_decoded_pixels // 2)
     return min(settings.max_image_pixels, settings.max_decoded_pixels)
+
+
+def jpeg_scans(data: bytes, stop_after: int | None = None) -> int:
+    """How many scans (SOS segments) a JPEG's own marker stream has.
+
+    Walks the segments instead of counting bytes, so an EXIF thumbnail (a JPEG inside an
+    APP1 segment) does not count; inside entropy-coded data 0xFF is always followed by
+    0x00 or a restart marker, so the next other marker ends the scan.
+    """
+    scans, pos, end = 0, 2, len(data)  # after SOI
+    while pos + 1 < end:
+        if data[pos] != 0xFF:
+            break  # not a marker where one must be: corrupt, left to the decoder
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        pos += 2
+        if marker == 0xD9:  # EOI
+            break
+        if marker in _STANDALONE:
+            continue
+        if pos + 2 > end:
+            break
+        pos += int.from_bytes(data[pos : pos + 2], "big")
+        if marker != _SOS:
+            continue
+        scans += 1
+        if stop_after is not None and scans >= stop_after:
+            break
+        while True:  # skip the entropy-coded data to the next real marker
+            pos = data.find(b"\xff", pos)
+            if pos < 0 or pos + 1 >= end:
+                return scans
+            following = data[pos + 1]
+            if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                pos += 1 if following == 0xFF else 2
+                continue
+            break
+    return scans
 
 
 def _white_point(pil: PILImage.Image) -> float:
