@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from facecrm.crm import customers, db
+from facecrm.crm import auditlog, customers, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import AuditEvent
 from facecrm.crm.service import FaceCRM
@@ -202,3 +202,21 @@ def test_audit_needs_a_sealing_session(crm: FaceCRM) -> None:
 
     with Session(crm.engine) as session, pytest.raises(RuntimeError):
         customers.create(session, SYSTEM, {"name": "Unsealed"})
+
+
+@pytest.mark.parametrize(
+    "column, garbage", [("at", "garbage"), ("detail", "{not json"), ("at", "9999-99-99")]
+)
+def test_a_garbled_row_is_reported_not_a_crash(crm: FaceCRM, column: str, garbage: str) -> None:
+    """A value the ORM cannot parse is tampering to report, and the trail stays listable."""
+    if crm.engine.dialect.name == "postgresql":
+        pytest.skip("PostgreSQL's timestamptz and json columns refuse such values")
+    ids = _activity(crm)
+    _sql(crm, f"UPDATE audit_events SET {column} = :v WHERE id = :i", v=garbage, i=ids[2])
+    _activity(crm, 1)  # an audited write after the tampering
+    report = crm.verify_audit()
+    assert any(f"event {ids[2]}:" in p and "cannot be read" in p for p in report.problems)
+    assert report.checked == len(ids) + 1
+    with db.transaction(crm.sessions) as session:
+        listed = auditlog.read(session, SYSTEM, "test", limit=100)
+    assert [e["id"] for e in listed][: len(ids) + 1] == [*ids, ids[-1] + 1]

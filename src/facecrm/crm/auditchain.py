@@ -31,12 +31,14 @@ import hashlib
 import hmac
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select, text
+from sqlalchemy import String, Text, func, select, text, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql import Select
 
 from facecrm import private
 from facecrm.crm.models import AuditEvent
@@ -60,7 +62,7 @@ def _utc(value: datetime | str) -> str:
     return value.isoformat()
 
 
-def canonical(event: AuditEvent) -> bytes:
+def canonical(event: AuditEvent | StoredEvent) -> bytes:
     content = {
         "id": event.id,
         "at": _utc(event.at),
@@ -74,7 +76,7 @@ def canonical(event: AuditEvent) -> bytes:
     return json.dumps(content, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def link(key: bytes, prev_hash: str, event: AuditEvent) -> str:
+def link(key: bytes, prev_hash: str, event: AuditEvent | StoredEvent) -> str:
     return hmac.new(key, prev_hash.encode() + canonical(event), hashlib.sha256).hexdigest()
 
 
@@ -157,6 +159,75 @@ def install(sessions: sessionmaker[Session], key: bytes, head: Path | None) -> N
 
 
 @dataclass
+class StoredEvent:
+    """An audit row as stored, read without trusting it.
+
+    `at` and `detail` are parsed here rather than by the ORM, so that a row someone
+    garbled in the database (`at = 'garbage'`, `detail = '{not json'`) is reported
+    as tampering instead of crashing `verify` and every page listing the trail;
+    `unreadable` says what could not be parsed (the raw text is kept in its place).
+    """
+
+    id: int
+    at: datetime | str
+    actor: str
+    store_id: str | None
+    action: str
+    customer_id: str | None
+    detail: object
+    note: str
+    prev_hash: str | None
+    hash: str | None
+    unreadable: str | None = None
+
+
+def stored_events(session: Session, stmt: Select[tuple[AuditEvent]]) -> list[StoredEvent]:
+    """The rows `stmt` selects (its filters, order, limit), as `StoredEvent`s."""
+    c = AuditEvent.__table__.c
+    raw = stmt.with_only_columns(
+        c.id,
+        type_coerce(c.at, String),
+        c.actor,
+        c.store_id,
+        c.action,
+        c.customer_id,
+        type_coerce(c.detail, Text),
+        c.note,
+        c.prev_hash,
+        c.hash,
+    )
+    return [_parse(row) for row in session.execute(raw)]
+
+
+def _parse(row: tuple[object, ...]) -> StoredEvent:
+    event_id, at, actor, store, action, customer, detail, note, prev, sealed = row
+    problems = []
+    if isinstance(at, str):  # SQLite: text in UTC; PostgreSQL hands back a datetime
+        try:
+            at = datetime.fromisoformat(at).replace(tzinfo=UTC)
+        except ValueError:
+            problems.append("time")
+    if isinstance(detail, str):
+        try:
+            detail = json.loads(detail)
+        except ValueError:
+            problems.append("detail")
+    return StoredEvent(
+        int(event_id),  # type: ignore[call-overload]
+        at,  # type: ignore[arg-type]
+        str(actor),
+        store,  # type: ignore[arg-type]
+        str(action),
+        customer,  # type: ignore[arg-type]
+        detail,
+        str(note or ""),
+        prev,  # type: ignore[arg-type]
+        sealed,  # type: ignore[arg-type]
+        " and ".join(problems) or None,
+    )
+
+
+@dataclass
 class Report:
     checked: int = 0
     problems: list[str] = field(default_factory=list)
@@ -179,7 +250,7 @@ def verify(sessions: sessionmaker[Session], key: bytes, head: Path | None = None
     anchor = _read_head(head)
     anchor_seen = False
     with sessions() as session:
-        for event in session.scalars(select(AuditEvent).order_by(AuditEvent.id)).yield_per(1000):
+        for event in _all_events(session):
             report.checked += 1
             if event.id != prev_id + 1:
                 missing = (
@@ -188,6 +259,13 @@ def verify(sessions: sessionmaker[Session], key: bytes, head: Path | None = None
                     else f"{prev_id + 1}..{event.id - 1}"
                 )
                 report.problems.append(f"events {missing}: missing (deleted)")
+            if event.unreadable is not None:
+                report.problems.append(
+                    f"event {event.id}: its {event.unreadable} cannot be read "
+                    "(garbled in the database)"
+                )
+                prev_id, prev_hash = event.id, event.hash or prev_hash
+                continue
             at = datetime.fromisoformat(_utc(event.at))
             if prev_at is not None and at < prev_at - CLOCK_SKEW:
                 report.problems.append(
@@ -217,3 +295,15 @@ def verify(sessions: sessionmaker[Session], key: bytes, head: Path | None = None
             "events were deleted from the end or the table was rewritten"
         )
     return report
+
+
+def _all_events(session: Session, batch: int = 1000) -> Iterator[StoredEvent]:
+    """Every event in id order, a batch at a time (the trail only grows)."""
+    after = -1
+    while True:
+        stmt = select(AuditEvent).where(AuditEvent.id > after).order_by(AuditEvent.id)
+        rows = stored_events(session, stmt.limit(batch))
+        yield from rows
+        if len(rows) < batch:
+            return
+        after = rows[-1].id

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from facecrm.crm import audit
+from facecrm.crm.auditchain import StoredEvent, stored_events
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import AuditEvent
 
@@ -20,8 +21,8 @@ def events(
     since: datetime | None = None,
     limit: int | None = 200,
     offset: int = 0,
-) -> Sequence[AuditEvent]:
-    """Audit events, oldest first, filtered."""
+) -> Sequence[StoredEvent]:
+    """Audit events, oldest first, filtered (a garbled row is listed, never a crash)."""
     stmt = select(AuditEvent).order_by(AuditEvent.id).offset(offset)
     if limit is not None:
         stmt = stmt.limit(limit)
@@ -31,7 +32,7 @@ def events(
         stmt = stmt.where(AuditEvent.action == action)
     if since is not None:
         stmt = stmt.where(AuditEvent.at >= since)
-    return session.scalars(stmt).all()
+    return stored_events(session, stmt)
 
 
 def count(session: Session) -> int:
@@ -57,10 +58,10 @@ def read(
     return rows
 
 
-def event_dict(e: AuditEvent) -> dict[str, object]:
+def event_dict(e: StoredEvent) -> dict[str, object]:
     return {
         "id": e.id,
-        "at": e.at.isoformat(),
+        "at": e.at if isinstance(e.at, str) else e.at.isoformat(),
         "actor": e.actor,
         "store_id": e.store_id,
         "action": e.action,
