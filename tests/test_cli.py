@@ -297,3 +297,15 @@ def test_admin_disable_enable_password_delete_and_device_revoke(cli: Cli, data_d
         "staff_delete",
         "device_revoke",
     } <= set(trail)
+
+
+def test_audit_fingerprint_is_how_searches_are_audited(cli: Cli, data_dir: Path) -> None:
+    """An auditor checks whether a text was searched without the trail holding the text."""
+    one = cli(data_dir, "audit", "fingerprint", "Ada  LOVELACE")
+    two = cli(data_dir, "audit", "fingerprint", "ada lovelace")
+    other = cli(data_dir, "audit", "fingerprint", "ada lovelac")
+    assert one.returncode == 0, one.stderr
+    assert one.stdout == two.stdout != other.stdout
+    assert len(one.stdout.strip()) == 32 and "ada" not in one.stdout.lower()
+    bad = cli(data_dir, "audit", "export", "--since", "yesterday")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

@@ -3,6 +3,7 @@ summaries, and what the API refuses (SQLite and PostgreSQL, real models and face
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from sqlalchemy import func, select
 
 from facecrm.api.app import create_app
 from facecrm.config import Settings
-from facecrm.crm import accounts, activity, db
+from facecrm.crm import accounts, activity, audit, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import (
@@ -221,7 +222,12 @@ def test_search_returns_summaries_and_audits_query_and_ids(shop: Shop) -> None:
         assert set(row) == {"id", "name", "preferred_name", "tier", "loyalty_id"}
     assert "shop-mail.com" not in r.text and "wool" not in r.text and "+33" not in r.text
     event = shop.events("customer_search")[-1]
-    assert event.detail["query"] == "searchable person"
+    # the text (a name, an e-mail) would outlive an erasure in the sealed trail: only its
+    # keyed fingerprint is kept, which `facecrm audit fingerprint TEXT` reproduces
+    with shop.crm.sessions() as session:
+        expected = audit.fingerprint(session, "Searchable  PERSON")
+    assert event.detail["query_fingerprint"] == expected and "query" not in event.detail
+    assert "searchable" not in json.dumps(event.detail).lower()
     assert set(event.detail["ids"]) == ids and event.detail["results"] == 3
     # the console's search page shows the same summary and is audited the same way
     with httpx.Client(base_url=shop.url, timeout=60) as browser:
@@ -233,7 +239,9 @@ def test_search_returns_summaries_and_audits_query_and_ids(shop: Shop) -> None:
     assert page.status_code == 200 and "Searchable Person 0" in page.text
     assert "shop-mail.com" not in page.text
     event = shop.events("customer_search")[-1]
-    assert event.detail["query"] == "Searchable" and event.detail["channel"] == "console"
+    with shop.crm.sessions() as session:
+        expected = audit.fingerprint(session, "searchable")
+    assert event.detail["query_fingerprint"] == expected and event.detail["channel"] == "console"
     assert set(event.detail["ids"]) == ids
 
 

@@ -108,6 +108,9 @@ def test_erasure_by_api_leaves_nothing_in_the_files(sqlite_crm: FaceCRM) -> None
         ).json()["access_token"]
         headers = {"Authorization": f"Bearer {token}"}
         assert httpx.get(f"{url}/api/v1/customers/{customer_id}", headers=headers).is_success
+        for text in (PROFILE["name"], PROFILE["email"]):  # searches are audited too
+            found = httpx.get(f"{url}/api/v1/customers", params={"q": text}, headers=headers)
+            assert [c["id"] for c in found.json()] == [customer_id]
         r = httpx.delete(f"{url}/api/v1/customers/{customer_id}", headers=headers)
         assert r.status_code == 204, r.text
         assert _found(sqlite_crm.settings.data_dir, [s.encode() for s in DISTINCTIVE]) == []

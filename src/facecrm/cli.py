@@ -536,6 +536,16 @@ def audit_verify() -> None:
     console.print(f"Audit trail intact: {report.checked} events verified.")
 
 
+@audit_app.command("fingerprint")
+def audit_fingerprint(text: str) -> None:
+    """Print the fingerprint a search for TEXT leaves in the trail (searches are audited by
+    fingerprint, never by their text: it may be a name or an e-mail address)."""
+    from facecrm.crm import audit
+
+    with _crm().sessions() as session:
+        print(audit.fingerprint(session, text))
+
+
 @audit_app.command("export")
 def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
@@ -545,7 +555,12 @@ def audit_export(
 
     from facecrm.crm.auditlog import event_dict, events
 
-    start = datetime.fromisoformat(since) if since else None
+    try:
+        start = datetime.fromisoformat(since) if since else None
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"not an ISO date or time: {since!r}", param_hint="--since"
+        ) from exc
     with _crm().sessions() as session:
         for item in events(session, since=start, limit=None):
             print(json.dumps(event_dict(item)))

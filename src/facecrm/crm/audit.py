@@ -8,11 +8,36 @@ in the trail but their random id).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from sqlalchemy.orm import Session
 
 from facecrm.crm import auditchain
 from facecrm.crm.authz import Principal
 from facecrm.crm.models import AuditEvent
+
+QUERY_KEY_PURPOSE = "audit-query"  # `keys.derived_key` purpose of `fingerprint`'s key
+
+
+def normalise(text: str) -> str:
+    """What a search means, whatever the spacing and case it was typed with."""
+    return " ".join(text.split()).casefold()
+
+
+def fingerprint(session: Session, text: str) -> str:
+    """A keyed fingerprint of free text someone searched for, to audit instead of the text.
+
+    A search is often a name or an e-mail address, and a sealed audit event can never be
+    redacted: the text itself would outlive the customer's erasure. The fingerprint
+    (HMAC-SHA256 under a key derived from the server secret, 128 bits) lets an auditor
+    check whether a given text was searched (`facecrm audit fingerprint TEXT`), while
+    someone holding only the database cannot test guesses against it.
+    """
+    key = session.info.get(auditchain.QUERY_KEY)
+    if not isinstance(key, bytes):
+        raise RuntimeError("audit fingerprints need a session of FaceCRM.sessions")
+    return hmac.new(key, normalise(text).encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def record(

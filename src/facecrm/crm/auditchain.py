@@ -46,6 +46,7 @@ from facecrm.crm.models import AuditEvent
 GENESIS = "0" * 64
 PENDING = "audit_pending"  # session.info: events recorded, not yet sealed
 SEALER = "audit_sealer"  # session.info: this session's factory seals at commit
+QUERY_KEY = "audit_query_key"  # session.info: the key of `audit.fingerprint`
 _SEALED = "audit_sealed"  # session.info: (id, hash) of the newest event sealed
 _ADVISORY_LOCK = 7354201
 # clocks of several PostgreSQL clients (or an NTP step) may disagree a little;
@@ -144,11 +145,15 @@ def forget_pending(session: Session) -> None:
     session.info.pop(_SEALED, None)
 
 
-def install(sessions: sessionmaker[Session], key: bytes, head: Path | None) -> None:
+def install(
+    sessions: sessionmaker[Session], key: bytes, head: Path | None, query_key: bytes
+) -> None:
     """Make every session of `sessions` seal its audit events at commit."""
     from sqlalchemy import event
 
-    sessions.kw.setdefault("info", {})[SEALER] = True
+    info = sessions.kw.setdefault("info", {})
+    info[SEALER] = True
+    info[QUERY_KEY] = query_key
     event.listen(sessions, "before_commit", lambda s: seal_pending(s, key, head))
     event.listen(sessions, "after_commit", lambda s: write_head(s, head))
     event.listen(

@@ -188,7 +188,8 @@ def find(
         session,
         principal,
         "customer_search",
-        query=query.strip(),
+        query_fingerprint=audit.fingerprint(session, query),  # never the text: see there
+        query_length=len(audit.normalise(query)),
         ids=[c.id for c in found],
         results=len(found),
         channel=channel,

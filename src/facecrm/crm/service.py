@@ -177,7 +177,12 @@ class FaceCRM:
         self.audit_key = derived_key(self.settings, "audit-chain")
         self.audit_head = self.settings.data_dir / "audit-head.json"
         # audit events are sealed inside the transaction that records them
-        auditchain.install(self.sessions, self.audit_key, self.audit_head)
+        auditchain.install(
+            self.sessions,
+            self.audit_key,
+            self.audit_head,
+            derived_key(self.settings, audit.QUERY_KEY_PURPOSE),
+        )
 
     def verify_audit(self) -> auditchain.Report:
         """Check the audit trail's hash chain (see `auditchain`)."""
