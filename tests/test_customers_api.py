@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 
 from facecrm.api.app import create_app
 from facecrm.config import Settings
-from facecrm.crm import accounts, activity, audit, db
+from facecrm.crm import accounts, activity, audit, customers, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
+from facecrm.crm.errors import InvalidError
 from facecrm.crm.models import (
     AuditEvent,
     Consent,
@@ -290,7 +291,44 @@ def _purchase(item: dict[str, object] | None = None, **body: object) -> Call:
     )
 
 
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 BAD: list[tuple[str, Call]] = [
+    (
+        "deeply nested preferences",
+        lambda c, s, who: c.patch(
+            f"/api/v1/customers/{who}", json={"preferences": {"k": _nested(300)}}
+        ),
+    ),
+    (
+        "nested preference object",
+        lambda c, s, who: c.patch(
+            f"/api/v1/customers/{who}", json={"preferences": {"k": {"a": "b"}}}
+        ),
+    ),
+    ("visit at year 1 east of UTC", _visit(at="0001-01-01T00:30:00+14:00")),
+    ("visit before 1900", _visit(at="1899-12-31T12:00:00+00:00")),
+    ("purchase at year 9999 west of UTC", _purchase(at="9999-12-31T23:59:59-14:00")),
+    (
+        "visits since year 1 east of UTC",
+        lambda c, s, who: c.get("/api/v1/visits", params={"since": "0001-01-01T00:00:00+14:00"}),
+    ),
+    (
+        "purchases until year 9999 west of UTC",
+        lambda c, s, who: c.get("/api/v1/purchases", params={"until": "9999-12-31T23:59:59-14:00"}),
+    ),
+    (
+        "password of zero-width spaces",
+        lambda c, s, who: c.post(
+            "/api/v1/staff",
+            json={"username": "invisible", "password": "\u200b" * 12, "role": "auditor"},
+        ),
+    ),
     (
         "unknown consent text",
         lambda c, s, who: c.post(
@@ -417,8 +455,9 @@ def test_good_input_still_passes(shop: Shop, target: str) -> None:
     with shop.client("manager") as c:
         assert _visit(at=datetime.now(UTC).isoformat())(c, shop, target).status_code == 201
         assert _purchase({"quantity": 2})(c, shop, target).status_code == 201
-        r = c.patch(f"/api/v1/customers/{target}", json={"preferences": {"size": "38"}})
-        assert r.status_code == 200
+        prefs = {"size": "38", "colours": ["red", "navy"], "vegan": True, "fit": 1.5}
+        r = c.patch(f"/api/v1/customers/{target}", json={"preferences": prefs})
+        assert r.status_code == 200, r.text
 
 
 def test_agent_may_say_agent_and_a_future_event_is_rejected(shop: Shop, target: str) -> None:
@@ -481,3 +520,12 @@ def test_service_refuses_future_visits_and_keeps_offsets(crm: FaceCRM) -> None:
         assert visit.at == datetime(2026, 11, 20, 10, tzinfo=UTC)
         assert visit.at.tzinfo is not None and visit.at.utcoffset() == timedelta(0)
         assert session.scalar(select(func.count()).select_from(Visit)) == 1
+
+
+def test_the_service_checks_e_mail_addresses_for_every_path(crm: FaceCRM) -> None:
+    """The console's enrollment form reaches `customers.create` without the API's schema."""
+    with db.transaction(crm.sessions) as session:
+        with pytest.raises(InvalidError):
+            customers.create(session, SYSTEM, {"name": "X", "email": "not-an-email <script>"})
+        made = customers.create(session, SYSTEM, {"name": "Y", "email": "Ada@Example.COM"})
+        assert made.email == "Ada@example.com"  # the domain is normalised

@@ -31,7 +31,7 @@ Load = Callable[[str], Image]
 PROFILE = {
     "name": "Zephyrine Quillfeather",
     "loyalty_id": "LOYQX9Z7714",
-    "email": "zq.quill@example.invalid",
+    "email": "zq.quill@quillfeather-mail.com",
     "phone": "+44 7700 900877",
     "notes": "prefers-marigold-silk-QX",
 }
@@ -172,13 +172,13 @@ def _customer_pg(crm: FaceCRM) -> str:
 def test_audit_trail_holds_no_personal_data(sqlite_crm: FaceCRM) -> None:
     customer_id = _customer(sqlite_crm)
     with db.transaction(sqlite_crm.sessions) as session:
-        customers.update(session, SYSTEM, customer_id, {"email": "new.quill@example.invalid"})
+        customers.update(session, SYSTEM, customer_id, {"email": "new.quill@quillfeather-mail.com"})
     sqlite_crm.customer(customer_id)
     sqlite_crm.delete_customer(customer_id)
     with sqlite_crm.engine.connect() as connection:
         trail = str(connection.execute(text("SELECT * FROM audit_events")).all())
     assert customer_id in trail  # the random id only
-    for value in [*DISTINCTIVE, "new.quill@example.invalid"]:
+    for value in [*DISTINCTIVE, "new.quill@quillfeather-mail.com"]:
         assert value not in trail
 
 

@@ -8,7 +8,7 @@ time zone offset (they are stored in UTC).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import Path as PathParam
@@ -21,8 +21,10 @@ from pydantic import (
     StrictBool,
     StrictFloat,
     StrictInt,
+    StrictStr,
     field_validator,
 )
+from pydantic.functional_validators import AfterValidator
 
 from facecrm.crm.consent_text import TEXTS
 from facecrm.crm.models import Purpose
@@ -32,7 +34,31 @@ RowId = Annotated[int, PathParam(ge=1, le=2**53, description="a numeric id")]
 Id = Annotated[str, Field(min_length=1, max_length=32)]
 Text = Annotated[str, Field(max_length=200)]
 PreferenceKey = Annotated[str, Field(min_length=1, max_length=64)]
-Preferences = Annotated[dict[PreferenceKey, object], Field(max_length=50)]  # size: crm.customers
+# a preference is a value or a short list of values, never a nested structure (a deeply
+# nested one cost a 500 in serialisation): {"size": "38", "colours": ["red", "navy"]}
+PreferenceScalar = (
+    Annotated[StrictStr, Field(max_length=200)] | StrictInt | StrictFloat | StrictBool
+)
+PreferenceValue = PreferenceScalar | Annotated[list[PreferenceScalar], Field(max_length=20)] | None
+Preferences = Annotated[dict[PreferenceKey, PreferenceValue], Field(max_length=50)]  # see crm
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _utc_in_range(value: datetime) -> datetime:
+    """In UTC, and within what every database stores (near year 1 or 9999 an offset
+    overflows the conversion: a 500 before this check)."""
+    try:
+        utc = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time is out of range") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"the time must be between {EARLIEST.year} and {LATEST.year}")
+    return utc
+
+
+Moment = Annotated[AwareDatetime, AfterValidator(_utc_in_range)]  # bodies: offset required
+Instant = Annotated[datetime, AfterValidator(_utc_in_range)]  # query filters: naive is UTC
 Similarity = Annotated[StrictFloat, Field(ge=-1, le=1)]
 
 
@@ -160,7 +186,7 @@ class ConsentIn(Strict):
 class VisitIn(Strict):
     customer_id: Id
     store_id: Id
-    at: AwareDatetime | None = None  # not in the future (crm.activity.check_time)
+    at: Moment | None = None  # not in the future (crm.activity.check_time)
     source: Literal["agent", "identify", "manual"] = "manual"  # per principal kind
     similarity: Similarity | None = None
 
@@ -176,7 +202,7 @@ class PurchaseIn(Strict):
     store_id: Id
     items: list[ItemIn] = Field(min_length=1, max_length=500)
     currency: str = Field(default="EUR", pattern="^[A-Za-z]{3}$")
-    at: AwareDatetime | None = None
+    at: Moment | None = None
 
 
 class InterestIn(Strict):

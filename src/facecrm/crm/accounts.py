@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from datetime import UTC, datetime
 
 from argon2 import PasswordHasher
@@ -38,9 +39,12 @@ MIN_PASSWORD = 8
 def check_password(password: str) -> None:
     """Refuse a password too short once surrounding blanks are ignored (all-blank included).
 
-    Shared by account creation and password change, so both hold the same rule.
+    Shared by account creation and password change, so both hold the same rule. Blanks
+    are whitespace, and invisible characters too (zero-width spaces and joiners, other
+    format and control characters): a password of eight of them looks empty.
     """
-    if len(password.strip()) < MIN_PASSWORD:
+    visible = [c for c in password if not c.isspace() and unicodedata.category(c)[0] != "C"]
+    if len(visible) < MIN_PASSWORD or len(password.strip()) < MIN_PASSWORD:
         raise InvalidError(
             f"the password must have at least {MIN_PASSWORD} characters besides spaces"
         )

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
@@ -90,12 +91,21 @@ def _check_sizes(values: dict[str, object]) -> None:
         raise InvalidError(f"preferences must be an object of at most {MAX_PREFERENCES} keys")
     if any(not isinstance(k, str) or not 0 < len(k) <= MAX_PREFERENCE_KEY for k in prefs):
         raise InvalidError(f"preference names must have 1 to {MAX_PREFERENCE_KEY} characters")
+    if not all(_flat(v) for v in prefs.values()):
+        raise InvalidError("a preference is a value or a list of values, not a nested object")
     try:
         size = len(json.dumps(prefs, ensure_ascii=False).encode())
     except (TypeError, ValueError) as exc:
         raise InvalidError("preferences must be plain JSON") from exc
     if size > MAX_PREFERENCES_JSON:
         raise InvalidError(f"preferences may not exceed {MAX_PREFERENCES_JSON} bytes as JSON")
+
+
+def _flat(value: object) -> bool:
+    scalar = (str, int, float, bool, type(None))
+    return isinstance(value, scalar) or (
+        isinstance(value, list) and all(isinstance(v, scalar) for v in value)
+    )
 
 
 def _apply(session: Session, customer: Customer, values: dict[str, object]) -> None:
@@ -111,6 +121,12 @@ def _apply(session: Session, customer: Customer, values: dict[str, object]) -> N
         raise InvalidError("the customer's name is empty")
     if "tier" in values and values["tier"] not in {t.value for t in Tier}:
         raise InvalidError("tier must be standard, silver, gold or vip")
+    if values.get("email"):  # here, not only in the API's schema: the console sends it too
+        try:
+            address = validate_email(str(values["email"]), check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise InvalidError(f"not an e-mail address: {exc}") from None
+        values["email"] = address.normalized
     loyalty = values.get("loyalty_id")
     if loyalty:
         clash = session.scalar(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -11,6 +10,7 @@ from facecrm.api.deps import allow, get_crm
 from facecrm.api.schemas import (
     FeedbackIn,
     FeedbackPatch,
+    Instant,
     InterestIn,
     InterestPatch,
     PurchaseIn,
@@ -30,8 +30,8 @@ ReadActivity = Depends(allow(Permission.ACTIVITY_READ))
 def filters(
     store_id: Annotated[str | None, Query(max_length=32)] = None,
     customer_id: Annotated[str | None, Query(max_length=32)] = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
 ) -> Filters:

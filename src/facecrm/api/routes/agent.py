@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import AwareDatetime, BaseModel, Field, StrictFloat, ValidationError
+from pydantic import BaseModel, Field, StrictFloat, ValidationError
 
 from facecrm.alerts.bus import AlertBus
 from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import AlertService, VisitEvent
 from facecrm.api.deps import allow, api_key, get_crm, oauth2, still_valid
-from facecrm.api.schemas import RowId
+from facecrm.api.schemas import Moment, RowId
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.service import FaceCRM
 
@@ -35,7 +35,7 @@ class EventIn(BaseModel):
     key: str = Field(min_length=8, max_length=80)
     type: str = Field(pattern="^visit$")
     customer_id: str = Field(max_length=32)
-    at: AwareDatetime  # a future one is "rejected" (crm.activity.check_time)
+    at: Moment  # a future one is "rejected" (crm.activity.check_time)
     camera: str = Field(default="", max_length=100)
     similarity: StrictFloat = Field(ge=-1, le=1)
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
 from facecrm.api.deps import allow, get_crm
+from facecrm.api.schemas import Instant
 from facecrm.crm import auditlog, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.service import FaceCRM
@@ -20,7 +20,7 @@ Auditor = Depends(allow(Permission.AUDIT_READ))
 def list_audit(
     customer_id: Annotated[str | None, Query(max_length=32)] = None,
     action: Annotated[str | None, Query(max_length=60)] = None,
-    since: datetime | None = None,
+    since: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
     crm: FaceCRM = Depends(get_crm),
