@@ -264,6 +264,8 @@ def test_one_identification_limit_for_every_staff_path(world: World) -> None:
         r = api.post("/api/v1/identify", files=JUNK)
         assert r.status_code == 429 and r.json()["reason"] == "rate_limited"
         assert api.post("/api/v1/verify", files=JUNK, data={"customer_id": "x"}).status_code == 429
+        # adding a face runs the 1:N duplicate check ("is this face enrolled?"): charged too
+        assert api.post("/api/v1/customers/x/faces", files=JUNK).status_code == 429
 
     second, _ = world.user()
     with world.client(world.token(second)) as api:

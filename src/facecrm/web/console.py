@@ -275,6 +275,7 @@ def enroll(
     """Create the customer, the consent as shown, and the template: all or nothing."""
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.CUSTOMERS_WRITE)
+    charge_identification(request, principal)  # its duplicate check answers "enrolled?"
     if not consent:
         raise InvalidError("the customer has not agreed to the consent text", reason="no_consent")
     if consent_version not in TEXTS:

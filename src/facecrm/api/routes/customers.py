@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 
-from facecrm.api.deps import allow, get_crm, multipart
+from facecrm.api.deps import allow, charge_identification, get_crm, multipart
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch, CustomerSummary
 from facecrm.api.uploads import read_image_upload
@@ -117,6 +117,7 @@ def withdraw_consent(
 
 @router.post("/customers/{customer_id}/faces", status_code=201)
 def add_face(
+    request: Request,
     customer_id: str,
     image: Annotated[UploadFile, File()],
     keep_photo: Annotated[bool, Form()] = False,
@@ -131,7 +132,10 @@ def add_face(
     422 `face_mismatch` when the photo is not the customer's face (a manager may
     send `override=true` with a `reason`), 409 `already_enrolled` when the face
     belongs to another customer, 422 with the quality gate's reason otherwise.
+    Charged against the staff identification limit: the duplicate check answers
+    "is this face enrolled?", so it must not be an unlimited way to ask.
     """
+    charge_identification(request, principal)
     if override:
         principal.require(Permission.FACES_OVERRIDE)  # before reading the upload
     photo = Photo(image.filename or "upload", read_image_upload(image, crm.settings))
