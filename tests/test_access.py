@@ -551,3 +551,20 @@ def test_migration_0006_keeps_data_up_and_down(database_url: str, tmp_path: Path
     db.migrate(engine)
     assert db.is_current(engine)
     engine.dispose()
+
+
+def test_a_spray_from_elsewhere_does_not_lock_out_a_known_address() -> None:
+    """Five wrong passwords from strangers' addresses put the account into back-off for
+    new addresses only: its owner's till, where they logged in before, still gets in."""
+    clock = Clock()
+    guard = LoginGuard(per_address=10, free=5, base=5, cap=900, window=900, clock=clock)
+    guard.succeeded("alice", "10.1.1.1")  # her till, yesterday
+    clock.now += 86_400
+    for n in range(8):
+        guard.failed("Alice", f"203.0.113.{n}")
+    assert guard.retry_after("alice", "203.0.113.99") > 0  # a new address waits
+    assert guard.retry_after("alice", "10.1.1.1") == 0  # her till does not
+    clock.now += 31 * 86_400  # known for 30 days only
+    for n in range(8):
+        guard.failed("alice", f"198.51.100.{n}")
+    assert guard.retry_after("alice", "10.1.1.1") > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -72,6 +72,10 @@ class LoginGuard:
       `cap` after their last counted failure, and refused attempts are not counted.
     * A success (never checked while refused) resets the account; failures older
       than `window` are forgotten.
+    * An address the account logged in from successfully within `known_for` seconds
+      skips the account's back-off (not the address limit): someone spraying wrong
+      passwords for a name from elsewhere, however many addresses they have, cannot
+      keep its owner out of the tills and phones they already use.
 
     Counts live in the server process; `clock` is injectable for tests.
     """
@@ -84,8 +88,12 @@ class LoginGuard:
         cap: float = 900.0,
         window: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
+        known_for: float = 30 * 86_400.0,
+        max_known: int = 50_000,
     ) -> None:
         self.free, self.base, self.cap, self.window = free, base, cap, window
+        self.known_for, self.max_known = known_for, max_known
+        self._known: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._addresses = RateLimiter(per_address, window, clock)
         self._accounts: dict[str, _Account] = {}
         self._clock = clock
@@ -103,6 +111,9 @@ class LoginGuard:
             return address_wait
         now = self._clock()
         with self._lock:
+            seen = self._known.get((username.lower(), address))
+            if seen is not None and now - seen <= self.known_for:
+                return 0.0
             account = self._accounts.get(username.lower())
             if account is None:
                 return 0.0
@@ -129,5 +140,12 @@ class LoginGuard:
             account.last_failure = now
 
     def succeeded(self, username: str, address: str = "") -> None:
+        now = self._clock()
         with self._lock:
             self._accounts.pop(username.lower(), None)
+            if address:
+                key = (username.lower(), address)
+                self._known[key] = now
+                self._known.move_to_end(key)
+                while len(self._known) > self.max_known:  # bounded: the oldest go first
+                    self._known.popitem(last=False)
