@@ -53,6 +53,13 @@ def _sixteen_bit(side: int) -> Image.Image:
     return Image.fromarray(gray)
 
 
+def _scan_bomb(side: int, copies: int) -> bytes:
+    """A progressive JPEG repeating its last scan: libjpeg would run each over the image."""
+    data = _encode(Image.new("L", (side, side), 128), "JPEG", progressive=True)
+    last = data.rfind(b"\xff\xda")
+    return data[:-2] + data[last:-2] * copies + b"\xff\xd9"
+
+
 def worst_cases(side: int = 6300, limit_side: int = 4000) -> dict[str, bytes]:
     """Small files that decode to `side`² (above the limits) and to just below the limits.
 
@@ -71,6 +78,16 @@ def worst_cases(side: int = 6300, limit_side: int = 4000) -> dict[str, bytes]:
             compression="tiff_adobe_deflate",
         ),
         f"rgb-{side}.jpg": _encode(Image.new("RGB", (side, side), (90, 120, 150)), "JPEG"),
+        # progressive: every coefficient is kept at full size (2 bytes per pixel and channel)
+        f"cmyk-progressive-{side}.jpg": _encode(
+            Image.new("CMYK", (side, side), (90, 120, 150, 20)), "JPEG", progressive=True
+        ),
+        f"cmyk-progressive-{limit_side}.jpg": _encode(
+            Image.new("CMYK", (limit_side, limit_side), (90, 120, 150, 20)),
+            "JPEG",
+            progressive=True,
+        ),
+        "scan-bomb-3000.jpg": _scan_bomb(3000, 400),
         f"rgba-lossless-{webp_side}.webp": _encode(
             Image.new("RGBA", (webp_side, webp_side), (200, 100, 50, 128)), "WEBP", lossless=True
         ),
