@@ -2,8 +2,10 @@
 
     python benchmarks/decode_bench.py [--clients 8] [--rounds 3] [--smoke]
 
-`facecrm serve` runs as its own process over a fresh data directory (an admin is
-created with `facecrm admin create`). After one warm-up request (models loaded),
+`facecrm serve` runs as its own process over a fresh data directory; the uploads
+come from a store agent's device key (`facecrm stores add`, `facecrm devices add`):
+devices are not held to the staff identification limit, so every upload reaches the
+decoder. After one warm-up request (models loaded),
 its idle RSS is read from /proc/<pid>/status and its high-water mark reset; then
 `--clients` threads each send `--rounds` times every worst-case upload: images a
 few KB on disk that decode to tens of megapixels (lossless WebP, 16-bit PNG,
@@ -37,7 +39,6 @@ from PIL import Image
 
 from common import machine
 
-PASSWORD = "benchmark-password"
 GOAL_MB = 400
 
 
@@ -148,11 +149,11 @@ def server(env: dict[str, str]) -> Iterator[tuple[str, int]]:
         proc.wait(timeout=30)
 
 
-def attack(url: str, token: str, files: dict[str, bytes], clients: int, rounds: int) -> dict:
+def attack(url: str, key: str, files: dict[str, bytes], clients: int, rounds: int) -> dict:
     """`clients` threads, each sending every file `rounds` times; statuses by file."""
     statuses: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     lock = threading.Lock()
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"X-API-Key": key}
 
     def worker(offset: int) -> None:
         names = list(files)
@@ -202,28 +203,25 @@ def main() -> int:
         (data_dir / "cache" / "models").symlink_to(args.model_cache.resolve())
     env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
     env.pop("FACECRM_DATABASE_URL", None)
-    create_admin = ["admin", "create", "--username", "bench", "--password", PASSWORD]
-    subprocess.run(
-        [sys.executable, "-m", "facecrm", *create_admin],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+
+    def cli(*args: str) -> str:
+        command = [sys.executable, "-m", "facecrm", *args]
+        return subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+
+    store = cli("stores", "add", "BENCH", "Bench store").split("id")[-1].strip()
+    key = cli("devices", "add", "--store", store, "--kind", "agent").strip().splitlines()[-1]
     with server(env) as (url, pid):
-        token = httpx.post(
-            f"{url}/api/v1/auth/token", data={"username": "bench", "password": PASSWORD}
-        ).json()["access_token"]
         warm = httpx.post(
             f"{url}/api/v1/identify",
             files={"image": ("warm.jpg", warm_up_photo())},
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"X-API-Key": key},
             timeout=300,
         )
         warm.raise_for_status()
         time.sleep(0.5)
         idle = status_mb(pid)["VmRSS"]
         reset_peak(pid)
-        result = attack(url, token, files, args.clients, rounds)
+        result = attack(url, key, files, args.clients, rounds)
         peak = status_mb(pid)["VmHWM"]
         time.sleep(1.0)
         after = status_mb(pid)["VmRSS"]
@@ -243,8 +241,8 @@ def main() -> int:
         f"{name}: {status}"
         for name, counts in result["statuses"].items()
         for status in counts
-        if status.startswith("5") and not status.startswith("503")
-    ]
+        if (status.startswith("5") and not status.startswith("503")) or status.startswith("429")
+    ]  # a 429 would mean the uploads never reached the decoder: nothing was measured
     if peak - idle > GOAL_MB:
         failures.append(f"peak {peak - idle:.0f} MB above idle exceeds {GOAL_MB} MB")
     for failure in failures:

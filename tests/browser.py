@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import cv2
+import numpy as np
 import pytest
+
+from facecrm.vision.image import read_image
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -35,3 +45,30 @@ def chromium_path() -> str:
     pytest.fail(
         "Chromium not found: scripts/test installs Debian's chromium (or set FACECRM_CHROMIUM)"
     )
+
+
+def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
+    """A short raw video of one RGB image, for Chromium's fake camera."""
+    bgr = cv2.cvtColor(cv2.resize(image, (640, 480)), cv2.COLOR_RGB2BGR)
+    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
+    with path.open("wb") as fh:
+        fh.write(b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n")
+        for _ in range(frames):
+            fh.write(b"FRAME\n" + i420)
+
+
+@contextmanager
+def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
+    """Headless Chromium whose fake camera shows `photo` (for the enrollment page)."""
+    from playwright.sync_api import sync_playwright
+
+    camera = workdir / "camera.y4m"
+    write_y4m(read_image(photo), camera)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(),
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
+        )
+        yield browser
+        browser.close()

@@ -5,12 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import browser_with_camera
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
@@ -23,19 +21,9 @@ from facecrm.vision.pipeline import FacePipeline
 from server import serve
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 PASSWORD = "correct horse battery"
-
-
-def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
-    """A short raw video of one RGB image, for Chromium's fake camera."""
-    bgr = cv2.cvtColor(cv2.resize(image, (640, 480)), cv2.COLOR_RGB2BGR)
-    i420 = cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420).tobytes()
-    with path.open("wb") as fh:
-        fh.write(b"YUV4MPEG2 W640 H480 F30:1 Ip A1:1 C420jpeg\n")
-        for _ in range(frames):
-            fh.write(b"FRAME\n" + i420)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +51,9 @@ def site(
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
-    camera = tmp_path_factory.mktemp("camera") / "face.y4m"
-    write_y4m(read_image(faces_dir / "identities/kit_harington/1.jpg"), camera)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
-        )
-        yield browser
-        browser.close()
+    photo = faces_dir / "identities/kit_harington/1.jpg"
+    with browser_with_camera(photo, tmp_path_factory.mktemp("camera")) as launched:
+        yield launched
 
 
 @pytest.fixture()

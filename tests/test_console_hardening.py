@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import browser_with_camera
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
@@ -23,9 +23,7 @@ from facecrm.vision.pipeline import FacePipeline
 from server import serve
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
-
-from test_console import write_y4m
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 PASSWORD = "correct horse battery"
 CSP = (
@@ -81,16 +79,9 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
-    camera = tmp_path_factory.mktemp("camera") / "face.y4m"
-    write_y4m(read_image(faces_dir / "identities/kit_harington/1.jpg"), camera)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
-        )
-        yield browser
-        browser.close()
+    photo = faces_dir / "identities/kit_harington/1.jpg"
+    with browser_with_camera(photo, tmp_path_factory.mktemp("camera")) as launched:
+        yield launched
 
 
 @pytest.fixture()
