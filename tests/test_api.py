@@ -326,6 +326,9 @@ BAD: list[tuple[str, Callable[[httpx.Client, Chain], httpx.Response], int]] = [
         422,
     ),
     ("wrong role", lambda c, ch: c.post("/api/v1/stores", json={"code": "Z", "name": "Z"}), 403),
+    # ids beyond PostgreSQL's 32-bit integer columns: refused, not a 500 from the database
+    ("alert id over int4", lambda c, ch: c.post(f"/api/v1/alerts/{2**40}/claim"), 422),
+    ("interest id over int4", lambda c, ch: c.patch(f"/api/v1/interests/{2**31}", json={}), 422),
     (
         "other store",
         lambda c, ch: c.post("/api/v1/visits", json={"customer_id": "x", "store_id": ch.store_b}),

@@ -30,7 +30,8 @@ from facecrm.crm.consent_text import TEXTS
 from facecrm.crm.models import Purpose
 
 Tier = Literal["standard", "silver", "gold", "vip"]
-RowId = Annotated[int, PathParam(ge=1, le=2**53, description="a numeric id")]
+# numeric ids are INTEGER columns: 32-bit on PostgreSQL, so a larger id is a 422, not a 500
+RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="a numeric id")]
 Id = Annotated[str, Field(min_length=1, max_length=32)]
 Text = Annotated[str, Field(max_length=200)]
 PreferenceKey = Annotated[str, Field(min_length=1, max_length=64)]
