@@ -68,7 +68,7 @@ class ClientError(Exception):
     def __init__(
         self, status: int, reason: str | None, detail: str, body: dict[str, Any] | None = None
     ) -> None:
-        super().__init__(f"{status} {reason or ''}: {detail}".replace("  ", " "))
+        super().__init__(f"{status} {reason}: {detail}" if reason else f"{status}: {detail}")
         self.status = status
         self.reason = reason
         self.detail = detail
