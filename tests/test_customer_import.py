@@ -132,6 +132,8 @@ def test_atomic_and_dry_run_write_nothing(crm: FaceCRM, mode: str) -> None:
         (b"email\r\nada@example.com\r\n", "no_name"),
         (b"name,name\r\nAda,Ada\r\n", "duplicate_columns"),
         (b"name\r\n\xff\xfe\r\n", "not_utf8"),
+        (b"name\r\nAda\x00Lovelace\r\n", "bad_csv"),
+        (b"name\r\n" + b"x" * 200_000 + b"\r\n", "bad_csv"),  # a cell over csv's limit
     ],
 )
 def test_bad_files_are_refused_up_front(crm: FaceCRM, data: bytes, reason: str) -> None:

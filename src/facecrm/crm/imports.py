@@ -76,6 +76,8 @@ def parse(data: bytes) -> tuple[list[str], list[tuple[int, list[str]]]]:
     """The header and the (line number, cells) of every data row, or `InvalidError`."""
     if len(data) > MAX_BYTES:
         raise InvalidError(f"the file exceeds {MAX_BYTES // (1024 * 1024)} MiB", reason="too_large")
+    if b"\x00" in data:  # PostgreSQL stores no NUL in text: refused here, not as a 500
+        raise InvalidError("the file contains a NUL byte: not a CSV text file", reason="bad_csv")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
