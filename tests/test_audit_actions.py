@@ -79,6 +79,8 @@ TABLE: dict[str, Row] = {
     "customer_update": Row("PATCH /api/v1/customers/{id}", STAFF, "rose"),
     "customer_search": Row("console GET /console/customers", STAFF),
     "customer_export": Row("GET /api/v1/customers/{id}/export", "staff:admin", "rose"),
+    "customer_import": Row("POST /api/v1/customers/import", "staff:admin"),
+    "customer_list_export": Row("GET /api/v1/customers/export.csv", "staff:admin"),
     "lookup": Row("GET /api/v1/customers/{id}", STAFF, "rose"),
     "consent_give": Row("POST /api/v1/customers/{id}/consents", STAFF, "rose", "A"),
     "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose"),
@@ -545,6 +547,12 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             ok(console.get(f"/console/customers/{ids['rose']}/photo"), 200)
         with run.path("GET /api/v1/customers/{id}/export"):
             ok(admin.get(f"{rose}/export"), 200)
+        with run.path("POST /api/v1/customers/import"):
+            body, csv = b"name,loyalty_id\r\nLoyal Lou,L-77\r\n", {"Content-Type": "text/csv"}
+            r = admin.post("/api/v1/customers/import", content=body, headers=csv)
+            assert ok(r, 200)["created"] == 1
+        with run.path("GET /api/v1/customers/export.csv"):
+            assert "Loyal Lou" in admin.get("/api/v1/customers/export.csv").text
 
         # store activity, the agent and alerts
         store = {"store_id": ids["A"]}

@@ -15,7 +15,7 @@ import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 from sqlalchemy.exc import ArgumentError, OperationalError
 from typer.core import TyperGroup
@@ -199,18 +199,102 @@ def identify(
     console.print(table)
 
 
-@customers_app.command("list")
-def customers_list() -> None:
-    """All customers with their number of templates."""
-    table = Table("id", "name", "templates", "enrolled")
-    for customer, templates in _crm().customers():
-        table.add_row(
-            customer.id,
-            customer.name,
-            str(templates),
-            customer.created_at.strftime("%Y-%m-%d %H:%M"),
-        )
+AsJson = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document (a list) instead of a table.")
+]
+
+
+def _id_column() -> Column:
+    """Ids are copied into other commands: never truncated nor folded, whatever the width
+    (the other columns give way). Full ids rather than short prefixes: the API, the audit
+    trail and the exports name customers by their full id, so there is one form to paste."""
+    return Column("id", no_wrap=True, min_width=32, overflow="ignore")
+
+
+def _listing(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool) -> None:
+    """Print `rows` as JSON (one list on stdout) or as a table of `columns` (id first)."""
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(_id_column(), *columns[1:])
+    for row in rows:
+        table.add_row(*("" if row[c] is None else str(row[c]) for c in columns))
     console.print(table)
+
+
+@customers_app.command("list")
+def customers_list(as_json: AsJson = False) -> None:
+    """All customers with their number of templates."""
+    rows = [
+        {
+            "id": customer.id,
+            "name": customer.name,
+            "templates": templates,
+            "enrolled": customer.created_at.strftime("%Y-%m-%d %H:%M"),
+        }
+        for customer, templates in _crm().customers()
+    ]
+    _listing(rows, ("id", "name", "templates", "enrolled"), as_json)
+
+
+@customers_app.command("import")
+def customers_import(
+    file: Annotated[Path, typer.Argument(help="A CSV file with a header row.", dir_okay=False)],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check every row; write nothing.")
+    ] = False,
+    atomic: Annotated[
+        bool, typer.Option("--atomic", help="Write nothing unless every row is good.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Import customers from a CRM's CSV (name, preferred_name, email, phone, loyalty_id,
+    tier, notes): a known loyalty_id updates that customer. Bad rows are reported and
+    skipped (exit 1); the others go in unless --atomic."""
+    from facecrm.crm import imports
+    from facecrm.crm.authz import SYSTEM
+
+    try:
+        if file.stat().st_size > imports.MAX_BYTES:  # refused before it is read into memory
+            raise _fail(f"{file} exceeds {imports.MAX_BYTES // (1024 * 1024)} MiB")
+        data = file.read_bytes()
+    except OSError as exc:
+        raise _fail(f"cannot read {file}: {exc.strerror}") from exc
+    report = imports.import_csv(_crm().sessions, SYSTEM, data, dry_run=dry_run, atomic=atomic)
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for e in report.errors:
+            err.print(
+                Text(f"row {e.row}" + (f", {e.column}" if e.column else "") + f": {e.message}")
+            )
+        if report.applied:
+            outcome = "the good rows were written"
+        elif dry_run:
+            outcome = "nothing written (dry run)"
+        else:
+            outcome = "nothing written (--atomic and some rows failed)"
+        console.print(
+            f"{report.rows} row(s): {report.created} new, {report.updated} updated, "
+            f"{len(report.errors)} failed; {outcome}."
+        )
+    if report.errors:
+        raise typer.Exit(1)
+
+
+@customers_app.command("export")
+def customers_export(
+    file: Annotated[Path, typer.Argument(help="Where to write the CSV (created 0600).")],
+) -> None:
+    """Write every customer's CRM fields (not faces, consents or activity) as CSV."""
+    from facecrm.crm import db, imports
+    from facecrm.crm.authz import SYSTEM
+    from facecrm.private import write_file
+
+    with db.transaction(_crm().sessions) as session:
+        text = imports.export_csv(session, SYSTEM)
+    write_file(file, text.encode())
+    console.print(f"Wrote {text.count(chr(10)) - 1} customer(s) to {file}.")
 
 
 @customers_app.command("show")
@@ -334,6 +418,25 @@ def _staff_change(action: str, change: Callable[[Session], object]) -> None:
     console.print(action)
 
 
+@admin_app.command("list")
+def admin_list(as_json: AsJson = False) -> None:
+    """All staff accounts with their role and stores."""
+    from facecrm.crm import accounts
+
+    with _crm().sessions() as session:
+        rows = [
+            {
+                "id": u.id,
+                "username": u.username,
+                "role": u.role,
+                "active": u.active,
+                "stores": [s.id for s in u.stores],
+            }
+            for u in accounts.list_staff(session)
+        ]
+    _listing(rows, ("id", "username", "role", "active"), as_json)
+
+
 @admin_app.command("disable")
 def admin_disable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
     """Disable an account: its tokens, console sessions and live streams stop at once."""
@@ -396,15 +499,33 @@ def stores_add(code: str, name: str) -> None:
 
 
 @stores_app.command("list")
-def stores_list() -> None:
+def stores_list(as_json: AsJson = False) -> None:
     """All stores."""
     from facecrm.crm import accounts
 
-    table = Table("id", "code", "name")
     with _crm().sessions() as session:
-        for store in accounts.list_stores(session):
-            table.add_row(store.id, store.code, store.name)
-    console.print(table)
+        rows = [{"id": s.id, "code": s.code, "name": s.name} for s in accounts.list_stores(session)]
+    _listing(rows, ("id", "code", "name"), as_json)
+
+
+@devices_app.command("list")
+def devices_list(as_json: AsJson = False) -> None:
+    """All devices, revoked ones included (their keys no longer work)."""
+    from facecrm.crm import accounts
+
+    with _crm().sessions() as session:
+        rows = [
+            {
+                "id": d.id,
+                "store_id": d.store_id,
+                "kind": d.kind,
+                "name": d.name,
+                "created_at": d.created_at.isoformat(),
+                "revoked_at": d.revoked_at.isoformat() if d.revoked_at else None,
+            }
+            for d in accounts.list_devices(session, None)
+        ]
+    _listing(rows, ("id", "store_id", "kind", "name", "revoked_at"), as_json)
 
 
 @devices_app.command("add")

@@ -75,6 +75,11 @@ def list_stores(session: Session) -> list[Store]:
     return list(session.scalars(select(Store).order_by(Store.code)))
 
 
+def list_staff(session: Session) -> list[StaffUser]:
+    """Every staff account (the operator's `facecrm admin list`)."""
+    return list(session.scalars(select(StaffUser).order_by(StaffUser.username)))
+
+
 def create_staff(
     session: Session,
     username: str,

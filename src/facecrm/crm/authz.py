@@ -29,6 +29,7 @@ class Permission(StrEnum):
     CUSTOMERS_READ = "customers:read"
     CUSTOMERS_WRITE = "customers:write"
     CUSTOMERS_EXPORT = "customers:export"
+    CUSTOMERS_IMPORT = "customers:import"  # bulk create/update from a CRM file: admins only
     CUSTOMERS_ERASE = "customers:erase"
     FACES_OVERRIDE = "faces:override"  # add a face that fails the 1:1 check (audited)
     IDENTIFY = "identify"

@@ -141,6 +141,12 @@ def _apply(session: Session, customer: Customer, values: dict[str, object]) -> N
         setattr(customer, key, value.strip() if isinstance(value, str) and key == "name" else value)
 
 
+def check_values(session: Session, values: dict[str, object]) -> None:
+    """Run the rules of `create` on `values` without writing anything (bulk imports use it
+    to name the column at fault)."""
+    _apply(session, Customer(name=""), {"name": "", **values})
+
+
 def create(session: Session, principal: Principal, values: dict[str, object]) -> Customer:
     customer = Customer(name="")
     _apply(session, customer, {"name": "", **values})

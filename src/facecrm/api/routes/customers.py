@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from facecrm.api.deps import allow, charge_identification, get_crm, multipart
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch, CustomerSummary
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, cards, customers, db
+from facecrm.crm import accounts, cards, customers, db, imports
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant, consent_dict, profile
 from facecrm.crm.models import Purpose
@@ -27,6 +29,73 @@ def create_customer(
 ) -> dict[str, Any]:
     with db.transaction(crm.sessions) as session:
         return profile(customers.create(session, principal, body.model_dump(mode="json")))
+
+
+@router.post("/customers/import")
+async def import_customers(
+    request: Request,
+    dry_run: bool = False,
+    atomic: bool = False,
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.CUSTOMERS_IMPORT)),
+) -> dict[str, Any]:
+    """Import a CRM's CSV (`text/csv`, or multipart with the field `file`); admins only.
+
+    The report lists every refused row (row, column, message); see `crm/imports.py`.
+    """
+    data = await _csv_body(request)
+    report = await run_in_threadpool(
+        imports.import_csv, crm.sessions, principal, data, dry_run=dry_run, atomic=atomic
+    )
+    return report.as_dict()
+
+
+async def _csv_body(request: Request) -> bytes:
+    """The CSV, read at most `imports.MAX_BYTES` (+ multipart overhead) into memory."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind not in {"text/csv", "multipart/form-data"}:
+        raise ApiError(415, "send the CSV as text/csv or multipart/form-data (field 'file')")
+    limit = imports.MAX_BYTES + 64 * 1024
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, "the file is too large", "too_large")
+    if kind == "text/csv":
+        return bytes(body)
+    form = await Request(request.scope, _replay(bytes(body))).form(max_files=1, max_fields=0)
+    upload = form.get("file")
+    if not isinstance(upload, StarletteUpload):
+        raise ApiError(422, "the multipart body needs a file field 'file'")
+    return await upload.read()
+
+
+def _replay(body: bytes) -> Any:
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+@router.get("/customers/export.csv", responses={200: {"content": {"text/csv": {}}}})
+def export_customers_csv(
+    crm: FaceCRM = Depends(get_crm),
+    principal: Principal = Depends(allow(Permission.CUSTOMERS_EXPORT)),
+) -> Response:
+    """Every customer's CRM fields as CSV (the columns the import takes, plus `id`)."""
+    with db.transaction(crm.sessions) as session:
+        text = imports.export_csv(session, principal)
+    headers = {
+        "Cache-Control": "no-store",
+        "Content-Disposition": 'attachment; filename="customers.csv"',
+    }
+    return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
 
 
 @router.get("/customers", response_model=list[CustomerSummary])
