@@ -326,6 +326,13 @@ BAD: list[tuple[str, Callable[[httpx.Client, Chain], httpx.Response], int]] = [
         422,
     ),
     ("wrong role", lambda c, ch: c.post("/api/v1/stores", json={"code": "Z", "name": "Z"}), 403),
+    # PostgreSQL text cannot hold NUL: refused up front, not a 500 from the driver
+    ("NUL in a name", lambda c, ch: c.post("/api/v1/customers", json={"name": "a\u0000b"}), 422),
+    (
+        "NUL in a search",
+        lambda c, ch: c.get("/api/v1/customers", params={"q": "a\u0000b"}),
+        422,
+    ),
     # ids beyond PostgreSQL's 32-bit integer columns: refused, not a 500 from the database
     ("alert id over int4", lambda c, ch: c.post(f"/api/v1/alerts/{2**40}/claim"), 422),
     ("interest id over int4", lambda c, ch: c.patch(f"/api/v1/interests/{2**31}", json={}), 422),

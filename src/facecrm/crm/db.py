@@ -19,7 +19,7 @@ from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm import private
-from facecrm.errors import ConfigError
+from facecrm.errors import ConfigError, InvalidError
 
 log = logging.getLogger("facecrm.db")
 
@@ -53,8 +53,35 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA secure_delete=ON")
             cursor.close()
 
+        _refuse_nul(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True)
+    _refuse_nul(engine)
+    return engine
+
+
+def _has_nul(params: object) -> bool:
+    if isinstance(params, str):
+        return "\x00" in params
+    if isinstance(params, dict):
+        return any(_has_nul(v) for v in params.values())
+    if isinstance(params, list | tuple):
+        return any(_has_nul(v) for v in params)
+    return False  # numbers, bytes (binary columns may hold zeros), None, dates
+
+
+def _refuse_nul(engine: Engine) -> None:
+    """Refuse text with a NUL character before it reaches the database, on every path.
+
+    PostgreSQL cannot store NUL in text (the driver raised DataError: a 500), and in
+    SQLite it cuts strings short in some functions. Checked once here, for every
+    statement, instead of in each schema, form and CLI command that takes text.
+    """
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _check(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if _has_nul(parameters):
+            raise InvalidError("text may not contain NUL characters", reason="nul_character")
 
 
 def scrub(engine: Engine, tables: Iterable[str], wait_seconds: float = 5.0) -> bool:
