@@ -32,6 +32,7 @@ from sqlalchemy import text
 from facecrm.config import configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
@@ -83,7 +84,7 @@ def fill(crm: FaceCRM, size: int, faces: Path) -> None:
                     {
                         "customer_id": i,
                         "purpose": Purpose.IN_STORE_RECOGNITION.value,
-                        "text_version": "bench",
+                        "text_version": CURRENT,
                         "channel": "cli",
                     }
                     for i in ids
@@ -118,7 +119,7 @@ def fill(crm: FaceCRM, size: int, faces: Path) -> None:
                 )
     for folder in sorted((faces / "identities").iterdir()):
         first = sorted(folder.iterdir())[0]
-        crm.enroll(folder.name, [Photo(first.name, read_image(first))], "bench", "cli", SYSTEM)
+        crm.enroll(folder.name, [Photo(first.name, read_image(first))], CURRENT, "cli", SYSTEM)
 
 
 def literal(vector: np.ndarray) -> str:

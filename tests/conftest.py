@@ -16,6 +16,7 @@ from sqlalchemy import create_engine, text
 from facecrm import config
 from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db, service
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline, build_pipeline
@@ -107,7 +108,7 @@ def vip_store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> It
     lin = crm.enroll(
         "Lin-Manuel Miranda",
         [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
-        "v1",
+        CURRENT,
         "kiosk",
         profile={"tier": "vip"},
     )
