@@ -37,7 +37,7 @@ from facecrm.crm.models import Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 
-from common import faces_dir, machine
+from common import REPO, faces_dir, machine
 
 PASSWORD = "benchmark-password"
 
@@ -223,7 +223,8 @@ def main() -> None:
             with contextlib.ExitStack() as stack:
                 url_db = None
                 if backend == "postgresql":
-                    from facecrm.pgserver import PgServer
+                    sys.path.insert(0, str(REPO / "tests"))  # the tests' throwaway server
+                    from pgserver import PgServer
 
                     url_db = stack.enter_context(PgServer()).url
                 settings = configure(data_dir=data_dir, database_url=url_db)

