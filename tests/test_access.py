@@ -21,12 +21,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from facecrm.api.app import create_app
-from facecrm.api.ratelimit import LoginGuard
 from facecrm.api.routes.agent import RECHECK_SECONDS
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.errors import LoginFailedError, LoginThrottledError
 from facecrm.crm.models import AgentEvent, AuditEvent, StaffUser
 from facecrm.crm.service import FaceCRM
+from facecrm.crm.throttle import LoginGuard
 from facecrm.keys import server_secret
 from facecrm.vision.pipeline import FacePipeline
 
@@ -369,6 +370,72 @@ def test_console_success_resets_the_account_throttle(world: World, fresh_guard: 
     assert console_login(PASSWORD) == 303  # this success must reset the account's count
     assert [world.login(name, "guess").status_code for _ in range(4)] == [401] * 4
     assert world.login(name).status_code == 200  # 8 failures in all, but never 5 in a row
+
+
+def test_api_and_console_log_in_through_accounts_login(
+    world: World, fresh_guard: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both channels call the one rule (the real one, watched) and translate its errors:
+    problem+json with reason, Retry-After and WWW-Authenticate for the API, the log-in
+    page with the same status and Retry-After for the console."""
+    calls: list[str] = []
+    real = accounts.login
+
+    def watched(*args: object, **kwargs: object) -> StaffUser:
+        calls.append(str(args[-1]))  # the channel
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(accounts, "login", watched)
+    name, _ = world.user()
+    browser = httpx.Client(base_url=world.url, timeout=60)
+    browser.get("/console/login")
+
+    def console_login(password: str) -> httpx.Response:
+        data = {"username": name, "password": password, "csrf": world.csrf(browser)}
+        return browser.post("/console/login", data=data)
+
+    wrong = world.login(name, "guess")
+    assert wrong.status_code == 401 and wrong.json()["reason"] == "login_failed"
+    assert wrong.headers["www-authenticate"] == "Bearer"
+    page = console_login("guess")
+    assert page.status_code == 401 and "Wrong username or password." in page.text
+    assert [world.login(name, "guess").status_code for _ in range(3)] == [401] * 3
+    locked = world.login(name)
+    assert locked.status_code == 429 and locked.headers["retry-after"] == "5"
+    assert locked.json() | {"reason": "login_throttled", "retry_after": 5} == locked.json()
+    page = console_login(PASSWORD)
+    assert page.status_code == 429 and page.headers["retry-after"] == "5"
+    assert "Try again in 5 seconds." in page.text
+    assert calls == ["api", "console", "api", "api", "api", "api", "console"]
+
+
+def test_accounts_login_throttles_audits_and_resets(crm: FaceCRM) -> None:
+    """The rule at the service level, on both databases: a checked attempt is audited
+    (a failure too, though it raises), a throttled one is not checked, success resets."""
+    clock = Clock()
+    guard = LoginGuard(per_address=10, free=2, base=5, cap=60, window=900, clock=clock)
+    with db.transaction(crm.sessions) as session:
+        accounts.create_staff(session, "dora", PASSWORD, "associate")
+
+    def actions() -> list[str]:
+        with crm.sessions() as session:
+            query = select(AuditEvent.action).where(AuditEvent.action.like("login%"))
+            return list(session.scalars(query.order_by(AuditEvent.id)))
+
+    for _ in range(2):
+        with pytest.raises(LoginFailedError):
+            accounts.login(crm.sessions, guard, "dora", "guess", "10.0.0.1", "api")
+    with pytest.raises(LoginThrottledError) as throttled:
+        accounts.login(crm.sessions, guard, "dora", PASSWORD, "10.0.0.1", "console")
+    assert throttled.value.retry_after == 5 and throttled.value.status == 429
+    assert actions() == ["login_failed", "login_failed"]  # the throttled try checked nothing
+    clock.now += 5
+    user = accounts.login(crm.sessions, guard, "dora", PASSWORD, "10.0.0.1", "console")
+    assert user.username == "dora" and actions()[-1] == "login"
+    for _ in range(2):  # the success reset the count: two more free failures
+        with pytest.raises(LoginFailedError):
+            accounts.login(crm.sessions, guard, "dora", "guess", "10.0.0.3", "api")
+    assert guard.retry_after("dora", "10.0.0.3") == 5
 
 
 def test_usernames_differing_only_in_case_conflict(world: World) -> None:

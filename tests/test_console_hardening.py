@@ -16,6 +16,7 @@ from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
@@ -51,7 +52,7 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
     rose = crm.enroll(
         "Rose Leslie",
         [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
-        "v1",
+        CURRENT,
         "kiosk",
         profile={"tier": "vip", "show_photo": True, "preferences": {"size": "38"}},
     )

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from facecrm.config import Settings
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import CustomerKey, CustomerPhoto, FaceTemplate, Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.crypto import CryptoError, add_master_key, drop_master_keys, key_file
@@ -20,7 +21,7 @@ Load = Callable[[str], Image]
 
 def _enroll(crm: FaceCRM, load: Load) -> str:
     photo = Photo("p", load("identities/rose_leslie/1.jpg"))
-    return crm.enroll("Rose", [photo], "v1", "kiosk", profile={"show_photo": True}).id
+    return crm.enroll("Rose", [photo], CURRENT, "kiosk", profile={"show_photo": True}).id
 
 
 def test_templates_and_photos_are_sealed(crm: FaceCRM, load: Load) -> None:

@@ -18,6 +18,7 @@ from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, customers, db
 from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import CustomerKey, CustomerPhoto, FaceTemplate, Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.keys import server_secret
@@ -122,7 +123,7 @@ def test_withdrawal_leaves_no_key_template_or_photo_in_the_files(
     customer = sqlite_crm.enroll(
         "Rose",
         [Photo("p", load("identities/rose_leslie/1.jpg"))],
-        "v1",
+        CURRENT,
         "kiosk",
         profile={"show_photo": True},
     )
@@ -192,7 +193,7 @@ def test_data_dir_is_private_whatever_the_umask(
     old = os.umask(0o022)
     try:
         crm = FaceCRM(settings, pipeline=pipeline)
-        crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], "v1", "kiosk")
+        crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk")
         server_secret(settings)
         crm.engine.dispose()
         again = FaceCRM(settings, pipeline=pipeline)  # loads the gallery: saves the index

@@ -32,6 +32,8 @@ from facecrm.errors import (
     FaceMismatchError,
     Forbidden,
     InvalidError,
+    LoginFailedError,
+    LoginThrottledError,
     NotFoundError,
 )
 from facecrm.vision.image import DecoderBusy, ImageError
@@ -58,6 +60,8 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (QualityError("blurred"), 422, "blurred"),
     (EnrollmentError("upload.jpg", QualityError("multiple_faces")), 422, "multiple_faces"),
     (DecoderBusy(), 503, "busy"),
+    (LoginThrottledError(4.2), 429, "login_throttled"),
+    (LoginFailedError(), 401, "login_failed"),
     (ApiError(429, "too many identifications", reason="rate_limited"), 429, "rate_limited"),
     (ApiError(401, "log in"), 401, None),
     (CryptoError(f"master key {SECRET!r} is not available"), 500, "crypto_error"),
@@ -98,6 +102,8 @@ def test_error_maps_to_status_and_reason(
         assert body["detail"] == error.detail
     if isinstance(error, DecoderBusy):
         assert r.headers["retry-after"] == "1"
+    if isinstance(error, LoginThrottledError):  # whole seconds, rounded up
+        assert r.headers["retry-after"] == "5" and body["retry_after"] == 5
     if status == 401:
         assert r.headers["www-authenticate"] == "Bearer"
 

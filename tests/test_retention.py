@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from facecrm.crm import accounts, activity, customers, db
 from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.models import (
     AuditEvent,
@@ -31,8 +32,8 @@ Load = Callable[[str], Image]
 def test_purge(crm: FaceCRM, load: Load) -> None:
     now = datetime.now(UTC)
     long_ago = now - timedelta(days=800)
-    rose = crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], "v1", "kiosk")
-    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], "v1", "kiosk")
+    rose = crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk")
+    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk")
     with db.transaction(crm.sessions) as session:
         store = accounts.create_store(session, "A", "A")
         # Rose enrolled and last came 800 days ago; Kit came today
@@ -44,7 +45,7 @@ def test_purge(crm: FaceCRM, load: Load) -> None:
         activity.record_visit(session, SYSTEM, rose.id, store.id, "manual", at=long_ago)
         activity.record_visit(session, SYSTEM, kit.id, store.id, "manual", at=now)
         marketing = customers.give_consent(
-            session, SYSTEM, kit.id, ConsentGrant(Purpose.MARKETING, "v1", "kiosk")
+            session, SYSTEM, kit.id, ConsentGrant(Purpose.MARKETING, CURRENT, "kiosk")
         )
         marketing.given_at = now - timedelta(days=40 * 30)  # older than 36 months
     report = purge(crm, now=now)
@@ -93,8 +94,8 @@ def _state(crm: FaceCRM, customer_id: str) -> tuple[bool, int]:
 def test_a_purge_that_dies_half_way_expires_nothing(
     crm: FaceCRM, load: Load, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rose = crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], "v1", "kiosk")
-    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], "v1", "kiosk")
+    rose = crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk")
+    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk")
     _expire_recognition_consents(crm, rose.id, kit.id)
     forget = crm._forget_face
     calls = []
@@ -120,11 +121,11 @@ def test_purge_removes_templates_left_without_consent(crm: FaceCRM, load: Load) 
     rose = crm.enroll(
         "Rose",
         [Photo("p", load("identities/rose_leslie/1.jpg"))],
-        "v1",
+        CURRENT,
         "kiosk",
         profile={"show_photo": True},
     )
-    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], "v1", "kiosk")
+    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk")
     # e.g. left behind by an older version that crashed between expiry and deletion
     with db.transaction(crm.sessions) as session:
         session.execute(

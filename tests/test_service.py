@@ -9,9 +9,13 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from facecrm.config import Settings
-from facecrm.crm import db
+from facecrm.crm import customers, db
+from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
+from facecrm.crm.customers import ConsentGrant
+from facecrm.crm.errors import InvalidError
 from facecrm.crm.gallery_store import bump_generation
-from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
+from facecrm.crm.models import AuditEvent, Consent, Customer, FaceTemplate, Purpose
 from facecrm.crm.service import (
     ConsentError,
     EnrollmentError,
@@ -37,8 +41,8 @@ def _count(crm: FaceCRM, model: type) -> int:
 def test_enrolled_customer_is_recognised_and_strangers_are_unknown(
     crm: FaceCRM, load: Load
 ) -> None:
-    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/1.jpg")], "v1", "kiosk")
-    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/1.jpg")], CURRENT, "kiosk")
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
 
     (same,) = crm.identify(load("identities/barack_obama/3.jpg"))
     assert same.match is not None and same.match.customer_id == obama.id
@@ -50,7 +54,7 @@ def test_enrolled_customer_is_recognised_and_strangers_are_unknown(
 
 
 def test_group_photo_names_each_customer_once(crm: FaceCRM, load: Load) -> None:
-    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/2.jpg")], "v1", "kiosk")
+    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/2.jpg")], CURRENT, "kiosk")
     results = crm.identify(load("scenes/obama_and_biden.jpg"))
     matched = [r.match.customer_id for r in results if r.match]
     assert matched == [obama.id]
@@ -64,7 +68,7 @@ def test_several_templates_per_customer(crm: FaceCRM, load: Load) -> None:
             _photo(load, "identities/kit_harington/1.jpg"),
             _photo(load, "identities/kit_harington/2.jpg"),
         ],
-        "v1",
+        CURRENT,
         "associate",
     )
     assert len(kit.templates) == 2
@@ -81,7 +85,7 @@ def test_enrollment_is_all_or_nothing(crm: FaceCRM, load: Load) -> None:
         _photo(load, "scenes/two_people.jpg"),  # two faces: rejected
     ]
     with pytest.raises(EnrollmentError) as exc:
-        crm.enroll("Rose", photos, "v1", "kiosk")
+        crm.enroll("Rose", photos, CURRENT, "kiosk")
     assert exc.value.error.reason == "multiple_faces"
     assert exc.value.source == "scenes/two_people.jpg"
     assert _count(crm, Customer) == 0 and _count(crm, FaceTemplate) == 0
@@ -96,7 +100,7 @@ def test_no_template_without_active_consent(crm: FaceCRM, load: Load) -> None:
 
 
 def test_erasure_removes_from_search_at_once(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
     (before,) = crm.identify(load("identities/rose_leslie/2.jpg"))
     assert before.match is not None
     crm.delete_customer(rose.id)
@@ -108,7 +112,7 @@ def test_erasure_removes_from_search_at_once(crm: FaceCRM, load: Load) -> None:
 
 
 def test_identification_is_audited_without_strangers(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
     crm.identify(load("scenes/kit_with_rose.jpg"))  # Rose and an unenrolled man
     with crm.sessions() as session:
         events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
@@ -134,7 +138,7 @@ def test_gallery_is_rebuilt_from_the_database(
     settings: Settings, pipeline: FacePipeline, load: Load
 ) -> None:
     first = FaceCRM(settings, pipeline=pipeline)
-    rose = first.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    rose = first.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
     second = FaceCRM(settings, pipeline=pipeline)  # e.g. the next CLI invocation
     (face,) = second.identify(load("identities/rose_leslie/2.jpg"))
     assert face.match is not None and face.match.customer_id == rose.id
@@ -145,7 +149,7 @@ def test_saved_ann_index_is_reused_only_while_current(
 ) -> None:
     settings.ann_min_size = 50
     crm = FaceCRM(settings, pipeline=pipeline)
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
     rng = np.random.default_rng(7)
     with db.transaction(crm.sessions) as session:  # synthetic customers fill the gallery
         for n in range(60):
@@ -193,7 +197,7 @@ def test_migrations_up_and_down(database_url: str) -> None:
 def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> None:
     if crm.engine.dialect.name != "postgresql":
         pytest.skip("pgvector is the PostgreSQL gallery")
-    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], "v1", "kiosk")
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
     with crm.sessions() as session, session.begin():
         session.execute(text("SET LOCAL enable_seqscan = off"))
         dim = 128
@@ -210,3 +214,22 @@ def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> Non
             .all()
         )
     assert any("gallery_hnsw_" in line for line in plan), plan
+
+
+def test_consent_text_version_is_checked_by_the_service(crm: FaceCRM, load: Load) -> None:
+    """Every path that records a consent (API, console, CLI, enrollment) goes through
+    `customers.give_consent`, so an unknown text version is refused there, changing nothing."""
+    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
+    before = (_count(crm, Customer), _count(crm, Consent), _count(crm, AuditEvent))
+    with pytest.raises(InvalidError) as refused:
+        crm.enroll("Kit", [_photo(load, "identities/kit_harington/1.jpg")], "v1", "kiosk")
+    assert refused.value.reason == "bad_consent_version" and refused.value.status == 422
+    for version in ("v1", CURRENT + " ", "2026-11-V1"):
+        with pytest.raises(InvalidError) as refused, db.transaction(crm.sessions) as session:
+            grant = ConsentGrant(Purpose.MARKETING, version, "kiosk")
+            customers.give_consent(session, SYSTEM, rose.id, grant)
+        assert refused.value.reason == "bad_consent_version"
+    assert (_count(crm, Customer), _count(crm, Consent), _count(crm, AuditEvent)) == before
+    with db.transaction(crm.sessions) as session:
+        grant = ConsentGrant(Purpose.MARKETING, CURRENT, "kiosk")
+        assert customers.give_consent(session, SYSTEM, rose.id, grant).text_version == CURRENT

@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 
 from facecrm.config import configure
+from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Identification, Photo
 from facecrm.vision.image import read_image
 from facecrm.vision.types import Image
@@ -74,7 +75,7 @@ def run(console: Console) -> None:
         crm = FaceCRM(settings)
 
         console.print("\n1. Grace Hopper opts in at the kiosk and enrolls one photo.")
-        grace = crm.enroll("Grace Hopper", [Photo("kiosk", hopper())], "demo-v1", "kiosk")
+        grace = crm.enroll("Grace Hopper", [Photo("kiosk", hopper())], CURRENT, "kiosk")
         console.print(
             f"   customer {grace.id}: consent 'in_store_recognition' recorded, "
             f"{len(grace.templates)} template stored."

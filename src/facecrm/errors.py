@@ -14,6 +14,8 @@ Errors specific to one module live there and derive from these (`vision.image.Im
 
 from __future__ import annotations
 
+import math
+
 
 class FacecrmError(Exception):
     """Base class: an operation refused or failed for a reason facecrm can name.
@@ -97,6 +99,40 @@ class FaceMismatchError(InvalidError):
     reason = "face_mismatch"
 
 
+class LoginThrottledError(FacecrmError):
+    """Too many failed log-ins for this address or account: not even checked (429).
+
+    `retry_after` (whole seconds, at least 1) goes into the `Retry-After` header and the
+    problem body, so a client can wait exactly as long as the guard asks.
+    """
+
+    status = 429
+    reason = "login_throttled"
+
+    def __init__(self, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(f"too many failed log-ins; try again in {self.retry_after} s")
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+    def extra(self) -> dict[str, object]:
+        return {"retry_after": self.retry_after}
+
+
+class LoginFailedError(FacecrmError):
+    """Wrong username or password, or a disabled account: one answer for all three (401).
+
+    The API's problem handler adds `WWW-Authenticate: Bearer` to every 401.
+    """
+
+    status = 401
+    reason = "login_failed"
+
+    def __init__(self) -> None:
+        super().__init__("wrong username or password")
+
+
 class ConfigError(FacecrmError):
     """The settings or the installation cannot work (e.g. a bad `FACECRM_*` value).
 
@@ -115,5 +151,7 @@ __all__ = [
     "FacecrmError",
     "Forbidden",
     "InvalidError",
+    "LoginFailedError",
+    "LoginThrottledError",
     "NotFoundError",
 ]

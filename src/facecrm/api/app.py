@@ -14,11 +14,11 @@ from fastapi.staticfiles import StaticFiles
 from facecrm import __version__
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems
-from facecrm.api.ratelimit import LoginGuard, RateLimiter
 from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
 from facecrm.config import Settings, get_settings
 from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
+from facecrm.crm.throttle import LoginGuard, RateLimiter
 from facecrm.metrics import Registry
 from facecrm.web import console
 

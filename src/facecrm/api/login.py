@@ -1,27 +1,18 @@
-"""Staff log-in: the one path for the API and the console (throttle, check, audit, token)."""
+"""Staff log-in and log-out with tokens: `accounts.login` holds the rule, this adds the token.
+
+Shared by the API route and the console, so both apply the same throttle, audit and reset;
+their failures are `LoginThrottledError`/`LoginFailedError` from the error hierarchy.
+"""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from facecrm.api.ratelimit import LoginGuard
 from facecrm.api.security import issue_token, read_token
 from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Principal
 from facecrm.crm.service import FaceCRM
-
-
-class LoginThrottled(Exception):
-    """Too many failures for this address or account: not even checked (HTTP 429)."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("too many failed log-ins")
-        self.retry_after = max(1, math.ceil(retry_after))
-
-
-class LoginFailed(Exception):
-    """Wrong username or password, or a disabled account (HTTP 401)."""
+from facecrm.crm.throttle import LoginGuard
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,24 +24,10 @@ class LoggedIn:
 def log_in(
     crm: FaceCRM, guard: LoginGuard, username: str, password: str, address: str, channel: str
 ) -> LoggedIn:
-    """Check a password under the guard; audited either way; a token on success."""
-    wait = guard.retry_after(username, address)
-    if wait > 0:
-        raise LoginThrottled(wait)
-    with db.transaction(crm.sessions) as session:
-        user = accounts.authenticate(session, username, password)
-        if user is None:
-            anonymous = Principal("staff", "", username[:60], "", frozenset())
-            audit.record(session, anonymous, "login_failed", channel=channel)
-        else:
-            principal = accounts.staff_principal(user)
-            audit.record(session, principal, "login", channel=channel)
-            token = issue_token(crm.settings, user.id, version=user.token_version)
-    if user is None:
-        guard.failed(username, address)
-        raise LoginFailed
-    guard.succeeded(username, address)
-    return LoggedIn(token, principal)
+    """A bearer token for a successful `accounts.login`; its errors pass through."""
+    user = accounts.login(crm.sessions, guard, username, password, address, channel)
+    token = issue_token(crm.settings, user.id, version=user.token_version)
+    return LoggedIn(token, accounts.staff_principal(user))
 
 
 def log_out(crm: FaceCRM, token: str) -> None:

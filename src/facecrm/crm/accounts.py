@@ -22,12 +22,19 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from facecrm.crm import audit
+from facecrm.crm import audit, db
 from facecrm.crm.authz import SYSTEM, Principal
-from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
+from facecrm.crm.errors import (
+    ConflictError,
+    InvalidError,
+    LoginFailedError,
+    LoginThrottledError,
+    NotFoundError,
+)
 from facecrm.crm.models import Device, DeviceKind, RevokedToken, Role, StaffUser, Store, utcnow
+from facecrm.crm.throttle import LoginGuard
 
 _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("timing-equaliser")
@@ -131,6 +138,40 @@ def authenticate(session: Session, username: str, password: str) -> StaffUser | 
         return None
     if user is None or not user.active:
         return None
+    return user
+
+
+def login(
+    sessions: sessionmaker[Session],
+    guard: LoginGuard,
+    username: str,
+    password: str,
+    address: str,
+    channel: str,
+) -> StaffUser:
+    """The one log-in rule for every channel (API, console): throttle, check, audit, count.
+
+    A throttled attempt is refused before the password is looked at (`LoginThrottledError`)
+    and not audited: it checked nothing. A checked attempt is audited (`login` or
+    `login_failed`) in its own transaction, committed before a failure is raised, so a
+    refused guess stays on the trail; the guard then counts it, or resets the account and
+    remembers the address on success. Takes the session factory, not a session, because
+    that commit must not depend on the caller.
+    """
+    wait = guard.retry_after(username, address)
+    if wait > 0:
+        raise LoginThrottledError(wait)
+    with db.transaction(sessions) as session:
+        user = authenticate(session, username, password)
+        if user is None:
+            anonymous = Principal("staff", "", username[:60], "", frozenset())
+            audit.record(session, anonymous, "login_failed", channel=channel)
+        else:
+            audit.record(session, staff_principal(user), "login", channel=channel)
+    if user is None:
+        guard.failed(username, address)
+        raise LoginFailedError
+    guard.succeeded(username, address)
     return user
 
 

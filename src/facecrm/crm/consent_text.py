@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from facecrm.crm.errors import InvalidError
+
 CURRENT = "2026-11-v1"
 
 TEXTS: dict[str, str] = {
@@ -14,3 +16,15 @@ TEXTS: dict[str, str] = {
         "held about me, or for all of it to be erased."
     ),
 }
+
+
+def check(version: str) -> None:
+    """Refuse a consent that names a text never shown: the record must say what was agreed.
+
+    `customers.give_consent` applies it for every path (API, console, CLI, enrollment).
+    """
+    if version not in TEXTS:
+        known = ", ".join(sorted(TEXTS))
+        raise InvalidError(
+            f"unknown consent text version; known: {known}", reason="bad_consent_version"
+        )

@@ -10,7 +10,7 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from facecrm.crm import audit
+from facecrm.crm import audit, consent_text
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
@@ -222,10 +222,14 @@ def find(
 def give_consent(
     session: Session, principal: Principal, customer_id: str, grant: ConsentGrant
 ) -> Consent:
-    """Record a consent; an active one of the same purpose is replaced (history kept)."""
+    """Record a consent; an active one of the same purpose is replaced (history kept).
+
+    The text version must be one of `consent_text.TEXTS` (reason `bad_consent_version`).
+    """
     customer = load(session, customer_id)
     if not grant.text_version.strip() or not grant.channel.strip():
         raise InvalidError("a consent needs the version of the text shown and the channel")
+    consent_text.check(grant.text_version)
     previous = customer.active_consent(grant.purpose)
     if previous is not None:
         previous.withdrawn_at = utcnow()

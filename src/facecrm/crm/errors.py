@@ -13,6 +13,8 @@ from facecrm.errors import (
     FaceMismatchError,
     Forbidden,
     InvalidError,
+    LoginFailedError,
+    LoginThrottledError,
     NotFoundError,
 )
 
@@ -24,5 +26,7 @@ __all__ = [
     "FacecrmError",
     "Forbidden",
     "InvalidError",
+    "LoginFailedError",
+    "LoginThrottledError",
     "NotFoundError",
 ]

