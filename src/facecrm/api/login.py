@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from facecrm.api.security import issue_token, read_token
-from facecrm.crm import accounts, audit, db
+from facecrm.crm import accounts, db
 from facecrm.crm.authz import Principal
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard
@@ -36,8 +36,6 @@ def log_out(crm: FaceCRM, token: str) -> None:
     if claims is None:
         return
     with db.transaction(crm.sessions) as session:
-        user = accounts.staff_for_token(session, claims.staff_id, claims.version, claims.token_id)
-        if user is None:
-            return  # already void
-        accounts.revoke_token(session, user.id, claims.token_id, claims.expires_at)
-        audit.record(session, accounts.staff_principal(user), "logout")
+        accounts.logout(
+            session, claims.staff_id, claims.version, claims.token_id, claims.expires_at
+        )

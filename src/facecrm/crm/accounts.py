@@ -200,6 +200,18 @@ def revoke_token(session: Session, staff_id: str, token_id: str, expires_at: dat
         session.flush()
 
 
+def logout(
+    session: Session, staff_id: str, version: int, token_id: str, expires_at: datetime
+) -> bool:
+    """Revoke one still-valid session (token id) and audit it; False when it was void."""
+    user = staff_for_token(session, staff_id, version, token_id)
+    if user is None:
+        return False
+    revoke_token(session, user.id, token_id, expires_at)
+    audit.record(session, staff_principal(user), "logout")
+    return True
+
+
 def find_staff(session: Session, ref: str) -> StaffUser:
     """A staff user by id or by username (case-insensitive)."""
     user = session.get(StaffUser, ref) or session.scalar(
