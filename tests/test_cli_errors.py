@@ -62,6 +62,22 @@ def test_bad_master_key_is_one_line(tmp_path: Path, key: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FACECRM_MAX_UPLOAD_BYTES", "0"),
+        ("FACECRM_PORT", "-1"),
+        ("FACECRM_TARGET_FMR", "1.5"),
+        ("FACECRM_LOOKUP_PER_MINUTE", "-5"),
+    ],
+)
+def test_out_of_range_numbers_are_refused_at_load(tmp_path: Path, name: str, value: str) -> None:
+    result = facecrm(tmp_path, "customers", "list", **{name: value})
+    assert result.returncode == 1
+    assert name in one_error_line(result)
+    assert not (tmp_path / "facecrm.db").exists()
+
+
+@pytest.mark.parametrize(
     ("url", "says"),
     [
         ("not a url", "FACECRM_DATABASE_URL"),

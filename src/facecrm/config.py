@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     """facecrm settings; each field can be set as `FACECRM_<NAME>`."""
 
     model_config = SettingsConfigDict(env_prefix="FACECRM_", extra="ignore")
+    # numbers are bounded here: a zero upload limit or a negative port is refused at load,
+    # naming the variable, instead of failing somewhere deep later
 
     data_dir: Path = Field(default_factory=_default_data_dir)
     database_url: str | None = None  # default: sqlite in data_dir
@@ -36,24 +38,27 @@ class Settings(BaseSettings):
     # Vision
     embedder: EmbedderName = "dlib"
     onnx_model: Path | None = None  # user-supplied ArcFace-style ONNX embedder
-    onnx_input_size: int = 112
+    onnx_input_size: int = Field(112, gt=0)
     onnx_mean: float = 127.5
-    onnx_std: float = 127.5
-    decode_max_side: int = 1024  # large JPEGs are decoded at 1/2..1/8 scale down to this
-    detect_max_side: int = 640  # larger images are downscaled for detection only
-    detect_score: float = 0.6
-    threads: int = 1  # per process; parallelism comes from processes
+    onnx_std: float = Field(127.5, gt=0)
+    # large JPEGs are decoded at 1/2..1/8 scale down to this
+    decode_max_side: int = Field(1024, gt=0)
+    detect_max_side: int = Field(640, gt=0)  # larger images are downscaled for detection only
+    detect_score: float = Field(0.6, ge=0, le=1)
+    threads: int = Field(1, gt=0)  # per process; parallelism comes from processes
 
     # Quality gate for enrollment photos
-    min_face_px: int = 60  # inter-ocular distance x ~2.5 is about the face width
-    min_blur: float = 25.0  # variance of the Laplacian on the aligned chip
-    max_yaw: float = 0.45  # nose offset from the eye midpoint, in eye distances
-    max_roll_deg: float = 35.0
-    min_detector_score: float = 0.8
+    min_face_px: int = Field(60, gt=0)  # inter-ocular distance x ~2.5 is about the face width
+    min_blur: float = Field(25.0, ge=0)  # variance of the Laplacian on the aligned chip
+    max_yaw: float = Field(0.45, ge=0)  # nose offset from the eye midpoint, in eye distances
+    max_roll_deg: float = Field(35.0, ge=0)
+    min_detector_score: float = Field(0.8, ge=0, le=1)
 
     # Open-set identification
-    target_fmr: float = 1e-3  # false-match rate per comparison the threshold is set for
-    ann_min_size: int = 20_000  # galleries at least this large use the approximate index
+    # false-match rate per comparison the threshold is set for
+    target_fmr: float = Field(1e-3, gt=0, lt=1)
+    # galleries at least this large use the approximate index
+    ann_min_size: int = Field(20_000, gt=0)
 
     # Encryption at rest (see facecrm.crypto)
     master_key: str | None = None  # "key_id:base64(32 bytes)", comma-separated, last wraps
@@ -61,38 +66,42 @@ class Settings(BaseSettings):
 
     # Server and staff authentication
     secret_key: str | None = None  # signs staff tokens; default: a random key kept in data_dir
-    token_minutes: int = 8 * 60  # a staff token lasts one shift
+    token_minutes: int = Field(8 * 60, gt=0)  # a staff token lasts one shift
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535)
     # proxies whose X-Forwarded-For/-Proto are believed (comma-separated IPs, "*" for any);
     # none by default: a forged header would otherwise dodge the per-address log-in limit
     forwarded_allow_ips: str | None = None
 
     # Store visits and alerts
-    visit_window_minutes: int = 120  # one visit per customer and store within this window
-    lookup_per_minute: int = 20  # phone look-ups per staff member
+    # one visit per customer and store within this window
+    visit_window_minutes: int = Field(120, gt=0)
+    lookup_per_minute: int = Field(20, gt=0)  # phone look-ups per staff member
     # Store webhooks go to public https hosts only; an admin may allow known internal ones
     webhook_allow_hosts: list[str] = []  # host names or addresses exempt from the address check
     webhook_allow_http: bool = False
 
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
-    retain_visits_days: int = 365
-    retain_templates_unseen_months: int = 24  # templates of customers not seen for this long
-    reconfirm_consent_months: int = 36  # consents expire unless given again
-    purge_interval_minutes: int = 60
+    retain_visits_days: int = Field(365, ge=0)
+    # templates of customers not seen for this long
+    retain_templates_unseen_months: int = Field(24, ge=0)
+    reconfirm_consent_months: int = Field(36, ge=0)  # consents expire unless given again
+    purge_interval_minutes: int = Field(60, gt=0)
 
     # Bad input limits
-    max_upload_bytes: int = 15 * 1024 * 1024
-    max_image_pixels: int = 40_000_000  # JPEG: decoded at 1/2..1/8 scale, so cheap per pixel
+    max_upload_bytes: int = Field(15 * 1024 * 1024, gt=0)
+    # JPEG: decoded at 1/2..1/8 scale, so cheap per pixel
+    max_image_pixels: int = Field(40_000_000, gt=0)
     # PNG, TIFF and BMP decode at full size before they can be reduced: up to 8 bytes a
     # pixel, so 16 MP (a 4900x3300 photo) peaks at ~130 MB; WebP costs 16 bytes a pixel
     # and gets half this limit (see vision/image.py and benchmarks/README.md)
-    max_decoded_pixels: int = 16_000_000
+    max_decoded_pixels: int = Field(16_000_000, gt=0)
     # libjpeg's own progressive scripts use 6 (grey) to 10 (colour) scans, mozjpeg a few
     # more; every scan is a pass over the whole image, so more than this is refused
-    jpeg_max_scans: int = 32
-    max_concurrent_decodes: int = 2  # decodes at once per process (one per core)
-    decode_wait_seconds: float = 5.0  # a request waits this long for a decode slot, then 503
+    jpeg_max_scans: int = Field(32, gt=0)
+    max_concurrent_decodes: int = Field(2, gt=0)  # decodes at once per process (one per core)
+    # a request waits this long for a decode slot, then 503
+    decode_wait_seconds: float = Field(5.0, ge=0)
 
     @field_validator("master_key")
     @classmethod
