@@ -17,12 +17,10 @@ import argparse
 import contextlib
 import itertools
 import os
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -37,17 +35,9 @@ from facecrm.crm.models import Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 
-from common import REPO, faces_dir, machine
+from common import REPO, faces_dir, machine, serve_subprocess
 
 PASSWORD = "benchmark-password"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fill(crm: FaceCRM, size: int, faces: Path) -> None:
@@ -132,28 +122,6 @@ def db_table(name: str):  # type: ignore[no-untyped-def]
     return Base.metadata.tables[name]
 
 
-@contextlib.contextmanager
-def server(env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def load_test(url: str, photos: list[tuple[str, bytes]], requests: int, clients: int) -> dict:
     token = httpx.post(
         f"{url}/api/v1/auth/token", data={"username": "bench", "password": PASSWORD}
@@ -234,7 +202,7 @@ def main() -> None:
                 env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
                 if url_db:
                     env["FACECRM_DATABASE_URL"] = url_db
-                with server(env) as url:
+                with serve_subprocess(env) as (url, _):
                     r = load_test(url, photos, args.requests, args.clients)
             print(
                 f"| {backend} | {size:,} | {r['p50']:.0f} | {r['p95']:.0f} | "

@@ -24,20 +24,18 @@ import collections
 import contextlib
 import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
-from common import machine
+from common import machine, serve_subprocess
 
 GOAL_MB = 400
 
@@ -104,12 +102,6 @@ def worst_cases(side: int = 6300, limit_side: int = 4000) -> dict[str, bytes]:
     }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def status_mb(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM of `pid`, in MB."""
     values = {}
@@ -123,30 +115,6 @@ def status_mb(pid: int) -> dict[str, float]:
 def reset_peak(pid: int) -> None:
     """Reset VmHWM to the current RSS (Linux: `5` to /proc/<pid>/clear_refs)."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
-
-
-@contextlib.contextmanager
-def server(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(1200):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {proc.stderr.read().decode()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def attack(url: str, key: str, files: dict[str, bytes], clients: int, rounds: int) -> dict:
@@ -210,7 +178,7 @@ def main() -> int:
 
     store = cli("stores", "add", "BENCH", "Bench store").split("id")[-1].strip()
     key = cli("devices", "add", "--store", store, "--kind", "agent").strip().splitlines()[-1]
-    with server(env) as (url, pid):
+    with serve_subprocess(env) as (url, pid):
         warm = httpx.post(
             f"{url}/api/v1/identify",
             files={"image": ("warm.jpg", warm_up_photo())},
