@@ -36,6 +36,7 @@ from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.agent.tracker import Tracker
 from facecrm.config import configure
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
@@ -108,7 +109,12 @@ def latency(faces: Path, alerts: int) -> None:
         _, key = accounts.create_device(session, store.id, "agent")
     still = read_image(faces / "identities/lin_manuel_miranda/1.png")
     crm.enroll(
-        "Lin-Manuel Miranda", [Photo("still", still)], CURRENT, "cli", profile={"tier": "vip"}
+        "Lin-Manuel Miranda",
+        [Photo("still", still)],
+        CURRENT,
+        "cli",
+        SYSTEM,
+        profile={"tier": "vip"},
     )
     crm.engine.dispose()
     capture = cv2.VideoCapture(str(faces / "video/short_hamilton_clip.mp4"))

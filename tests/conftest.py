@@ -15,7 +15,8 @@ from sqlalchemy import create_engine, text
 
 from facecrm import config
 from facecrm.config import Settings, configure
-from facecrm.crm import accounts, db, service
+from facecrm.crm import accounts, db, runtime
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
@@ -110,6 +111,7 @@ def vip_store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> It
         [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
         CURRENT,
         "kiosk",
+        SYSTEM,
         profile={"tier": "vip"},
     )
     yield VipStore(crm, store_id, key, lin.id)
@@ -139,7 +141,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, pipeline: FacePipeline) -> Cli:
     from facecrm.cli import app
 
     monkeypatch.setattr(config, "_settings", None)  # the CLI reconfigures the process: undone
-    monkeypatch.setattr(service, "default_pipeline", lambda: pipeline)
+    monkeypatch.setattr(runtime, "default_pipeline", lambda: pipeline)
     runner = CliRunner()
 
     def run(

@@ -264,7 +264,7 @@ def test_an_erased_customer_is_a_stranger_to_the_agent(
 ) -> None:
     """After erasure the video is all strangers: nothing anywhere can be linked to them."""
     caplog.set_level(logging.DEBUG)
-    store.crm.delete_customer(store.lin)
+    store.crm.delete_customer(store.lin, SYSTEM)
     agent = run_agent(
         store, pipeline, tmp_path / "agent", faces_dir / "video" / "short_hamilton_clip.mp4"
     )
@@ -298,8 +298,8 @@ def test_a_running_agent_forgets_at_once(
     face = pipeline.faces(read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))[0]
     assert agent.gallery.decide(face.template) is not None
     if flow == "erase":
-        store.crm.delete_customer(store.lin)
+        store.crm.delete_customer(store.lin, SYSTEM)
     else:
-        store.crm.withdraw(store.lin, Purpose.IN_STORE_RECOGNITION)
+        store.crm.withdraw(store.lin, Purpose.IN_STORE_RECOGNITION, SYSTEM)
     assert agent.gallery.sync(agent._client)  # what the agent does every 2 seconds
     assert agent.gallery.decide(face.template) is None

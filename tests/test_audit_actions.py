@@ -34,6 +34,7 @@ from sqlalchemy import func, select
 import facecrm
 from facecrm.api.app import create_app
 from facecrm.config import Settings
+from facecrm.crm import authz
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import AuditEvent
 from facecrm.crm.retention import purge
@@ -606,9 +607,9 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
     # the services, in process: a new master key, and retention a century from now
     with run.path("service FaceCRM.rotate_keys"):
         add_master_key(run.crm.settings)
-        assert run.crm.rotate_keys() >= 1
+        assert run.crm.rotate_keys(authz.SYSTEM) >= 1
     with run.path("service retention.purge"):
-        report = purge(run.crm, now=datetime.now(UTC) + timedelta(days=36500))
+        report = purge(run.crm, authz.SYSTEM, now=datetime.now(UTC) + timedelta(days=36500))
         assert report.visits >= 1 and report.expired_consents >= 1
 
 

@@ -41,6 +41,7 @@ def site(
         [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
         CURRENT,
         "kiosk",
+        SYSTEM,
         profile={"tier": "vip", "show_photo": True},
     )
     with db.transaction(crm.sessions) as session:

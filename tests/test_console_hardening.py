@@ -54,6 +54,7 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
         [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
         CURRENT,
         "kiosk",
+        SYSTEM,
         profile={"tier": "vip", "show_photo": True, "preferences": {"size": "38"}},
     )
     with db.transaction(crm.sessions) as session:

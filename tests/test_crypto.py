@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from facecrm.config import Settings
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import CustomerKey, CustomerPhoto, FaceTemplate, Purpose
 from facecrm.crm.service import FaceCRM, Photo
@@ -21,7 +22,7 @@ Load = Callable[[str], Image]
 
 def _enroll(crm: FaceCRM, load: Load) -> str:
     photo = Photo("p", load("identities/rose_leslie/1.jpg"))
-    return crm.enroll("Rose", [photo], CURRENT, "kiosk", profile={"show_photo": True}).id
+    return crm.enroll("Rose", [photo], CURRENT, "kiosk", SYSTEM, profile={"show_photo": True}).id
 
 
 def test_templates_and_photos_are_sealed(crm: FaceCRM, load: Load) -> None:
@@ -46,9 +47,9 @@ def test_withdrawal_and_erasure_destroy_the_data_key(crm: FaceCRM, load: Load, h
         sealed = session.scalars(select(FaceTemplate.vector)).one()  # e.g. in a backup
         cipher = crm.cipher(session, rose)
     if how == "withdraw":
-        crm.withdraw(rose, Purpose.IN_STORE_RECOGNITION)
+        crm.withdraw(rose, Purpose.IN_STORE_RECOGNITION, SYSTEM)
     else:
-        crm.delete_customer(rose)
+        crm.delete_customer(rose, SYSTEM)
     with crm.sessions() as session:
         assert session.get(CustomerKey, rose) is None
         with pytest.raises(CryptoError):
@@ -65,13 +66,13 @@ def test_online_rotation(settings: Settings, pipeline: FacePipeline, load: Load)
     old = server.keys.current_id
     rotator = FaceCRM(settings, pipeline=pipeline)  # `facecrm keys rotate`
     new = add_master_key(settings)
-    assert rotator.rotate_keys() == 1
+    assert rotator.rotate_keys(SYSTEM) == 1
     assert rotator.master_keys_in_use() == {new}
     removed = drop_master_keys(settings, rotator.master_keys_in_use())
     assert removed == [old] and old not in key_file(settings).read_text()
     # the running server, which loaded only the old key, follows the new file
-    (face,) = (server.verify(rose, load("identities/rose_leslie/2.jpg")),)
+    (face,) = (server.verify(rose, load("identities/rose_leslie/2.jpg"), SYSTEM),)
     assert face.match
     fresh = FaceCRM(settings, pipeline=pipeline)
-    (found,) = fresh.identify(load("identities/rose_leslie/2.jpg"))
+    (found,) = fresh.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert found.match is not None and found.match.customer_id == rose

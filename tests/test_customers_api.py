@@ -167,7 +167,7 @@ def test_another_persons_photo_is_refused(shop: Shop) -> None:
     assert r.status_code == 201, r.text
     (override,) = [e for e in shop.events("face_override") if e.customer_id == rose]
     assert override.actor == "staff:manager" and override.detail["reason"] == "stage make-up"
-    shop.crm.delete_customer(rose)  # clean up: Kit's face must not stay Rose's
+    shop.crm.delete_customer(rose, SYSTEM)  # clean up: Kit's face must not stay Rose's
 
 
 def test_a_face_enrolled_under_another_customer_is_refused(shop: Shop) -> None:

@@ -78,7 +78,7 @@ def test_erasure_by_service_leaves_nothing_in_the_files(sqlite_crm: FaceCRM) -> 
     customer_id = _customer(sqlite_crm)
     with sqlite_crm.sessions() as session:  # an idle pooled connection must not block it
         session.execute(text("SELECT 1"))
-    sqlite_crm.delete_customer(customer_id)
+    sqlite_crm.delete_customer(customer_id, SYSTEM)
     assert _found(sqlite_crm.settings.data_dir, [s.encode() for s in DISTINCTIVE]) == []
 
 
@@ -125,6 +125,7 @@ def test_withdrawal_leaves_no_key_template_or_photo_in_the_files(
         [Photo("p", load("identities/rose_leslie/1.jpg"))],
         CURRENT,
         "kiosk",
+        SYSTEM,
         profile={"show_photo": True},
     )
     with sqlite_crm.sessions() as session:
@@ -138,7 +139,7 @@ def test_withdrawal_leaves_no_key_template_or_photo_in_the_files(
     # pieces from the start, middle and end of each (a photo spans several pages)
     needles = [b[i : i + 40] for b in blobs for i in (0, len(b) // 2, len(b) - 40)]
     assert _found(sqlite_crm.settings.data_dir, needles)
-    sqlite_crm.withdraw(customer.id, Purpose.IN_STORE_RECOGNITION)
+    sqlite_crm.withdraw(customer.id, Purpose.IN_STORE_RECOGNITION, SYSTEM)
     assert _found(sqlite_crm.settings.data_dir, needles) == []
 
 
@@ -147,7 +148,7 @@ def test_erasure_vacuums_on_postgresql(crm: FaceCRM) -> None:
         pytest.skip("SQLite: the files are checked above")
     customer_id = _customer_pg(crm)
     started = datetime.now(UTC)
-    crm.delete_customer(customer_id)
+    crm.delete_customer(customer_id, SYSTEM)
     with crm.engine.connect() as connection:
         rows = connection.execute(
             text(
@@ -174,8 +175,8 @@ def test_audit_trail_holds_no_personal_data(sqlite_crm: FaceCRM) -> None:
     customer_id = _customer(sqlite_crm)
     with db.transaction(sqlite_crm.sessions) as session:
         customers.update(session, SYSTEM, customer_id, {"email": "new.quill@quillfeather-mail.com"})
-    sqlite_crm.customer(customer_id)
-    sqlite_crm.delete_customer(customer_id)
+    sqlite_crm.customer(customer_id, SYSTEM)
+    sqlite_crm.delete_customer(customer_id, SYSTEM)
     with sqlite_crm.engine.connect() as connection:
         trail = str(connection.execute(text("SELECT * FROM audit_events")).all())
     assert customer_id in trail  # the random id only
@@ -193,11 +194,13 @@ def test_data_dir_is_private_whatever_the_umask(
     old = os.umask(0o022)
     try:
         crm = FaceCRM(settings, pipeline=pipeline)
-        crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk")
+        crm.enroll(
+            "Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk", SYSTEM
+        )
         server_secret(settings)
         crm.engine.dispose()
         again = FaceCRM(settings, pipeline=pipeline)  # loads the gallery: saves the index
-        again.identify(load("identities/rose_leslie/2.jpg"))
+        again.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
         with again.engine.connect():  # the WAL and SHM exist while connected
             names = {p.name for p in _files(settings.data_dir)}
             assert {

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 import facecrm
 from facecrm import demo, facade
 from facecrm.config import Settings
-from facecrm.crm import service
+from facecrm.crm import runtime
 from facecrm.crm.models import AuditEvent, Customer
 from facecrm.errors import ConsentError, InvalidError
 from facecrm.vision.pipeline import FacePipeline
@@ -28,7 +28,7 @@ COLLINS = Path(str(resources.files("facecrm") / "demo_data" / "eileen_collins_na
 @pytest.fixture()
 def shared_pipeline(pipeline: FacePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """`facecrm.open` without `pipeline=` loads the default one: the session's, loaded once."""
-    monkeypatch.setattr(service, "default_pipeline", lambda: pipeline)
+    monkeypatch.setattr(runtime, "default_pipeline", lambda: pipeline)
 
 
 @pytest.fixture()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import func, select
 
-from facecrm.crm.authz import Forbidden, Principal
+from facecrm.crm.authz import SYSTEM, Forbidden, Principal
 from facecrm.crm.errors import AlreadyEnrolledError, FaceMismatchError, InvalidError
 from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM, Photo
@@ -42,26 +42,32 @@ def _events(crm: FaceCRM, action: str) -> list[AuditEvent]:
 
 
 def test_another_persons_photo_is_refused(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk", SYSTEM
+    )
     with pytest.raises(FaceMismatchError) as exc:
         crm.add_photos(rose.id, [_photo(load, "identities/kit_harington/1.jpg")], ASSOCIATE)
     assert exc.value.reason == "face_mismatch"
     assert _count(crm, FaceTemplate) == 1
     (refused,) = _events(crm, "enroll_mismatch")
     assert refused.customer_id == rose.id
-    (face,) = crm.identify(load("identities/kit_harington/2.jpg"))
+    (face,) = crm.identify(load("identities/kit_harington/2.jpg"), SYSTEM)
     assert face.match is None  # Kit is not recognised as Rose
 
 
 def test_same_persons_second_photo_is_accepted(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk", SYSTEM
+    )
     crm.add_photos(rose.id, [_photo(load, "identities/rose_leslie/2.jpg")], ASSOCIATE)
     assert _count(crm, FaceTemplate) == 2
     assert _events(crm, "face_override") == []
 
 
 def test_manager_override_is_audited_and_associate_may_not(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk", SYSTEM
+    )
     kit = [_photo(load, "identities/kit_harington/1.jpg")]
     with pytest.raises(Forbidden):
         crm.add_photos(rose.id, kit, ASSOCIATE, override_reason="new look")
@@ -77,7 +83,9 @@ def test_manager_override_is_audited_and_associate_may_not(crm: FaceCRM, load: L
 
 
 def test_a_face_enrolled_under_another_customer_is_refused(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk", SYSTEM
+    )
     customers_before = _count(crm, Customer)
     with pytest.raises(AlreadyEnrolledError) as exc:
         crm.enroll(
@@ -94,8 +102,12 @@ def test_a_face_enrolled_under_another_customer_is_refused(crm: FaceCRM, load: L
 
 
 def test_no_override_lets_another_customers_face_in(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk")
-    kit = crm.enroll("Kit", [_photo(load, "identities/kit_harington/1.jpg")], VERSION, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], VERSION, "kiosk", SYSTEM
+    )
+    kit = crm.enroll(
+        "Kit", [_photo(load, "identities/kit_harington/1.jpg")], VERSION, "kiosk", SYSTEM
+    )
     with pytest.raises(AlreadyEnrolledError):
         crm.add_photos(
             kit.id, [_photo(load, "identities/rose_leslie/2.jpg")], MANAGER, override_reason="x"
@@ -111,13 +123,13 @@ def test_photos_of_one_enrollment_are_one_person(crm: FaceCRM, load: Load) -> No
         _photo(load, "identities/kit_harington/1.jpg"),
     ]
     with pytest.raises(FaceMismatchError):
-        crm.enroll("Rose", photos, VERSION, "kiosk")
+        crm.enroll("Rose", photos, VERSION, "kiosk", SYSTEM)
     assert _count(crm, Customer) == 0 and _count(crm, FaceTemplate) == 0
     both = [
         _photo(load, "identities/kit_harington/1.jpg"),
         _photo(load, "identities/kit_harington/2.jpg"),
     ]
-    assert len(crm.enroll("Kit", both, VERSION, "kiosk").templates) == 2
+    assert len(crm.enroll("Kit", both, VERSION, "kiosk", SYSTEM).templates) == 2
 
 
 def test_cli_refuses_a_face_enrolled_under_another_customer(

@@ -32,8 +32,12 @@ Load = Callable[[str], Image]
 def test_purge(crm: FaceCRM, load: Load) -> None:
     now = datetime.now(UTC)
     long_ago = now - timedelta(days=800)
-    rose = crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk")
-    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk")
+    rose = crm.enroll(
+        "Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk", SYSTEM
+    )
+    kit = crm.enroll(
+        "Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk", SYSTEM
+    )
     with db.transaction(crm.sessions) as session:
         store = accounts.create_store(session, "A", "A")
         # Rose enrolled and last came 800 days ago; Kit came today
@@ -48,7 +52,7 @@ def test_purge(crm: FaceCRM, load: Load) -> None:
             session, SYSTEM, kit.id, ConsentGrant(Purpose.MARKETING, CURRENT, "kiosk")
         )
         marketing.given_at = now - timedelta(days=40 * 30)  # older than 36 months
-    report = purge(crm, now=now)
+    report = purge(crm, SYSTEM, now=now)
     assert (report.visits, report.unseen_customers, report.expired_consents) == (1, 1, 1)
     with crm.sessions() as session:
         assert set(session.scalars(select(FaceTemplate.customer_id))) == {kit.id}
@@ -61,9 +65,9 @@ def test_purge(crm: FaceCRM, load: Load) -> None:
         )
         actions = set(session.scalars(select(AuditEvent.action)))
     assert {"purge", "forget_face"} <= actions
-    (gone,) = crm.identify(load("identities/rose_leslie/2.jpg"))
+    (gone,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert gone.match is None
-    again = purge(crm, now=now)
+    again = purge(crm, SYSTEM, now=now)
     assert (again.visits, again.unseen_customers, again.expired_consents) == (0, 0, 0)
 
 
@@ -94,8 +98,12 @@ def _state(crm: FaceCRM, customer_id: str) -> tuple[bool, int]:
 def test_a_purge_that_dies_half_way_expires_nothing(
     crm: FaceCRM, load: Load, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    rose = crm.enroll("Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk")
-    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk")
+    rose = crm.enroll(
+        "Rose", [Photo("p", load("identities/rose_leslie/1.jpg"))], CURRENT, "kiosk", SYSTEM
+    )
+    kit = crm.enroll(
+        "Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk", SYSTEM
+    )
     _expire_recognition_consents(crm, rose.id, kit.id)
     forget = crm._forget_face
     calls = []
@@ -108,11 +116,11 @@ def test_a_purge_that_dies_half_way_expires_nothing(
 
     monkeypatch.setattr(crm, "_forget_face", dies_on_the_second)
     with pytest.raises(SystemExit):
-        purge(crm)
+        purge(crm, SYSTEM)
     # no consent expired without its templates going: nothing happened at all
     assert _state(crm, rose.id) == (True, 1) and _state(crm, kit.id) == (True, 1)
     monkeypatch.undo()
-    report = purge(crm)
+    report = purge(crm, SYSTEM)
     assert report.expired_consents == 2
     assert _state(crm, rose.id) == (False, 0) and _state(crm, kit.id) == (False, 0)
 
@@ -123,9 +131,12 @@ def test_purge_removes_templates_left_without_consent(crm: FaceCRM, load: Load) 
         [Photo("p", load("identities/rose_leslie/1.jpg"))],
         CURRENT,
         "kiosk",
+        SYSTEM,
         profile={"show_photo": True},
     )
-    kit = crm.enroll("Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk")
+    kit = crm.enroll(
+        "Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk", SYSTEM
+    )
     # e.g. left behind by an older version that crashed between expiry and deletion
     with db.transaction(crm.sessions) as session:
         session.execute(
@@ -133,7 +144,7 @@ def test_purge_removes_templates_left_without_consent(crm: FaceCRM, load: Load) 
             .where(Consent.customer_id == rose.id)
             .values(withdrawn_at=datetime.now(UTC))
         )
-    purge(crm)
+    purge(crm, SYSTEM)
     assert _state(crm, rose.id) == (False, 0) and _state(crm, kit.id) == (True, 1)
     with crm.sessions() as session:
         assert session.get(CustomerPhoto, rose.id) is None
@@ -142,5 +153,5 @@ def test_purge_removes_templates_left_without_consent(crm: FaceCRM, load: Load) 
             select(AuditEvent.customer_id).where(AuditEvent.action == "forget_face")
         ).all()
     assert forgotten == [rose.id]
-    (gone,) = crm.identify(load("identities/rose_leslie/2.jpg"))
+    (gone,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert gone.match is None

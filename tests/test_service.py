@@ -41,21 +41,25 @@ def _count(crm: FaceCRM, model: type) -> int:
 def test_enrolled_customer_is_recognised_and_strangers_are_unknown(
     crm: FaceCRM, load: Load
 ) -> None:
-    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/1.jpg")], CURRENT, "kiosk")
-    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
+    obama = crm.enroll(
+        "Barack", [_photo(load, "identities/barack_obama/1.jpg")], CURRENT, "kiosk", SYSTEM
+    )
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM)
 
-    (same,) = crm.identify(load("identities/barack_obama/3.jpg"))
+    (same,) = crm.identify(load("identities/barack_obama/3.jpg"), SYSTEM)
     assert same.match is not None and same.match.customer_id == obama.id
     assert same.customer_name == "Barack" and same.match.similarity >= crm.threshold
 
     for stranger in ("distractors/paul_rudd.jpg", "identities/joe_biden/1.jpg"):
-        (face,) = crm.identify(load(stranger))
+        (face,) = crm.identify(load(stranger), SYSTEM)
         assert face.match is None
 
 
 def test_group_photo_names_each_customer_once(crm: FaceCRM, load: Load) -> None:
-    obama = crm.enroll("Barack", [_photo(load, "identities/barack_obama/2.jpg")], CURRENT, "kiosk")
-    results = crm.identify(load("scenes/obama_and_biden.jpg"))
+    obama = crm.enroll(
+        "Barack", [_photo(load, "identities/barack_obama/2.jpg")], CURRENT, "kiosk", SYSTEM
+    )
+    results = crm.identify(load("scenes/obama_and_biden.jpg"), SYSTEM)
     matched = [r.match.customer_id for r in results if r.match]
     assert matched == [obama.id]
     assert len(results) >= 2
@@ -70,11 +74,12 @@ def test_several_templates_per_customer(crm: FaceCRM, load: Load) -> None:
         ],
         CURRENT,
         "associate",
+        SYSTEM,
     )
     assert len(kit.templates) == 2
-    crm.add_photos(kit.id, [_photo(load, "identities/kit_harington/3.jpg")])
+    crm.add_photos(kit.id, [_photo(load, "identities/kit_harington/3.jpg")], SYSTEM)
     assert _count(crm, FaceTemplate) == 3
-    (face,) = crm.identify(load("identities/kit_harington/3.jpg"))
+    (face,) = crm.identify(load("identities/kit_harington/3.jpg"), SYSTEM)
     assert face.match is not None and face.match.customer_id == kit.id
     assert face.match.similarity > 0.99  # the identical photo's template wins
 
@@ -85,7 +90,7 @@ def test_enrollment_is_all_or_nothing(crm: FaceCRM, load: Load) -> None:
         _photo(load, "scenes/two_people.jpg"),  # two faces: rejected
     ]
     with pytest.raises(EnrollmentError) as exc:
-        crm.enroll("Rose", photos, CURRENT, "kiosk")
+        crm.enroll("Rose", photos, CURRENT, "kiosk", SYSTEM)
     assert exc.value.error.reason == "multiple_faces"
     assert exc.value.source == "scenes/two_people.jpg"
     assert _count(crm, Customer) == 0 and _count(crm, FaceTemplate) == 0
@@ -95,25 +100,29 @@ def test_no_template_without_active_consent(crm: FaceCRM, load: Load) -> None:
     with db.transaction(crm.sessions) as session:
         session.add(Customer(id="noconsent", name="No Consent"))
     with pytest.raises(ConsentError):
-        crm.add_photos("noconsent", [_photo(load, "identities/rose_leslie/1.jpg")])
+        crm.add_photos("noconsent", [_photo(load, "identities/rose_leslie/1.jpg")], SYSTEM)
     assert _count(crm, FaceTemplate) == 0
 
 
 def test_erasure_removes_from_search_at_once(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
-    (before,) = crm.identify(load("identities/rose_leslie/2.jpg"))
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM
+    )
+    (before,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert before.match is not None
-    crm.delete_customer(rose.id)
-    (after,) = crm.identify(load("identities/rose_leslie/2.jpg"))
+    crm.delete_customer(rose.id, SYSTEM)
+    (after,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert after.match is None
     assert _count(crm, FaceTemplate) == 0
     with pytest.raises(NotFoundError):
-        crm.customer(rose.id)
+        crm.customer(rose.id, SYSTEM)
 
 
 def test_identification_is_audited_without_strangers(crm: FaceCRM, load: Load) -> None:
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
-    crm.identify(load("scenes/kit_with_rose.jpg"))  # Rose and an unenrolled man
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM
+    )
+    crm.identify(load("scenes/kit_with_rose.jpg"), SYSTEM)  # Rose and an unenrolled man
     with crm.sessions() as session:
         events = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
     actions = [(e.action, e.customer_id) for e in events]
@@ -129,18 +138,20 @@ def test_identification_is_audited_without_strangers(crm: FaceCRM, load: Load) -
 
 def test_unknown_customer_id(crm: FaceCRM) -> None:
     with pytest.raises(NotFoundError):
-        crm.customer("does-not-exist")
+        crm.customer("does-not-exist", SYSTEM)
     with pytest.raises(NotFoundError):
-        crm.delete_customer("does-not-exist")
+        crm.delete_customer("does-not-exist", SYSTEM)
 
 
 def test_gallery_is_rebuilt_from_the_database(
     settings: Settings, pipeline: FacePipeline, load: Load
 ) -> None:
     first = FaceCRM(settings, pipeline=pipeline)
-    rose = first.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
+    rose = first.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM
+    )
     second = FaceCRM(settings, pipeline=pipeline)  # e.g. the next CLI invocation
-    (face,) = second.identify(load("identities/rose_leslie/2.jpg"))
+    (face,) = second.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert face.match is not None and face.match.customer_id == rose.id
 
 
@@ -149,7 +160,9 @@ def test_saved_ann_index_is_reused_only_while_current(
 ) -> None:
     settings.ann_min_size = 50
     crm = FaceCRM(settings, pipeline=pipeline)
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM
+    )
     rng = np.random.default_rng(7)
     with db.transaction(crm.sessions) as session:  # synthetic customers fill the gallery
         for n in range(60):
@@ -172,10 +185,10 @@ def test_saved_ann_index_is_reused_only_while_current(
     assert (v / np.linalg.norm(v)).astype(np.float32).tobytes()[:64] not in index_file.read_bytes()
     again = FaceCRM(settings, pipeline=pipeline)  # loads the saved (encrypted) graph
     assert again.gallery.gallery.ann is not None and again.gallery.gallery.uses_ann
-    reloaded.delete_customer(rose.id)  # bumps the generation: the saved file is stale
+    reloaded.delete_customer(rose.id, SYSTEM)  # bumps the generation: the saved file is stale
     fresh = FaceCRM(settings, pipeline=pipeline)
     assert rose.id not in set(fresh.gallery.gallery._owner.values())
-    (face,) = fresh.identify(load("identities/rose_leslie/2.jpg"))
+    (face,) = fresh.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert face.match is None
 
 
@@ -197,7 +210,7 @@ def test_migrations_up_and_down(database_url: str) -> None:
 def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> None:
     if crm.engine.dialect.name != "postgresql":
         pytest.skip("pgvector is the PostgreSQL gallery")
-    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM)
     with crm.sessions() as session, session.begin():
         session.execute(text("SET LOCAL enable_seqscan = off"))
         dim = 128
@@ -219,10 +232,12 @@ def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> Non
 def test_consent_text_version_is_checked_by_the_service(crm: FaceCRM, load: Load) -> None:
     """Every path that records a consent (API, console, CLI, enrollment) goes through
     `customers.give_consent`, so an unknown text version is refused there, changing nothing."""
-    rose = crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk")
+    rose = crm.enroll(
+        "Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM
+    )
     before = (_count(crm, Customer), _count(crm, Consent), _count(crm, AuditEvent))
     with pytest.raises(InvalidError) as refused:
-        crm.enroll("Kit", [_photo(load, "identities/kit_harington/1.jpg")], "v1", "kiosk")
+        crm.enroll("Kit", [_photo(load, "identities/kit_harington/1.jpg")], "v1", "kiosk", SYSTEM)
     assert refused.value.reason == "bad_consent_version" and refused.value.status == 422
     for version in ("v1", CURRENT + " ", "2026-11-V1"):
         with pytest.raises(InvalidError) as refused, db.transaction(crm.sessions) as session:

@@ -21,17 +21,19 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from typer.core import TyperGroup
 
 from facecrm.config import Settings, configure, get_settings
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
-from facecrm.crm.service import FaceCRM, Photo
+from facecrm.crm.runtime import Runtime
 from facecrm.errors import FacecrmError
 from facecrm.logs import configure_logging
-from facecrm.vision.image import read_image
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     import uvicorn
     from sqlalchemy.orm import Session
+
+    from facecrm.crm.service import FaceCRM
 
 console = Console()
 err = Console(stderr=True)
@@ -115,8 +117,38 @@ def _progress() -> Progress:
     )
 
 
+def _runtime() -> Runtime:
+    """The database, keys and audit chain (no models, no face service: a quick start).
+
+    Every command acts as `SYSTEM`, the local operator, and each crm operation it calls
+    runs in its own transaction (`Runtime.run`) and records its own audit event.
+    """
+    return Runtime(get_settings())
+
+
 def _crm() -> FaceCRM:
-    return FaceCRM(get_settings())
+    """The face service, for the commands that handle faces and templates."""
+    from facecrm.crm.service import FaceCRM
+
+    return FaceCRM(runtime=_runtime())
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database to this facecrm's schema (after an upgrade; `facecrm serve` does
+    it at start), and encrypt any template stored before encryption at rest."""
+    from facecrm.crm import db
+    from facecrm.crm.service import FaceCRM
+
+    crm = FaceCRM(get_settings(), migrate=True)
+    before, head = crm.runtime.migrated_from, db.head_revision()
+    crm.close()
+    if before == head:
+        console.print(f"Schema {head}: up to date.")
+    else:
+        console.print(f"Schema {before or 'none'} → {head}.")
+    if crm.legacy_sealed:
+        console.print(f"Encrypted {crm.legacy_sealed} template(s) stored before encryption.")
 
 
 @app.command()
@@ -141,9 +173,12 @@ def enroll(
         )
     if not consent:
         raise _fail("no consent: nothing was stored (facecrm never stores a face without consent)")
+    from facecrm.crm.service import Photo
+    from facecrm.vision.image import read_image
+
     try:
         images = [Photo(str(p), read_image(p)) for p in photos]
-        customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel)
+        customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel, SYSTEM)
     except FacecrmError as exc:  # an unusable photo, the quality gate, a duplicate face...
         message = str(exc).removesuffix("; nothing was stored")
         raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
@@ -159,9 +194,11 @@ def identify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say which opted-in customers are in a photo; everyone else is "unknown"."""
+    from facecrm.vision.image import read_image
+
     image = read_image(photo)
     crm = _crm()
-    results = crm.identify(image)
+    results = crm.identify(image, SYSTEM)
     rows = [
         {
             "box": r.face.box.as_dict(),
@@ -252,7 +289,6 @@ def customers_import(
     tier, notes): a known loyalty_id updates that customer. Bad rows are reported and
     skipped (exit 1); the others go in unless --atomic."""
     from facecrm.crm import imports
-    from facecrm.crm.authz import SYSTEM
 
     try:
         if file.stat().st_size > imports.MAX_BYTES:  # refused before it is read into memory
@@ -260,7 +296,7 @@ def customers_import(
         data = file.read_bytes()
     except OSError as exc:
         raise _fail(f"cannot read {file}: {exc.strerror}") from exc
-    report = imports.import_csv(_crm().sessions, SYSTEM, data, dry_run=dry_run, atomic=atomic)
+    report = imports.import_csv(_runtime().sessions, SYSTEM, data, dry_run=dry_run, atomic=atomic)
     if as_json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
@@ -287,12 +323,10 @@ def customers_export(
     file: Annotated[Path, typer.Argument(help="Where to write the CSV (created 0600).")],
 ) -> None:
     """Write every customer's CRM fields (not faces, consents or activity) as CSV."""
-    from facecrm.crm import db, imports
-    from facecrm.crm.authz import SYSTEM
+    from facecrm.crm import imports
     from facecrm.private import write_file
 
-    with db.transaction(_crm().sessions) as session:
-        text = imports.export_csv(session, SYSTEM)
+    text = _runtime().run(imports.export_csv, SYSTEM)
     write_file(file, text.encode())
     console.print(f"Wrote {text.count(chr(10)) - 1} customer(s) to {file}.")
 
@@ -300,7 +334,7 @@ def customers_export(
 @customers_app.command("show")
 def customers_show(customer_id: str) -> None:
     """One customer: consents and templates (the lookup is audited)."""
-    customer = _crm().customer(customer_id)
+    customer = _crm().customer(customer_id, SYSTEM)
     console.print(
         f"[bold]{customer.name}[/] ({customer.id}), enrolled {customer.created_at:%Y-%m-%d}"
     )
@@ -318,10 +352,10 @@ def customers_delete(
 ) -> None:
     """Erase a customer: profile, consents and templates; out of search at once."""
     crm = _crm()
-    customer = crm.customer(customer_id)
+    customer = crm.customer(customer_id, SYSTEM)
     if not yes and not typer.confirm(f"Erase {customer.name} ({customer.id})?", default=False):
         raise typer.Exit(1)
-    crm.delete_customer(customer_id)
+    crm.delete_customer(customer_id, SYSTEM)
     console.print(f"Erased {customer.name} ({customer_id}).")
 
 
@@ -402,19 +436,16 @@ def admin_create(
     store: Annotated[list[str] | None, typer.Option(help="Store id (repeatable).")] = None,
 ) -> None:
     """Create a staff account (by default an administrator, to bootstrap the server)."""
-    from facecrm.crm import accounts, db
+    from facecrm.crm import accounts
 
-    crm = _crm()
-    with db.transaction(crm.sessions) as session:
-        user = accounts.create_staff(session, username, password, role, store or [])
+    user = _runtime().run(
+        accounts.create_staff, username, password, role, store or [], principal=SYSTEM
+    )
     console.print(f"Created {role} [bold]{user.username}[/] ({user.id}).")
 
 
 def _staff_change(action: str, change: Callable[[Session], object]) -> None:
-    from facecrm.crm import db
-
-    with db.transaction(_crm().sessions) as session:
-        change(session)
+    _runtime().run(change)
     console.print(action)
 
 
@@ -423,17 +454,16 @@ def admin_list(as_json: AsJson = False) -> None:
     """All staff accounts with their role and stores."""
     from facecrm.crm import accounts
 
-    with _crm().sessions() as session:
-        rows = [
-            {
-                "id": u.id,
-                "username": u.username,
-                "role": u.role,
-                "active": u.active,
-                "stores": [s.id for s in u.stores],
-            }
-            for u in accounts.list_staff(session)
-        ]
+    rows = [
+        {
+            "id": u.id,
+            "username": u.username,
+            "role": u.role,
+            "active": u.active,
+            "stores": [s.id for s in u.stores],
+        }
+        for u in _runtime().run(accounts.list_staff)
+    ]
     _listing(rows, ("id", "username", "role", "active"), as_json)
 
 
@@ -441,7 +471,6 @@ def admin_list(as_json: AsJson = False) -> None:
 def admin_disable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
     """Disable an account: its tokens, console sessions and live streams stop at once."""
     from facecrm.crm import accounts
-    from facecrm.crm.authz import SYSTEM
 
     _staff_change(f"Disabled {user}.", lambda s: accounts.set_active(s, SYSTEM, user, active=False))
 
@@ -450,7 +479,6 @@ def admin_disable(user: Annotated[str, typer.Argument(help="Username or id.")]) 
 def admin_enable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
     """Enable a disabled account (tokens from before stay void: the user logs in again)."""
     from facecrm.crm import accounts
-    from facecrm.crm.authz import SYSTEM
 
     _staff_change(f"Enabled {user}.", lambda s: accounts.set_active(s, SYSTEM, user, active=True))
 
@@ -465,7 +493,6 @@ def admin_password(
 ) -> None:
     """Set a new password; every token issued before it stops working."""
     from facecrm.crm import accounts
-    from facecrm.crm.authz import SYSTEM
 
     _staff_change(
         f"New password set for {user}; their sessions are logged out.",
@@ -480,7 +507,6 @@ def admin_delete(
 ) -> None:
     """Delete an account (the audit trail keeps its name)."""
     from facecrm.crm import accounts
-    from facecrm.crm.authz import SYSTEM
 
     if not yes and not typer.confirm(f"Delete the account {user}?", default=False):
         raise typer.Exit(1)
@@ -490,11 +516,9 @@ def admin_delete(
 @stores_app.command("add")
 def stores_add(code: str, name: str) -> None:
     """Add a store; prints its id."""
-    from facecrm.crm import accounts, db
+    from facecrm.crm import accounts
 
-    crm = _crm()
-    with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, code, name)
+    store = _runtime().run(accounts.create_store, code, name, SYSTEM)
     console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
 
 
@@ -503,8 +527,8 @@ def stores_list(as_json: AsJson = False) -> None:
     """All stores."""
     from facecrm.crm import accounts
 
-    with _crm().sessions() as session:
-        rows = [{"id": s.id, "code": s.code, "name": s.name} for s in accounts.list_stores(session)]
+    stores = _runtime().run(accounts.list_stores)
+    rows = [{"id": s.id, "code": s.code, "name": s.name} for s in stores]
     _listing(rows, ("id", "code", "name"), as_json)
 
 
@@ -513,18 +537,17 @@ def devices_list(as_json: AsJson = False) -> None:
     """All devices, revoked ones included (their keys no longer work)."""
     from facecrm.crm import accounts
 
-    with _crm().sessions() as session:
-        rows = [
-            {
-                "id": d.id,
-                "store_id": d.store_id,
-                "kind": d.kind,
-                "name": d.name,
-                "created_at": d.created_at.isoformat(),
-                "revoked_at": d.revoked_at.isoformat() if d.revoked_at else None,
-            }
-            for d in accounts.list_devices(session, None)
-        ]
+    rows = [
+        {
+            "id": d.id,
+            "store_id": d.store_id,
+            "kind": d.kind,
+            "name": d.name,
+            "created_at": d.created_at.isoformat(),
+            "revoked_at": d.revoked_at.isoformat() if d.revoked_at else None,
+        }
+        for d in _runtime().run(accounts.list_devices, None)
+    ]
     _listing(rows, ("id", "store_id", "kind", "name", "revoked_at"), as_json)
 
 
@@ -535,11 +558,9 @@ def devices_add(
     name: Annotated[str, typer.Option(help="A label.")] = "",
 ) -> None:
     """Register a device; its API key is printed once and never stored."""
-    from facecrm.crm import accounts, db
+    from facecrm.crm import accounts
 
-    crm = _crm()
-    with db.transaction(crm.sessions) as session:
-        device, key = accounts.create_device(session, store, kind, name)
+    device, key = _runtime().run(accounts.create_device, store, kind, name, SYSTEM)
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
     print(key)
 
@@ -548,7 +569,6 @@ def devices_add(
 def devices_revoke(device_id: Annotated[str, typer.Argument(help="The device id.")]) -> None:
     """Revoke a device's API key for good: its next request is refused."""
     from facecrm.crm import accounts
-    from facecrm.crm.authz import SYSTEM
 
     _staff_change(
         f"Revoked device {device_id}.", lambda s: accounts.revoke_device(s, SYSTEM, device_id)
@@ -649,7 +669,7 @@ def agent(
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Check the hash chain: report every altered, inserted or deleted event (exit 1)."""
-    report = _crm().verify_audit()
+    report = _runtime().verify_audit()
     for problem in report.problems:
         err.print(f"[bold red]{problem}[/]")
     if not report.ok:
@@ -663,8 +683,7 @@ def audit_fingerprint(text: str) -> None:
     fingerprint, never by their text: it may be a name or an e-mail address)."""
     from facecrm.crm import audit
 
-    with _crm().sessions() as session:
-        print(audit.fingerprint(session, text))
+    print(_runtime().run(audit.fingerprint, text))
 
 
 @audit_app.command("export")
@@ -682,9 +701,8 @@ def audit_export(
         raise typer.BadParameter(
             f"not an ISO date or time: {since!r}", param_hint="--since"
         ) from exc
-    with _crm().sessions() as session:
-        for item in events(session, since=start, limit=None):
-            print(json.dumps(event_dict(item)))
+    for item in _runtime().run(events, since=start, limit=None):
+        print(json.dumps(event_dict(item)))
 
 
 @keys_app.command("rotate")
@@ -694,15 +712,16 @@ def keys_rotate(
     ] = False,
 ) -> None:
     """Add a new master key and re-wrap every customer's data key with it (no downtime)."""
+    from facecrm.crm.vault import TemplateVault
     from facecrm.crypto import add_master_key, drop_master_keys
 
     settings = get_settings()
-    crm = _crm()
-    key_id = add_master_key(settings) if not settings.master_key else crm.keys.current_id
-    count = crm.rotate_keys()
+    vault = TemplateVault(_runtime())
+    key_id = add_master_key(settings) if not settings.master_key else vault.keys.current_id
+    count = vault.rotate_keys(SYSTEM)
     console.print(f"Master key {key_id} now wraps all data keys ({count} re-wrapped).")
     if retire and not settings.master_key:
-        removed = drop_master_keys(settings, crm.master_keys_in_use() | {key_id})
+        removed = drop_master_keys(settings, vault.master_keys_in_use() | {key_id})
         console.print(f"Retired master keys: {', '.join(removed) or 'none'}.")
 
 
@@ -711,7 +730,7 @@ def purge() -> None:
     """Apply the retention rules now (the server also does it every hour)."""
     from facecrm.crm.retention import purge as run_purge
 
-    report = run_purge(_crm())
+    report = run_purge(_crm(), SYSTEM)
     console.print(
         f"Purged {report.visits} visit(s); forgot the faces of {report.unseen_customers} "
         f"customer(s) not seen for long; {report.expired_consents} consent(s) expired."

@@ -4,7 +4,7 @@
   data key (DEK); the associated data binds each ciphertext to its customer.
 * DEKs are stored only wrapped (AES-256-GCM) by a master key from a
   `KeyProvider`: an environment variable, a key file, or a KMS behind the same
-  three methods.
+  protocol (`current_id`, `wrap`, `unwrap`, `refresh`).
 * Erasing a customer destroys their DEK ("crypto-shredding"): copies of their
   templates in older backups can no longer be decrypted.
 * `rotate` re-wraps every DEK under a new master key, one customer at a time,
@@ -30,12 +30,23 @@ NONCE = 12
 
 
 class KeyProvider(Protocol):
-    """Wraps and unwraps data keys; a KMS client can implement the same interface."""
+    """Wraps and unwraps data keys under master keys; a KMS client implements the same.
 
-    current_id: str
+    The services use nothing else, so a KMS needs no `isinstance` special case:
+
+    * `current_id` names the master key that wraps new data keys (and re-wraps on rotation);
+    * `wrap` returns that id with the wrapped key; `unwrap` accepts any id it ever returned
+      (older master keys stay readable until `facecrm keys rotate --retire`);
+    * `refresh` re-reads the provider's key list (a key file another process appended
+      to, a KMS alias moved to a new key) before a rotation.
+    """
+
+    @property
+    def current_id(self) -> str: ...
 
     def wrap(self, dek: bytes) -> tuple[str, bytes]: ...
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes: ...
+    def refresh(self) -> None: ...
 
 
 class CryptoError(FacecrmError, RuntimeError):
@@ -73,12 +84,13 @@ class LocalKeyProvider:
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         if key_id not in self.keys and self.path is not None:
-            self.reload()
+            self.refresh()
         if key_id not in self.keys:
             raise CryptoError(f"master key {key_id!r} is not available")
         return _open(self.keys[key_id], wrapped, key_id.encode())
 
-    def reload(self) -> None:
+    def refresh(self) -> None:
+        """Re-read the key file (an environment key list cannot change in-process)."""
         if self.path is not None:
             self.keys = _parse(self.path.read_text())
             self.current_id = list(self.keys)[-1]
@@ -114,8 +126,11 @@ def new_key_line() -> tuple[str, str]:
     return key_id, f"{key_id}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
 
 
-def key_provider(settings: Settings) -> LocalKeyProvider:
-    """`FACECRM_MASTER_KEY` (`id:base64`), else the key file (created on first use)."""
+def key_provider(settings: Settings) -> KeyProvider:
+    """`FACECRM_MASTER_KEY` (`id:base64`), else the key file (created on first use).
+
+    A deployment with a KMS passes its own `KeyProvider` to `Runtime(keys=...)` instead.
+    """
     if settings.master_key:
         keys = _parse(settings.master_key.replace(",", "\n"))
         return LocalKeyProvider(keys, list(keys)[-1])

@@ -15,6 +15,7 @@ import numpy as np
 from rich.console import Console
 
 from facecrm.config import configure
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Identification, Photo
 from facecrm.vision.image import read_image
@@ -72,10 +73,10 @@ def run(console: Console) -> None:
     with tempfile.TemporaryDirectory(prefix="facecrm-demo-") as data_dir:
         settings = configure(data_dir=Path(data_dir))
         console.print(f"[bold]facecrm demo[/] — temporary data directory {data_dir}")
-        crm = FaceCRM(settings)
+        crm = FaceCRM(settings, migrate=True)
 
         console.print("\n1. Grace Hopper opts in at the kiosk and enrolls one photo.")
-        grace = crm.enroll("Grace Hopper", [Photo("kiosk", hopper())], CURRENT, "kiosk")
+        grace = crm.enroll("Grace Hopper", [Photo("kiosk", hopper())], CURRENT, "kiosk", SYSTEM)
         console.print(
             f"   customer {grace.id}: consent 'in_store_recognition' recorded, "
             f"{len(grace.templates)} template stored."
@@ -86,26 +87,26 @@ def run(console: Console) -> None:
         )
 
         console.print("\n2. Another day, a store camera sees her.")
-        seen = crm.identify(another_day(hopper()))
+        seen = crm.identify(another_day(hopper()), SYSTEM)
         console.print(f"   → {_describe(seen)}")
         if [r.match.customer_id for r in seen if r.match] != [grace.id]:
             raise DemoFailed("Grace Hopper was not recognised")
 
         console.print("\n3. Eileen Collins walks in; she never opted in.")
-        stranger = crm.identify(collins())
+        stranger = crm.identify(collins(), SYSTEM)
         console.print(f"   → {_describe(stranger)} — nothing about her is stored, only counted.")
         if any(r.match for r in stranger) or not stranger:
             raise DemoFailed("a stranger was given a name")
 
         console.print("\n4. Both in one frame.")
-        both = crm.identify(side_by_side(another_day(hopper()), collins()))
+        both = crm.identify(side_by_side(another_day(hopper()), collins()), SYSTEM)
         console.print(f"   → {_describe(both)}")
         if sorted(r.customer_name or "unknown" for r in both) != ["Grace Hopper", "unknown"]:
             raise DemoFailed("the group photo was not resolved to one customer and one unknown")
 
         console.print("\n5. Grace asks to be forgotten.")
-        crm.delete_customer(grace.id)
-        after = crm.identify(another_day(hopper()))
+        crm.delete_customer(grace.id, SYSTEM)
+        after = crm.identify(another_day(hopper()), SYSTEM)
         console.print(f"   → erased; the camera now sees: {_describe(after)}")
         if any(r.match for r in after):
             raise DemoFailed("an erased customer was still recognised")
@@ -114,4 +115,4 @@ def run(console: Console) -> None:
             "\n[bold green]Demo complete.[/] Next: `facecrm enroll NAME PHOTO...`, "
             "`facecrm identify PHOTO`, `facecrm eval DIR`."
         )
-        crm.engine.dispose()
+        crm.close()

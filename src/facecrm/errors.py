@@ -142,6 +142,18 @@ class ConfigError(FacecrmError):
     reason = "misconfigured"
 
 
+class SchemaOutdatedError(FacecrmError):
+    """The database's schema is not the one this facecrm needs (503; one CLI line, exit 1).
+
+    Only `facecrm migrate`, the server's start, `facecrm demo` and `facecrm.open` change
+    the schema; every other process checks it and stops with this instead of upgrading a
+    database that a running server (of the old version) may still be using.
+    """
+
+    status = 503
+    reason = "schema_outdated"
+
+
 __all__ = [
     "AlreadyEnrolledError",
     "ConfigError",
@@ -154,4 +166,5 @@ __all__ = [
     "LoginFailedError",
     "LoginThrottledError",
     "NotFoundError",
+    "SchemaOutdatedError",
 ]

@@ -118,7 +118,8 @@ def open(  # `facecrm.open(...)`: the name a user guesses (shadows the builtin h
         overrides["data_dir"] = Path(data_dir)
     if database_url is not None:
         overrides["database_url"] = database_url
-    return LocalCRM(FaceCRM(configure(**overrides), pipeline=pipeline))
+    # the library's own data dir: open() creates it, so it also migrates it (`facecrm migrate`)
+    return LocalCRM(FaceCRM(configure(**overrides), pipeline=pipeline, migrate=True))
 
 
 class LocalCRM:
@@ -229,7 +230,7 @@ class LocalCRM:
 
     def close(self) -> None:
         """Release the database connections."""
-        self.service.engine.dispose()
+        self.service.close()
 
     def __enter__(self) -> LocalCRM:
         return self

@@ -146,7 +146,7 @@ class SecurityHeaders:
 def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
     """The application over `crm` (default: a `FaceCRM` on the configured database)."""
     settings = settings or (crm.settings if crm else get_settings())
-    crm = crm or FaceCRM(settings)
+    crm = crm or FaceCRM(settings, migrate=True)  # the server's start migrates (not workers)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -84,7 +84,8 @@ def list_stores(session: Session) -> list[Store]:
 
 def list_staff(session: Session) -> list[StaffUser]:
     """Every staff account (the operator's `facecrm admin list`)."""
-    return list(session.scalars(select(StaffUser).order_by(StaffUser.username)))
+    query = select(StaffUser).options(selectinload(StaffUser.stores))  # read after the session
+    return list(session.scalars(query.order_by(StaffUser.username)))
 
 
 def create_staff(

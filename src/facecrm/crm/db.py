@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm import private
-from facecrm.errors import ConfigError, InvalidError
+from facecrm.errors import ConfigError, InvalidError, SchemaOutdatedError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("facecrm.db")
 
@@ -125,14 +127,24 @@ def scrub(engine: Engine, tables: Iterable[str], wait_seconds: float = 5.0) -> b
     return False
 
 
+MIGRATIONS = resources.files("facecrm.crm") / "migrations"
+VERSION_TABLE = "alembic_version"
+# `revision = "0007"` / `down_revision = "0006"` (or a tuple of them, for a merge)
+_REVISION = re.compile(r"^(down_)?revision(?:\s*:[^=]*)?\s*=\s*(.*)$", re.MULTILINE)
+
+
 def _alembic_config() -> Config:
+    from alembic.config import Config  # imported here: only migrations need Alembic (~150 ms)
+
     config = Config()
-    config.set_main_option("script_location", str(resources.files("facecrm.crm") / "migrations"))
+    config.set_main_option("script_location", str(MIGRATIONS))
     return config
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (default: the latest)."""
+    from alembic import command
+
     config = _alembic_config()
     with engine.begin() as connection, warnings.catch_warnings():
         # SQLite batch migrations reflect staff_users; its expression index is kept
@@ -144,17 +156,73 @@ def migrate(engine: Engine, revision: str = "head") -> None:
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Take the schema back to `revision` (used by the migration tests)."""
+    from alembic import command
+
     config = _alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 
 
+@cache
+def head_revision() -> str:
+    """The latest migration's revision, read from the scripts' own lines without Alembic.
+
+    The check every process makes at start must be cheap: importing Alembic and building
+    its script graph costs more than the rest of a CLI command's database work.
+    `tests/test_service.py` holds this to Alembic's own answer.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (MIGRATIONS / "versions").iterdir():
+        if not script.name.endswith(".py") or script.name.startswith("__"):
+            continue
+        for down, value in _REVISION.findall(script.read_text()):
+            (parents if down else revisions).update(re.findall(r"[\"']([^\"']+)[\"']", value))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise ConfigError(f"the installed migrations have {len(heads)} heads, not one")
+    return heads.pop()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision; None for a database facecrm never migrated."""
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return None
+        revision = connection.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+        return None if revision is None else str(revision)
+
+
 def is_current(engine: Engine) -> bool:
     """Whether the schema is at the latest revision."""
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return current_revision(engine) == head_revision()
+
+
+def is_empty(engine: Engine) -> bool:
+    """Whether the database has no table (a brand-new file or database, or one taken down
+    to `base`, where Alembic leaves its empty version table)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision() == head
+        return not set(inspect(connection).get_table_names()) - {VERSION_TABLE}
+
+
+def require_current(engine: Engine) -> None:
+    """Create the schema in an empty database; refuse one at another revision.
+
+    A brand-new database is initialised here (there is no data to convert and no older
+    process using it). An existing database at an older (or newer) revision is never
+    upgraded in passing: `SchemaOutdatedError` tells the operator to run `facecrm migrate`.
+    """
+    revision, head = current_revision(engine), head_revision()
+    if revision == head:
+        return
+    if revision is None and is_empty(engine):
+        migrate(engine)
+        return
+    found = f"schema {revision}" if revision else "tables but no facecrm schema version"
+    raise SchemaOutdatedError(
+        f"the database has {found}; this facecrm needs schema {head}: run `facecrm migrate`"
+    )
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -23,7 +23,7 @@ from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import Session
 
 from facecrm.crm import audit, db
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.models import Consent, CustomerPhoto, FaceTemplate, Purpose, Visit
 from facecrm.crm.service import FaceCRM
 
@@ -55,8 +55,9 @@ def _without_consent(session: Session) -> set[str]:
     )
 
 
-def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
-    """Apply every retention rule once."""
+def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> PurgeReport:
+    """Apply every retention rule once, audited under `principal` (the operator, or SYSTEM
+    for the server's hourly run)."""
     settings = crm.settings
     now = now or datetime.now(UTC)
     visits = expired = 0
@@ -98,7 +99,7 @@ def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
         if visits or expired or unseen:
             audit.record(
                 session,
-                SYSTEM,
+                principal,
                 "purge",
                 visits=visits,
                 expired_consents=expired,
@@ -108,7 +109,7 @@ def purge(crm: FaceCRM, now: datetime | None = None) -> PurgeReport:
         forget = sorted(_without_consent(session) | set(unseen))
         for customer_id in forget:
             crm._forget_face(session, customer_id)
-            audit.record(session, SYSTEM, "forget_face", customer_id, reason="retention")
+            audit.record(session, principal, "forget_face", customer_id, reason="retention")
     if forget or visits:
         crm.scrub_erased()
     return PurgeReport(visits, len(unseen), expired)
@@ -120,7 +121,7 @@ def start_scheduler(crm: FaceCRM, stop: threading.Event) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(crm.settings.purge_interval_minutes * 60):
             try:
-                report = purge(crm)
+                report = purge(crm, SYSTEM)
                 log.info(
                     "retention purge: %d visits, %d unseen customers, %d consents expired",
                     report.visits,

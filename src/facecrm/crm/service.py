@@ -24,14 +24,13 @@ from functools import cached_property
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import delete, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from facecrm import private
-from facecrm.config import Settings, get_settings
+from facecrm.config import Settings
 from facecrm.crm import audit, auditchain, customers, db
-from facecrm.crm.authz import SYSTEM, Permission, Principal
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import (
     AlreadyEnrolledError,
@@ -49,24 +48,18 @@ from facecrm.crm.gallery_store import (
 )
 from facecrm.crm.models import (
     Customer,
-    CustomerKey,
     CustomerPhoto,
     FaceTemplate,
     GalleryState,
     Purpose,
 )
-from facecrm.crypto import (
-    CryptoError,
-    CustomerCipher,
-    LocalKeyProvider,
-    key_provider,
-    new_dek,
-)
+from facecrm.crm.runtime import Runtime
+from facecrm.crm.vault import TemplateVault
+from facecrm.crypto import CustomerCipher, KeyProvider
 from facecrm.gallery.gallery import Candidate
-from facecrm.gallery.threshold import Calibration, load_calibration
-from facecrm.keys import derived_key
-from facecrm.vision.pipeline import FacePipeline, QualityError, default_pipeline
-from facecrm.vision.types import Face, Image
+from facecrm.gallery.threshold import Calibration
+from facecrm.vision.pipeline import FacePipeline, QualityError
+from facecrm.vision.types import Face, Image, Vector
 
 __all__ = [
     "AlreadyEnrolledError",
@@ -77,6 +70,8 @@ __all__ = [
     "Identification",
     "NotFoundError",
     "Photo",
+    "Runtime",
+    "TemplateVault",
 ]
 
 
@@ -144,6 +139,14 @@ class _Refused(Exception):
         self.similarity = similarity
 
 
+def _vectors(faces: Sequence[Face]) -> list[Vector]:
+    """The templates of embedded faces (the pipeline fills one in for every face it returns)."""
+    vectors = [f.template for f in faces if f.template is not None]
+    if len(vectors) != len(faces):
+        raise ValueError("a face without a template reached the face service")
+    return vectors
+
+
 @dataclass(frozen=True, slots=True)
 class Identification:
     """One face of a photo and the decision about it."""
@@ -163,49 +166,90 @@ class Verification:
 
 
 class FaceCRM:
-    """Customers' faces over one database; one instance per process."""
+    """The face service: enroll, identify, verify, withdraw and erase customers' faces.
 
-    def __init__(self, settings: Settings | None = None, pipeline: FacePipeline | None = None):
-        self.settings = settings or get_settings()
-        private.make_dir(self.settings.data_dir, own=True)  # keys, secret, database: 0700
-        self.engine = db.make_engine(self.settings.resolved_database_url)
-        db.migrate(self.engine)
-        self.sessions = db.session_factory(self.engine)
-        self._pipeline = pipeline
-        self.keys = key_provider(self.settings)
-        self._seal_legacy()
-        self.audit_key = derived_key(self.settings, "audit-chain")
-        self.audit_head = self.settings.data_dir / "audit-head.json"
-        # audit events are sealed inside the transaction that records them
-        auditchain.install(
-            self.sessions,
-            self.audit_key,
-            self.audit_head,
-            derived_key(self.settings, audit.QUERY_KEY_PURPOSE),
-        )
+    Built on a `Runtime` (the process's database, keys and pipeline) and a
+    `TemplateVault` (the customers' data keys). Every operation takes the acting
+    principal explicitly and records its own audit event.
 
-    def verify_audit(self) -> auditchain.Report:
-        """Check the audit trail's hash chain (see `auditchain`)."""
-        return auditchain.verify(self.sessions, self.audit_key, self.audit_head)
+    `FaceCRM(settings)` opens the runtime; `migrate=True` first brings the schema to
+    head and seals templates from before encryption at rest (for `facecrm migrate`, the
+    server's start, `facecrm demo` and `facecrm.open`); without it an outdated schema
+    raises `SchemaOutdatedError`. `runtime` shares an open runtime; `keys` replaces the
+    configured master keys (a KMS client implementing `crypto.KeyProvider`).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        pipeline: FacePipeline | None = None,
+        *,
+        migrate: bool = False,
+        runtime: Runtime | None = None,
+        keys: KeyProvider | None = None,
+    ) -> None:
+        self.runtime = runtime or Runtime(settings, pipeline, keys=keys, migrate=migrate)
+        self.vault = TemplateVault(self.runtime)
+        # templates from before encryption at rest: a full-table pass, so migrations only
+        self.legacy_sealed = self.vault.seal_legacy() if migrate else 0
+
+    # -- the runtime's resources, as before the split (the API and tests use these) --
+
+    @property
+    def settings(self) -> Settings:
+        return self.runtime.settings
+
+    @property
+    def engine(self) -> Engine:
+        return self.runtime.engine
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.runtime.sessions
+
+    @property
+    def keys(self) -> KeyProvider:
+        return self.runtime.keys
 
     @property
     def pipeline(self) -> FacePipeline:
-        if self._pipeline is None:
-            self._pipeline = default_pipeline()
-        return self._pipeline
+        return self.runtime.pipeline
 
     @property
     def model_id(self) -> str:
-        return self.pipeline.model_id
+        return self.runtime.model_id
 
-    @cached_property
+    @property
     def calibration(self) -> Calibration:
-        return load_calibration(self.model_id, self.settings.data_dir)
+        return self.runtime.calibration
 
     @property
     def threshold(self) -> float:
         """The similarity at which a face is accepted as a customer."""
-        return self.calibration.threshold(self.settings.target_fmr)
+        return self.runtime.threshold
+
+    def verify_audit(self) -> auditchain.Report:
+        """Check the audit trail's hash chain (see `auditchain`)."""
+        return self.runtime.verify_audit()
+
+    def close(self) -> None:
+        self.runtime.close()
+
+    # -- the vault's operations, as before the split ---------------------------------
+
+    def cipher(self, session: Session, customer_id: str, create: bool = False) -> CustomerCipher:
+        return self.vault.cipher(session, customer_id, create)
+
+    def plain_templates(self, session: Session, customer_id: str | None = None) -> list[Row]:
+        return self.vault.plain_templates(session, customer_id)
+
+    def rotate_keys(self, principal: Principal, batch: int = 500) -> int:
+        return self.vault.rotate_keys(principal, batch)
+
+    def master_keys_in_use(self) -> set[str]:
+        return self.vault.master_keys_in_use()
+
+    # -- the gallery -------------------------------------------------------------------
 
     @cached_property
     def gallery(self) -> GalleryStore:
@@ -215,80 +259,7 @@ class FaceCRM:
 
     def _load_gallery(self) -> tuple[list[Row], int | None]:
         with self.sessions() as session:
-            return self.plain_templates(session), self.generation(session)
-
-    # -- encryption at rest ----------------------------------------------------------
-
-    def cipher(self, session: Session, customer_id: str, create: bool = False) -> CustomerCipher:
-        """The customer's data key (a new one when `create` and none exists)."""
-        row = session.get(CustomerKey, customer_id)
-        if row is None:
-            if not create:
-                raise CryptoError(f"customer {customer_id} has no data key")
-            dek = new_dek()
-            key_id, wrapped = self.keys.wrap(dek)
-            session.add(CustomerKey(customer_id=customer_id, key_id=key_id, wrapped=wrapped))
-            session.flush()
-            return CustomerCipher(customer_id, dek)
-        return CustomerCipher(customer_id, self.keys.unwrap(row.key_id, row.wrapped))
-
-    def plain_templates(self, session: Session, customer_id: str | None = None) -> list[Row]:
-        """Decrypted templates of the current model (of one customer, or all)."""
-        stmt = (
-            select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector)
-            .where(FaceTemplate.model_id == self.model_id)
-            .order_by(FaceTemplate.customer_id, FaceTemplate.id)
-        )
-        if customer_id is not None:
-            stmt = stmt.where(FaceTemplate.customer_id == customer_id)
-        rows: list[Row] = []
-        cipher: CustomerCipher | None = None
-        for template_id, owner, sealed in session.execute(stmt):
-            if cipher is None or cipher.customer_id != owner:
-                cipher = self.cipher(session, owner)
-            plain = cipher.open(sealed, f"template:{self.model_id}")
-            rows.append((template_id, owner, np.frombuffer(plain, dtype=np.float32)))
-        return rows
-
-    def rotate_keys(self, batch: int = 500) -> int:
-        """Re-wrap every customer's data key under the current master key (online).
-
-        Works in small transactions, so the server keeps serving; returns how
-        many keys were re-wrapped.
-        """
-        if isinstance(self.keys, LocalKeyProvider):
-            self.keys.reload()  # the CLI may just have added a key to the file
-        current = self.keys.current_id
-        done = 0
-        while True:
-            with db.transaction(self.sessions) as session:
-                rows = session.scalars(
-                    select(CustomerKey).where(CustomerKey.key_id != current).limit(batch)
-                ).all()
-                for row in rows:
-                    dek = self.keys.unwrap(row.key_id, row.wrapped)
-                    row.key_id, row.wrapped = self.keys.wrap(dek)
-                done += len(rows)
-                if rows:
-                    audit.record(session, SYSTEM, "keys_rotate", rewrapped=len(rows))
-            if len(rows) < batch:
-                return done
-
-    def master_keys_in_use(self) -> set[str]:
-        with self.sessions() as session:
-            return set(session.scalars(select(CustomerKey.key_id).distinct()))
-
-    def _seal_legacy(self) -> None:
-        """Encrypt templates written before encryption at rest (customers without a key)."""
-        with db.transaction(self.sessions) as session:
-            legacy = session.scalars(
-                select(FaceTemplate).where(
-                    FaceTemplate.customer_id.not_in(select(CustomerKey.customer_id))
-                )
-            ).all()
-            for template in legacy:
-                cipher = self.cipher(session, template.customer_id, create=True)
-                template.vector = cipher.seal(template.vector, f"template:{template.model_id}")
+            return self.vault.plain_templates(session), self.generation(session)
 
     # -- enrollment -----------------------------------------------------------------
 
@@ -298,7 +269,7 @@ class FaceCRM:
         photos: Sequence[Photo],
         consent_text_version: str,
         channel: str,
-        principal: Principal = SYSTEM,
+        principal: Principal,
         profile: dict[str, object] | None = None,
         store_id: str | None = None,
         witness: str | None = None,
@@ -328,7 +299,7 @@ class FaceCRM:
         self,
         customer_id: str,
         photos: Sequence[Photo],
-        principal: Principal = SYSTEM,
+        principal: Principal,
         keep_photo: bool = False,
         override_reason: str | None = None,
     ) -> list[FaceTemplate]:
@@ -353,9 +324,9 @@ class FaceCRM:
         with self._refusals(principal, None), db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
             self._refuse_duplicates(session, faces, customer.id)
-            own = [v for _, _, v in self.plain_templates(session, customer.id)]
+            own = [v for _, _, v in self.vault.plain_templates(session, customer.id)]
             if own:
-                best = min(float(np.max(np.stack(own) @ f.template)) for f in faces)
+                best = min(float(np.max(np.stack(own) @ v)) for v in _vectors(faces))
                 if best < self.threshold and override_reason is None:
                     raise _Refused("enroll_mismatch", customer.id, customer.id, best)
                 if best < self.threshold:
@@ -380,9 +351,9 @@ class FaceCRM:
                 faces.append(self.pipeline.enrollment_face(photo.image))
             except QualityError as exc:
                 raise EnrollmentError(photo.source, exc) from exc
-        first = faces[0].template if faces else None
-        for photo, face in zip(photos[1:], faces[1:], strict=True):
-            if float(face.template @ first) < self.threshold:
+        vectors = _vectors(faces)
+        for photo, vector in zip(photos[1:], vectors[1:], strict=True):
+            if float(vector @ vectors[0]) < self.threshold:
                 raise FaceMismatchError(
                     f"{photo.source}: not the same person as the first photo; nothing was stored"
                 )
@@ -392,8 +363,8 @@ class FaceCRM:
         self, session: Session, faces: Sequence[Face], customer_id: str | None
     ) -> None:
         """Refuse a face that identification would give to another customer (1:N)."""
-        for face in faces:  # one query per face: `decide` gives a customer to one face only
-            (decision,) = self.gallery.decide(session, face.template[np.newaxis], self.threshold)
+        for vector in _vectors(faces):  # one query each: `decide` gives a customer to one face
+            (decision,) = self.gallery.decide(session, vector[np.newaxis], self.threshold)
             if decision.match is not None and decision.match.customer_id != customer_id:
                 raise _Refused(
                     "enroll_duplicate",
@@ -443,16 +414,15 @@ class FaceCRM:
         if customer.active_consent(Purpose.IN_STORE_RECOGNITION) is None:
             raise ConsentError(f"customer {customer.id} has no active recognition consent")
         templates = []
-        cipher = self.cipher(session, customer.id, create=True)
-        for photo, face in zip(photos, faces, strict=True):
-            assert face.template is not None and face.quality is not None
+        vectors = _vectors(faces)
+        sealed = self.vault.seal_templates(session, customer.id, vectors)
+        for photo, face, vector in zip(photos, faces, sealed, strict=True):
+            assert face.quality is not None
             quality = dataclasses.asdict(face.quality)
             quality.pop("issues")
             template = FaceTemplate(
                 model_id=self.model_id,
-                vector=cipher.seal(
-                    face.template.astype(np.float32).tobytes(), f"template:{self.model_id}"
-                ),
+                vector=vector,
                 quality={k: round(float(v), 4) for k, v in quality.items()},
                 source=photo.source[:200],
             )
@@ -461,7 +431,7 @@ class FaceCRM:
         session.flush()
         self.gallery.added(
             session,
-            [(t.id, customer.id, f.template) for t, f in zip(templates, faces, strict=True)],
+            [(t.id, customer.id, v) for t, v in zip(templates, vectors, strict=True)],
         )
         audit.record(session, principal, "enroll_faces", customer.id, templates=len(templates))
         return templates
@@ -471,7 +441,7 @@ class FaceCRM:
         pil.thumbnail((480, 480))
         buffer = io.BytesIO()
         pil.save(buffer, "JPEG", quality=85)
-        sealed = self.cipher(session, customer.id, create=True).seal(buffer.getvalue(), "photo")
+        sealed = self.vault.seal_photo(session, customer.id, buffer.getvalue())
         session.merge(CustomerPhoto(customer_id=customer.id, jpeg=sealed))
 
     def view_photo(self, principal: Principal, customer_id: str, channel: str) -> bytes | None:
@@ -489,14 +459,14 @@ class FaceCRM:
         row = session.get(CustomerPhoto, customer_id)
         if row is None or not customer.show_photo:
             return None
-        return self.cipher(session, customer_id).open(row.jpeg, "photo")
+        return self.vault.open_photo(session, customer_id, row.jpeg)
 
     # -- identification ------------------------------------------------------------
 
     def identify(
         self,
         image: Image,
-        principal: Principal = SYSTEM,
+        principal: Principal,
         store_id: str | None = None,
         purpose: str = "identify",
         max_faces: int | None = None,
@@ -509,7 +479,7 @@ class FaceCRM:
         faces = self.pipeline.faces(image)[:max_faces]
         with db.transaction(self.sessions) as session:
             decisions = (
-                self.gallery.decide(session, np.stack([f.template for f in faces]), self.threshold)
+                self.gallery.decide(session, np.stack(_vectors(faces)), self.threshold)
                 if faces
                 else []
             )
@@ -547,15 +517,15 @@ class FaceCRM:
             for face, d in zip(faces, decisions, strict=True)
         ]
 
-    def verify(self, customer_id: str, image: Image, principal: Principal = SYSTEM) -> Verification:
+    def verify(self, customer_id: str, image: Image, principal: Principal) -> Verification:
         """Is the largest face of `image` this customer? (1:1, audited)."""
         principal.require(Permission.IDENTIFY)
         faces = self.pipeline.faces(image)
         with db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
-            vectors = [v for _, _, v in self.plain_templates(session, customer.id)]
+            vectors = [v for _, _, v in self.vault.plain_templates(session, customer.id)]
             similarity = (
-                float(np.max(np.stack(vectors) @ faces[0].template)) if faces and vectors else None
+                float(np.max(np.stack(vectors) @ _vectors(faces)[0])) if faces and vectors else None
             )
             match = similarity is not None and similarity >= self.threshold
             audit.record(session, principal, "verify", customer.id, match=match)
@@ -570,7 +540,7 @@ class FaceCRM:
         principal.require(Permission.AGENT)
         with db.transaction(self.sessions) as session:
             generation = self.generation(session)
-            rows = self.plain_templates(session)
+            rows = self.vault.plain_templates(session)
             audit.record(
                 session,
                 principal,
@@ -598,7 +568,7 @@ class FaceCRM:
 
     # -- consent withdrawal and erasure ----------------------------------------------
 
-    def withdraw(self, customer_id: str, purpose: Purpose, principal: Principal = SYSTEM) -> None:
+    def withdraw(self, customer_id: str, purpose: Purpose, principal: Principal) -> None:
         """Withdraw one consent; for recognition, delete templates and photo at once."""
         with db.transaction(self.sessions) as session:
             customers.withdraw_consent(session, principal, customer_id, purpose)
@@ -607,7 +577,7 @@ class FaceCRM:
         if purpose == Purpose.IN_STORE_RECOGNITION:
             self.scrub_erased(FACE_TABLES)
 
-    def forget_face(self, customer_id: str, reason: str, principal: Principal = SYSTEM) -> None:
+    def forget_face(self, customer_id: str, reason: str, principal: Principal) -> None:
         """Delete a customer's templates, photo and data key (e.g. for retention)."""
         with db.transaction(self.sessions) as session:
             self._forget_face(session, customer_id)
@@ -619,9 +589,9 @@ class FaceCRM:
         session.execute(delete(FaceTemplate).where(FaceTemplate.customer_id == customer_id))
         session.execute(delete(CustomerPhoto).where(CustomerPhoto.customer_id == customer_id))
         # nothing else is sealed under the data key: destroy it too
-        session.execute(delete(CustomerKey).where(CustomerKey.customer_id == customer_id))
+        self.vault.destroy(session, customer_id)
 
-    def delete_customer(self, customer_id: str, principal: Principal = SYSTEM) -> None:
+    def delete_customer(self, customer_id: str, principal: Principal) -> None:
         """Erase a customer: profile, consents, templates, visits and the rest."""
         with db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
@@ -663,7 +633,7 @@ class FaceCRM:
             )
             return [(c, int(n)) for c, n in rows]
 
-    def customer(self, customer_id: str, principal: Principal = SYSTEM) -> Customer:
+    def customer(self, customer_id: str, principal: Principal) -> Customer:
         """One customer with consents and templates loaded; the lookup is audited."""
         with db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
