@@ -178,8 +178,9 @@ def test_saved_ann_index_is_reused_only_while_current(
             )
             session.add(customer)
         bump_generation(session, crm.model_id)
-    reloaded = FaceCRM(settings, pipeline=pipeline)
-    assert reloaded.gallery.gallery.uses_ann
+    # written plain, as before encryption at rest: `facecrm migrate` seals them
+    reloaded = FaceCRM(settings, pipeline=pipeline, migrate=True)
+    assert reloaded.legacy_sealed == 60 and reloaded.gallery.gallery.uses_ann
     index_file = settings.cache_dir / f"hnsw-{crm.model_id}.bin"
     assert index_file.is_file()
     assert (v / np.linalg.norm(v)).astype(np.float32).tobytes()[:64] not in index_file.read_bytes()

@@ -98,7 +98,7 @@ def open(  # `facecrm.open(...)`: the name a user guesses (shadows the builtin h
     pipeline: FacePipeline | None = None,
     **settings: object,
 ) -> LocalCRM:
-    """Open (creating if needed) the customer database in `data_dir` or at `database_url`.
+    """Open the customer database in `data_dir` or at `database_url`, creating or upgrading it.
 
     Further keyword arguments are settings (`facecrm.config.Settings`, e.g.
     `target_fmr=1e-4`); anything not given comes from `FACECRM_*` variables. They
