@@ -104,9 +104,9 @@ def latency(faces: Path, alerts: int) -> None:
     settings = configure(data_dir=data_dir)
     crm = FaceCRM(settings)
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "B", "Bench")
-        accounts.create_staff(session, "assoc", PASSWORD, "associate", [store.id])
-        _, key = accounts.create_device(session, store.id, "agent")
+        store = accounts.create_store(session, "B", "Bench", SYSTEM)
+        accounts.create_staff(session, "assoc", PASSWORD, "associate", [store.id], principal=SYSTEM)
+        _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
     still = read_image(faces / "identities/lin_manuel_miranda/1.png")
     crm.enroll(
         "Lin-Manuel Miranda",

@@ -45,7 +45,7 @@ def fill(crm: FaceCRM, size: int, faces: Path) -> None:
     rng = np.random.default_rng(0)
     model = crm.model_id
     with db.transaction(crm.sessions) as session:
-        accounts.create_staff(session, "bench", PASSWORD, "admin")
+        accounts.create_staff(session, "bench", PASSWORD, "admin", principal=SYSTEM)
     batch = 5_000
     for start in range(0, size, batch):
         n = min(batch, size - start)

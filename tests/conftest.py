@@ -103,8 +103,8 @@ def vip_store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> It
     Miranda, enrolled from a still: the agent then meets him in `video/short_hamilton_clip.mp4`."""
     crm = FaceCRM(settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        shop = accounts.create_store(session, "NYC", "Broadway")
-        _, key = accounts.create_device(session, shop.id, "agent")
+        shop = accounts.create_store(session, "NYC", "Broadway", SYSTEM)
+        _, key = accounts.create_device(session, shop.id, "agent", principal=SYSTEM)
         store_id = shop.id
     lin = crm.enroll(
         "Lin-Manuel Miranda",

@@ -24,6 +24,7 @@ from facecrm.api.app import create_app
 from facecrm.api.routes.agent import RECHECK_SECONDS
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.errors import LoginFailedError, LoginThrottledError
 from facecrm.crm.models import AgentEvent, AuditEvent, StaffUser
 from facecrm.crm.service import FaceCRM
@@ -52,7 +53,7 @@ class World:
         name = f"{role}{next(_names)}"
         stores = [] if store is None else [self.store_a if store == "a" else self.store_b]
         with db.transaction(self.crm.sessions) as session:
-            user = accounts.create_staff(session, name, PASSWORD, role, stores)
+            user = accounts.create_staff(session, name, PASSWORD, role, stores, principal=SYSTEM)
             return name, user.id
 
     def login(self, username: str, password: str = PASSWORD) -> httpx.Response:
@@ -93,9 +94,9 @@ def world(module_settings: Settings, pipeline: FacePipeline) -> Iterator[World]:
     module_settings.lookup_per_minute = LOOKUPS
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        a = accounts.create_store(session, "A", "Store A")
-        b = accounts.create_store(session, "B", "Store B")
-        accounts.create_staff(session, "admin", PASSWORD, "admin")
+        a = accounts.create_store(session, "A", "Store A", SYSTEM)
+        b = accounts.create_store(session, "B", "Store B", SYSTEM)
+        accounts.create_staff(session, "admin", PASSWORD, "admin", principal=SYSTEM)
         store_a, store_b = a.id, b.id
     app = create_app(crm)
     with serve(app) as url:
@@ -415,7 +416,7 @@ def test_accounts_login_throttles_audits_and_resets(crm: FaceCRM) -> None:
     clock = Clock()
     guard = LoginGuard(per_address=10, free=2, base=5, cap=60, window=900, clock=clock)
     with db.transaction(crm.sessions) as session:
-        accounts.create_staff(session, "dora", PASSWORD, "associate")
+        accounts.create_staff(session, "dora", PASSWORD, "associate", principal=SYSTEM)
 
     def actions() -> list[str]:
         with crm.sessions() as session:

@@ -111,11 +111,11 @@ class Chain:
 def chain(crm: FaceCRM) -> Iterator[Chain]:
     """Two stores on the parametrised database; Ada has history in both."""
     with db.transaction(crm.sessions) as session:
-        a = accounts.create_store(session, "A", "Store A").id
-        b = accounts.create_store(session, "B", "Store B").id
-        _, key = accounts.create_device(session, a, "agent")
-        accounts.create_staff(session, "alice", PASSWORD, "associate", [a])
-        accounts.create_staff(session, "maria", PASSWORD, "manager", [a])
+        a = accounts.create_store(session, "A", "Store A", SYSTEM).id
+        b = accounts.create_store(session, "B", "Store B", SYSTEM).id
+        _, key = accounts.create_device(session, a, "agent", principal=SYSTEM)
+        accounts.create_staff(session, "alice", PASSWORD, "associate", [a], principal=SYSTEM)
+        accounts.create_staff(session, "maria", PASSWORD, "manager", [a], principal=SYSTEM)
         ada = customers.create(session, SYSTEM, {"name": "Ada Lovelace", "tier": "vip"}).id
     with db.transaction(crm.sessions) as session:
         activity.add_interest(session, SYSTEM, ada, a, "A-scarf", out_of_stock=True)

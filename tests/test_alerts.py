@@ -65,9 +65,11 @@ class TestRules:
 def chain(settings: Settings, pipeline: FacePipeline) -> Iterator[dict]:
     crm = FaceCRM(settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "A", "Store A")
-        device, key = accounts.create_device(session, store.id, "agent")
-        advisor = accounts.create_staff(session, "bo", "advisor-pass", "associate", [store.id])
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        device, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+        advisor = accounts.create_staff(
+            session, "bo", "advisor-pass", "associate", [store.id], principal=SYSTEM
+        )
         session.add(Shift(staff_id=advisor.id, store_id=store.id))
         principal = accounts.device_principal(device)
         from facecrm.crm import customers

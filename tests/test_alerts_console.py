@@ -14,6 +14,7 @@ from browser import CHROMIUM_ARGS, chromium_path
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.api.app import create_app
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import Alert, AuditEvent
 from facecrm.vision.pipeline import FacePipeline
 
@@ -32,7 +33,9 @@ PASSWORD = "correct horse battery"
 def shop(vip_store: VipStore) -> Iterator[dict]:
     crm = vip_store.crm
     with db.transaction(crm.sessions) as session:
-        alice = accounts.create_staff(session, "alice", PASSWORD, "associate", [vip_store.store_id])
+        alice = accounts.create_staff(
+            session, "alice", PASSWORD, "associate", [vip_store.store_id], principal=SYSTEM
+        )
         ids = {"store": vip_store.store_id, "alice": alice.id, "key": vip_store.key}
     with serve(create_app(crm)) as url:
         yield {"url": url, "crm": crm, "lin": vip_store.lin, **ids}

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM
@@ -58,8 +59,8 @@ def chain(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) ->
     """One server per module and backend; tests create what they need under their own names."""
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        a = accounts.create_store(session, "A", "Store A")
-        b = accounts.create_store(session, "B", "Store B")
+        a = accounts.create_store(session, "A", "Store A", SYSTEM)
+        b = accounts.create_store(session, "B", "Store B", SYSTEM)
         store_a, store_b = a.id, b.id
         for role, stores in (
             ("admin", []),
@@ -68,7 +69,9 @@ def chain(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) ->
             ("auditor", []),
             ("associate_b", [store_b]),
         ):
-            accounts.create_staff(session, role, PASSWORD, role.split("_")[0], stores)
+            accounts.create_staff(
+                session, role, PASSWORD, role.split("_")[0], stores, principal=SYSTEM
+            )
     with serve(create_app(crm)) as url:
         tokens = {}
         for role in ("admin", "manager", "associate", "auditor", "associate_b"):

@@ -82,6 +82,7 @@ TABLE: dict[str, Row] = {
     "customer_export": Row("GET /api/v1/customers/{id}/export", "staff:admin", "rose"),
     "customer_import": Row("POST /api/v1/customers/import", "staff:admin"),
     "customer_list_export": Row("GET /api/v1/customers/export.csv", "staff:admin"),
+    "customer_list": Row("service FaceCRM.customers", SYSTEM),
     "lookup": Row("GET /api/v1/customers/{id}", STAFF, "rose"),
     "consent_give": Row("POST /api/v1/customers/{id}/consents", STAFF, "rose", "A"),
     "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose"),
@@ -604,7 +605,10 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         with run.path("console POST /console/logout"):
             ok(console.post("/console/logout", data={"csrf": csrf()}), 303)
 
-    # the services, in process: a new master key, and retention a century from now
+    # the services, in process: the customer list, a new master key, and retention a
+    # century from now
+    with run.path("service FaceCRM.customers"):
+        assert run.crm.customers(authz.SYSTEM)
     with run.path("service FaceCRM.rotate_keys"):
         add_master_key(run.crm.settings)
         assert run.crm.rotate_keys(authz.SYSTEM) >= 1

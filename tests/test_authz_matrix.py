@@ -12,7 +12,7 @@ from fastapi.routing import APIRoute
 from facecrm.api.app import API_PREFIX, API_ROUTERS, create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
-from facecrm.crm.authz import GRANTS, Permission
+from facecrm.crm.authz import GRANTS, SYSTEM, Permission
 from facecrm.crm.service import FaceCRM
 from facecrm.vision.pipeline import FacePipeline
 
@@ -40,13 +40,21 @@ def required_permission(route: APIRoute) -> Permission | None:
 def world(module_settings: Settings, pipeline: FacePipeline) -> Iterator[dict]:
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        a = accounts.create_store(session, "A", "A")
-        b = accounts.create_store(session, "B", "B")
+        a = accounts.create_store(session, "A", "A", SYSTEM)
+        b = accounts.create_store(session, "B", "B", SYSTEM)
         for role in ROLES:
             accounts.create_staff(
-                session, role, PASSWORD, role, [] if role in {"admin", "auditor"} else [a.id]
+                session,
+                role,
+                PASSWORD,
+                role,
+                [] if role in {"admin", "auditor"} else [a.id],
+                principal=SYSTEM,
             )
-        keys = {kind: accounts.create_device(session, a.id, kind)[1] for kind in DEVICES}
+        keys = {
+            kind: accounts.create_device(session, a.id, kind, principal=SYSTEM)[1]
+            for kind in DEVICES
+        }
         ids = {"a": a.id, "b": b.id}
     app = create_app(crm)
     with serve(app) as url:

@@ -26,6 +26,7 @@ from facecrm.client import (
 )
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM
 from facecrm.vision.pipeline import FacePipeline
@@ -47,10 +48,10 @@ class Server:
 def server(module_settings: Settings, pipeline: FacePipeline) -> Iterator[Server]:
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "A", "Store A").id
-        accounts.create_staff(session, "admin", PASSWORD, "admin", [])
-        accounts.create_staff(session, "manager", PASSWORD, "manager", [store])
-        _, key = accounts.create_device(session, store, "agent")
+        store = accounts.create_store(session, "A", "Store A", SYSTEM).id
+        accounts.create_staff(session, "admin", PASSWORD, "admin", [], principal=SYSTEM)
+        accounts.create_staff(session, "manager", PASSWORD, "manager", [store], principal=SYSTEM)
+        _, key = accounts.create_device(session, store, "agent", principal=SYSTEM)
     with serve(create_app(crm)) as url:
         yield Server(url, store, key)
     crm.engine.dispose()

@@ -33,8 +33,8 @@ def site(
 ) -> Iterator[tuple[str, FaceCRM]]:
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "A", "Store A")
-        accounts.create_staff(session, "alice", PASSWORD, "associate", [store.id])
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        accounts.create_staff(session, "alice", PASSWORD, "associate", [store.id], principal=SYSTEM)
         store_id = store.id
     rose = crm.enroll(
         "Rose Leslie",

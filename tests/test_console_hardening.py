@@ -44,10 +44,10 @@ class Site:
 def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[Site]:
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "A", "Store A")
-        other = accounts.create_store(session, "B", "Store B")
-        accounts.create_staff(session, "alice", PASSWORD, "associate", [store.id])
-        accounts.create_staff(session, "audrey", PASSWORD, "auditor", [])
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        other = accounts.create_store(session, "B", "Store B", SYSTEM)
+        accounts.create_staff(session, "alice", PASSWORD, "associate", [store.id], principal=SYSTEM)
+        accounts.create_staff(session, "audrey", PASSWORD, "auditor", [], principal=SYSTEM)
         store_id, other_id = store.id, other.id
     rose = crm.enroll(
         "Rose Leslie",

@@ -242,10 +242,10 @@ def test_cli_listings_show_full_ids_and_json(cli: Cli, settings: Settings) -> No
 @pytest.fixture()
 def server(crm: FaceCRM) -> Iterator[tuple[str, dict[str, str]]]:
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "A", "Store A")
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
         for role in ("admin", "manager", "associate"):
             stores = [] if role == "admin" else [store.id]
-            accounts.create_staff(session, role, PASSWORD, role, stores)
+            accounts.create_staff(session, role, PASSWORD, role, stores, principal=SYSTEM)
     with serve(create_app(crm)) as url:
         tokens = {
             role: httpx.post(

@@ -99,13 +99,15 @@ class Shop:
 def shop(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[Shop]:
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        a = accounts.create_store(session, "A", "Store A")
-        b = accounts.create_store(session, "B", "Store B")
+        a = accounts.create_store(session, "A", "Store A", SYSTEM)
+        b = accounts.create_store(session, "B", "Store B", SYSTEM)
         store_a, store_b = a.id, b.id
         for role in ROLES:
             stores = [] if role == "admin" else [store_b if role.endswith("_b") else store_a]
-            accounts.create_staff(session, role, PASSWORD, role.split("_")[0], stores)
-        _, agent_key = accounts.create_device(session, store_a, "agent")
+            accounts.create_staff(
+                session, role, PASSWORD, role.split("_")[0], stores, principal=SYSTEM
+            )
+        _, agent_key = accounts.create_device(session, store_a, "agent", principal=SYSTEM)
     with serve(create_app(crm)) as url:
         tokens = {
             role: httpx.post(
@@ -503,7 +505,7 @@ def test_service_refuses_future_visits_and_keeps_offsets(crm: FaceCRM) -> None:
 
     offset = datetime.fromisoformat("2026-11-20T07:00:00-03:00")  # 10:00 UTC
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "S", "S")
+        store = accounts.create_store(session, "S", "S", SYSTEM)
         customer = Customer(name="Tz")
         session.add(customer)
         session.flush()

@@ -22,6 +22,7 @@ from PIL import Image as PILImage
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.service import FaceCRM
 from facecrm.vision.image import ImageError, decode_image, decode_slot, jpeg_scans
 from facecrm.vision.pipeline import FacePipeline
@@ -184,7 +185,7 @@ def test_busy_decoder_answers_503_with_retry_after(
     settings.decode_wait_seconds = 0.3
     crm = FaceCRM(settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        accounts.create_staff(session, "admin", PASSWORD, "admin", [])
+        accounts.create_staff(session, "admin", PASSWORD, "admin", [], principal=SYSTEM)
     photo = _encode(PILImage.new("RGB", (320, 240), (128, 128, 128)), "JPEG")
     statuses: list[httpx.Response] = []
     try:

@@ -58,7 +58,7 @@ def _found(data_dir: Path, needles: list[bytes]) -> list[tuple[str, bytes]]:
 def _customer(crm: FaceCRM) -> str:
     """A customer with distinctive profile, feedback and interest text; returns the id."""
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "S1", "Store 1")
+        store = accounts.create_store(session, "S1", "Store 1", SYSTEM)
         customer = customers.create(session, SYSTEM, PROFILE)
         activity.add_feedback(session, SYSTEM, customer.id, store.id, FEEDBACK, 2)
         activity.add_interest(session, SYSTEM, customer.id, store.id, PRODUCT)
@@ -101,7 +101,9 @@ def test_erasure_by_cli_leaves_nothing_in_the_files(sqlite_crm: FaceCRM) -> None
 def test_erasure_by_api_leaves_nothing_in_the_files(sqlite_crm: FaceCRM) -> None:
     customer_id = _customer(sqlite_crm)
     with db.transaction(sqlite_crm.sessions) as session:
-        accounts.create_staff(session, "boss", "correct horse battery", "admin", [])
+        accounts.create_staff(
+            session, "boss", "correct horse battery", "admin", [], principal=SYSTEM
+        )
     with serve(create_app(sqlite_crm)) as url:
         token = httpx.post(
             f"{url}/api/v1/auth/token",
@@ -164,7 +166,7 @@ def test_erasure_vacuums_on_postgresql(crm: FaceCRM) -> None:
 
 def _customer_pg(crm: FaceCRM) -> str:
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "S1", "Store 1")
+        store = accounts.create_store(session, "S1", "Store 1", SYSTEM)
         customer = customers.create(session, SYSTEM, PROFILE)
         activity.add_feedback(session, SYSTEM, customer.id, store.id, FEEDBACK, 2)
         activity.add_interest(session, SYSTEM, customer.id, store.id, PRODUCT)

@@ -19,7 +19,7 @@ import facecrm
 from facecrm.api.app import create_app
 from facecrm.api.problems import ApiError
 from facecrm.crm import accounts, db
-from facecrm.crm.authz import Forbidden
+from facecrm.crm.authz import SYSTEM, Forbidden
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.errors import ConflictError, ConsentError, InvalidError, NotFoundError
 from facecrm.crm.service import EnrollmentError, FaceCRM
@@ -71,7 +71,7 @@ def test_no_exception_class_is_a_dataclass() -> None:
 
 def test_rejected_enrollment_keeps_the_connection(crm: FaceCRM, faces_dir: Path) -> None:
     with db.transaction(crm.sessions) as session:
-        accounts.create_staff(session, "admin", PASSWORD, "admin", [])
+        accounts.create_staff(session, "admin", PASSWORD, "admin", [], principal=SYSTEM)
     with serve(create_app(crm)) as url, httpx.Client(base_url=url, timeout=60) as client:
         token = client.post(
             "/api/v1/auth/token", data={"username": "admin", "password": PASSWORD}

@@ -39,7 +39,7 @@ def test_purge(crm: FaceCRM, load: Load) -> None:
         "Kit", [Photo("p", load("identities/kit_harington/1.jpg"))], CURRENT, "kiosk", SYSTEM
     )
     with db.transaction(crm.sessions) as session:
-        store = accounts.create_store(session, "A", "A")
+        store = accounts.create_store(session, "A", "A", SYSTEM)
         # Rose enrolled and last came 800 days ago; Kit came today
         session.execute(
             update(FaceTemplate)

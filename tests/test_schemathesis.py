@@ -14,6 +14,7 @@ import pytest
 from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crm.service import FaceCRM
 from facecrm.vision.pipeline import FacePipeline
 
@@ -24,8 +25,8 @@ from server import serve
 def test_no_server_errors(settings: Settings, pipeline: FacePipeline, tmp_path: Path) -> None:
     crm = FaceCRM(settings, pipeline=pipeline)
     with db.transaction(crm.sessions) as session:
-        accounts.create_staff(session, "fuzz", "fuzz-password", "admin")
-        accounts.create_store(session, "A", "Store A")
+        accounts.create_staff(session, "fuzz", "fuzz-password", "admin", principal=SYSTEM)
+        accounts.create_store(session, "A", "Store A", SYSTEM)
     st = shutil.which("schemathesis") or str(Path(sys.executable).parent / "schemathesis")
     with serve(create_app(crm)) as url:
         token = httpx.post(

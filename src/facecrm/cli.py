@@ -269,7 +269,7 @@ def customers_list(as_json: AsJson = False) -> None:
             "templates": templates,
             "enrolled": customer.created_at.strftime("%Y-%m-%d %H:%M"),
         }
-        for customer, templates in _crm().customers()
+        for customer, templates in _crm().customers(SYSTEM)
     ]
     _listing(rows, ("id", "name", "templates", "enrolled"), as_json)
 
@@ -560,7 +560,7 @@ def devices_add(
     """Register a device; its API key is printed once and never stored."""
     from facecrm.crm import accounts
 
-    device, key = _runtime().run(accounts.create_device, store, kind, name, SYSTEM)
+    device, key = _runtime().run(accounts.create_device, store, kind, name, principal=SYSTEM)
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
     print(key)
 

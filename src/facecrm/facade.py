@@ -219,8 +219,10 @@ class LocalCRM:
         return Verification(result.match, result.similarity, result.threshold)
 
     def customers(self) -> list[Customer]:
-        """Every customer, by name, with their number of templates."""
-        return [Customer(c.id, c.name, n) for c, n in self.service.customers()]
+        """Every customer, by name, with their number of templates (audited)."""
+        from facecrm.crm.authz import SYSTEM
+
+        return [Customer(c.id, c.name, n) for c, n in self.service.customers(SYSTEM)]
 
     def erase(self, customer_id: str) -> None:
         """Erase the customer: profile, consents, templates and history (`NotFoundError`)."""

@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from facecrm.crm import audit, db
-from facecrm.crm.authz import SYSTEM, Principal
+from facecrm.crm.authz import Principal
 from facecrm.crm.errors import (
     ConflictError,
     InvalidError,
@@ -57,7 +57,7 @@ def check_password(password: str) -> None:
         )
 
 
-def create_store(session: Session, code: str, name: str, principal: Principal = SYSTEM) -> Store:
+def create_store(session: Session, code: str, name: str, principal: Principal) -> Store:
     """A new store; audited here, so every path that adds one (API, CLI) is."""
     code, name = code.strip(), name.strip()
     if not code or not name:
@@ -95,7 +95,8 @@ def create_staff(
     role: str,
     store_ids: list[str] | None = None,
     display_name: str = "",
-    principal: Principal = SYSTEM,
+    *,
+    principal: Principal,
 ) -> StaffUser:
     """A new staff account; audited here, so every path that adds one (API, CLI) is."""
     username = username.strip()
@@ -273,7 +274,7 @@ def staff_principal(user: StaffUser) -> Principal:
 
 
 def create_device(
-    session: Session, store_id: str, kind: str, name: str = "", principal: Principal = SYSTEM
+    session: Session, store_id: str, kind: str, name: str = "", *, principal: Principal
 ) -> tuple[Device, str]:
     """A new device and its API key (returned once, never stored); audited."""
     if kind not in {k.value for k in DeviceKind}:

@@ -617,9 +617,11 @@ class FaceCRM:
 
     # -- reads ---------------------------------------------------------------------
 
-    def customers(self) -> list[tuple[Customer, int]]:
-        """Every customer with their number of templates (of the current model)."""
-        with self.sessions() as session:
+    def customers(self, principal: Principal) -> list[tuple[Customer, int]]:
+        """Every customer with their number of templates (of the current model); audited
+        (the whole list of names is a disclosure, like the API's CSV export)."""
+        principal.require(Permission.CUSTOMERS_READ)
+        with db.transaction(self.sessions) as session:
             count = (
                 select(FaceTemplate.customer_id, func.count(FaceTemplate.id).label("n"))
                 .where(FaceTemplate.model_id == self.model_id)
@@ -630,7 +632,8 @@ class FaceCRM:
                 select(Customer, func.coalesce(count.c.n, 0))
                 .outerjoin(count, count.c.customer_id == Customer.id)
                 .order_by(Customer.name, Customer.id)
-            )
+            ).all()
+            audit.record(session, principal, "customer_list", customers=len(rows))
             return [(c, int(n)) for c, n in rows]
 
     def customer(self, customer_id: str, principal: Principal) -> Customer:

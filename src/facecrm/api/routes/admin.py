@@ -56,7 +56,7 @@ def create_staff(
             body.role,
             body.store_ids,
             body.display_name,
-            principal,
+            principal=principal,
         )
         return StaffOut(
             id=user.id,
@@ -145,7 +145,7 @@ def create_device(
     principal.require_store(body.store_id)
     with db.transaction(crm.sessions) as session:
         device, key = accounts.create_device(
-            session, body.store_id, body.kind, body.name, principal
+            session, body.store_id, body.kind, body.name, principal=principal
         )
         return NewDeviceOut(**_device(device).model_dump(), api_key=key)
 
