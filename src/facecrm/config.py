@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     # Open-set identification
     # false-match rate per comparison the threshold is set for
     target_fmr: float = Field(1e-3, gt=0, lt=1)
+    # a calibration JSON written by `facecrm eval DIR --calibrate` (default: data_dir/calibration)
+    calibration: Path | None = None
     # galleries at least this large use the approximate index
     ann_min_size: int = Field(20_000, gt=0)
 
