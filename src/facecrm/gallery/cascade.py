@@ -137,8 +137,6 @@ class Unknown:
     second_stage_run: bool
 
 
-
-
 def decide(
     first_scores: Mapping[K, float],
     second_scores: Callable[[Sequence[K]], Mapping[K, float]],
