@@ -326,3 +326,46 @@ def test_no_stranger_and_no_wrong_name_on_the_whole_set(shared_set) -> None:  # 
             wrong.append((probe, name))
     assert wrong == []
     assert len(missed) <= 0.02 * mated, missed
+
+
+# ---------------------------------------------------------------------------------------
+# facecrm eval: the cascade beside the single model, hardest pairs, --calibrate
+
+
+def test_eval_reports_cascade_and_writes_a_calibration(
+    cli, faces_dir: Path, model_cache: Path, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    data_dir = tmp_path / "data"
+    (data_dir / "cache").mkdir(parents=True)
+    (data_dir / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
+    plot = tmp_path / "eval.png"
+    identities = str(faces_dir / "identities")
+    args = ("eval", identities, "--workers", "1", "--format", "json", "--top", "3")
+    result = cli(data_dir, *args, "--calibrate", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    written = data_dir / "calibration" / "dlib-resnet-v1.json"
+    assert f"FACECRM_CALIBRATION={written}" in " ".join(result.stderr.split())
+    cascade = load_cascade("dlib-resnet-v1", path=written)
+    assert (
+        cascade is not None and cascade.impostor_pairs == report["verification"]["impostor_pairs"]
+    )
+    c = report["cascade"]
+    assert c["threshold_z"] == pytest.approx(cascade.threshold_z(1e-3))
+    assert c["verification"]["accuracy"] == 1.0
+    assert c["identification"]["fpir"] == 0.0 and c["identification"]["fnir"] is not None
+    hardest = report["hardest_pairs"]
+    assert len(hardest["impostor"]) == 3 and len(hardest["genuine"]) == 3
+    top = hardest["impostor"][0]
+    assert not top["genuine"] and {"file_x", "file_y", "score", "second_score"} <= set(top)
+    assert top["cascade_z"] >= hardest["impostor"][1]["cascade_z"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a server (or this command) pointed at the file uses it, not the shipped one
+    shipped = load_calibration("dlib-resnet-v1")
+    again = cli(data_dir, *args, env={"FACECRM_CALIBRATION": str(written)})
+    assert again.returncode == 0, again.stderr
+    threshold = json.loads(again.stdout)["verification"]["threshold"]
+    assert threshold == pytest.approx(
+        load_calibration("dlib-resnet-v1", path=written).threshold(1e-3)
+    )
+    assert threshold != pytest.approx(shipped.threshold(1e-3))

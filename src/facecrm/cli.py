@@ -336,13 +336,21 @@ def eval_(
     scores: Annotated[Path | None, typer.Option(help="Write pair scores to this CSV.")] = None,
     workers: Annotated[int, typer.Option(help="Processes (default: up to 2).")] = 0,
     calibrate: Annotated[
-        bool, typer.Option(help="Save this set's impostor scores as the threshold calibration.")
+        bool,
+        typer.Option(
+            help="Save this set's calibration (both cascade stages); FACECRM_CALIBRATION=path "
+            "points a server at it."
+        ),
     ] = False,
+    cascade: Annotated[
+        bool, typer.Option(help="Also run the dlib → SFace cascade (default embedder only).")
+    ] = True,
+    top: Annotated[int, typer.Option(min=0, help="Hardest impostor/genuine pairs listed.")] = 5,
 ) -> None:
     """Measure verification and open-set identification on a labelled photo set."""
+    from facecrm.eval import cascade_eval, runner
     from facecrm.eval import report as report_mod
-    from facecrm.eval import runner
-    from facecrm.gallery.threshold import load_calibration
+    from facecrm.gallery.threshold import load_calibration, load_cascade
     from facecrm.vision.pipeline import build_embedder
 
     if fmt not in {"text", "json"}:
@@ -356,17 +364,35 @@ def eval_(
         samples = runner.scan(directory)
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from exc
+    second_settings = settings.model_copy(update={"embedder": "sface"})
+    two = cascade and settings.embedder == "dlib"
     with _progress() as progress:
-        task = progress.add_task("embedding", total=len(samples))
+        task = progress.add_task("embedding", total=len(samples) * (2 if two else 1))
         embedded, seconds = runner.embed_set(
             directory, settings, workers, lambda: progress.advance(task)
         )
+        second = (
+            runner.embed_set(directory, second_settings, workers, lambda: progress.advance(task))[0]
+            if two
+            else None
+        )
+    calibration_path = settings.calibration
     if calibrate:
-        path = report_mod.save_calibration(embedded, model_id, settings, str(directory))
-        err.print(f"calibration saved to {path}")
+        calibration_path = cascade_eval.save_calibration(
+            embedded,
+            second,
+            (model_id, build_embedder(second_settings).model_id if two else None),
+            settings.data_dir / "calibration" / f"{model_id}.json",
+            str(directory),
+        )
+        err.print(
+            f"calibration saved to {calibration_path} "
+            f"(a server uses it with FACECRM_CALIBRATION={calibration_path})"
+        )
     try:
-        calibration = load_calibration(model_id, settings.data_dir)
-    except LookupError as exc:
+        calibration = load_calibration(model_id, settings.data_dir, calibration_path)
+        cascade_cal = load_cascade(model_id, settings.data_dir, calibration_path) if two else None
+    except (LookupError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     threshold = calibration.threshold(settings.target_fmr)
     report = {
@@ -375,6 +401,11 @@ def eval_(
         "seconds_per_image": seconds,
         "workers": workers,
     }
+    if second is not None and cascade_cal is not None:
+        report["cascade"] = cascade_eval.evaluate_cascade(
+            embedded, second, cascade_cal, settings.target_fmr
+        )
+    report["hardest_pairs"] = cascade_eval.hardest_pairs(embedded, second, top, cascade_cal)
     if pairs is not None:
         by_path = {e.sample.path: e for e in embedded}
         try:
@@ -385,7 +416,12 @@ def eval_(
         if scores is not None:
             runner.write_scores(scores, listed, threshold)
     if plot is not None:
-        report_mod.plot_roc(embedded, plot, report)
+        report_mod.plot_roc(
+            embedded,
+            plot,
+            report,
+            cascade_eval.plot_values(embedded, second, cascade_cal, settings.target_fmr),
+        )
     if fmt == "json":
         print(json.dumps(report, indent=2))
     else:
