@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
+from fastapi.responses import Response, StreamingResponse
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -561,3 +562,19 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
         503: "busy (Retry-After)",
     }.items()
 }
+
+
+class CsvResponse(Response):
+    """A CSV document (so the schema says text/csv, not JSON)."""
+
+    media_type = "text/csv"
+
+
+class JpegResponse(Response):
+    media_type = "image/jpeg"
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events."""
+
+    media_type = "text/event-stream"

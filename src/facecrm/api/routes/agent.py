@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictFloat, ValidationError
 
 from facecrm.alerts.bus import AlertBus
@@ -31,6 +30,7 @@ from facecrm.api.schemas import (
     PROBLEMS,
     AcknowledgedOut,
     AlertOut,
+    EventStreamResponse,
     GalleryOut,
     Moment,
     RowId,
@@ -147,7 +147,7 @@ def sse(
     request: Request,
     alive: Callable[[], bool] | None = None,
     recheck_seconds: float = RECHECK_SECONDS,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Server-sent events of the principal's stores' alerts, with keep-alives.
 
     `alive` re-checks the credentials the stream was opened with every
@@ -175,21 +175,16 @@ def sse(
         finally:
             bus.unsubscribe(sub)
 
-    return StreamingResponse(
+    return EventStreamResponse(
         stream(),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-@router.get(
-    "/alerts/stream",
-    response_class=StreamingResponse,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
+@router.get("/alerts/stream", response_class=EventStreamResponse)
 def alert_stream(
     request: Request, alerts: AlertsDep, principal: AlertHandler, token: TokenDep, key: KeyDep
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Live alerts of the caller's stores (server-sent events); holds no database session."""
     alive = still_valid(alerts.crm, principal, token=token, key=key)
     return sse(alerts.bus, principal, request, alive)

@@ -25,6 +25,7 @@ from facecrm.api.schemas import (
     CardOut,
     ConsentIn,
     ConsentOut,
+    CsvResponse,
     CustomerIn,
     CustomerOut,
     CustomerPatch,
@@ -32,6 +33,7 @@ from facecrm.api.schemas import (
     ExportOut,
     FaceAddedOut,
     ImportReportOut,
+    JpegResponse,
 )
 from facecrm.api.uploads import read_image_upload
 from facecrm.crm import cards, customers, imports
@@ -104,15 +106,15 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
-@router.get("/customers/export.csv", responses={200: {"content": {"text/csv": {}}}})
-def export_customers_csv(session: SessionDep, principal: CustomerExporter) -> Response:
+@router.get("/customers/export.csv", response_class=CsvResponse)
+def export_customers_csv(session: SessionDep, principal: CustomerExporter) -> CsvResponse:
     """Every customer's CRM fields as CSV (the columns the import takes, plus `id`)."""
     headers = {
         "Cache-Control": "no-store",
         "Content-Disposition": 'attachment; filename="customers.csv"',
     }
     text = imports.export_csv(session, principal)
-    return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
+    return CsvResponse(text, headers=headers)
 
 
 @router.get("/customers", response_model=list[CustomerSummary])
@@ -212,10 +214,10 @@ def add_face(
     )
 
 
-@router.get("/customers/{customer_id}/photo", responses={200: {"content": {"image/jpeg": {}}}})
-def customer_photo(customer_id: str, crm: CrmDep, principal: CustomerReader) -> Response:
+@router.get("/customers/{customer_id}/photo", response_class=JpegResponse)
+def customer_photo(customer_id: str, crm: CrmDep, principal: CustomerReader) -> JpegResponse:
     """The enrollment photo, only where the customer agreed to it being shown."""
     jpeg = crm.view_photo(principal, customer_id, channel="api")
     if jpeg is None:
         raise ApiError(404, "no photo to show for this customer")
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    return JpegResponse(jpeg, headers={"Cache-Control": "no-store"})
