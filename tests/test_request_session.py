@@ -286,3 +286,36 @@ def test_every_json_response_is_described(crm: FaceCRM) -> None:
                 json_body = answer.get("content", {}).get("application/json")
                 if status.startswith("2") and json_body is not None:
                     assert json_body.get("schema"), f"{where} {status} has no schema"
+
+
+def test_the_client_models_mirror_the_server_responses() -> None:
+    """`facecrm.client` keeps its own models (it is vendorable: httpx and pydantic only), so
+    each must name exactly the members the server's `*Out` model sends."""
+    from facecrm import client
+    from facecrm.api import schemas
+
+    pairs = {
+        client.Token: schemas.Token,
+        client.Me: schemas.Me,
+        client.CustomerSummary: schemas.CustomerSummary,
+        client.Profile: schemas.CustomerOut,
+        client.Consent: schemas.ConsentOut,
+        client.Visit: schemas.VisitOut,
+        client.Purchase: schemas.PurchaseOut,
+        client.PurchaseItem: schemas.ItemOut,
+        client.Interest: schemas.InterestOut,
+        client.Feedback: schemas.FeedbackOut,
+        client.Card: schemas.CardOut,
+        client.TemplateMeta: schemas.TemplateMetaOut,
+        client.Export: schemas.ExportOut,
+        client.FaceAdded: schemas.FaceAddedOut,
+        client.Box: schemas.BoxOut,
+        client.IdentifiedCustomer: schemas.IdentifiedCustomerOut,
+        client.IdentifiedFace: schemas.IdentifiedFaceOut,
+        client.Identification: schemas.IdentifyOut,
+        client.Verification: schemas.VerifyOut,
+        client.Alert: schemas.AlertOut,
+    }
+    for mine, theirs in pairs.items():
+        sent = {*theirs.model_fields, *theirs.model_computed_fields}
+        assert set(mine.model_fields) == sent, mine.__name__

@@ -495,8 +495,9 @@ class AuditEventOut(Out):
     store_id: str | None
     action: str
     customer_id: str | None
-    detail: dict[str, JsonValue] | str  # text when the stored JSON is unreadable
-    note: str | None
+    # what the action recorded (an object); text, or another JSON value, when tampered with
+    detail: JsonValue
+    note: str
     prev_hash: str | None
     hash: str | None
 
