@@ -20,7 +20,6 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from facecrm.api.app import create_app
 from facecrm.api.routes.agent import RECHECK_SECONDS
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
@@ -29,6 +28,7 @@ from facecrm.crm.models import AgentEvent, AuditEvent, StaffUser
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard
 from facecrm.keys import server_secret
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import free_port, serve

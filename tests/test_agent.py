@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import select
 
 from facecrm.agent.runner import Agent, AgentConfig
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import activity, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import AgentEvent, Alert, AuditEvent, Visit
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
 

@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.image import ImageError, decode_image, decode_slot, jpeg_scans
 from facecrm.vision.pipeline import FacePipeline
 

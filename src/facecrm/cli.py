@@ -561,7 +561,7 @@ def server_config(
     """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted)."""
     import uvicorn
 
-    from facecrm.api.app import create_app
+    from facecrm.server import create_app
 
     settings = get_settings()
     trusted = forwarded_allow_ips or settings.forwarded_allow_ips

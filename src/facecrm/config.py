@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from facecrm.errors import ConfigError
 
 EmbedderName = Literal["dlib", "dlib-native", "sface", "onnx"]
+# Not a setting: the store agent and `facecrm.client` must agree with every server.
+API_PREFIX: Final = "/api/v1"
 
 
 def _default_data_dir() -> Path:
