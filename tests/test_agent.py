@@ -295,7 +295,8 @@ def test_a_running_agent_forgets_at_once(
         pipeline,
     )
     assert agent.gallery.sync(agent._client)
-    face = pipeline.faces(read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))[0]
+    photo = read_image(faces_dir / "identities/lin_manuel_miranda/1.png", store.crm.settings)
+    face = pipeline.faces(photo)[0]
     assert agent.gallery.decide(face.template) is not None
     if flow == "erase":
         store.crm.delete_customer(store.lin)

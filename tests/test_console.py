@@ -38,7 +38,7 @@ def site(
         store_id = store.id
     rose = crm.enroll(
         "Rose Leslie",
-        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
+        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg", crm.settings))],
         CURRENT,
         "kiosk",
         profile={"tier": "vip", "show_photo": True},

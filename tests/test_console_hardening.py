@@ -51,7 +51,7 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
         store_id, other_id = store.id, other.id
     rose = crm.enroll(
         "Rose Leslie",
-        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
+        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg", crm.settings))],
         CURRENT,
         "kiosk",
         profile={"tier": "vip", "show_photo": True, "preferences": {"size": "38"}},

@@ -8,6 +8,10 @@ with its file and line. The layers, bottom up:
   store agent runs it without the server installed;
 * `api` (REST) and `web` (console) are siblings: the console may use the API's dependencies,
   but nothing in `api` knows that a console exists; `facecrm.server` mounts both.
+
+Settings flow the same way: only entry points read the process-wide settings
+(`get_settings`/`configure`); everything below receives a `Settings` from its caller. The
+API prefix is written once, in `facecrm.config`.
 """
 
 from __future__ import annotations
@@ -106,3 +110,39 @@ def test_the_check_sees_every_kind_of_import(
         "facecrm/api/c.py",
         "facecrm/api/d.py",
     ]
+
+
+# the modules that may read or replace the process-wide settings: where a process starts
+ENTRY_POINTS = {"facecrm.config", "facecrm.cli", "facecrm.server", "facecrm.facade", "facecrm.demo"}
+
+
+def global_settings_reads() -> list[str]:
+    """`file:line: module` wherever a module below the entry points names `get_settings` or
+    `configure` from `facecrm.config` (imported or called)."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        module = _module_name(path)
+        if module in ENTRY_POINTS:
+            continue
+        for name, line in imports(path):
+            if name in {"facecrm.config.get_settings", "facecrm.config.configure"}:
+                found.append(f"{path.relative_to(SRC.parent)}:{line}: {module} uses {name}")
+    return found
+
+
+def test_only_entry_points_read_the_global_settings() -> None:
+    assert global_settings_reads() == []
+
+
+def test_the_api_prefix_is_written_once() -> None:
+    """The agent, the client, the server and the CLI all take `config.API_PREFIX`."""
+    from facecrm.config import API_PREFIX
+
+    found = [
+        f"{path.relative_to(SRC.parent)}"
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+        if API_PREFIX + "/" in node.value or node.value == API_PREFIX
+    ]
+    assert found == ["facecrm/config.py"]

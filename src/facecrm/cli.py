@@ -20,7 +20,7 @@ from rich.text import Text
 from sqlalchemy.exc import ArgumentError, OperationalError
 from typer.core import TyperGroup
 
-from facecrm.config import Settings, configure, get_settings
+from facecrm.config import API_PREFIX, Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.errors import FacecrmError
@@ -142,8 +142,9 @@ def enroll(
     if not consent:
         raise _fail("no consent: nothing was stored (facecrm never stores a face without consent)")
     try:
-        images = [Photo(str(p), read_image(p)) for p in photos]
-        customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel)
+        crm = _crm()
+        images = [Photo(str(p), read_image(p, crm.settings)) for p in photos]
+        customer = crm.enroll(name, images, CONSENT_TEXT_VERSION, channel)
     except FacecrmError as exc:  # an unusable photo, the quality gate, a duplicate face...
         message = str(exc).removesuffix("; nothing was stored")
         raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
@@ -159,8 +160,8 @@ def identify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say which opted-in customers are in a photo; everyone else is "unknown"."""
-    image = read_image(photo)
     crm = _crm()
+    image = read_image(photo, crm.settings)
     results = crm.identify(image)
     rows = [
         {
@@ -627,7 +628,7 @@ def agent(
     configure_logging()
     settings = get_settings()
     try:
-        me = httpx.get(f"{server}/api/v1/me", headers={"X-API-Key": api_key}, timeout=10)
+        me = httpx.get(f"{server}{API_PREFIX}/me", headers={"X-API-Key": api_key}, timeout=10)
         if me.status_code == 401:
             raise _fail("the server refused the device key")
         if store and me.is_success and store not in (me.json().get("stores") or []):

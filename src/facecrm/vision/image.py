@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageFile, UnidentifiedImageError
 
-from facecrm.config import Settings, get_settings
+from facecrm.config import Settings
 from facecrm.errors import FacecrmError
 from facecrm.vision.types import Image
 
@@ -127,20 +127,23 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
-def read_image(path: str | Path) -> Image:
-    """Read and decode an image file (see `decode_image`)."""
+def read_image(path: str | Path, settings: Settings) -> Image:
+    """Read and decode an image file within `settings`' limits (see `decode_image`)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError("not_found", f"{path}: no such file")
-    limit = get_settings().max_upload_bytes
+    limit = settings.max_upload_bytes
     if path.stat().st_size > limit:
         raise ImageError("too_large", f"{path}: larger than the {limit} byte limit")
-    return decode_image(path.read_bytes())
+    return decode_image(path.read_bytes(), settings)
 
 
-def decode_image(data: bytes) -> Image:
-    """Decode `data` into an upright RGB uint8 array, or raise `ImageError`/`DecoderBusy`."""
-    settings = get_settings()
+def decode_image(data: bytes, settings: Settings) -> Image:
+    """Decode `data` into an upright RGB uint8 array, or raise `ImageError`/`DecoderBusy`.
+
+    The limits (`max_upload_bytes`, pixels, scans, decode slots) are `settings`', passed
+    by the caller: the server's, the CLI's or a test's, never a process-wide global.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageError("wrong_type", f"expected image bytes, got {type(data).__name__}")
     if len(data) == 0:
