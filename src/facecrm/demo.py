@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 
 from facecrm.config import Settings, configure, load
@@ -46,7 +47,8 @@ def another_day(image: Image) -> Image:
     h, w = mirrored.shape[:2]
     tilt = cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0)
     tilted = cv2.warpAffine(mirrored, tilt, (w, h), borderMode=cv2.BORDER_REFLECT)
-    return np.clip(tilted.astype(np.float32) * 0.8, 0, 255).astype(np.uint8)
+    darker: npt.NDArray[np.float32] = np.asarray(tilted, np.float32) * np.float32(0.8)
+    return np.clip(darker, 0, 255).astype(np.uint8)
 
 
 def side_by_side(left: Image, right: Image) -> Image:

@@ -115,15 +115,15 @@ class Agent:
         if track.decided:
             return
         track.decided = True
-        faces = [face for _, face in track.best]
+        chips = [face.chip for _, face in track.best if face.chip is not None]
         track.forget()
         wrong_model = self.gallery.model_id not in {"", self.pipeline.model_id}
-        if not faces or wrong_model:
+        if not chips or wrong_model:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")
             return
-        vectors = self.pipeline.embedder.embed([f.chip for f in faces])
+        vectors = self.pipeline.embedder.embed(chips)
         template = normalize(vectors.mean(axis=0, keepdims=True))[0]
-        self.metrics.inc("facecrm_agent_faces_embedded_total", len(faces), "chips embedded")
+        self.metrics.inc("facecrm_agent_faces_embedded_total", len(chips), "chips embedded")
         match = self.gallery.decide(template)
         if match is None:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")

@@ -30,11 +30,11 @@ def save_calibration(
     embedded: list[Embedded], model_id: str, settings: Settings, source: str
 ) -> Path:
     """Fit the threshold calibration on all pairs of the set; returns its path."""
-    pairs = [p for p in _pairs(all_pairs(embedded)) if p.score is not None]
+    scored = [(p.score, p.genuine) for p in _pairs(all_pairs(embedded)) if p.score is not None]
     calibration = Calibration.fit(
         model_id,
-        [p.score for p in pairs if not p.genuine],
-        [p.score for p in pairs if p.genuine],
+        [score for score, genuine in scored if not genuine],
+        [score for score, genuine in scored if genuine],
         source=source,
     )
     path = settings.data_dir / "calibration" / f"{model_id}.json"

@@ -21,13 +21,13 @@ import ctypes.util
 import io
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageFile, UnidentifiedImageError
+from PIL import ImageFile, TiffImagePlugin, UnidentifiedImageError
 
 from facecrm.config import Settings
 from facecrm.errors import FacecrmError
@@ -110,10 +110,11 @@ def decode_slot(settings: Settings) -> Iterator[None]:
         slots.release()
 
 
-def _load_malloc_trim() -> ctypes._CFuncPtr | None:
+def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
+        trim: Callable[[int], int] = libc.malloc_trim
+        return trim
     except (OSError, AttributeError):  # not glibc: nothing to trim
         return None
 
@@ -228,14 +229,16 @@ def _check(pil: PILImage.Image, settings: Settings, data: bytes) -> None:
             f"{pil.format} images are decoded at full size: {width}x{height} exceeds their"
             f" {limit} pixel limit; send a JPEG or a smaller image",
         )
-    if pil.format == "TIFF":
+    if isinstance(pil, TiffImagePlugin.TiffImageFile):  # pil.format == "TIFF"
         if getattr(pil, "is_animated", False):
             raise ImageError("multi_page", "multi-page TIFF files are not accepted")
-        tile = (pil.tag_v2.get(322), pil.tag_v2.get(323))  # TileWidth, TileLength
-        if all(isinstance(v, int) for v in tile) and tile[0] * tile[1] > max(
-            width * height, 1 << 20
+        tile_w, tile_h = pil.tag_v2.get(322), pil.tag_v2.get(323)  # TileWidth, TileLength
+        if (
+            isinstance(tile_w, int)
+            and isinstance(tile_h, int)
+            and tile_w * tile_h > max(width * height, 1 << 20)
         ):
-            raise ImageError("corrupt", f"the TIFF tiles ({tile[0]}x{tile[1]}) exceed the image")
+            raise ImageError("corrupt", f"the TIFF tiles ({tile_w}x{tile_h}) exceed the image")
 
 
 def decoded_pixel_limit(fmt: str | None, settings: Settings, progressive: bool = False) -> int:
