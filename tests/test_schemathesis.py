@@ -12,10 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve

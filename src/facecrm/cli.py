@@ -8,6 +8,7 @@ error (Click's own: an unknown option, a missing argument).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,13 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
-from sqlalchemy.exc import ArgumentError, OperationalError
 from typer.core import TyperGroup
 
-from facecrm.config import Settings, configure, get_settings
+from facecrm.config import API_PREFIX, Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
-from facecrm.crm.service import FaceCRM, Photo
 from facecrm.errors import FacecrmError
+from facecrm.extras import missing_extra
 from facecrm.logs import configure_logging
 from facecrm.vision.image import read_image
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
     import uvicorn
     from sqlalchemy.orm import Session
+
+    from facecrm.crm.service import FaceCRM
 
 console = Console()
 err = Console(stderr=True)
@@ -59,12 +61,35 @@ class _Commands(TyperGroup):
         except FacecrmError as exc:
             _error_line(f"{_first_line(exc)} ({exc.reason})")
             raise typer.Exit(exc.exit_code) from exc
-        except OperationalError as exc:  # the server is down, refuses us, a locked file...
-            _error_line(f"cannot use the database: {_first_line(exc.orig or exc)}")
+        except ModuleNotFoundError as exc:  # an agent-only install asked for a server command
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            _error_line(f"{missing} ({missing.reason})")
+            raise typer.Exit(missing.exit_code) from exc
+        except Exception as exc:
+            message = _database_error(exc)
+            if message is None:
+                raise
+            _error_line(message)
             raise typer.Exit(1) from exc
-        except ArgumentError as exc:  # create_engine: not a URL, or an unknown dialect
-            _error_line(f"FACECRM_DATABASE_URL is not a usable database URL: {_first_line(exc)}")
-            raise typer.Exit(1) from exc
+
+
+def _database_error(exc: Exception) -> str | None:
+    """One line for a database that cannot be used (None: `exc` is something else).
+
+    SQLAlchemy is imported only if a command already loaded it: an agent-only install
+    has none, and then no database error can have happened.
+    """
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    if isinstance(exc, OperationalError):  # the server is down, refuses us, a locked file...
+        return f"cannot use the database: {_first_line(exc.orig or exc)}"
+    if isinstance(exc, ArgumentError):  # create_engine: not a URL, or an unknown dialect
+        return f"FACECRM_DATABASE_URL is not a usable database URL: {_first_line(exc)}"
+    return None
 
 
 app = typer.Typer(
@@ -116,6 +141,8 @@ def _progress() -> Progress:
 
 
 def _crm() -> FaceCRM:
+    from facecrm.crm.service import FaceCRM  # server-only: not imported by `facecrm agent`
+
     return FaceCRM(get_settings())
 
 
@@ -141,9 +168,12 @@ def enroll(
         )
     if not consent:
         raise _fail("no consent: nothing was stored (facecrm never stores a face without consent)")
+    from facecrm.crm.service import Photo
+
     try:
-        images = [Photo(str(p), read_image(p)) for p in photos]
-        customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel)
+        crm = _crm()
+        images = [Photo(str(p), read_image(p, crm.settings)) for p in photos]
+        customer = crm.enroll(name, images, CONSENT_TEXT_VERSION, channel)
     except FacecrmError as exc:  # an unusable photo, the quality gate, a duplicate face...
         message = str(exc).removesuffix("; nothing was stored")
         raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
@@ -159,8 +189,8 @@ def identify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say which opted-in customers are in a photo; everyone else is "unknown"."""
-    image = read_image(photo)
     crm = _crm()
+    image = read_image(photo, crm.settings)
     results = crm.identify(image)
     rows = [
         {
@@ -597,7 +627,7 @@ def server_config(
     """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted)."""
     import uvicorn
 
-    from facecrm.api.app import create_app
+    from facecrm.server import create_app
 
     settings = get_settings()
     trusted = forwarded_allow_ips or settings.forwarded_allow_ips
@@ -663,7 +693,7 @@ def agent(
     configure_logging()
     settings = get_settings()
     try:
-        me = httpx.get(f"{server}/api/v1/me", headers={"X-API-Key": api_key}, timeout=10)
+        me = httpx.get(f"{server}{API_PREFIX}/me", headers={"X-API-Key": api_key}, timeout=10)
         if me.status_code == 401:
             raise _fail("the server refused the device key")
         if store and me.is_success and store not in (me.json().get("stores") or []):

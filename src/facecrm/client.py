@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, field_validator
 
+from facecrm.config import API_PREFIX
+
 if TYPE_CHECKING:
     import numpy as np
 
-API_PREFIX = "/api/v1"
+
 Purpose = Literal["in_store_recognition", "face_payment", "experience_analytics", "marketing"]
 Channel = Literal["kiosk", "phone", "associate", "web", "cli"]
 PhotoLike: TypeAlias = "str | Path | bytes | bytearray | np.ndarray"

@@ -142,6 +142,23 @@ class ConfigError(FacecrmError):
     reason = "misconfigured"
 
 
+class MissingExtraError(ConfigError):
+    """What was asked needs an optional part of facecrm that is not installed.
+
+    A store box installs `facecrm[agent]` only; the server's commands then say which extra
+    to add instead of failing on an import deep inside (see `facecrm.extras`).
+    """
+
+    reason = "missing_extra"
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra_name, self.module = extra, module  # `extra()` is the problem members
+        super().__init__(
+            f"this needs the {extra} extra ({module} is not installed):"
+            f" pip install 'facecrm[{extra}]'"
+        )
+
+
 __all__ = [
     "AlreadyEnrolledError",
     "ConfigError",
@@ -153,5 +170,6 @@ __all__ = [
     "InvalidError",
     "LoginFailedError",
     "LoginThrottledError",
+    "MissingExtraError",
     "NotFoundError",
 ]

@@ -40,12 +40,12 @@ from sqlalchemy.orm import Session
 from facecrm.alerts.service import AlertService
 from facecrm.api.problems import ApiError
 from facecrm.api.security import read_token
-from facecrm.config import Settings
+from facecrm.config import API_PREFIX, Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.service import FaceCRM
 
-oauth2 = OAuth2PasswordBearer(tokenUrl="/api/v1/auth/token", auto_error=False)
+oauth2 = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/token", auto_error=False)
 api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 

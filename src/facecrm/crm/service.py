@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from facecrm import private
-from facecrm.config import Settings, get_settings
+from facecrm.config import Settings
 from facecrm.crm import audit, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.customers import ConsentGrant
@@ -165,8 +165,8 @@ class Verification:
 class FaceCRM:
     """Customers' faces over one database; one instance per process."""
 
-    def __init__(self, settings: Settings | None = None, pipeline: FacePipeline | None = None):
-        self.settings = settings or get_settings()
+    def __init__(self, settings: Settings, pipeline: FacePipeline | None = None):
+        self.settings = settings
         private.make_dir(self.settings.data_dir, own=True)  # keys, secret, database: 0700
         self.engine = db.make_engine(self.settings.resolved_database_url)
         db.migrate(self.engine)
@@ -191,7 +191,7 @@ class FaceCRM:
     @property
     def pipeline(self) -> FacePipeline:
         if self._pipeline is None:
-            self._pipeline = default_pipeline()
+            self._pipeline = default_pipeline(self.settings)
         return self._pipeline
 
     @property

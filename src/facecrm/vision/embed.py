@@ -29,7 +29,8 @@ def normalize(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """L2-normalise rows, so that the dot product is the cosine similarity."""
     vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    normalized: npt.NDArray[np.float32] = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized
 
 
 class DlibResNetEmbedder:
