@@ -76,7 +76,7 @@ def cost_per_face(root: Path, settings: Settings, second: Settings) -> dict[str,
     gallery: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     probes = []
     for sample in samples:
-        image = read_image(root / sample.path)
+        image = read_image(root / sample.path, settings)
         faces = dlib.faces(image, embed=False)
         if not faces:
             continue

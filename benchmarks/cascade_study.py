@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from facecrm.config import Settings
 from facecrm.eval.runner import scan
 from facecrm.gallery.cascade import CascadeCalibration, decide, fit_cascade, pair_scores
 from facecrm.gallery.threshold import Calibration
@@ -69,7 +70,7 @@ def embed_set(root: Path, cache_dir: Path, fp32_model: Path | None) -> dict[str,
     ms: dict[str, list[float]] = {k: [] for k in embedders}
     found = []
     for sample in samples:
-        image = read_image(root / sample.path)
+        image = read_image(root / sample.path, Settings(data_dir=cache_dir))
         faces = detector.detect(image)
         found.append(bool(faces))
         for name, embedder in embedders.items():

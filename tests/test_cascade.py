@@ -188,9 +188,8 @@ def shared_set(
     if not (SHARED / "more" / "identities").is_dir():
         pytest.skip(f"the full face set is not at {SHARED} (set FACECRM_SHARED_FACES)")
     data_dir = tmp_path_factory.mktemp("cascade-data")
-    pipelines = {
-        name: build_pipeline(_settings(data_dir, model_cache, name)) for name in ("dlib", "sface")
-    }
+    settings = {name: _settings(data_dir, model_cache, name) for name in ("dlib", "sface")}
+    pipelines = {name: build_pipeline(s) for name, s in settings.items()}
     folders = [
         *(SHARED / "identities").iterdir(),
         *(SHARED / "more" / "identities").iterdir(),
@@ -199,7 +198,7 @@ def shared_set(
     files += [(f"distractor_{p.stem}", p) for p in sorted((SHARED / "distractors").iterdir())]
     out = {}
     for identity, path in files:
-        image = read_image(path)
+        image = read_image(path, settings["dlib"])
         faces = pipelines["dlib"].faces(image, embed=False)
         assert faces, path
         templates = []

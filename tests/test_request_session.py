@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 import facecrm
 from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import AlertService
-from facecrm.api.app import create_app
+from facecrm.server import create_app
 from facecrm.crm import accounts, activity, auditlog, cards, customers, db, imports
 from facecrm.crm.activity import Filters, Item
 from facecrm.crm.authz import SYSTEM, Principal
