@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 import facecrm
 from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import AlertService
-from facecrm.server import create_app
 from facecrm.crm import accounts, activity, auditlog, cards, customers, db, imports
 from facecrm.crm.activity import Filters, Item
 from facecrm.crm.authz import SYSTEM, Principal
@@ -25,6 +24,7 @@ from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import Forbidden
 from facecrm.crm.models import AuditEvent, Customer, Purpose
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 
 from server import serve
 
