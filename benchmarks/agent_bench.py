@@ -34,7 +34,7 @@ import numpy as np
 
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.agent.tracker import Tracker
-from facecrm.config import configure
+from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
@@ -47,10 +47,10 @@ from common import faces_dir, machine
 PASSWORD = "benchmark-password"
 
 
-def face_crops(faces: Path, pipeline, n: int = 5) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def face_crops(faces: Path, pipeline, settings: Settings, n: int = 5) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
     crops = []
     for path in sorted((faces / "identities").glob("*/1.*"))[:n]:
-        image = read_image(path)
+        image = read_image(path, settings)
         box = pipeline.detector.detect(image)[0].box
         m = 0.4
         x0, y0 = max(0, int(box.x - m * box.width)), max(0, int(box.y - m * box.height))
@@ -77,7 +77,7 @@ def throughput(faces: Path, count: int) -> None:
     settings = configure(data_dir=Path(tempfile.mkdtemp(prefix="facecrm-agent-bench-")), threads=1)
     cv2.setNumThreads(1)
     pipeline = build_pipeline(settings)
-    crops = face_crops(faces, pipeline)
+    crops = face_crops(faces, pipeline, settings)
     agent = Agent(
         AgentConfig("http://127.0.0.1:9", "none", (), settings.data_dir / "agent"), pipeline
     )
@@ -107,7 +107,7 @@ def latency(faces: Path, alerts: int) -> None:
         store = accounts.create_store(session, "B", "Bench", SYSTEM)
         accounts.create_staff(session, "assoc", PASSWORD, "associate", [store.id], principal=SYSTEM)
         _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
-    still = read_image(faces / "identities/lin_manuel_miranda/1.png")
+    still = read_image(faces / "identities/lin_manuel_miranda/1.png", settings)
     crm.enroll(
         "Lin-Manuel Miranda",
         [Photo("still", still)],

@@ -109,7 +109,13 @@ def fill(crm: FaceCRM, size: int, faces: Path) -> None:
                 )
     for folder in sorted((faces / "identities").iterdir()):
         first = sorted(folder.iterdir())[0]
-        crm.enroll(folder.name, [Photo(first.name, read_image(first))], CURRENT, "cli", SYSTEM)
+        crm.enroll(
+            folder.name,
+            [Photo(first.name, read_image(first, crm.settings))],
+            CURRENT,
+            "cli",
+            SYSTEM,
+        )
 
 
 def literal(vector: np.ndarray) -> str:

@@ -26,10 +26,14 @@ def faces_dir() -> Path:
     return path
 
 
-def identity_tree_with_distractors(faces: Path) -> Path:
-    """A temporary identity-folder tree: every identity plus each distractor as its own."""
+def identity_tree_with_distractors(faces: Path, more: bool = False) -> Path:
+    """A temporary identity-folder tree: every identity plus each distractor as its own.
+
+    `more` adds the identities of `faces/more/identities` (relatives, look-alikes, years apart).
+    """
     root = Path(tempfile.mkdtemp(prefix="facecrm-set-"))
-    for folder in sorted((faces / "identities").iterdir()):
+    sources = [faces / "identities"] + ([faces / "more" / "identities"] if more else [])
+    for folder in sorted(f for source in sources for f in source.iterdir() if f.is_dir()):
         (root / folder.name).symlink_to(folder, target_is_directory=True)
     for image in sorted((faces / "distractors").iterdir()):
         (root / f"distractor_{image.stem}").mkdir()

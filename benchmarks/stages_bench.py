@@ -51,7 +51,7 @@ def main() -> None:
     chips = []
     for path in paths:
         t0 = time.perf_counter()
-        image = read_image(path)
+        image = read_image(path, settings)
         t1 = time.perf_counter()
         found = pipeline.detector.detect(image)
         t2 = time.perf_counter()
@@ -74,7 +74,7 @@ def main() -> None:
             f"{np.max(values):.1f} | {unit} |"
         )
 
-    frame = cv2.resize(read_image(faces / "scenes" / "multiface.jpg"), (640, 480))
+    frame = cv2.resize(read_image(faces / "scenes" / "multiface.jpg", settings), (640, 480))
     opencv = cv2.FaceDetectorYN.create(str(yunet_path()), "", (640, 480), 0.6, 0.3, 5000)
     bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
     hog = DlibHogDetector(upsample=1)

@@ -62,13 +62,15 @@ def _facecrm_init(data_dir: str) -> None:
     from facecrm.config import configure
     from facecrm.vision.pipeline import build_pipeline
 
-    _state["pipeline"] = build_pipeline(configure(data_dir=Path(data_dir)))
+    _state["settings"] = configure(data_dir=Path(data_dir))
+    _state["pipeline"] = build_pipeline(_state["settings"])
 
 
 def _facecrm_one(path: str) -> list[float] | None:
     from facecrm.vision.image import read_image
 
-    faces = _state["pipeline"].faces(read_image(path))  # type: ignore[attr-defined]
+    image = read_image(path, _state["settings"])  # type: ignore[arg-type]
+    faces = _state["pipeline"].faces(image)  # type: ignore[attr-defined]
     return faces[0].template.tolist() if faces else None
 
 

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from facecrm.config import load
 from facecrm.vision.image import read_image
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
     camera = workdir / "camera.y4m"
-    write_y4m(read_image(photo), camera)
+    write_y4m(read_image(photo, load()), camera)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
             executable_path=chromium_path(),

@@ -82,9 +82,10 @@ def crm(settings: Settings, pipeline: FacePipeline, database_url: str) -> Iterat
 @pytest.fixture(scope="session")
 def load(faces_dir: Path):  # type: ignore[no-untyped-def]
     """Read a photo of the shared set by its relative path."""
+    limits = config.load()
 
     def _load(relative: str) -> Image:
-        return read_image(faces_dir / relative)
+        return read_image(faces_dir / relative, limits)
 
     return _load
 
@@ -108,7 +109,7 @@ def vip_store(settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> It
         store_id = shop.id
     lin = crm.enroll(
         "Lin-Manuel Miranda",
-        [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))],
+        [Photo("still", read_image(faces_dir / "identities/lin_manuel_miranda/1.png", settings))],
         CURRENT,
         "kiosk",
         SYSTEM,
@@ -141,7 +142,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, pipeline: FacePipeline) -> Cli:
     from facecrm.cli import app
 
     monkeypatch.setattr(config, "_settings", None)  # the CLI reconfigures the process: undone
-    monkeypatch.setattr(runtime, "default_pipeline", lambda: pipeline)
+    monkeypatch.setattr(runtime, "default_pipeline", lambda _settings: pipeline)
     runner = CliRunner()
 
     def run(

@@ -20,7 +20,6 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from facecrm.api.app import create_app
 from facecrm.api.routes.agent import RECHECK_SECONDS
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
@@ -30,6 +29,7 @@ from facecrm.crm.models import AgentEvent, AuditEvent, StaffUser
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard
 from facecrm.keys import server_secret
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import free_port, serve
@@ -298,7 +298,9 @@ class Clock:
 
 def test_login_backoff_doubles_is_capped_and_resets() -> None:
     clock = Clock()
-    guard = LoginGuard(per_address=10, free=5, base=5, cap=60, window=900, clock=clock)
+    guard = LoginGuard(
+        per_address=10, free=5, base=5, cap=60, window=900, known_for=30 * 86_400, clock=clock
+    )
     for n in range(5):  # five free failures, from five addresses
         assert guard.retry_after("alice", f"10.0.0.{n}") == 0
         guard.failed("alice", f"10.0.0.{n}")
@@ -323,7 +325,9 @@ def test_login_backoff_doubles_is_capped_and_resets() -> None:
 
 def test_a_single_guesser_is_stopped_by_its_address_first() -> None:
     clock = Clock()
-    guard = LoginGuard(per_address=10, free=5, base=5, cap=900, window=900, clock=clock)
+    guard = LoginGuard(
+        per_address=10, free=5, base=5, cap=900, window=900, known_for=30 * 86_400, clock=clock
+    )
     for _ in range(10):  # one address trying one account as fast as it is let
         clock.now += guard.retry_after("bob", "203.0.113.9")
         guard.failed("bob", "203.0.113.9")
@@ -337,7 +341,7 @@ def test_a_single_guesser_is_stopped_by_its_address_first() -> None:
 def fresh_guard(world: World) -> Iterator[Clock]:
     """A throttle of its own for this test, on a clock the test moves."""
     clock, saved = Clock(), world.app.state.login_guard
-    world.app.state.login_guard = LoginGuard(clock=clock)
+    world.app.state.login_guard = LoginGuard.from_settings(world.crm.settings, clock=clock)
     yield clock
     world.app.state.login_guard = saved
 
@@ -414,7 +418,9 @@ def test_accounts_login_throttles_audits_and_resets(crm: FaceCRM) -> None:
     """The rule at the service level, on both databases: a checked attempt is audited
     (a failure too, though it raises), a throttled one is not checked, success resets."""
     clock = Clock()
-    guard = LoginGuard(per_address=10, free=2, base=5, cap=60, window=900, clock=clock)
+    guard = LoginGuard(
+        per_address=10, free=2, base=5, cap=60, window=900, known_for=30 * 86_400, clock=clock
+    )
     with db.transaction(crm.sessions) as session:
         accounts.create_staff(session, "dora", PASSWORD, "associate", principal=SYSTEM)
 
@@ -625,7 +631,9 @@ def test_a_spray_from_elsewhere_does_not_lock_out_a_known_address() -> None:
     """Five wrong passwords from strangers' addresses put the account into back-off for
     new addresses only: its owner's till, where they logged in before, still gets in."""
     clock = Clock()
-    guard = LoginGuard(per_address=10, free=5, base=5, cap=900, window=900, clock=clock)
+    guard = LoginGuard(
+        per_address=10, free=5, base=5, cap=900, window=900, known_for=30 * 86_400, clock=clock
+    )
     guard.succeeded("alice", "10.1.1.1")  # her till, yesterday
     clock.now += 86_400
     for n in range(8):

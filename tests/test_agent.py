@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy import select
 
 from facecrm.agent.runner import Agent, AgentConfig
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import activity, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import AgentEvent, Alert, AuditEvent, Visit
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
 
@@ -295,7 +295,8 @@ def test_a_running_agent_forgets_at_once(
         pipeline,
     )
     assert agent.gallery.sync(agent._client)
-    face = pipeline.faces(read_image(faces_dir / "identities/lin_manuel_miranda/1.png"))[0]
+    photo = read_image(faces_dir / "identities/lin_manuel_miranda/1.png", store.crm.settings)
+    face = pipeline.faces(photo)[0]
     assert agent.gallery.decide(face.template) is not None
     if flow == "erase":
         store.crm.delete_customer(store.lin, SYSTEM)

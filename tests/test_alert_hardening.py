@@ -22,11 +22,11 @@ from sqlalchemy import select, text
 
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.alerts import webhooks
-from facecrm.api.app import create_app
 from facecrm.crm import accounts, activity, customers, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import Alert, StoreConfig, Visit
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import free_port, serve

@@ -15,12 +15,12 @@ from sqlalchemy import select
 
 from facecrm.alerts import rules, webhooks
 from facecrm.alerts.service import AlertService, VisitEvent
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import Alert, AuditEvent, Shift, StoreConfig, Visit
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import free_port, serve

@@ -12,10 +12,10 @@ from sqlalchemy import select
 
 from browser import CHROMIUM_ARGS, chromium_path
 from facecrm.agent.runner import Agent, AgentConfig
-from facecrm.api.app import create_app
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import Alert, AuditEvent
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve

@@ -11,13 +11,13 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import AuditEvent, Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve

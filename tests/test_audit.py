@@ -219,4 +219,4 @@ def test_a_garbled_row_is_reported_not_a_crash(crm: FaceCRM, column: str, garbag
     assert report.checked == len(ids) + 1
     with db.transaction(crm.sessions) as session:
         listed = auditlog.read(session, SYSTEM, "test", limit=100)
-    assert [e["id"] for e in listed][: len(ids) + 1] == [*ids, ids[-1] + 1]
+    assert [e.id for e in listed][: len(ids) + 1] == [*ids, ids[-1] + 1]

@@ -32,7 +32,6 @@ import pytest
 from sqlalchemy import func, select
 
 import facecrm
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import authz
 from facecrm.crm.consent_text import CURRENT
@@ -40,6 +39,7 @@ from facecrm.crm.models import AuditEvent
 from facecrm.crm.retention import purge
 from facecrm.crm.service import FaceCRM
 from facecrm.crypto import add_master_key
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve

@@ -9,11 +9,12 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from facecrm.api.app import API_PREFIX, API_ROUTERS, create_app
-from facecrm.config import Settings
+from facecrm.api.router import API_ROUTERS
+from facecrm.config import API_PREFIX, Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import GRANTS, SYSTEM, Permission
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve

@@ -14,7 +14,6 @@ from pydantic import BaseModel
 
 from facecrm import demo
 from facecrm.api import schemas
-from facecrm.api.app import create_app
 from facecrm.client import (
     Card,
     Client,
@@ -29,6 +28,7 @@ from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import free_port, serve

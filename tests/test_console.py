@@ -9,13 +9,13 @@ import pytest
 from sqlalchemy import func, select
 
 from browser import browser_with_camera
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM, Photo
+from facecrm.server import create_app
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
 
@@ -38,7 +38,7 @@ def site(
         store_id = store.id
     rose = crm.enroll(
         "Rose Leslie",
-        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
+        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg", crm.settings))],
         CURRENT,
         "kiosk",
         SYSTEM,

@@ -12,12 +12,12 @@ import httpx
 import pytest
 
 from browser import browser_with_camera
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
+from facecrm.server import create_app
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
 
@@ -51,7 +51,7 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
         store_id, other_id = store.id, other.id
     rose = crm.enroll(
         "Rose Leslie",
-        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg"))],
+        [Photo("seed", read_image(faces_dir / "identities/rose_leslie/1.jpg", crm.settings))],
         CURRENT,
         "kiosk",
         SYSTEM,

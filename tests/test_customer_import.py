@@ -15,13 +15,13 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import Cli
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db, imports
 from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.errors import Forbidden, InvalidError
 from facecrm.crm.models import AuditEvent, Customer, Role
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 
 from server import serve
 

@@ -15,7 +15,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, audit, customers, db
 from facecrm.crm.authz import SYSTEM
@@ -34,6 +33,7 @@ from facecrm.crm.models import (
 )
 from facecrm.crm.service import FaceCRM
 from facecrm.logs import configure_logging
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
 from server import serve

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.service import FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.image import ImageError, decode_image, decode_slot, jpeg_scans
 from facecrm.vision.pipeline import FacePipeline
 
@@ -98,11 +98,13 @@ CASES = {
 
 MEASURE = """
 import resource, sys
+from facecrm.config import load
 from facecrm.vision.image import ImageError, decode_image
+settings = load()
 data = open(sys.argv[1], "rb").read()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 try:
-    image = decode_image(data)
+    image = decode_image(data, settings)
     outcome = "ok %dx%d" % (image.shape[1], image.shape[0])
 except ImageError as exc:
     outcome = exc.reason
@@ -135,14 +137,15 @@ def test_worst_case_decode_is_bounded(name: str, tmp_path: Path) -> None:
         assert 1024 <= max(width, height) < 2048
 
 
-@pytest.mark.usefixtures("settings")
-def test_reduced_sixteen_bit_and_float_keep_their_levels() -> None:
+def test_reduced_sixteen_bit_and_float_keep_their_levels(settings: Settings) -> None:
     gray = np.full((3000, 3000), 32_768, np.uint16)
-    image = decode_image(_encode(PILImage.fromarray(gray), "PNG"))
+    image = decode_image(_encode(PILImage.fromarray(gray), "PNG"), settings)
     assert image.shape == (1500, 1500, 3) and int(image[10, 10, 0]) == 128
     floats = np.full((3000, 2200), 200.0, np.float32)
     floats[0, 0] = np.nan
-    image = decode_image(_encode(PILImage.fromarray(floats), "TIFF", compression="tiff_lzw"))
+    image = decode_image(
+        _encode(PILImage.fromarray(floats), "TIFF", compression="tiff_lzw"), settings
+    )
     assert image.shape == (1500, 1100, 3) and int(image[700, 500, 0]) == 200
 
 
@@ -153,27 +156,25 @@ def _scan_bomb(side: int, copies: int) -> bytes:
     return data[:-2] + data[last:-2] * copies + b"\xff\xd9"
 
 
-@pytest.mark.usefixtures("settings")
-def test_a_progressive_jpeg_with_too_many_scans_is_refused_at_once() -> None:
+def test_a_progressive_jpeg_with_too_many_scans_is_refused_at_once(settings: Settings) -> None:
     normal = _encode(PILImage.new("RGB", (800, 600), (90, 120, 150)), "JPEG", progressive=True)
-    assert 1 < jpeg_scans(normal) <= 32 and decode_image(normal).shape == (600, 800, 3)
+    assert 1 < jpeg_scans(normal) <= 32 and decode_image(normal, settings).shape == (600, 800, 3)
     assert jpeg_scans(_encode(PILImage.new("RGB", (80, 60)), "JPEG")) == 1
     bomb = _scan_bomb(3000, 300)  # 42 KB; the decoder spent 2.6 s on it before the limit
     assert len(bomb) < 50_000 and jpeg_scans(bomb) > 300
     started = time.perf_counter()
     with pytest.raises(ImageError) as exc:
-        decode_image(bomb)
+        decode_image(bomb, settings)
     assert exc.value.reason == "too_many_scans"
     assert time.perf_counter() - started < 0.5
 
 
-@pytest.mark.usefixtures("settings")
-def test_multi_page_tiff_is_refused() -> None:
+def test_multi_page_tiff_is_refused(settings: Settings) -> None:
     pages = [PILImage.new("RGB", (32, 32), c) for c in ("red", "green")]
     buf = io.BytesIO()
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
     with pytest.raises(ImageError) as exc:
-        decode_image(buf.getvalue())
+        decode_image(buf.getvalue(), settings)
     assert exc.value.reason == "multi_page"
 
 

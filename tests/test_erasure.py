@@ -14,7 +14,6 @@ import httpx
 import pytest
 from sqlalchemy import select, text
 
-from facecrm.api.app import create_app
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, customers, db
 from facecrm.crm.authz import SYSTEM
@@ -22,6 +21,7 @@ from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import CustomerKey, CustomerPhoto, FaceTemplate, Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.keys import server_secret
+from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 from facecrm.vision.types import Image
 

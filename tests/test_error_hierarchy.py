@@ -34,6 +34,7 @@ from facecrm.errors import (
     InvalidError,
     LoginFailedError,
     LoginThrottledError,
+    MissingExtraError,
     NotFoundError,
 )
 from facecrm.vision.image import DecoderBusy, ImageError
@@ -67,6 +68,7 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (CryptoError(f"master key {SECRET!r} is not available"), 500, "crypto_error"),
     (ConfigError(f"invalid settings: {SECRET}"), 500, "misconfigured"),
     (ModelNotFoundError(f"model {SECRET} is missing"), 500, "model_missing"),
+    (MissingExtraError("server", "sqlalchemy"), 500, "missing_extra"),
 ]
 
 

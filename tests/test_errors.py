@@ -16,13 +16,13 @@ import httpx
 import pytest
 
 import facecrm
-from facecrm.api.app import create_app
 from facecrm.api.problems import ApiError
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM, Forbidden
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.errors import ConflictError, ConsentError, InvalidError, NotFoundError
 from facecrm.crm.service import EnrollmentError, FaceCRM
+from facecrm.server import create_app
 from facecrm.vision.image import ImageError
 from facecrm.vision.pipeline import QualityError
 

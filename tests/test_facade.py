@@ -28,7 +28,7 @@ COLLINS = Path(str(resources.files("facecrm") / "demo_data" / "eileen_collins_na
 @pytest.fixture()
 def shared_pipeline(pipeline: FacePipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """`facecrm.open` without `pipeline=` loads the default one: the session's, loaded once."""
-    monkeypatch.setattr(runtime, "default_pipeline", lambda: pipeline)
+    monkeypatch.setattr(runtime, "default_pipeline", lambda _settings: pipeline)
 
 
 @pytest.fixture()

@@ -41,99 +41,97 @@ def _png_with_size(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-@pytest.mark.usefixtures("settings")
 class TestBadInput:
-    def test_not_an_image(self) -> None:
+    def test_not_an_image(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image(b"%PDF-1.4 this is not a picture")
+            decode_image(b"%PDF-1.4 this is not a picture", settings)
         assert exc.value.reason == "not_an_image"
 
-    def test_zero_bytes(self) -> None:
+    def test_zero_bytes(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image(b"")
+            decode_image(b"", settings)
         assert exc.value.reason == "empty"
 
-    def test_wrong_type(self) -> None:
+    def test_wrong_type(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image("a string, not bytes")  # type: ignore[arg-type]
+            decode_image("a string, not bytes", settings)  # type: ignore[arg-type]
         assert exc.value.reason == "wrong_type"
 
-    def test_truncated_jpeg(self) -> None:
+    def test_truncated_jpeg(self, settings: Settings) -> None:
         data = _encode(_gradient(640, 480), "JPEG", quality=90)
         with pytest.raises(ImageError) as exc:
-            decode_image(data[: len(data) // 2])
+            decode_image(data[: len(data) // 2], settings)
         assert exc.value.reason == "corrupt"
 
-    def test_decompression_bomb(self) -> None:
+    def test_decompression_bomb(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image(_png_with_size(100_000, 100_000))
+            decode_image(_png_with_size(100_000, 100_000), settings)
         assert exc.value.reason == "too_many_pixels"
 
-    def test_absurd_dimensions(self) -> None:
+    def test_absurd_dimensions(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image(_png_with_size(2**31 - 1, 1))
+            decode_image(_png_with_size(2**31 - 1, 1), settings)
         assert exc.value.reason in {"too_many_pixels", "corrupt"}
 
     def test_too_many_bytes(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image(b"\xff" * (settings.max_upload_bytes + 1))
+            decode_image(b"\xff" * (settings.max_upload_bytes + 1), settings)
         assert exc.value.reason == "too_large"
 
-    def test_unsupported_format(self) -> None:
+    def test_unsupported_format(self, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            decode_image(_encode(_gradient(), "GIF"))
+            decode_image(_encode(_gradient(), "GIF"), settings)
         assert exc.value.reason == "unsupported_format"
 
-    def test_missing_file(self, tmp_path: Path) -> None:
+    def test_missing_file(self, tmp_path: Path, settings: Settings) -> None:
         with pytest.raises(ImageError) as exc:
-            read_image(tmp_path / "nope.jpg")
+            read_image(tmp_path / "nope.jpg", settings)
         assert exc.value.reason == "not_found"
 
 
-@pytest.mark.usefixtures("settings")
 class TestModes:
-    def test_grayscale(self) -> None:
-        img = decode_image(_encode(_gradient().convert("L"), "PNG"))
+    def test_grayscale(self, settings: Settings) -> None:
+        img = decode_image(_encode(_gradient().convert("L"), "PNG"), settings)
         assert img.shape == (48, 64, 3) and img.dtype == np.uint8
         assert np.array_equal(img[..., 0], img[..., 1])
 
-    def test_alpha_is_composited_on_white(self) -> None:
+    def test_alpha_is_composited_on_white(self, settings: Settings) -> None:
         rgba = PILImage.new("RGBA", (10, 10), (255, 0, 0, 0))
-        img = decode_image(_encode(rgba, "PNG"))
+        img = decode_image(_encode(rgba, "PNG"), settings)
         assert tuple(img[0, 0]) == (255, 255, 255)
 
-    def test_sixteen_bit(self) -> None:
+    def test_sixteen_bit(self, settings: Settings) -> None:
         arr = np.full((8, 8), 65535, dtype=np.uint16)
         arr[0, 0] = 0
-        img = decode_image(_encode(PILImage.fromarray(arr), "PNG"))
+        img = decode_image(_encode(PILImage.fromarray(arr), "PNG"), settings)
         assert img[1, 1, 0] == 255 and img[0, 0, 0] == 0
 
-    def test_cmyk(self) -> None:
+    def test_cmyk(self, settings: Settings) -> None:
         cmyk = PILImage.new("CMYK", (8, 8), (0, 255, 255, 0))  # pure red
-        img = decode_image(_encode(cmyk, "JPEG"))
+        img = decode_image(_encode(cmyk, "JPEG"), settings)
         r, g, b = (int(v) for v in img[4, 4])
         assert r > 200 and g < 60 and b < 60
 
-    def test_palette(self) -> None:
-        img = decode_image(_encode(_gradient().convert("P"), "PNG"))
+    def test_palette(self, settings: Settings) -> None:
+        img = decode_image(_encode(_gradient().convert("P"), "PNG"), settings)
         assert img.shape == (48, 64, 3)
 
-    def test_exif_rotation_is_applied(self) -> None:
+    def test_exif_rotation_is_applied(self, settings: Settings) -> None:
         upright = _gradient(64, 48)  # wider than tall, dark on the left
         stored = upright.transpose(PILImage.Transpose.ROTATE_90)  # what a phone sensor wrote
         exif = PILImage.Exif()
         exif[0x0112] = 6  # orientation: the viewer must rotate 90 degrees clockwise
-        img = decode_image(_encode(stored, "JPEG", exif=exif.tobytes(), quality=95))
+        img = decode_image(_encode(stored, "JPEG", exif=exif.tobytes(), quality=95), settings)
         assert img.shape[:2] == (48, 64)
         assert img[:, :8, 0].mean() < img[:, -8:, 0].mean()
 
 
 def test_rgba_scene_photo_decodes(faces_dir: Path, settings: Settings) -> None:
-    img = read_image(faces_dir / "scenes" / "32bit.png")
+    img = read_image(faces_dir / "scenes" / "32bit.png", settings)
     assert img.ndim == 3 and img.shape[2] == 3
 
 
 def test_large_jpeg_is_decoded_at_reduced_scale(settings: Settings) -> None:
-    img = decode_image(_encode(_gradient(4000, 3000), "JPEG", quality=80))
+    img = decode_image(_encode(_gradient(4000, 3000), "JPEG", quality=80), settings)
     assert settings.decode_max_side <= max(img.shape[:2]) < 2 * settings.decode_max_side
     assert img.shape[0] * 4 == img.shape[1] * 3  # aspect ratio kept

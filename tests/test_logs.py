@@ -24,7 +24,7 @@ PASSWORD = "correct horse battery"
 SERVE_WITH_A_FAULT = """
 import sys
 from fastapi import File, UploadFile
-import facecrm.api.app as web
+import facecrm.server as web
 from facecrm import cli
 
 real_create_app = web.create_app

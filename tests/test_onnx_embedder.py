@@ -36,7 +36,7 @@ def test_configured_onnx_embedder(settings: Settings, user_model: Path, faces_di
     )
     pipeline = build_pipeline(s)
     assert pipeline.model_id.startswith("onnx-")
-    (face,) = pipeline.faces(read_image(faces_dir / "identities/rose_leslie/1.jpg"))
+    (face,) = pipeline.faces(read_image(faces_dir / "identities/rose_leslie/1.jpg", s))
     assert face.template is not None and face.template.shape == (128,)
     with pytest.raises(LookupError):  # a new vector space has no threshold until calibrated
         load_calibration(pipeline.model_id, s.data_dir)

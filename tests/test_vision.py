@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
+from facecrm.config import load
 from facecrm.vision.embed import DlibResNetEmbedder
 from facecrm.vision.image import decode_image
 from facecrm.vision.pipeline import FacePipeline, QualityError
@@ -68,7 +69,7 @@ def test_exif_rotated_phone_photo_is_upright(pipeline: FacePipeline, faces_dir) 
     exif[0x0112] = 6
     buf = io.BytesIO()
     stored.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
-    image = decode_image(buf.getvalue())
+    image = decode_image(buf.getvalue(), load())
     assert image.shape[:2] == (upright.height, upright.width)
     (face,) = pipeline.faces(image)
     assert face.quality is not None and abs(face.quality.roll_deg) < 15

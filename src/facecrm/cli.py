@@ -8,6 +8,7 @@ error (Click's own: an unknown option, a missing argument).
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -17,14 +18,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 from rich.text import Text
-from sqlalchemy.exc import ArgumentError, OperationalError
 from typer.core import TyperGroup
 
-from facecrm.config import Settings, configure, get_settings
-from facecrm.crm.authz import SYSTEM
+from facecrm.config import API_PREFIX, Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
-from facecrm.crm.runtime import Runtime
 from facecrm.errors import FacecrmError
+from facecrm.extras import missing_extra
 from facecrm.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -33,6 +32,7 @@ if TYPE_CHECKING:
     import uvicorn
     from sqlalchemy.orm import Session
 
+    from facecrm.crm.runtime import Runtime
     from facecrm.crm.service import FaceCRM
 
 console = Console()
@@ -61,12 +61,35 @@ class _Commands(TyperGroup):
         except FacecrmError as exc:
             _error_line(f"{_first_line(exc)} ({exc.reason})")
             raise typer.Exit(exc.exit_code) from exc
-        except OperationalError as exc:  # the server is down, refuses us, a locked file...
-            _error_line(f"cannot use the database: {_first_line(exc.orig or exc)}")
+        except ModuleNotFoundError as exc:  # an agent-only install asked for a server command
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            _error_line(f"{missing} ({missing.reason})")
+            raise typer.Exit(missing.exit_code) from exc
+        except Exception as exc:
+            message = _database_error(exc)
+            if message is None:
+                raise
+            _error_line(message)
             raise typer.Exit(1) from exc
-        except ArgumentError as exc:  # create_engine: not a URL, or an unknown dialect
-            _error_line(f"FACECRM_DATABASE_URL is not a usable database URL: {_first_line(exc)}")
-            raise typer.Exit(1) from exc
+
+
+def _database_error(exc: Exception) -> str | None:
+    """One line for a database that cannot be used (None: `exc` is something else).
+
+    SQLAlchemy is imported only if a command already loaded it: an agent-only install
+    has none, and then no database error can have happened.
+    """
+    if "sqlalchemy" not in sys.modules:
+        return None
+    from sqlalchemy.exc import ArgumentError, OperationalError
+
+    if isinstance(exc, OperationalError):  # the server is down, refuses us, a locked file...
+        return f"cannot use the database: {_first_line(exc.orig or exc)}"
+    if isinstance(exc, ArgumentError):  # create_engine: not a URL, or an unknown dialect
+        return f"FACECRM_DATABASE_URL is not a usable database URL: {_first_line(exc)}"
+    return None
 
 
 app = typer.Typer(
@@ -123,12 +146,14 @@ def _runtime() -> Runtime:
     Every command acts as `SYSTEM`, the local operator, and each crm operation it calls
     runs in its own transaction (`Runtime.run`) and records its own audit event.
     """
+    from facecrm.crm.runtime import Runtime  # server-only, like FaceCRM
+
     return Runtime(get_settings())
 
 
 def _crm() -> FaceCRM:
     """The face service, for the commands that handle faces and templates."""
-    from facecrm.crm.service import FaceCRM
+    from facecrm.crm.service import FaceCRM  # server-only: not imported by `facecrm agent`
 
     return FaceCRM(runtime=_runtime())
 
@@ -165,6 +190,8 @@ def enroll(
     channel: Annotated[str, typer.Option(help="Where consent was given.")] = "associate",
 ) -> None:
     """Enroll an opted-in customer from one or more photos (all must pass the quality gate)."""
+    from facecrm.crm.authz import SYSTEM
+
     if consent is None:
         consent = typer.confirm(
             f"Has {name} given consent to in-store face recognition "
@@ -177,8 +204,9 @@ def enroll(
     from facecrm.vision.image import read_image
 
     try:
-        images = [Photo(str(p), read_image(p)) for p in photos]
-        customer = _crm().enroll(name, images, CONSENT_TEXT_VERSION, channel, SYSTEM)
+        crm = _crm()
+        images = [Photo(str(p), read_image(p, crm.settings)) for p in photos]
+        customer = crm.enroll(name, images, CONSENT_TEXT_VERSION, channel, SYSTEM)
     except FacecrmError as exc:  # an unusable photo, the quality gate, a duplicate face...
         message = str(exc).removesuffix("; nothing was stored")
         raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
@@ -194,10 +222,11 @@ def identify(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Say which opted-in customers are in a photo; everyone else is "unknown"."""
+    from facecrm.crm.authz import SYSTEM
     from facecrm.vision.image import read_image
 
-    image = read_image(photo)
     crm = _crm()
+    image = read_image(photo, crm.settings)
     results = crm.identify(image, SYSTEM)
     rows = [
         {
@@ -262,6 +291,8 @@ def _listing(rows: list[dict[str, Any]], columns: tuple[str, ...], as_json: bool
 @customers_app.command("list")
 def customers_list(as_json: AsJson = False) -> None:
     """All customers with their number of templates."""
+    from facecrm.crm.authz import SYSTEM
+
     rows = [
         {
             "id": customer.id,
@@ -289,6 +320,7 @@ def customers_import(
     tier, notes): a known loyalty_id updates that customer. Bad rows are reported and
     skipped (exit 1); the others go in unless --atomic."""
     from facecrm.crm import imports
+    from facecrm.crm.authz import SYSTEM
 
     try:
         if file.stat().st_size > imports.MAX_BYTES:  # refused before it is read into memory
@@ -324,6 +356,7 @@ def customers_export(
 ) -> None:
     """Write every customer's CRM fields (not faces, consents or activity) as CSV."""
     from facecrm.crm import imports
+    from facecrm.crm.authz import SYSTEM
     from facecrm.private import write_file
 
     text = _runtime().run(imports.export_csv, SYSTEM)
@@ -334,6 +367,8 @@ def customers_export(
 @customers_app.command("show")
 def customers_show(customer_id: str) -> None:
     """One customer: consents and templates (the lookup is audited)."""
+    from facecrm.crm.authz import SYSTEM
+
     customer = _crm().customer(customer_id, SYSTEM)
     console.print(
         f"[bold]{customer.name}[/] ({customer.id}), enrolled {customer.created_at:%Y-%m-%d}"
@@ -351,6 +386,8 @@ def customers_delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Erase a customer: profile, consents and templates; out of search at once."""
+    from facecrm.crm.authz import SYSTEM
+
     crm = _crm()
     customer = crm.customer(customer_id, SYSTEM)
     if not yes and not typer.confirm(f"Erase {customer.name} ({customer.id})?", default=False):
@@ -370,13 +407,21 @@ def eval_(
     scores: Annotated[Path | None, typer.Option(help="Write pair scores to this CSV.")] = None,
     workers: Annotated[int, typer.Option(help="Processes (default: up to 2).")] = 0,
     calibrate: Annotated[
-        bool, typer.Option(help="Save this set's impostor scores as the threshold calibration.")
+        bool,
+        typer.Option(
+            help="Save this set's calibration (both cascade stages); FACECRM_CALIBRATION=path "
+            "points a server at it."
+        ),
     ] = False,
+    cascade: Annotated[
+        bool, typer.Option(help="Also run the dlib → SFace cascade (default embedder only).")
+    ] = True,
+    top: Annotated[int, typer.Option(min=0, help="Hardest impostor/genuine pairs listed.")] = 5,
 ) -> None:
     """Measure verification and open-set identification on a labelled photo set."""
+    from facecrm.eval import cascade_eval, runner
     from facecrm.eval import report as report_mod
-    from facecrm.eval import runner
-    from facecrm.gallery.threshold import load_calibration
+    from facecrm.gallery.threshold import load_calibration, load_cascade
     from facecrm.vision.pipeline import build_embedder
 
     if fmt not in {"text", "json"}:
@@ -390,17 +435,35 @@ def eval_(
         samples = runner.scan(directory)
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from exc
+    second_settings = settings.model_copy(update={"embedder": "sface"})
+    two = cascade and settings.embedder == "dlib"
     with _progress() as progress:
-        task = progress.add_task("embedding", total=len(samples))
+        task = progress.add_task("embedding", total=len(samples) * (2 if two else 1))
         embedded, seconds = runner.embed_set(
             directory, settings, workers, lambda: progress.advance(task)
         )
+        second = (
+            runner.embed_set(directory, second_settings, workers, lambda: progress.advance(task))[0]
+            if two
+            else None
+        )
+    calibration_path = settings.calibration
     if calibrate:
-        path = report_mod.save_calibration(embedded, model_id, settings, str(directory))
-        err.print(f"calibration saved to {path}")
+        calibration_path = cascade_eval.save_calibration(
+            embedded,
+            second,
+            (model_id, build_embedder(second_settings).model_id if two else None),
+            settings.data_dir / "calibration" / f"{model_id}.json",
+            str(directory),
+        )
+        err.print(
+            f"calibration saved to {calibration_path} "
+            f"(a server uses it with FACECRM_CALIBRATION={calibration_path})"
+        )
     try:
-        calibration = load_calibration(model_id, settings.data_dir)
-    except LookupError as exc:
+        calibration = load_calibration(model_id, settings.data_dir, calibration_path)
+        cascade_cal = load_cascade(model_id, settings.data_dir, calibration_path) if two else None
+    except (LookupError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     threshold = calibration.threshold(settings.target_fmr)
     report = {
@@ -409,6 +472,11 @@ def eval_(
         "seconds_per_image": seconds,
         "workers": workers,
     }
+    if second is not None and cascade_cal is not None:
+        report["cascade"] = cascade_eval.evaluate_cascade(
+            embedded, second, cascade_cal, settings.target_fmr
+        )
+    report["hardest_pairs"] = cascade_eval.hardest_pairs(embedded, second, top, cascade_cal)
     if pairs is not None:
         by_path = {e.sample.path: e for e in embedded}
         try:
@@ -419,7 +487,12 @@ def eval_(
         if scores is not None:
             runner.write_scores(scores, listed, threshold)
     if plot is not None:
-        report_mod.plot_roc(embedded, plot, report)
+        report_mod.plot_roc(
+            embedded,
+            plot,
+            report,
+            cascade_eval.plot_values(embedded, second, cascade_cal, settings.target_fmr),
+        )
     if fmt == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -437,6 +510,7 @@ def admin_create(
 ) -> None:
     """Create a staff account (by default an administrator, to bootstrap the server)."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     user = _runtime().run(
         accounts.create_staff, username, password, role, store or [], principal=SYSTEM
@@ -471,6 +545,7 @@ def admin_list(as_json: AsJson = False) -> None:
 def admin_disable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
     """Disable an account: its tokens, console sessions and live streams stop at once."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     _staff_change(f"Disabled {user}.", lambda s: accounts.set_active(s, SYSTEM, user, active=False))
 
@@ -479,6 +554,7 @@ def admin_disable(user: Annotated[str, typer.Argument(help="Username or id.")]) 
 def admin_enable(user: Annotated[str, typer.Argument(help="Username or id.")]) -> None:
     """Enable a disabled account (tokens from before stay void: the user logs in again)."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     _staff_change(f"Enabled {user}.", lambda s: accounts.set_active(s, SYSTEM, user, active=True))
 
@@ -493,6 +569,7 @@ def admin_password(
 ) -> None:
     """Set a new password; every token issued before it stops working."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     _staff_change(
         f"New password set for {user}; their sessions are logged out.",
@@ -507,6 +584,7 @@ def admin_delete(
 ) -> None:
     """Delete an account (the audit trail keeps its name)."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     if not yes and not typer.confirm(f"Delete the account {user}?", default=False):
         raise typer.Exit(1)
@@ -517,6 +595,7 @@ def admin_delete(
 def stores_add(code: str, name: str) -> None:
     """Add a store; prints its id."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     store = _runtime().run(accounts.create_store, code, name, SYSTEM)
     console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
@@ -559,6 +638,7 @@ def devices_add(
 ) -> None:
     """Register a device; its API key is printed once and never stored."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     device, key = _runtime().run(accounts.create_device, store, kind, name, principal=SYSTEM)
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
@@ -569,6 +649,7 @@ def devices_add(
 def devices_revoke(device_id: Annotated[str, typer.Argument(help="The device id.")]) -> None:
     """Revoke a device's API key for good: its next request is refused."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
     _staff_change(
         f"Revoked device {device_id}.", lambda s: accounts.revoke_device(s, SYSTEM, device_id)
@@ -581,7 +662,7 @@ def server_config(
     """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted)."""
     import uvicorn
 
-    from facecrm.api.app import create_app
+    from facecrm.server import create_app
 
     settings = get_settings()
     trusted = forwarded_allow_ips or settings.forwarded_allow_ips
@@ -647,7 +728,7 @@ def agent(
     configure_logging()
     settings = get_settings()
     try:
-        me = httpx.get(f"{server}/api/v1/me", headers={"X-API-Key": api_key}, timeout=10)
+        me = httpx.get(f"{server}{API_PREFIX}/me", headers={"X-API-Key": api_key}, timeout=10)
         if me.status_code == 401:
             raise _fail("the server refused the device key")
         if store and me.is_success and store not in (me.json().get("stores") or []):
@@ -712,6 +793,7 @@ def keys_rotate(
     ] = False,
 ) -> None:
     """Add a new master key and re-wrap every customer's data key with it (no downtime)."""
+    from facecrm.crm.authz import SYSTEM
     from facecrm.crm.vault import TemplateVault
     from facecrm.crypto import add_master_key, drop_master_keys
 
@@ -728,6 +810,7 @@ def keys_rotate(
 @app.command()
 def purge() -> None:
     """Apply the retention rules now (the server also does it every hour)."""
+    from facecrm.crm.authz import SYSTEM
     from facecrm.crm.retention import purge as run_purge
 
     report = run_purge(_crm(), SYSTEM)

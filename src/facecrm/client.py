@@ -29,10 +29,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar
 import httpx
 from pydantic import BaseModel, ConfigDict, TypeAdapter, field_validator
 
+from facecrm.config import API_PREFIX
+
 if TYPE_CHECKING:
     import numpy as np
 
-API_PREFIX = "/api/v1"
+
 Purpose = Literal["in_store_recognition", "face_payment", "experience_analytics", "marketing"]
 Channel = Literal["kiosk", "phone", "associate", "web", "cli"]
 PhotoLike: TypeAlias = "str | Path | bytes | bytearray | np.ndarray"
@@ -47,10 +49,15 @@ __all__ = [
     "CustomerSummary",
     "Export",
     "FaceAdded",
+    "Feedback",
     "Identification",
     "IdentifiedFace",
+    "Interest",
     "Me",
     "Profile",
+    "Purchase",
+    "PurchaseItem",
+    "TemplateMeta",
     "Token",
     "Verification",
     "Visit",
@@ -143,17 +150,68 @@ class Visit(_Out):
     similarity: float | None = None
 
 
+class PurchaseItem(_Out):
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+class Purchase(_Out):
+    id: int
+    customer_id: str
+    store_id: str
+    at: datetime
+    currency: str
+    total_cents: int
+    items: list[PurchaseItem] = []
+
+
+class Interest(_Out):
+    id: int
+    customer_id: str
+    store_id: str
+    product: str
+    sku: str | None = None
+    out_of_stock: bool = False
+    resolved: bool = False
+    created_at: datetime | None = None
+    resolved_at: datetime | None = None
+
+
+class Feedback(_Out):
+    id: int
+    customer_id: str
+    store_id: str
+    at: datetime
+    rating: int | None = None
+    text: str = ""
+    resolved: bool = False
+    resolved_at: datetime | None = None
+
+
 class Card(Profile):
     """The staff card (`GET /customers/{id}`, an audited lookup); activity is in the
-    principal's stores only (purchases, interests and feedback as plain dicts)."""
+    principal's stores only."""
 
     consents: list[Consent] = []
     templates: int = 0
     has_photo: bool = False
     recent_visits: list[Visit] = []
-    purchases: list[dict[str, Any]] = []
-    open_interests: list[dict[str, Any]] = []
-    open_feedback: list[dict[str, Any]] = []
+    purchases: list[Purchase] = []
+    open_interests: list[Interest] = []
+    open_feedback: list[Feedback] = []
+
+
+class TemplateMeta(_Out):
+    """A face template by its metadata (`vector` only says it is never exported)."""
+
+    id: int
+    model_id: str
+    source: str
+    quality: dict[str, float] = {}
+    created_at: datetime | None = None
+    vector: str
 
 
 class Export(_Out):
@@ -161,7 +219,12 @@ class Export(_Out):
 
     customer: Profile
     consents: list[Consent] = []
-    face_templates: list[dict[str, Any]] = []
+    face_templates: list[TemplateMeta] = []
+    enrollment_photo_kept: bool = False
+    visits: list[Visit] = []
+    purchases: list[Purchase] = []
+    interests: list[Interest] = []
+    feedback: list[Feedback] = []
 
 
 class FaceAdded(_Out):

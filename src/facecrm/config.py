@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from facecrm.errors import ConfigError
 
 EmbedderName = Literal["dlib", "dlib-native", "sface", "onnx"]
+# Not a setting: the store agent and `facecrm.client` must agree with every server.
+API_PREFIX: Final = "/api/v1"
 
 
 def _default_data_dir() -> Path:
@@ -57,6 +59,8 @@ class Settings(BaseSettings):
     # Open-set identification
     # false-match rate per comparison the threshold is set for
     target_fmr: float = Field(1e-3, gt=0, lt=1)
+    # a calibration JSON written by `facecrm eval DIR --calibrate` (default: data_dir/calibration)
+    calibration: Path | None = None
     # galleries at least this large use the approximate index
     ann_min_size: int = Field(20_000, gt=0)
 
@@ -73,10 +77,20 @@ class Settings(BaseSettings):
     # none by default: a forged header would otherwise dodge the per-address log-in limit
     forwarded_allow_ips: str | None = None
 
+    # Log-in throttling (crm.throttle.LoginGuard; the README and the threat model quote these)
+    login_address_failures: int = Field(10, gt=0)  # per address and window, then refused
+    login_free_failures: int = Field(5, ge=0)  # an account's failures before its back-off
+    login_backoff_seconds: float = Field(5.0, gt=0)  # first refusal window, then doubling
+    login_backoff_cap_seconds: float = Field(900.0, gt=0)  # the longest refusal window
+    login_window_seconds: float = Field(900.0, gt=0)  # failures older than this are forgotten
+    # an address the account logged in from this recently skips the account's back-off
+    login_known_address_days: float = Field(30.0, ge=0)
+
     # Store visits and alerts
     # one visit per customer and store within this window
     visit_window_minutes: int = Field(120, gt=0)
-    lookup_per_minute: int = Field(20, gt=0)  # phone look-ups per staff member
+    # identifications (phone look-up, identify, verify) per staff member and minute
+    lookup_per_minute: int = Field(20, gt=0)
     # Store webhooks go to public https hosts only; an admin may allow known internal ones
     webhook_allow_hosts: list[str] = []  # host names or addresses exempt from the address check
     webhook_allow_http: bool = False

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import numpy.typing as npt
 from rich.console import Console
 
-from facecrm.config import configure
+from facecrm.config import Settings, configure, load
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Identification, Photo
@@ -26,18 +27,19 @@ class DemoFailed(RuntimeError):
     """The walkthrough did not behave as it should (a real defect, not a demo effect)."""
 
 
-def hopper() -> Image:
-    """Grace Hopper's portrait, shipped with matplotlib."""
+def hopper(settings: Settings | None = None) -> Image:
+    """Grace Hopper's portrait, shipped with matplotlib (decoded within `settings`' limits,
+    by default the environment's)."""
     import matplotlib.cbook
 
-    return read_image(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    path = matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)
+    return read_image(path, settings or load())
 
 
-def collins() -> Image:
+def collins(settings: Settings | None = None) -> Image:
     """Eileen Collins's portrait (NASA, public domain), shipped with facecrm."""
-    return read_image(
-        Path(str(resources.files("facecrm") / "demo_data" / "eileen_collins_nasa.jpg"))
-    )
+    path = Path(str(resources.files("facecrm") / "demo_data" / "eileen_collins_nasa.jpg"))
+    return read_image(path, settings or load())
 
 
 def another_day(image: Image) -> Image:
@@ -46,7 +48,8 @@ def another_day(image: Image) -> Image:
     h, w = mirrored.shape[:2]
     tilt = cv2.getRotationMatrix2D((w / 2, h / 2), 6, 1.0)
     tilted = cv2.warpAffine(mirrored, tilt, (w, h), borderMode=cv2.BORDER_REFLECT)
-    return np.clip(tilted.astype(np.float32) * 0.8, 0, 255).astype(np.uint8)
+    darker: npt.NDArray[np.float32] = np.asarray(tilted, np.float32) * np.float32(0.8)
+    return np.clip(darker, 0, 255).astype(np.uint8)
 
 
 def side_by_side(left: Image, right: Image) -> Image:
@@ -76,7 +79,9 @@ def run(console: Console) -> None:
         crm = FaceCRM(settings, migrate=True)
 
         console.print("\n1. Grace Hopper opts in at the kiosk and enrolls one photo.")
-        grace = crm.enroll("Grace Hopper", [Photo("kiosk", hopper())], CURRENT, "kiosk", SYSTEM)
+        grace = crm.enroll(
+            "Grace Hopper", [Photo("kiosk", hopper(settings))], CURRENT, "kiosk", SYSTEM
+        )
         console.print(
             f"   customer {grace.id}: consent 'in_store_recognition' recorded, "
             f"{len(grace.templates)} template stored."
@@ -87,26 +92,26 @@ def run(console: Console) -> None:
         )
 
         console.print("\n2. Another day, a store camera sees her.")
-        seen = crm.identify(another_day(hopper()), SYSTEM)
+        seen = crm.identify(another_day(hopper(settings)), SYSTEM)
         console.print(f"   → {_describe(seen)}")
         if [r.match.customer_id for r in seen if r.match] != [grace.id]:
             raise DemoFailed("Grace Hopper was not recognised")
 
         console.print("\n3. Eileen Collins walks in; she never opted in.")
-        stranger = crm.identify(collins(), SYSTEM)
+        stranger = crm.identify(collins(settings), SYSTEM)
         console.print(f"   → {_describe(stranger)} — nothing about her is stored, only counted.")
         if any(r.match for r in stranger) or not stranger:
             raise DemoFailed("a stranger was given a name")
 
         console.print("\n4. Both in one frame.")
-        both = crm.identify(side_by_side(another_day(hopper()), collins()), SYSTEM)
+        both = crm.identify(side_by_side(another_day(hopper(settings)), collins(settings)), SYSTEM)
         console.print(f"   → {_describe(both)}")
         if sorted(r.customer_name or "unknown" for r in both) != ["Grace Hopper", "unknown"]:
             raise DemoFailed("the group photo was not resolved to one customer and one unknown")
 
         console.print("\n5. Grace asks to be forgotten.")
         crm.delete_customer(grace.id, SYSTEM)
-        after = crm.identify(another_day(hopper()), SYSTEM)
+        after = crm.identify(another_day(hopper(settings)), SYSTEM)
         console.print(f"   → erased; the camera now sees: {_describe(after)}")
         if any(r.match for r in after):
             raise DemoFailed("an erased customer was still recognised")

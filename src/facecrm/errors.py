@@ -154,6 +154,23 @@ class SchemaOutdatedError(FacecrmError):
     reason = "schema_outdated"
 
 
+class MissingExtraError(ConfigError):
+    """What was asked needs an optional part of facecrm that is not installed.
+
+    A store box installs `facecrm[agent]` only; the server's commands then say which extra
+    to add instead of failing on an import deep inside (see `facecrm.extras`).
+    """
+
+    reason = "missing_extra"
+
+    def __init__(self, extra: str, module: str) -> None:
+        self.extra_name, self.module = extra, module  # `extra()` is the problem members
+        super().__init__(
+            f"this needs the {extra} extra ({module} is not installed):"
+            f" pip install 'facecrm[{extra}]'"
+        )
+
+
 __all__ = [
     "AlreadyEnrolledError",
     "ConfigError",
@@ -165,6 +182,7 @@ __all__ = [
     "InvalidError",
     "LoginFailedError",
     "LoginThrottledError",
+    "MissingExtraError",
     "NotFoundError",
     "SchemaOutdatedError",
 ]

@@ -36,6 +36,7 @@ import numpy as np
 from facecrm.errors import ConsentError, InvalidError
 
 if TYPE_CHECKING:
+    from facecrm.config import Settings
     from facecrm.crm.service import FaceCRM, Photo
     from facecrm.vision.pipeline import FacePipeline
 
@@ -167,7 +168,7 @@ class LocalCRM:
                 "enrolling needs consent=True: the person agreed to the consent text "
                 f"version {CURRENT} (see .consent_text); nothing was stored"
             )
-        loaded = [_photo(p) for p in photos]
+        loaded = [_photo(p, self.service.settings) for p in photos]
         customer = self.service.enroll(name, loaded, CURRENT, CHANNEL, SYSTEM)
         return Customer(customer.id, customer.name, len(loaded))
 
@@ -189,7 +190,7 @@ class LocalCRM:
         """
         from facecrm.crm.authz import SYSTEM
 
-        results = self.service.identify(_photo(photo).image, SYSTEM)
+        results = self.service.identify(_photo(photo, self.service.settings).image, SYSTEM)
         faces = []
         for r in results:
             box = Box(**r.face.box.as_dict())
@@ -215,7 +216,9 @@ class LocalCRM:
         """
         from facecrm.crm.authz import SYSTEM
 
-        result = self.service.verify(customer_id, _photo(photo).image, SYSTEM)
+        result = self.service.verify(
+            customer_id, _photo(photo, self.service.settings).image, SYSTEM
+        )
         return Verification(result.match, result.similarity, result.threshold)
 
     def customers(self) -> list[Customer]:
@@ -246,15 +249,15 @@ class LocalCRM:
         self.close()
 
 
-def _photo(photo: PhotoLike) -> Photo:
+def _photo(photo: PhotoLike, settings: Settings) -> Photo:
     """A decoded photo from a path, encoded bytes or an RGB uint8 array."""
     from facecrm.crm.service import Photo
     from facecrm.vision.image import decode_image, read_image
 
     if isinstance(photo, str | Path):
-        return Photo(Path(photo).name, read_image(photo))
+        return Photo(Path(photo).name, read_image(photo, settings))
     if isinstance(photo, bytes | bytearray | memoryview):
-        return Photo("bytes", decode_image(bytes(photo)))
+        return Photo("bytes", decode_image(bytes(photo), settings))
     if isinstance(photo, np.ndarray):
         if photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
             raise InvalidError(

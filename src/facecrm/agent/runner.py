@@ -24,6 +24,7 @@ import numpy as np
 
 from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
+from facecrm.config import API_PREFIX
 from facecrm.gallery.gallery import Gallery
 from facecrm.metrics import Registry
 from facecrm.vision.embed import normalize
@@ -58,7 +59,7 @@ class LocalGallery:
 
     def sync(self, client: httpx.Client) -> bool:
         headers = {"If-None-Match": self.etag} if self.etag else {}
-        response = client.get("/api/v1/agent/gallery", headers=headers)
+        response = client.get(f"{API_PREFIX}/agent/gallery", headers=headers)
         if response.status_code == 304:
             return False
         response.raise_for_status()
@@ -114,15 +115,15 @@ class Agent:
         if track.decided:
             return
         track.decided = True
-        faces = [face for _, face in track.best]
+        chips = [face.chip for _, face in track.best if face.chip is not None]
         track.forget()
         wrong_model = self.gallery.model_id not in {"", self.pipeline.model_id}
-        if not faces or wrong_model:
+        if not chips or wrong_model:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")
             return
-        vectors = self.pipeline.embedder.embed([f.chip for f in faces])
+        vectors = self.pipeline.embedder.embed(chips)
         template = normalize(vectors.mean(axis=0, keepdims=True))[0]
-        self.metrics.inc("facecrm_agent_faces_embedded_total", len(faces), "chips embedded")
+        self.metrics.inc("facecrm_agent_faces_embedded_total", len(chips), "chips embedded")
         match = self.gallery.decide(template)
         if match is None:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")
@@ -194,7 +195,7 @@ class Agent:
         if not batch:
             return 0
         response = self._client.post(
-            "/api/v1/agent/events", json={"events": [body for _, body in batch]}
+            f"{API_PREFIX}/agent/events", json={"events": [body for _, body in batch]}
         )
         response.raise_for_status()
         self.outbox.ack(batch[-1][0])

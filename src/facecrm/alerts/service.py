@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
 from pydantic import ValidationError
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from facecrm.alerts import rules, webhooks
 from facecrm.alerts.bus import AlertBus
 from facecrm.crm import accounts, activity, audit, db
-from facecrm.crm.authz import Principal
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     AgentEvent,
@@ -63,20 +63,58 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def alert_dict(a: Alert, customer_name: str | None = None) -> dict[str, object]:
-    return {
-        "id": a.id,
-        "store_id": a.store_id,
-        "customer_id": a.customer_id,
-        "customer_name": customer_name,
-        "rule": a.rule,
-        "message": a.message,
-        "assignee_id": a.assignee_id,
-        "created_at": a.created_at.isoformat(),
-        "claimed_by": a.claimed_by,
-        "claimed_at": a.claimed_at.isoformat() if a.claimed_at else None,
-        "acknowledged_at": a.acknowledged_at.isoformat() if a.acknowledged_at else None,
-    }
+@dataclass(frozen=True, slots=True)
+class AlertView:
+    """An alert as staff see it (the API's `AlertOut`, the live streams' payload)."""
+
+    id: int
+    store_id: str
+    customer_id: str
+    customer_name: str | None
+    rule: str
+    message: str
+    assignee_id: str | None
+    created_at: datetime
+    claimed_by: str | None
+    claimed_at: datetime | None
+    acknowledged_at: datetime | None
+    time_to_greet_s: float | None = None  # set once acknowledged
+
+    @classmethod
+    def of(
+        cls, a: Alert, customer_name: str | None = None, greeted: float | None = None
+    ) -> AlertView:
+        return cls(
+            a.id,
+            a.store_id,
+            a.customer_id,
+            customer_name,
+            a.rule,
+            a.message,
+            a.assignee_id,
+            a.created_at,
+            a.claimed_by,
+            a.claimed_at,
+            a.acknowledged_at,
+            greeted,
+        )
+
+    def payload(self) -> dict[str, object]:
+        """JSON-ready, for live streams and webhooks."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.time_to_greet_s is None:
+            del data["time_to_greet_s"]
+        return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfigView:
+    """A store's rule overrides (`rules.model_dump(exclude_unset=True)` is what was set)
+    and its webhook URL; never the webhook's secret."""
+
+    store_id: str
+    rules: rules.RuleSettings
+    webhook_url: str | None
 
 
 class AlertService:
@@ -96,6 +134,7 @@ class AlertService:
         A database outage still fails the whole batch (the agent retries it; applied keys
         are duplicates then); anything else about one event is that event's outcome only.
         """
+        device.require(Permission.AGENT)
         store_id = next(iter(device.stores or []), None)
         if store_id is None:
             raise ConflictError("the device has no store")
@@ -195,7 +234,7 @@ class AlertService:
             session.add(alert)
             session.flush()
             audit.record(session, device, "alert", customer.id, store_id, rules=list(draft.rules))
-            published.append((store_id, alert_dict(alert, customer.name)))
+            published.append((store_id, AlertView.of(alert, customer.name).payload()))
         return "visit"
 
     def _context(
@@ -281,7 +320,8 @@ class AlertService:
 
     # -- staff side ------------------------------------------------------------------
 
-    def open_alerts(self, principal: Principal, limit: int = 50) -> list[dict[str, object]]:
+    def open_alerts(self, principal: Principal, limit: int = 50) -> list[AlertView]:
+        principal.require(Permission.ALERTS)
         with self.crm.sessions() as session:
             stmt = (
                 select(Alert, Customer.name)
@@ -292,21 +332,23 @@ class AlertService:
             )
             if principal.stores is not None:
                 stmt = stmt.where(Alert.store_id.in_(principal.stores))
-            return [alert_dict(a, name) for a, name in session.execute(stmt)]
+            return [AlertView.of(a, name) for a, name in session.execute(stmt)]
 
-    def claim(self, principal: Principal, alert_id: int) -> dict[str, object]:
+    def claim(self, principal: Principal, alert_id: int) -> AlertView:
+        principal.require(Permission.ALERTS)
         with db.transaction(self.crm.sessions) as session:
             alert = self._alert(session, principal, alert_id)
             if alert.claimed_by is not None and alert.claimed_by != principal.id:
                 raise ConflictError("another staff member has claimed this alert")
             alert.claimed_by, alert.claimed_at = principal.id, alert.claimed_at or utcnow()
             audit.record(session, principal, "alert_claim", alert.customer_id, alert.store_id)
-            payload = alert_dict(alert)
-        self.bus.publish(payload["store_id"], {"type": "claimed", **payload})  # type: ignore[arg-type]
-        return payload
+            view = AlertView.of(alert)
+        self.bus.publish(view.store_id, {"type": "claimed", **view.payload()})
+        return view
 
-    def acknowledge(self, principal: Principal, alert_id: int) -> dict[str, object]:
+    def acknowledge(self, principal: Principal, alert_id: int) -> AlertView:
         """The customer has been greeted: records the time to greet."""
+        principal.require(Permission.ALERTS)
         with db.transaction(self.crm.sessions) as session:
             alert = self._alert(session, principal, alert_id)
             alert.acknowledged_at = alert.acknowledged_at or utcnow()
@@ -321,9 +363,9 @@ class AlertService:
                 alert.store_id,
                 time_to_greet_s=round(seconds, 1),
             )
-            payload = {**alert_dict(alert), "time_to_greet_s": round(seconds, 1)}
-        self.bus.publish(payload["store_id"], {"type": "acknowledged", **payload})  # type: ignore[arg-type]
-        return payload
+            view = AlertView.of(alert, greeted=round(seconds, 1))
+        self.bus.publish(view.store_id, {"type": "acknowledged", **view.payload()})
+        return view
 
     def _alert(self, session: Session, principal: Principal, alert_id: int) -> Alert:
         alert = session.get(Alert, alert_id)
@@ -333,7 +375,8 @@ class AlertService:
 
     # -- shifts and store rules ------------------------------------------------------
 
-    def start_shift(self, principal: Principal, store_id: str) -> dict[str, object]:
+    def start_shift(self, principal: Principal, store_id: str) -> Shift:
+        principal.require(Permission.ALERTS)
         principal.require_store(store_id)
         with db.transaction(self.crm.sessions) as session:
             accounts.get_store(session, store_id)
@@ -341,13 +384,10 @@ class AlertService:
             session.add(shift)
             session.flush()
             audit.record(session, principal, "shift_start", None, store_id)
-            return {
-                "id": shift.id,
-                "store_id": store_id,
-                "started_at": shift.started_at.isoformat(),
-            }
+            return shift
 
     def end_shift(self, principal: Principal, store_id: str) -> None:
+        principal.require(Permission.ALERTS)
         principal.require_store(store_id)  # like starting one: 403, not a silent 204
         with db.transaction(self.crm.sessions) as session:
             open_shifts = session.scalars(
@@ -368,12 +408,13 @@ class AlertService:
         rule_settings: rules.RuleSettings | dict[str, object],
         webhook_url: str | None,
         webhook_secret: str | None,
-    ) -> dict[str, object]:
+    ) -> StoreConfigView:
         """Set the store's rule overrides and signed webhook; all checked before any write.
 
         Bad rules and a URL the server must not call (`webhooks.WebhookRefused`, with a
         reason) are `InvalidError`s: nothing is written.
         """
+        principal.require(Permission.DEVICES_MANAGE)
         principal.require_store(store_id)
         if not isinstance(rule_settings, rules.RuleSettings):
             try:
@@ -397,4 +438,4 @@ class AlertService:
             if not changed.rowcount:  # type: ignore[attr-defined]
                 session.add(StoreConfig(store_id=store_id, **values))
             audit.record(session, principal, "store_config", None, store_id)
-        return {"store_id": store_id, "rules": overrides, "webhook_url": webhook_url}
+        return StoreConfigView(store_id, rule_settings, webhook_url)

@@ -2,14 +2,19 @@
 
 Shared by the API route and the console, so both apply the same throttle, audit and reset;
 their failures are `LoginThrottledError`/`LoginFailedError` from the error hierarchy.
+`accounts.login` owns its transaction (a refused attempt's audit event must be committed
+although the request fails); a log-out runs in the request's session (`deps.SessionDep`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sqlalchemy.orm import Session
+
 from facecrm.api.security import issue_token, read_token
-from facecrm.crm import accounts, db
+from facecrm.config import Settings
+from facecrm.crm import accounts
 from facecrm.crm.authz import Principal
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard
@@ -30,12 +35,10 @@ def log_in(
     return LoggedIn(token, accounts.staff_principal(user))
 
 
-def log_out(crm: FaceCRM, token: str) -> None:
+def log_out(session: Session, settings: Settings, token: str) -> None:
     """Revoke this one token (session); audited. An invalid or expired token is a no-op."""
-    claims = read_token(crm.settings, token)
-    if claims is None:
-        return
-    with db.transaction(crm.sessions) as session:
+    claims = read_token(settings, token)
+    if claims is not None:
         accounts.logout(
             session, claims.staff_id, claims.version, claims.token_id, claims.expires_at
         )

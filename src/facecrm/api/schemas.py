@@ -1,5 +1,9 @@
 """Request and response bodies of the REST API.
 
+Responses are `*Out` models (`from_attributes`: built from the ORM rows and dataclasses
+the crm layer returns), so the OpenAPI schema documents every response and FastAPI
+checks each one against it; errors are `Problem` (application/problem+json).
+
 Request bodies are bounded and not coerced: every string has a maximum length,
 every list and dict a maximum size; integers and booleans must be JSON numbers
 and booleans (`"2"` is not a quantity, `1` is not `true`); times must carry a
@@ -9,23 +13,28 @@ time zone offset (they are stored in UTC).
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Path as PathParam
+from fastapi.responses import Response, StreamingResponse
 from pydantic import (
     AwareDatetime,
     BaseModel,
     ConfigDict,
     EmailStr,
     Field,
+    JsonValue,
+    PlainSerializer,
     StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
+    computed_field,
     field_validator,
 )
 from pydantic.functional_validators import AfterValidator
 
+from facecrm.alerts.rules import RuleSettings
 from facecrm.crm.consent_text import TEXTS
 from facecrm.crm.models import Purpose
 
@@ -87,6 +96,8 @@ class StoreIn(Strict):
 
 
 class StoreOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     code: str
     name: str
@@ -118,6 +129,8 @@ class DeviceIn(Strict):
 
 
 class DeviceOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     store_id: str
     kind: str
@@ -147,6 +160,8 @@ class CustomerIn(Strict):
 
 class CustomerSummary(BaseModel):
     """A search result: enough to pick the right person; the card has the rest."""
+
+    model_config = ConfigDict(from_attributes=True)
 
     id: str
     name: str
@@ -233,3 +248,334 @@ class VerifyOut(BaseModel):
     match: bool
     similarity: float | None
     threshold: float
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+# the JSON form the API has always used (`isoformat()`: "+00:00", not pydantic's "Z")
+Timestamp = Annotated[datetime, PlainSerializer(_iso, return_type=str, when_used="json")]
+PreferenceOut = str | int | float | bool | list[str | int | float | bool] | None
+
+
+class Out(BaseModel):
+    """A response built from the attributes of an ORM row or a dataclass."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
+class CustomerOut(Out):
+    """A customer's profile, as created, updated or exported."""
+
+    id: str
+    name: str
+    preferred_name: str | None
+    email: str | None
+    phone: str | None
+    loyalty_id: str | None
+    tier: Tier
+    preferences: dict[str, PreferenceOut]
+    notes: str
+    preferred_advisor_id: str | None
+    show_photo: bool
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+
+
+class ConsentOut(Out):
+    purpose: Purpose
+    text_version: str
+    channel: str
+    store_id: str | None
+    witness: str | None
+    given_at: Timestamp | None
+    withdrawn_at: Timestamp | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def active(self) -> bool:
+        return self.withdrawn_at is None
+
+
+class VisitOut(Out):
+    id: int
+    customer_id: str
+    store_id: str
+    at: Timestamp
+    source: str
+    similarity: float | None
+
+
+class ItemOut(Out):
+    sku: str
+    name: str
+    quantity: int
+    unit_price_cents: int
+
+
+class PurchaseOut(Out):
+    id: int
+    customer_id: str
+    store_id: str
+    at: Timestamp
+    currency: str
+    total_cents: int
+    items: list[ItemOut]
+
+
+class InterestOut(Out):
+    id: int
+    customer_id: str
+    store_id: str
+    product: str
+    sku: str | None
+    out_of_stock: bool
+    resolved: bool
+    created_at: Timestamp
+    resolved_at: Timestamp | None
+
+
+class FeedbackOut(Out):
+    id: int
+    customer_id: str
+    store_id: str
+    at: Timestamp
+    rating: int | None
+    text: str
+    resolved: bool
+    resolved_at: Timestamp | None
+
+
+class CardOut(CustomerOut):
+    """The staff card: the profile plus activity in the principal's stores only."""
+
+    consents: list[ConsentOut]
+    templates: int
+    has_photo: bool
+    recent_visits: list[VisitOut]
+    purchases: list[PurchaseOut]
+    open_interests: list[InterestOut]
+    open_feedback: list[FeedbackOut]
+
+
+NEVER_EXPORTED = "held for recognition; never exported"
+
+
+class TemplateMetaOut(Out):
+    """A face template by its metadata: the vector itself never leaves the server."""
+
+    id: int
+    model_id: str
+    source: str
+    quality: dict[str, float]
+    created_at: Timestamp | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def vector(self) -> Literal["held for recognition; never exported"]:
+        return "held for recognition; never exported"
+
+
+class ExportOut(Out):
+    """Everything held about a customer (data-subject access)."""
+
+    customer: CustomerOut
+    consents: list[ConsentOut]
+    face_templates: list[TemplateMetaOut]
+    enrollment_photo_kept: bool
+    visits: list[VisitOut]
+    purchases: list[PurchaseOut]
+    interests: list[InterestOut]
+    feedback: list[FeedbackOut]
+
+
+class FaceAddedOut(BaseModel):
+    template_id: int
+    model_id: str
+    quality: dict[str, float]
+
+
+class BoxOut(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+
+
+class IdentifiedCustomerOut(BaseModel):
+    id: str
+    name: str
+    preferred_name: str | None
+    tier: Tier
+    similarity: float
+
+
+class IdentifiedFaceOut(BaseModel):
+    """One face of the photo: an opted-in customer, or "unknown" (nothing else about it)."""
+
+    box: BoxOut
+    customer: IdentifiedCustomerOut | Literal["unknown"]
+
+
+class IdentifyOut(BaseModel):
+    faces: list[IdentifiedFaceOut]
+    threshold: float
+
+
+class RowErrorOut(Out):
+    row: int
+    column: str | None
+    message: str
+
+
+class ImportReportOut(Out):
+    rows: int
+    created: int
+    updated: int
+    failed: int
+    dry_run: bool
+    atomic: bool
+    applied: bool
+    errors: list[RowErrorOut]
+
+
+class AlertOut(Out):
+    id: int
+    store_id: str
+    customer_id: str
+    customer_name: str | None
+    rule: str
+    message: str
+    assignee_id: str | None
+    created_at: Timestamp
+    claimed_by: str | None
+    claimed_at: Timestamp | None
+    acknowledged_at: Timestamp | None
+
+
+class AcknowledgedOut(AlertOut):
+    time_to_greet_s: float
+
+
+class ShiftOut(Out):
+    id: int
+    store_id: str
+    started_at: Timestamp
+
+
+class StoreConfigOut(Out):
+    """The store's rule overrides (only what was set) and webhook URL (never its secret)."""
+
+    store_id: str
+    rules: RuleSettings
+    webhook_url: str | None
+
+
+class GalleryTemplateOut(BaseModel):
+    id: int
+    customer_id: str
+    vector: str  # base64 of the float32 template
+
+
+class GalleryOut(BaseModel):
+    model_id: str
+    threshold: float
+    generation: int
+    templates: list[GalleryTemplateOut]
+
+
+class AuditEventOut(Out):
+    id: int
+    at: Timestamp | str  # text when the stored value is unreadable (tampering)
+    actor: str
+    store_id: str | None
+    action: str
+    customer_id: str | None
+    # what the action recorded (an object); text, or another JSON value, when tampered with
+    detail: JsonValue
+    note: str
+    prev_hash: str | None
+    hash: str | None
+
+
+class AuditReportOut(Out):
+    ok: bool
+    checked: int
+    problems: list[str]
+
+
+class ValidationErrorOut(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem; `reason` is a stable machine-readable code where given."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    reason: str | None = None
+    errors: list[ValidationErrorOut] | None = None
+
+
+def _inline(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` inlined (an OpenAPI response holds no `$defs`)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
+_PROBLEM = {
+    "content": {"application/problem+json": {"schema": _inline(Problem.model_json_schema())}}
+}
+# every refusal a route may answer with, declared once for every router
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, **_PROBLEM}
+    for status, description in {
+        400: "malformed request",
+        401: "no, invalid or expired credentials",
+        403: "the role or store may not do this",
+        404: "unknown id",
+        409: "conflicts with existing data",
+        413: "the request is too large",
+        415: "unsupported media type",
+        422: "invalid input, with `reason` (and `errors` for malformed fields)",
+        429: "too many attempts (Retry-After)",
+        503: "busy (Retry-After)",
+    }.items()
+}
+
+
+class CsvResponse(Response):
+    """A CSV document (so the schema says text/csv, not JSON)."""
+
+    media_type = "text/csv"
+
+
+class JpegResponse(Response):
+    media_type = "image/jpeg"
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events."""
+
+    media_type = "text/event-stream"

@@ -20,4 +20,4 @@ def read_image_upload(upload: UploadFile, settings: Settings) -> Image:
         data = upload.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise ApiError(413, f"the photo is larger than {settings.max_upload_bytes} bytes")
-        return decode_image(data)
+        return decode_image(data, settings)

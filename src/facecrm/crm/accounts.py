@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from facecrm.crm import audit, db
-from facecrm.crm.authz import Principal
+from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.errors import (
     ConflictError,
     InvalidError,
@@ -59,6 +59,7 @@ def check_password(password: str) -> None:
 
 def create_store(session: Session, code: str, name: str, principal: Principal) -> Store:
     """A new store; audited here, so every path that adds one (API, CLI) is."""
+    principal.require(Permission.STORES_WRITE)
     code, name = code.strip(), name.strip()
     if not code or not name:
         raise InvalidError("a store needs a code and a name")
@@ -78,7 +79,8 @@ def get_store(session: Session, store_id: str) -> Store:
     return store
 
 
-def list_stores(session: Session) -> list[Store]:
+def list_stores(session: Session, principal: Principal = SYSTEM) -> list[Store]:
+    principal.require(Permission.STORES_READ)
     return list(session.scalars(select(Store).order_by(Store.code)))
 
 
@@ -99,6 +101,7 @@ def create_staff(
     principal: Principal,
 ) -> StaffUser:
     """A new staff account; audited here, so every path that adds one (API, CLI) is."""
+    principal.require(Permission.STAFF_WRITE)
     username = username.strip()
     if not username:
         raise InvalidError("the username is empty")
@@ -214,6 +217,39 @@ def logout(
     return True
 
 
+def token_principal(
+    session: Session, staff_id: str, version: int, token_id: str
+) -> Principal | None:
+    """The principal of a still-good token (see `staff_for_token`), else None."""
+    user = staff_for_token(session, staff_id, version, token_id)
+    return None if user is None else staff_principal(user)
+
+
+def key_principal(session: Session, key: str) -> Principal | None:
+    """The principal of a device key that has not been revoked, else None."""
+    device = device_for_key(session, key)
+    return None if device is None else device_principal(device)
+
+
+def recheck(
+    sessions: sessionmaker[Session],
+    principal: Principal,
+    *,
+    key: str | None = None,
+    token: tuple[str, int, str] | None = None,
+) -> bool:
+    """Whether the credentials a long-lived response was opened with still name
+    `principal`; in a short session of its own (a stream holds none between checks)."""
+    with sessions() as session:
+        if key is not None:
+            again = key_principal(session, key)
+        elif token is not None:
+            again = token_principal(session, *token)
+        else:
+            return False
+    return again is not None and again.id == principal.id
+
+
 def find_staff(session: Session, ref: str) -> StaffUser:
     """A staff user by id or by username (case-insensitive)."""
     user = session.get(StaffUser, ref) or session.scalar(
@@ -236,6 +272,7 @@ def _keep_an_admin(session: Session, user: StaffUser) -> None:
 
 def set_active(session: Session, principal: Principal, ref: str, active: bool) -> StaffUser:
     """Disable (every token of the user stops working at once) or enable an account."""
+    principal.require(Permission.STAFF_WRITE)
     user = find_staff(session, ref)
     if not active:
         _keep_an_admin(session, user)
@@ -250,6 +287,7 @@ def set_active(session: Session, principal: Principal, ref: str, active: bool) -
 
 def set_password(session: Session, principal: Principal, ref: str, password: str) -> StaffUser:
     """A new password; every token issued before it stops working."""
+    principal.require(Permission.STAFF_WRITE)
     check_password(password)
     user = find_staff(session, ref)
     user.password_hash = _hasher.hash(password)
@@ -260,6 +298,7 @@ def set_password(session: Session, principal: Principal, ref: str, password: str
 
 def delete_staff(session: Session, principal: Principal, ref: str) -> None:
     """Delete an account; the audit trail keeps its name, shifts go, alerts lose the link."""
+    principal.require(Permission.STAFF_WRITE)
     user = find_staff(session, ref)
     _keep_an_admin(session, user)
     audit.record(session, principal, "staff_delete", username=user.username, role=user.role)
@@ -277,6 +316,8 @@ def create_device(
     session: Session, store_id: str, kind: str, name: str = "", *, principal: Principal
 ) -> tuple[Device, str]:
     """A new device and its API key (returned once, never stored); audited."""
+    principal.require(Permission.DEVICES_MANAGE)
+    principal.require_store(store_id)
     if kind not in {k.value for k in DeviceKind}:
         raise InvalidError(f"unknown device kind {kind!r}; use agent or pos")
     store = get_store(session, store_id)
@@ -303,6 +344,7 @@ def device_for_key(session: Session, key: str) -> Device | None:
 
 def revoke_device(session: Session, principal: Principal, device_id: str) -> Device:
     """Revoke a device's key for good (its visits stay); in the principal's stores only."""
+    principal.require(Permission.DEVICES_MANAGE)
     device = session.get(Device, device_id)
     if device is None or not principal.may_act_in(device.store_id):
         raise NotFoundError(f"no device with id {device_id!r}")
@@ -316,7 +358,13 @@ def device_principal(device: Device) -> Principal:
     return Principal("device", device.id, device.name, device.kind, frozenset({device.store_id}))
 
 
-def list_devices(session: Session, store_ids: frozenset[str] | None) -> list[Device]:
+def list_devices(session: Session, principal: Principal | None) -> list[Device]:
+    """The devices of the principal's stores (every device for a chain-wide principal or
+    for None, the operator's `facecrm devices list`)."""
+    store_ids = None
+    if principal is not None:
+        principal.require(Permission.DEVICES_MANAGE)
+        store_ids = principal.visible_stores()
     query = select(Device).order_by(Device.created_at)
     if store_ids is not None:
         query = query.where(Device.store_id.in_(store_ids))

@@ -15,7 +15,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
 from facecrm.crm import accounts, audit
-from facecrm.crm.authz import Principal
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import load
 from facecrm.crm.errors import InvalidError, NotFoundError
 from facecrm.crm.models import Feedback, Interest, Purchase, PurchaseItem, Visit, utcnow
@@ -108,6 +108,7 @@ def record_visit(
     similarity: float | None = None,
     at: datetime | None = None,
 ) -> Visit:
+    principal.require(Permission.VISITS_WRITE)
     _target(session, principal, customer_id, store_id)
     check_visit_source(principal, source)
     visit = Visit(
@@ -125,6 +126,7 @@ def record_visit(
 
 
 def visits(session: Session, principal: Principal, f: Filters) -> Sequence[Visit]:
+    principal.require(Permission.ACTIVITY_READ)
     return session.scalars(_listing(Visit, Visit.at, principal, f)).all()
 
 
@@ -145,6 +147,7 @@ def add_purchase(
     currency: str = "EUR",
     at: datetime | None = None,
 ) -> Purchase:
+    principal.require(Permission.PURCHASES_WRITE)
     _target(session, principal, customer_id, store_id)
     if not items:
         raise InvalidError("a purchase needs at least one item")
@@ -173,6 +176,7 @@ def add_purchase(
 
 
 def purchases(session: Session, principal: Principal, f: Filters) -> Sequence[Purchase]:
+    principal.require(Permission.ACTIVITY_READ)
     stmt = _listing(Purchase, Purchase.at, principal, f).options(selectinload(Purchase.items))
     return session.scalars(stmt).all()
 
@@ -186,6 +190,7 @@ def add_interest(
     sku: str | None = None,
     out_of_stock: bool = False,
 ) -> Interest:
+    principal.require(Permission.ACTIVITY_WRITE)
     _target(session, principal, customer_id, store_id)
     if not product.strip():
         raise InvalidError("the product is empty")
@@ -209,6 +214,7 @@ def update_interest(
     resolved: bool | None = None,
     out_of_stock: bool | None = None,
 ) -> Interest:
+    principal.require(Permission.ACTIVITY_WRITE)
     interest = _visible(session, principal, Interest, interest_id)
     if out_of_stock is not None:
         interest.out_of_stock = out_of_stock
@@ -223,6 +229,7 @@ def update_interest(
 def interests(
     session: Session, principal: Principal, f: Filters, open_only: bool = False
 ) -> Sequence[Interest]:
+    principal.require(Permission.ACTIVITY_READ)
     stmt = _listing(Interest, Interest.created_at, principal, f)
     if open_only:
         stmt = stmt.where(Interest.resolved.is_(False))
@@ -237,6 +244,7 @@ def add_feedback(
     text: str,
     rating: int | None = None,
 ) -> Feedback:
+    principal.require(Permission.ACTIVITY_WRITE)
     _target(session, principal, customer_id, store_id)
     if rating is not None and not 1 <= rating <= 5:
         raise InvalidError("the rating must be between 1 and 5")
@@ -250,6 +258,7 @@ def add_feedback(
 def resolve_feedback(
     session: Session, principal: Principal, feedback_id: int, resolved: bool
 ) -> Feedback:
+    principal.require(Permission.ACTIVITY_WRITE)
     feedback = _visible(session, principal, Feedback, feedback_id)
     feedback.resolved = resolved
     feedback.resolved_at = utcnow() if resolved else None
@@ -261,6 +270,7 @@ def resolve_feedback(
 def feedback(
     session: Session, principal: Principal, f: Filters, open_only: bool = False
 ) -> Sequence[Feedback]:
+    principal.require(Permission.ACTIVITY_READ)
     stmt = _listing(Feedback, Feedback.at, principal, f)
     if open_only:
         stmt = stmt.where(Feedback.resolved.is_(False))

@@ -186,7 +186,7 @@ class StoredEvent:
     unreadable: str | None = None
 
 
-def stored_events(session: Session, stmt: Select[tuple[AuditEvent]]) -> list[StoredEvent]:
+def stored_events(session: Session, stmt: Select[AuditEvent]) -> list[StoredEvent]:
     """The rows `stmt` selects (its filters, order, limit), as `StoredEvent`s."""
     c = AuditEvent.__table__.c
     raw = stmt.with_only_columns(

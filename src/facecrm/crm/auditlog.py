@@ -49,16 +49,25 @@ def read(
     since: datetime | None = None,
     limit: int = 200,
     offset: int = 0,
-) -> list[dict[str, object]]:
+) -> list[StoredEvent]:
     """Audit events for an auditor or admin; reading the trail is itself audited (here, so
     that every page or route that shows the trail is)."""
     principal.require(Permission.AUDIT_READ)
-    rows = [event_dict(e) for e in events(session, customer_id, action, since, limit, offset)]
+    rows = list(events(session, customer_id, action, since, limit, offset))
     audit.record(session, principal, "audit_read", customer_id, results=len(rows), channel=channel)
     return rows
 
 
+def latest(
+    session: Session, principal: Principal, channel: str, limit: int = 200
+) -> list[StoredEvent]:
+    """The newest `limit` events, newest first (the console's page); audited like `read`."""
+    offset = max(0, count(session) - limit)
+    return read(session, principal, channel, limit=limit, offset=offset)[::-1]
+
+
 def event_dict(e: StoredEvent) -> dict[str, object]:
+    """An event as JSON-ready data, for the CLI's `--json` (the API shapes `AuditEventOut`)."""
     return {
         "id": e.id,
         "at": e.at if isinstance(e.at, str) else e.at.isoformat(),

@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from facecrm.crm import activity, audit, customers
-from facecrm.crm.authz import Principal
-from facecrm.crm.models import CustomerPhoto
+from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.models import Consent, Customer, CustomerPhoto, Feedback, Interest, Purchase, Visit
 
 
-def card(session: Session, principal: Principal, customer_id: str) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Card:
+    """The customer (its profile attributes read through: `card.name`) plus the card's
+    activity, limited to the principal's stores."""
+
+    customer: Customer
+    consents: list[Consent]
+    templates: int
+    has_photo: bool
+    recent_visits: Sequence[Visit]
+    purchases: Sequence[Purchase]
+    open_interests: Sequence[Interest]
+    open_feedback: Sequence[Feedback]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.customer, name)
+
+
+def card(session: Session, principal: Principal, customer_id: str) -> Card:
     """The card, with activity limited to the principal's stores; the lookup is audited."""
+    principal.require(Permission.CUSTOMERS_READ)
     customer = customers.load(session, customer_id)
     f = activity.Filters(customer_id=customer_id, limit=10)
-    out = {
-        **customers.profile(customer),
-        "consents": [customers.consent_dict(c) for c in customer.consents],
-        "templates": len(customer.templates),
-        "has_photo": customer.show_photo and session.get(CustomerPhoto, customer_id) is not None,
-        "recent_visits": [customers.visit_dict(v) for v in activity.visits(session, principal, f)],
-        "purchases": [
-            customers.purchase_dict(p) for p in activity.purchases(session, principal, f)
-        ],
-        "open_interests": [
-            customers.interest_dict(i)
-            for i in activity.interests(session, principal, f, open_only=True)
-        ],
-        "open_feedback": [
-            customers.feedback_dict(x)
-            for x in activity.feedback(session, principal, f, open_only=True)
-        ],
-    }
+    out = Card(
+        customer,
+        list(customer.consents),
+        len(customer.templates),
+        customer.show_photo and session.get(CustomerPhoto, customer_id) is not None,
+        activity.visits(session, principal, f),
+        activity.purchases(session, principal, f),
+        activity.interests(session, principal, f, open_only=True),
+        activity.feedback(session, principal, f, open_only=True),
+    )
     audit.record(session, principal, "lookup", customer_id)
     return out

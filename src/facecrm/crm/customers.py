@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from facecrm.crm import audit, consent_text
+from facecrm.crm import accounts, audit, consent_text
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     Consent,
     Customer,
+    FaceTemplate,
     Feedback,
     Interest,
     Purchase,
@@ -148,6 +149,7 @@ def check_values(session: Session, values: dict[str, object]) -> None:
 
 
 def create(session: Session, principal: Principal, values: dict[str, object]) -> Customer:
+    principal.require(Permission.CUSTOMERS_WRITE)
     customer = Customer(name="")
     _apply(session, customer, {"name": "", **values})
     session.add(customer)
@@ -159,6 +161,7 @@ def create(session: Session, principal: Principal, values: dict[str, object]) ->
 def update(
     session: Session, principal: Principal, customer_id: str, values: dict[str, object]
 ) -> Customer:
+    principal.require(Permission.CUSTOMERS_WRITE)
     customer = load(session, customer_id)
     _apply(session, customer, values)
     customer.updated_at = utcnow()
@@ -196,7 +199,7 @@ def find(
     limit: int = 50,
     offset: int = 0,
     channel: str = "api",
-) -> list[dict[str, object]]:
+) -> list[Customer]:
     """A search as staff see it: summaries only; the query and every id returned are audited.
 
     A list is for picking the right person, so it carries no contact details,
@@ -216,7 +219,7 @@ def find(
         results=len(found),
         channel=channel,
     )
-    return [summary(c) for c in found]
+    return found
 
 
 def give_consent(
@@ -224,8 +227,13 @@ def give_consent(
 ) -> Consent:
     """Record a consent; an active one of the same purpose is replaced (history kept).
 
-    The text version must be one of `consent_text.TEXTS` (reason `bad_consent_version`).
+    The text version must be one of `consent_text.TEXTS` (reason `bad_consent_version`);
+    a store named must be one of the principal's, and exist.
     """
+    principal.require(Permission.CUSTOMERS_WRITE)
+    if grant.store_id is not None:
+        principal.require_store(grant.store_id)
+        accounts.get_store(session, grant.store_id)
     customer = load(session, customer_id)
     if not grant.text_version.strip() or not grant.channel.strip():
         raise InvalidError("a consent needs the version of the text shown and the channel")
@@ -258,6 +266,7 @@ def withdraw_consent(
     session: Session, principal: Principal, customer_id: str, purpose: Purpose
 ) -> Consent:
     """Mark the active consent withdrawn (the caller deletes what it covered)."""
+    principal.require(Permission.CUSTOMERS_WRITE)
     customer = load(session, customer_id)
     consent = customer.active_consent(purpose)
     if consent is None:
@@ -268,15 +277,24 @@ def withdraw_consent(
     return consent
 
 
-def _ts(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
+@dataclass(frozen=True, slots=True)
+class Export:
+    """Everything held about a customer (templates by metadata only: see the API's
+    `ExportOut`, which never carries a vector)."""
+
+    customer: Customer
+    consents: list[Consent]
+    face_templates: list[FaceTemplate]
+    enrollment_photo_kept: bool
+    visits: Sequence[Visit]
+    purchases: Sequence[Purchase]
+    interests: Sequence[Interest]
+    feedback: Sequence[Feedback]
 
 
-def export(session: Session, principal: Principal, customer_id: str) -> dict[str, object]:
-    """Everything held about a customer, as JSON-ready data (templates by metadata only).
-
-    Complete and chain-wide (every store's activity), hence admins only.
-    """
+def export(session: Session, principal: Principal, customer_id: str) -> Export:
+    """Everything held about a customer; complete and chain-wide (every store's
+    activity), hence admins only."""
     principal.require(Permission.CUSTOMERS_EXPORT)
     customer = load(session, customer_id)
     visits = session.scalars(select(Visit).where(Visit.customer_id == customer.id)).all()
@@ -288,123 +306,23 @@ def export(session: Session, principal: Principal, customer_id: str) -> dict[str
     interests = session.scalars(select(Interest).where(Interest.customer_id == customer.id)).all()
     feedback = session.scalars(select(Feedback).where(Feedback.customer_id == customer.id)).all()
     audit.record(session, principal, "customer_export", customer.id)
-    return {
-        "customer": profile(customer),
-        "consents": [consent_dict(c) for c in customer.consents],
-        "face_templates": [
-            {
-                "id": t.id,
-                "model_id": t.model_id,
-                "source": t.source,
-                "quality": t.quality,
-                "created_at": _ts(t.created_at),
-                "vector": "held for recognition; never exported",
-            }
-            for t in customer.templates
-        ],
-        "enrollment_photo_kept": customer.photo is not None,
-        "visits": [visit_dict(v) for v in visits],
-        "purchases": [purchase_dict(p) for p in purchases],
-        "interests": [interest_dict(i) for i in interests],
-        "feedback": [feedback_dict(f) for f in feedback],
-    }
+    return Export(
+        customer,
+        list(customer.consents),
+        list(customer.templates),
+        customer.photo is not None,
+        visits,
+        purchases,
+        interests,
+        feedback,
+    )
 
 
-def summary(c: Customer) -> dict[str, object]:
-    """What a search result shows: enough to tell namesakes apart, nothing more."""
-    return {
-        "id": c.id,
-        "name": c.name,
-        "preferred_name": c.preferred_name,
-        "tier": c.tier,
-        "loyalty_id": c.loyalty_id,
-    }
+def identified(session: Session, principal: Principal, ids: Sequence[str]) -> dict[str, Customer]:
+    """The customers an identification named (for its answer: name, tier), by id.
 
-
-def profile(c: Customer) -> dict[str, object]:
-    return {
-        "id": c.id,
-        "name": c.name,
-        "preferred_name": c.preferred_name,
-        "email": c.email,
-        "phone": c.phone,
-        "loyalty_id": c.loyalty_id,
-        "tier": c.tier,
-        "preferences": c.preferences,
-        "notes": c.notes,
-        "preferred_advisor_id": c.preferred_advisor_id,
-        "show_photo": c.show_photo,
-        "created_at": _ts(c.created_at),
-        "updated_at": _ts(c.updated_at),
-    }
-
-
-def consent_dict(c: Consent) -> dict[str, object]:
-    return {
-        "purpose": c.purpose,
-        "text_version": c.text_version,
-        "channel": c.channel,
-        "store_id": c.store_id,
-        "witness": c.witness,
-        "given_at": _ts(c.given_at),
-        "withdrawn_at": _ts(c.withdrawn_at),
-        "active": c.withdrawn_at is None,
-    }
-
-
-def visit_dict(v: Visit) -> dict[str, object]:
-    return {
-        "id": v.id,
-        "customer_id": v.customer_id,
-        "store_id": v.store_id,
-        "at": _ts(v.at),
-        "source": v.source,
-        "similarity": v.similarity,
-    }
-
-
-def purchase_dict(p: Purchase) -> dict[str, object]:
-    return {
-        "id": p.id,
-        "customer_id": p.customer_id,
-        "store_id": p.store_id,
-        "at": _ts(p.at),
-        "currency": p.currency,
-        "total_cents": p.total_cents,
-        "items": [
-            {
-                "sku": i.sku,
-                "name": i.name,
-                "quantity": i.quantity,
-                "unit_price_cents": i.unit_price_cents,
-            }
-            for i in p.items
-        ],
-    }
-
-
-def interest_dict(i: Interest) -> dict[str, object]:
-    return {
-        "id": i.id,
-        "customer_id": i.customer_id,
-        "store_id": i.store_id,
-        "product": i.product,
-        "sku": i.sku,
-        "out_of_stock": i.out_of_stock,
-        "resolved": i.resolved,
-        "created_at": _ts(i.created_at),
-        "resolved_at": _ts(i.resolved_at),
-    }
-
-
-def feedback_dict(f: Feedback) -> dict[str, object]:
-    return {
-        "id": f.id,
-        "customer_id": f.customer_id,
-        "store_id": f.store_id,
-        "at": _ts(f.at),
-        "rating": f.rating,
-        "text": f.text,
-        "resolved": f.resolved,
-        "resolved_at": _ts(f.resolved_at),
-    }
+    Not audited again: the identification that produced `ids` audited each match.
+    """
+    principal.require(Permission.IDENTIFY)
+    found = session.scalars(select(Customer).where(Customer.id.in_(list(ids))))
+    return {c.id: c for c in found}

@@ -57,12 +57,16 @@ class ImportReport:
     atomic: bool = False
     applied: bool = False  # whether anything was committed
 
+    @property
+    def failed(self) -> int:
+        return len(self.errors)
+
     def as_dict(self) -> dict[str, object]:
         return {
             "rows": self.rows,
             "created": self.created,
             "updated": self.updated,
-            "failed": len(self.errors),
+            "failed": self.failed,
             "dry_run": self.dry_run,
             "atomic": self.atomic,
             "applied": self.applied,

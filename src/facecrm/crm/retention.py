@@ -18,6 +18,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import Session
@@ -26,6 +27,9 @@ from facecrm.crm import audit, db
 from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.models import Consent, CustomerPhoto, FaceTemplate, Purpose, Visit
 from facecrm.crm.service import FaceCRM
+
+if TYPE_CHECKING:
+    from sqlalchemy import CursorResult
 
 log = logging.getLogger("facecrm.retention")
 MONTH = timedelta(days=30)
@@ -65,7 +69,8 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
     with db.transaction(crm.sessions) as session:
         if settings.retain_visits_days:
             cutoff = now - timedelta(days=settings.retain_visits_days)
-            visits = session.execute(delete(Visit).where(Visit.at < cutoff)).rowcount or 0
+            deleted = session.execute(delete(Visit).where(Visit.at < cutoff))
+            visits = cast("CursorResult[Any]", deleted).rowcount or 0  # a DELETE's result
         if settings.reconfirm_consent_months:
             cutoff = now - settings.reconfirm_consent_months * MONTH
             stale = session.scalars(

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 from sqlalchemy.orm import Session
 
 from facecrm import private
-from facecrm.config import Settings, get_settings
+from facecrm.config import Settings
 from facecrm.crm import audit, auditchain, db
 from facecrm.crypto import KeyProvider, key_provider
 from facecrm.keys import derived_key
@@ -29,12 +29,12 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def default_pipeline() -> FacePipeline:
-    """The process-wide pipeline; imported on first use, so that commands that never see a
-    face (listings, accounts, keys) start without loading OpenCV and the models."""
+def default_pipeline(settings: Settings) -> FacePipeline:
+    """The process-wide pipeline for `settings`; imported on first use, so that commands that
+    never see a face (listings, accounts, keys) start without loading OpenCV and the models."""
     from facecrm.vision import pipeline
 
-    return pipeline.default_pipeline()
+    return pipeline.default_pipeline(settings)
 
 
 class Runtime:
@@ -48,13 +48,13 @@ class Runtime:
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        settings: Settings,
         pipeline: FacePipeline | None = None,
         *,
         keys: KeyProvider | None = None,
         migrate: bool = False,
     ) -> None:
-        self.settings = settings or get_settings()
+        self.settings = settings
         private.make_dir(self.settings.data_dir, own=True)  # keys, secret, database: 0700
         self.engine = db.make_engine(self.settings.resolved_database_url)
         # the revision found on opening (None: a database facecrm never migrated)
@@ -81,7 +81,7 @@ class Runtime:
     def pipeline(self) -> FacePipeline:
         """The face pipeline (the process-wide default one loads on first use)."""
         if self._pipeline is None:
-            self._pipeline = default_pipeline()
+            self._pipeline = default_pipeline(self.settings)
         return self._pipeline
 
     @property

@@ -188,7 +188,11 @@ class FaceCRM:
         runtime: Runtime | None = None,
         keys: KeyProvider | None = None,
     ) -> None:
-        self.runtime = runtime or Runtime(settings, pipeline, keys=keys, migrate=migrate)
+        if runtime is None:
+            if settings is None:
+                raise TypeError("FaceCRM needs the settings (or an open runtime)")
+            runtime = Runtime(settings, pipeline, keys=keys, migrate=migrate)
+        self.runtime = runtime
         self.vault = TemplateVault(self.runtime)
         # templates from before encryption at rest: a full-table pass, so migrations only
         self.legacy_sealed = self.vault.seal_legacy() if migrate else 0

@@ -12,6 +12,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from facecrm.config import Settings
+
 
 class RateLimiter:
     """At most `limit` events per `window` seconds for each key."""
@@ -86,13 +88,14 @@ class LoginGuard:
 
     def __init__(
         self,
-        per_address: int = 10,
-        free: int = 5,
-        base: float = 5.0,
-        cap: float = 900.0,
-        window: float = 900.0,
+        *,
+        per_address: int,
+        free: int,
+        base: float,
+        cap: float,
+        window: float,
+        known_for: float,
         clock: Callable[[], float] = time.monotonic,
-        known_for: float = 30 * 86_400.0,
         max_known: int = 50_000,
     ) -> None:
         self.free, self.base, self.cap, self.window = free, base, cap, window
@@ -102,6 +105,21 @@ class LoginGuard:
         self._accounts: dict[str, _Account] = {}
         self._clock = clock
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> LoginGuard:
+        """The guard with the configured limits (`FACECRM_LOGIN_*`): the numbers live there."""
+        return cls(
+            per_address=settings.login_address_failures,
+            free=settings.login_free_failures,
+            base=settings.login_backoff_seconds,
+            cap=settings.login_backoff_cap_seconds,
+            window=settings.login_window_seconds,
+            known_for=settings.login_known_address_days * 86_400.0,
+            clock=clock,
+        )
 
     def _delay(self, failures: int) -> float:
         if failures < self.free:

@@ -56,6 +56,8 @@ def verification(pairs: Sequence[Pair], threshold: float) -> dict[str, object]:
         "genuine_pairs": int(genuine.sum()),
         "impostor_pairs": int((~genuine).sum()),
         "threshold": threshold,
+        "genuine_accepted": int((accepted & genuine).sum()),
+        "impostor_accepted": int((accepted & ~genuine).sum()),
         "accuracy": accuracy,
         "best_accuracy": best,
         "tar_at_far": tar,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from facecrm.config import Settings, configure
+from facecrm.config import Settings, load
 from facecrm.eval.metrics import Pair, Probe, identification, verification
 from facecrm.gallery.gallery import Gallery
 from facecrm.vision.image import ImageError, read_image
@@ -53,23 +53,26 @@ def scan(root: Path) -> list[Sample]:
     return samples
 
 
-_worker_pipeline: FacePipeline | None = None
+_worker: tuple[FacePipeline, Settings] | None = None
 
 
 def _init_worker(settings: dict[str, object]) -> None:
-    global _worker_pipeline
-    _worker_pipeline = build_pipeline(configure(**settings))
+    global _worker
+    loaded = load(**settings)
+    _worker = build_pipeline(loaded), loaded
 
 
 def _embed_one(root: str, sample: Sample) -> Embedded:
-    assert _worker_pipeline is not None
-    return embed_sample(_worker_pipeline, Path(root), sample)
+    assert _worker is not None
+    return embed_sample(*_worker, Path(root), sample)
 
 
-def embed_sample(pipeline: FacePipeline, root: Path, sample: Sample) -> Embedded:
+def embed_sample(
+    pipeline: FacePipeline, settings: Settings, root: Path, sample: Sample
+) -> Embedded:
     """The template of the largest face in one image (or why there is none)."""
     try:
-        faces = pipeline.faces(read_image(root / sample.path))
+        faces = pipeline.faces(read_image(root / sample.path, settings))
     except ImageError as exc:
         return Embedded(sample, None, exc.reason)
     if not faces:
@@ -89,7 +92,7 @@ def embed_all(
         pipeline = build_pipeline(settings)
         out = []
         for sample in samples:
-            out.append(embed_sample(pipeline, root, sample))
+            out.append(embed_sample(pipeline, settings, root, sample))
             progress()
         return out
     overrides = settings.model_dump(mode="json")

@@ -11,19 +11,23 @@ impostor score observed (an impostor seen in calibration is never accepted).
 Calibrations ship in `facecrm/vision/calibration/<model_id>.json` and can be
 recomputed on an operator's own labelled photos with `facecrm eval DIR
 --calibrate`, which writes `<data_dir>/calibration/<model_id>.json` and takes
-precedence.
+precedence; `FACECRM_CALIBRATION=path` names such a file explicitly. The first
+stage's file may carry a versioned `cascade` section (see `gallery.cascade`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from facecrm.gallery.cascade import CascadeCalibration
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,22 +77,59 @@ class Calibration:
         """The modelled false-match rate of `threshold`."""
         return 1.0 - NormalDist(self.impostor_mean, self.impostor_std).cdf(threshold)
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, cascade: CascadeCalibration | None = None) -> None:
+        """Write the JSON file (with the cascade section when given), atomically."""
+        data: dict[str, Any] = asdict(self)
+        if cascade is not None:
+            data["cascade"] = cascade.to_json()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        partial = path.with_name(f".{path.name}.tmp")
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        partial.replace(path)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
-def load_calibration(model_id: str, data_dir: Path | None = None) -> Calibration:
-    """The operator's calibration for `model_id` if any, else the shipped one."""
+def _calibration_data(
+    model_id: str, data_dir: Path | None = None, path: Path | None = None
+) -> dict[str, Any]:
+    if path is not None:  # FACECRM_CALIBRATION: the operator named the file
+        data: dict[str, Any] = json.loads(path.read_text())
+        if data.get("model_id") != model_id:
+            raise LookupError(
+                f"the calibration file {path} is for embedder {data.get('model_id')!r}, "
+                f"not {model_id!r}"
+            )
+        return data
     candidates = []
     if data_dir is not None:
         candidates.append(data_dir / "calibration" / f"{model_id}.json")
     shipped = resources.files("facecrm.vision").joinpath("calibration", f"{model_id}.json")
     candidates.append(Path(str(shipped)))
-    for path in candidates:
-        if path.is_file():
-            return Calibration(**json.loads(path.read_text()))
+    for candidate in candidates:
+        if candidate.is_file():
+            loaded: dict[str, Any] = json.loads(candidate.read_text())
+            return loaded
     raise LookupError(
         f"no calibration for embedder {model_id!r}: run `facecrm eval DIR --calibrate` "
         "on labelled photos (one folder per person) to create one"
     )
+
+
+def load_calibration(
+    model_id: str, data_dir: Path | None = None, path: Path | None = None
+) -> Calibration:
+    """`path` if given (FACECRM_CALIBRATION), else the operator's calibration for
+    `model_id` in `data_dir`, else the shipped one."""
+    return Calibration.from_json(_calibration_data(model_id, data_dir, path))
+
+
+def load_cascade(
+    model_id: str, data_dir: Path | None = None, path: Path | None = None
+) -> CascadeCalibration | None:
+    """The cascade section of the first stage's calibration (same lookup order), or None."""
+    section = _calibration_data(model_id, data_dir, path).get("cascade")
+    return None if section is None else CascadeCalibration.from_json(section)

@@ -42,7 +42,8 @@ class FivePointAligner:
         matrix, _ = cv2.estimateAffinePartial2D(face.landmarks, self._target, method=cv2.LMEDS)
         if matrix is None:  # degenerate landmarks: fall back to the box
             return _box_crop(image, face, self.size)
-        return cv2.warpAffine(image, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR)
+        chip = cv2.warpAffine(image, matrix, (self.size, self.size), flags=cv2.INTER_LINEAR)
+        return np.asarray(chip, dtype=np.uint8)
 
 
 class DlibAligner:
@@ -75,4 +76,4 @@ def _box_crop(image: Image, face: Face, size: int) -> Image:
     x0, y0 = max(0, round(b.x)), max(0, round(b.y))
     x1, y1 = min(w, round(b.x + b.width)), min(h, round(b.y + b.height))
     crop = image[y0:y1, x0:x1] if x1 > x0 and y1 > y0 else image
-    return cv2.resize(crop, (size, size))
+    return np.asarray(cv2.resize(crop, (size, size)), dtype=np.uint8)

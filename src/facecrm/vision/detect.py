@@ -56,7 +56,7 @@ class YuNetDetector:
         small = image
         if scale < 1.0:
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            small = np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_AREA), np.uint8)
         h, w = small.shape[:2]
         blob = np.zeros((1, 3, -(-h // 32) * 32, -(-w // 32) * 32), dtype=np.float32)
         blob[0, :, :h, :w] = small[:, :, ::-1].transpose(2, 0, 1)  # RGB -> BGR planes

@@ -26,6 +26,7 @@ The ONNX graph takes ``input`` [N, 3, 150, 150] float32 holding raw RGB values 0
 
 from __future__ import annotations
 
+import builtins
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,14 +161,14 @@ class _Reader:
             raise ValueError(f"unsupported tensor version {version}")
         return arr.astype(np.float32).reshape(shape)
 
-    def alias_tensor(self) -> tuple[int, int, int, int]:
+    def alias_tensor(self) -> tuple[builtins.int, builtins.int, builtins.int, builtins.int]:
         """Read an alias_tensor's shape."""
         if (version := self.int()) != 1:
             raise ValueError(f"unsupported alias_tensor version {version}")
         n, k, nr, nc = (self.int() for _ in range(4))
         return n, k, nr, nc
 
-    def peek_is_string(self, prefix: bytes) -> bool:
+    def peek_is_string(self, prefix: bytes) -> builtins.bool:
         """Return whether a string starting with ``prefix`` begins here."""
         save = self.pos
         try:
@@ -232,8 +233,8 @@ def _read_details(r: _Reader, kind: str) -> dict[str, Any]:
             r.float()
         nw = int(np.prod(w))
         p["weight"] = params[:nw].reshape(p["num_inputs"], p["num_outputs"])
-        bias = params[nw : nw + int(np.prod(b))]
-        p["bias"] = bias if bias.size == p["num_outputs"] else None
+        fc_bias = params[nw : nw + int(np.prod(b))]
+        p["bias"] = fc_bias if fc_bias.size == p["num_outputs"] else None
     return p
 
 
@@ -328,7 +329,7 @@ class _GraphBuilder:
         inputs: list[str],
         prefix: str,
         out: str | None = None,
-        **attrs: object,
+        **attrs: Any,  # ONNX attributes: ints, floats, lists of them
     ) -> str:
         out = out or self.name(prefix)
         self.nodes.append(helper.make_node(op_type, inputs, [out], name=out, **attrs))
@@ -344,9 +345,9 @@ def _build(inp: dict[str, Any], layers: list[Layer], fold_affine: bool) -> onnx.
     mean = np.array(inp["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
     x = g.op("Sub", ["input", g.const("mean", mean)], "centered")
     x = g.op("Mul", [x, g.const("scale", np.array(1 / 256, dtype=np.float32))], "normalized")
-    shape = (3, inp["nr"], inp["nc"])  # (C, H, W) of the current tensor
+    shape: tuple[int, ...] = (3, inp["nr"], inp["nc"])  # (C, H, W) of the current tensor
 
-    tags: dict[int, tuple[str, tuple[int, int, int]]] = {}
+    tags: dict[int, tuple[str, tuple[int, ...]]] = {}
     i = 0
     while i < len(layers):
         layer, p = layers[i], layers[i].params

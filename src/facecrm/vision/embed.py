@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from facecrm.vision.models import dlib_resnet_path, sface_path
-from facecrm.vision.onnx_models import cached_model, ort_session
+from facecrm.vision.onnx_models import cached_model, dequantize, ort_session
 from facecrm.vision.types import Image
 
 
@@ -29,7 +29,8 @@ def normalize(vectors: npt.NDArray[np.floating]) -> npt.NDArray[np.float32]:
     """L2-normalise rows, so that the dot product is the cosine similarity."""
     vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+    normalized: npt.NDArray[np.float32] = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized
 
 
 class DlibResNetEmbedder:
@@ -52,7 +53,7 @@ class DlibResNetEmbedder:
 
 
 class SFaceEmbedder:
-    """OpenCV zoo's SFace, run by OpenCV."""
+    """OpenCV zoo's SFace int8, run by OpenCV (the reference `sface_onnx` is checked against)."""
 
     model_id = "sface-2021dec"
     chip_size = 112
@@ -129,4 +130,27 @@ def dlib_resnet_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
         threads=threads,
         model_id=DlibResNetEmbedder.model_id,
         aligner_kind="dlib",
+    )
+
+
+SFACE_FP32 = "face_recognition_sface_2021dec_fp32.onnx"
+
+
+def sface_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
+    """SFace with its int8 weights folded once into float32 (into `cache_dir`), run by onnxruntime.
+
+    The shipped int8 file keeps its weights as graph inputs, which onnxruntime refuses;
+    `dequantize` rewrites it as a plain float graph. The network sees the same weights
+    as in OpenCV (descriptors agree to ~1e-6), so templates share SFace's `model_id`.
+    Input: the 112 px ArcFace-aligned RGB chip, raw 0..255 (OpenCV's blob: no mean, no scale).
+    """
+    path = cached_model(cache_dir, SFACE_FP32, lambda target: dequantize(sface_path(), target))
+    return OnnxEmbedder(
+        path,
+        input_size=112,
+        mean=0.0,
+        std=1.0,
+        threads=threads,
+        model_id=SFaceEmbedder.model_id,
+        aligner_kind="five_point",
     )

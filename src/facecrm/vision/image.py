@@ -21,15 +21,15 @@ import ctypes.util
 import io
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from PIL import ImageFile, UnidentifiedImageError
+from PIL import ImageFile, TiffImagePlugin, UnidentifiedImageError
 
-from facecrm.config import Settings, get_settings
+from facecrm.config import Settings
 from facecrm.errors import FacecrmError
 from facecrm.vision.types import Image
 
@@ -110,10 +110,11 @@ def decode_slot(settings: Settings) -> Iterator[None]:
         slots.release()
 
 
-def _load_malloc_trim() -> ctypes._CFuncPtr | None:
+def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim  # type: ignore[no-any-return]
+        trim: Callable[[int], int] = libc.malloc_trim
+        return trim
     except (OSError, AttributeError):  # not glibc: nothing to trim
         return None
 
@@ -127,20 +128,23 @@ def release_memory() -> None:
         _malloc_trim(0)
 
 
-def read_image(path: str | Path) -> Image:
-    """Read and decode an image file (see `decode_image`)."""
+def read_image(path: str | Path, settings: Settings) -> Image:
+    """Read and decode an image file within `settings`' limits (see `decode_image`)."""
     path = Path(path)
     if not path.is_file():
         raise ImageError("not_found", f"{path}: no such file")
-    limit = get_settings().max_upload_bytes
+    limit = settings.max_upload_bytes
     if path.stat().st_size > limit:
         raise ImageError("too_large", f"{path}: larger than the {limit} byte limit")
-    return decode_image(path.read_bytes())
+    return decode_image(path.read_bytes(), settings)
 
 
-def decode_image(data: bytes) -> Image:
-    """Decode `data` into an upright RGB uint8 array, or raise `ImageError`/`DecoderBusy`."""
-    settings = get_settings()
+def decode_image(data: bytes, settings: Settings) -> Image:
+    """Decode `data` into an upright RGB uint8 array, or raise `ImageError`/`DecoderBusy`.
+
+    The limits (`max_upload_bytes`, pixels, scans, decode slots) are `settings`', passed
+    by the caller: the server's, the CLI's or a test's, never a process-wide global.
+    """
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ImageError("wrong_type", f"expected image bytes, got {type(data).__name__}")
     if len(data) == 0:
@@ -225,14 +229,16 @@ def _check(pil: PILImage.Image, settings: Settings, data: bytes) -> None:
             f"{pil.format} images are decoded at full size: {width}x{height} exceeds their"
             f" {limit} pixel limit; send a JPEG or a smaller image",
         )
-    if pil.format == "TIFF":
+    if isinstance(pil, TiffImagePlugin.TiffImageFile):  # pil.format == "TIFF"
         if getattr(pil, "is_animated", False):
             raise ImageError("multi_page", "multi-page TIFF files are not accepted")
-        tile = (pil.tag_v2.get(322), pil.tag_v2.get(323))  # TileWidth, TileLength
-        if all(isinstance(v, int) for v in tile) and tile[0] * tile[1] > max(
-            width * height, 1 << 20
+        tile_w, tile_h = pil.tag_v2.get(322), pil.tag_v2.get(323)  # TileWidth, TileLength
+        if (
+            isinstance(tile_w, int)
+            and isinstance(tile_h, int)
+            and tile_w * tile_h > max(width * height, 1 << 20)
         ):
-            raise ImageError("corrupt", f"the TIFF tiles ({tile[0]}x{tile[1]}) exceed the image")
+            raise ImageError("corrupt", f"the TIFF tiles ({tile_w}x{tile_h}) exceed the image")
 
 
 def decoded_pixel_limit(fmt: str | None, settings: Settings, progressive: bool = False) -> int:

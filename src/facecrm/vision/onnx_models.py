@@ -43,7 +43,8 @@ def _dequantize_node(node: onnx.NodeProto, arrays: dict[str, np.ndarray]) -> np.
     scale = scale.astype(np.float32)
     zero_f = np.zeros_like(scale) if zero is None else zero.astype(np.float32)
     if scale.size == 1:
-        return ((x.astype(np.float32) - zero_f.reshape(())) * scale.reshape(())).astype(np.float32)
+        scalar: np.ndarray = (x.astype(np.float32) - zero_f.reshape(())) * scale.reshape(())
+        return scalar.astype(np.float32)
     if block:
         scale = np.repeat(scale, block, axis=axis).take(range(x.shape[axis]), axis=axis)
         zero_f = np.repeat(zero_f, block, axis=axis).take(range(x.shape[axis]), axis=axis)
@@ -51,7 +52,8 @@ def _dequantize_node(node: onnx.NodeProto, arrays: dict[str, np.ndarray]) -> np.
         shape = [1] * x.ndim
         shape[axis] = -1
         scale, zero_f = scale.reshape(shape), zero_f.reshape(shape)
-    return ((x.astype(np.float32) - zero_f) * scale).astype(np.float32)
+    out: np.ndarray = (x.astype(np.float32) - zero_f) * scale
+    return out.astype(np.float32)
 
 
 def dequantize(source: Path, target: Path, dynamic_hw: bool = False) -> None:

@@ -15,18 +15,34 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel
 
-from facecrm.api.deps import charge_identification, get_crm, principal_for_token, still_valid
+from facecrm.api.deps import (
+    AlertsDep,
+    CrmDep,
+    SessionDep,
+    SettingsDep,
+    charge_identification,
+    principal_for_token,
+    still_valid,
+)
 from facecrm.api.login import log_in, log_out
 from facecrm.api.problems import ApiError
 from facecrm.api.routes.agent import sse
-from facecrm.api.schemas import RowId
+from facecrm.api.schemas import (
+    AcknowledgedOut,
+    AlertOut,
+    AuditEventOut,
+    CardOut,
+    CustomerSummary,
+    RowId,
+)
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import auditlog, cards, consent_text, customers, db
+from facecrm.crm import auditlog, cards, consent_text, customers
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.errors import InvalidError, LoginFailedError, LoginThrottledError
-from facecrm.crm.service import FaceCRM, Photo
+from facecrm.crm.service import Photo
 
 SESSION_COOKIE = "facecrm_session"
 CSRF_COOKIE = "facecrm_csrf"
@@ -39,18 +55,26 @@ class LoginRequired(Exception):
     """The page needs a logged-in staff user: redirect to the log-in page."""
 
 
-def staff(request: Request, crm: FaceCRM = Depends(get_crm)) -> Principal:
+def staff(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
     token = request.cookies.get(SESSION_COOKIE)
-    principal = principal_for_token(crm, token) if token else None
+    principal = principal_for_token(session, settings, token) if token else None
     if principal is None:
         raise LoginRequired
     return principal
+
+
+Staff = Annotated[Principal, Depends(staff)]
 
 
 def check_csrf(request: Request, submitted: str | None) -> None:
     expected = request.cookies.get(CSRF_COOKIE)
     if not expected or not submitted or not secrets.compare_digest(expected, submitted):
         raise ApiError(403, "the form has expired or did not come from this console; reload it")
+
+
+def _json(model: type[BaseModel], value: object) -> dict[str, Any]:
+    """What the API would answer for `value` (pages render the same data as the API)."""
+    return model.model_validate(value).model_dump(mode="json")
 
 
 def render(request: Request, name: str, principal: Principal | None, **context: Any) -> Response:
@@ -80,8 +104,8 @@ def login(
     request: Request,
     username: Annotated[str, Form(max_length=100)],
     password: Annotated[str, Form(max_length=200)],
+    crm: CrmDep,
     csrf: Annotated[str, Form(max_length=100)] = "",
-    crm: FaceCRM = Depends(get_crm),
 ) -> Response:
     check_csrf(request, csrf)
     address = request.client.host if request.client else "?"
@@ -112,69 +136,57 @@ def login(
 @router.post("/logout")
 def logout(
     request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
     csrf: Annotated[str, Form(max_length=100)] = "",
-    crm: FaceCRM = Depends(get_crm),
 ) -> Response:
     """Revoke this browser's session token server-side (a copied cookie stops working);
     the user's sessions on other devices stay logged in."""
     check_csrf(request, csrf)
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        log_out(crm, token)
+        log_out(session, settings, token)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
 
 
 @router.get("/", response_class=HTMLResponse)
-def home(principal: Principal = Depends(staff)) -> Response:
+def home(principal: Staff) -> Response:
     first = "/console/customers" if principal.can(Permission.CUSTOMERS_READ) else "/console/audit"
     return RedirectResponse(first, status_code=303)
 
 
 @router.get("/audit", response_class=HTMLResponse)
-def audit_page(
-    request: Request, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
-) -> Response:
+def audit_page(request: Request, crm: CrmDep, session: SessionDep, principal: Staff) -> Response:
     """The audit trail (auditors, admins) with the result of the chain check."""
     principal.require(Permission.AUDIT_READ)
     report = crm.verify_audit()
-    with db.transaction(crm.sessions) as session:
-        total = auditlog.count(session)
-        rows = auditlog.read(session, principal, "console", limit=200, offset=max(0, total - 200))
-    return render(request, "audit.html", principal, rows=rows[::-1], report=report)
+    rows = [_json(AuditEventOut, e) for e in auditlog.latest(session, principal, "console")]
+    return render(request, "audit.html", principal, rows=rows, report=report)
 
 
 @router.get("/customers", response_class=HTMLResponse)
 def customer_search(
-    request: Request,
-    q: str = "",
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(staff),
+    request: Request, session: SessionDep, principal: Staff, q: str = ""
 ) -> Response:
     principal.require(Permission.CUSTOMERS_READ)
-    with db.transaction(crm.sessions) as session:
-        rows = customers.find(session, principal, q[:200], limit=50, channel="console")
+    found = customers.find(session, principal, q[:200], limit=50, channel="console")
+    rows = [_json(CustomerSummary, c) for c in found]
     return render(request, "customers.html", principal, q=q, customers=rows)
 
 
 @router.get("/customers/{customer_id}", response_class=HTMLResponse)
 def customer_card(
-    request: Request,
-    customer_id: str,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(staff),
+    request: Request, customer_id: str, session: SessionDep, principal: Staff
 ) -> Response:
     principal.require(Permission.CUSTOMERS_READ)
-    with db.transaction(crm.sessions) as session:
-        c = cards.card(session, principal, customer_id)
+    c = _json(CardOut, cards.card(session, principal, customer_id))
     return render(request, "card.html", principal, c=c)
 
 
 @router.get("/customers/{customer_id}/photo")
-def customer_photo(
-    customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
-) -> Response:
+def customer_photo(customer_id: str, crm: CrmDep, principal: Staff) -> Response:
     jpeg = crm.view_photo(principal, customer_id, channel="console")
     if jpeg is None:
         raise ApiError(404, "no photo to show for this customer")
@@ -182,16 +194,15 @@ def customer_photo(
 
 
 @router.get("/alerts", response_class=HTMLResponse)
-def alerts_page(request: Request, principal: Principal = Depends(staff)) -> Response:
+def alerts_page(request: Request, service: AlertsDep, principal: Staff) -> Response:
     principal.require(Permission.ALERTS)
-    alerts = request.app.state.alerts.open_alerts(principal)
+    alerts = [_json(AlertOut, a) for a in service.open_alerts(principal)]
     return render(request, "alerts.html", principal, alerts=alerts)
 
 
 @router.get("/alerts/stream")
-def alerts_stream(
-    request: Request, crm: FaceCRM = Depends(get_crm), principal: Principal = Depends(staff)
-) -> Response:
+def alerts_stream(request: Request, crm: CrmDep, principal: Staff) -> Response:
+    """Live alerts; the stream holds no database session (see `deps.still_valid`)."""
     principal.require(Permission.ALERTS)
     alive = still_valid(crm, principal, token=request.cookies.get(SESSION_COOKIE))
     return sse(request.app.state.alerts.bus, principal, request, alive)
@@ -199,20 +210,19 @@ def alerts_stream(
 
 @router.post("/alerts/{alert_id}/{action}")
 def alert_action(
-    request: Request, alert_id: RowId, action: str, principal: Principal = Depends(staff)
+    request: Request, alert_id: RowId, action: str, service: AlertsDep, principal: Staff
 ) -> dict[str, object]:
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.ALERTS)
-    service = request.app.state.alerts
     if action == "claim":
-        return service.claim(principal, alert_id)  # type: ignore[no-any-return]
+        return _json(AlertOut, service.claim(principal, alert_id))
     if action == "ack":
-        return service.acknowledge(principal, alert_id)  # type: ignore[no-any-return]
+        return _json(AcknowledgedOut, service.acknowledge(principal, alert_id))
     raise ApiError(404, "unknown action")
 
 
 @router.get("/lookup", response_class=HTMLResponse)
-def lookup_page(request: Request, principal: Principal = Depends(staff)) -> Response:
+def lookup_page(request: Request, principal: Staff) -> Response:
     principal.require(Permission.IDENTIFY)
     return render(request, "lookup.html", principal)
 
@@ -221,20 +231,20 @@ def lookup_page(request: Request, principal: Principal = Depends(staff)) -> Resp
 def lookup(
     request: Request,
     image: Annotated[UploadFile, File()],
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(staff),
+    crm: CrmDep,
+    session: SessionDep,
+    principal: Staff,
 ) -> Response:
     """An associate's phone photo → the opted-in customer's card, or nothing at all."""
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.IDENTIFY)
     charge_identification(request, principal)  # the same budget as the API's identify
     picture = read_image_upload(image, crm.settings)
-    results = crm.identify(picture, principal, purpose="phone_lookup", max_faces=1)
+    results = crm.identify(picture, principal=principal, purpose="phone_lookup", max_faces=1)
     if not results or results[0].match is None:
         return JSONResponse({"found": False, "message": "No opted-in customer."})
     customer_id = results[0].match.customer_id
-    with db.transaction(crm.sessions) as session:
-        found = cards.card(session, principal, customer_id)
+    found = _json(CardOut, cards.card(session, principal, customer_id))
     return JSONResponse(
         {
             "found": True,
@@ -245,7 +255,7 @@ def lookup(
 
 
 @router.get("/enroll", response_class=HTMLResponse)
-def enroll_page(request: Request, principal: Principal = Depends(staff)) -> Response:
+def enroll_page(request: Request, principal: Staff) -> Response:
     principal.require(Permission.CUSTOMERS_WRITE)
     stores = sorted(principal.stores) if principal.stores else []
     return render(
@@ -269,8 +279,9 @@ def enroll(
     email: Annotated[str, Form(max_length=320)] = "",
     loyalty_id: Annotated[str, Form(max_length=64)] = "",
     show_photo: Annotated[bool, Form()] = False,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(staff),
+    *,
+    crm: CrmDep,
+    principal: Staff,
 ) -> Response:
     """Create the customer, the consent as shown, and the template: all or nothing."""
     check_csrf(request, request.headers.get("x-csrf-token"))
@@ -294,8 +305,8 @@ def enroll(
         [photo],
         consent_version,
         channel,
-        principal,
-        profile,
+        principal=principal,
+        profile=profile,
         store_id=store_id,
         witness=principal.name,
     )

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
-from facecrm.api.deps import allow, get_crm
+from facecrm.api.deps import (
+    ActivityReader,
+    ActivityWriter,
+    PurchaseWriter,
+    SessionDep,
+    VisitWriter,
+)
 from facecrm.api.schemas import (
+    PROBLEMS,
     FeedbackIn,
+    FeedbackOut,
     FeedbackPatch,
     Instant,
     InterestIn,
+    InterestOut,
     InterestPatch,
     PurchaseIn,
+    PurchaseOut,
     RowId,
     VisitIn,
+    VisitOut,
 )
-from facecrm.crm import activity, db
+from facecrm.crm import activity
 from facecrm.crm.activity import Filters, Item
-from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.customers import feedback_dict, interest_dict, purchase_dict, visit_dict
-from facecrm.crm.service import FaceCRM
 
-router = APIRouter(tags=["activity"])
-ReadActivity = Depends(allow(Permission.ACTIVITY_READ))
+router = APIRouter(tags=["activity"], responses=PROBLEMS)
 
 
 def filters(
@@ -38,138 +45,89 @@ def filters(
     return Filters(store_id, customer_id, since, until, limit, offset)
 
 
-@router.get("/visits")
-def list_visits(
-    f: Filters = Depends(filters),
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = ReadActivity,
-) -> list[dict[str, Any]]:
-    with crm.sessions() as session:
-        return [visit_dict(v) for v in activity.visits(session, principal, f)]
+FiltersDep = Annotated[Filters, Depends(filters)]
 
 
-@router.post("/visits", status_code=201)
-def record_visit(
-    body: VisitIn,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.VISITS_WRITE)),
-) -> dict[str, Any]:
-    with db.transaction(crm.sessions) as session:
-        visit = activity.record_visit(
-            session,
-            principal,
-            body.customer_id,
-            body.store_id,
-            body.source,
-            body.similarity,
-            body.at,
-        )
-        return visit_dict(visit)
+@router.get("/visits", response_model=list[VisitOut])
+def list_visits(f: FiltersDep, session: SessionDep, principal: ActivityReader) -> list[VisitOut]:
+    return [VisitOut.model_validate(v) for v in activity.visits(session, principal, f)]
 
 
-@router.get("/purchases")
+@router.post("/visits", status_code=201, response_model=VisitOut)
+def record_visit(body: VisitIn, session: SessionDep, principal: VisitWriter) -> VisitOut:
+    visit = activity.record_visit(
+        session, principal, body.customer_id, body.store_id, body.source, body.similarity, body.at
+    )
+    return VisitOut.model_validate(visit)
+
+
+@router.get("/purchases", response_model=list[PurchaseOut])
 def list_purchases(
-    f: Filters = Depends(filters),
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = ReadActivity,
-) -> list[dict[str, Any]]:
-    with crm.sessions() as session:
-        return [purchase_dict(p) for p in activity.purchases(session, principal, f)]
+    f: FiltersDep, session: SessionDep, principal: ActivityReader
+) -> list[PurchaseOut]:
+    return [PurchaseOut.model_validate(p) for p in activity.purchases(session, principal, f)]
 
 
-@router.post("/customers/{customer_id}/purchases", status_code=201)
+@router.post("/customers/{customer_id}/purchases", status_code=201, response_model=PurchaseOut)
 def add_purchase(
-    customer_id: str,
-    body: PurchaseIn,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.PURCHASES_WRITE)),
-) -> dict[str, Any]:
+    customer_id: str, body: PurchaseIn, session: SessionDep, principal: PurchaseWriter
+) -> PurchaseOut:
     items = [Item(i.sku, i.name, i.quantity, i.unit_price_cents) for i in body.items]
-    with db.transaction(crm.sessions) as session:
-        purchase = activity.add_purchase(
-            session, principal, customer_id, body.store_id, items, body.currency, body.at
-        )
-        return purchase_dict(purchase)
+    purchase = activity.add_purchase(
+        session, principal, customer_id, body.store_id, items, body.currency, body.at
+    )
+    return PurchaseOut.model_validate(purchase)
 
 
-@router.get("/interests")
+@router.get("/interests", response_model=list[InterestOut])
 def list_interests(
-    f: Filters = Depends(filters),
-    open_only: bool = False,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = ReadActivity,
-) -> list[dict[str, Any]]:
-    with crm.sessions() as session:
-        return [interest_dict(i) for i in activity.interests(session, principal, f, open_only)]
+    f: FiltersDep, session: SessionDep, principal: ActivityReader, open_only: bool = False
+) -> list[InterestOut]:
+    found = activity.interests(session, principal, f, open_only)
+    return [InterestOut.model_validate(i) for i in found]
 
 
-@router.post("/customers/{customer_id}/interests", status_code=201)
+@router.post("/customers/{customer_id}/interests", status_code=201, response_model=InterestOut)
 def add_interest(
-    customer_id: str,
-    body: InterestIn,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.ACTIVITY_WRITE)),
-) -> dict[str, Any]:
-    with db.transaction(crm.sessions) as session:
-        interest = activity.add_interest(
-            session,
-            principal,
-            customer_id,
-            body.store_id,
-            body.product,
-            body.sku,
-            body.out_of_stock,
-        )
-        return interest_dict(interest)
+    customer_id: str, body: InterestIn, session: SessionDep, principal: ActivityWriter
+) -> InterestOut:
+    interest = activity.add_interest(
+        session, principal, customer_id, body.store_id, body.product, body.sku, body.out_of_stock
+    )
+    return InterestOut.model_validate(interest)
 
 
-@router.patch("/interests/{interest_id}")
+@router.patch("/interests/{interest_id}", response_model=InterestOut)
 def update_interest(
-    interest_id: RowId,
-    body: InterestPatch,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.ACTIVITY_WRITE)),
-) -> dict[str, Any]:
-    with db.transaction(crm.sessions) as session:
-        interest = activity.update_interest(
-            session, principal, interest_id, body.resolved, body.out_of_stock
-        )
-        return interest_dict(interest)
+    interest_id: RowId, body: InterestPatch, session: SessionDep, principal: ActivityWriter
+) -> InterestOut:
+    interest = activity.update_interest(
+        session, principal, interest_id, body.resolved, body.out_of_stock
+    )
+    return InterestOut.model_validate(interest)
 
 
-@router.get("/feedback")
+@router.get("/feedback", response_model=list[FeedbackOut])
 def list_feedback(
-    f: Filters = Depends(filters),
-    open_only: bool = False,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = ReadActivity,
-) -> list[dict[str, Any]]:
-    with crm.sessions() as session:
-        return [feedback_dict(x) for x in activity.feedback(session, principal, f, open_only)]
+    f: FiltersDep, session: SessionDep, principal: ActivityReader, open_only: bool = False
+) -> list[FeedbackOut]:
+    found = activity.feedback(session, principal, f, open_only)
+    return [FeedbackOut.model_validate(x) for x in found]
 
 
-@router.post("/customers/{customer_id}/feedback", status_code=201)
+@router.post("/customers/{customer_id}/feedback", status_code=201, response_model=FeedbackOut)
 def add_feedback(
-    customer_id: str,
-    body: FeedbackIn,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.ACTIVITY_WRITE)),
-) -> dict[str, Any]:
-    with db.transaction(crm.sessions) as session:
-        item = activity.add_feedback(
-            session, principal, customer_id, body.store_id, body.text, body.rating
-        )
-        return feedback_dict(item)
+    customer_id: str, body: FeedbackIn, session: SessionDep, principal: ActivityWriter
+) -> FeedbackOut:
+    item = activity.add_feedback(
+        session, principal, customer_id, body.store_id, body.text, body.rating
+    )
+    return FeedbackOut.model_validate(item)
 
 
-@router.patch("/feedback/{feedback_id}")
+@router.patch("/feedback/{feedback_id}", response_model=FeedbackOut)
 def update_feedback(
-    feedback_id: RowId,
-    body: FeedbackPatch,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.ACTIVITY_WRITE)),
-) -> dict[str, Any]:
-    with db.transaction(crm.sessions) as session:
-        return feedback_dict(
-            activity.resolve_feedback(session, principal, feedback_id, body.resolved)
-        )
+    feedback_id: RowId, body: FeedbackPatch, session: SessionDep, principal: ActivityWriter
+) -> FeedbackOut:
+    item = activity.resolve_feedback(session, principal, feedback_id, body.resolved)
+    return FeedbackOut.model_validate(item)

@@ -6,29 +6,42 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictFloat, ValidationError
 
 from facecrm.alerts.bus import AlertBus
 from facecrm.alerts.rules import RuleSettings
-from facecrm.alerts.service import AlertService, VisitEvent
-from facecrm.api.deps import allow, api_key, get_crm, oauth2, still_valid
-from facecrm.api.schemas import Moment, RowId
-from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.service import FaceCRM
+from facecrm.alerts.service import VisitEvent
+from facecrm.api.deps import (
+    AlertHandler,
+    AlertsDep,
+    CrmDep,
+    DeviceManager,
+    KeyDep,
+    SessionDep,
+    StoreAgent,
+    TokenDep,
+    still_valid,
+)
+from facecrm.api.schemas import (
+    PROBLEMS,
+    AcknowledgedOut,
+    AlertOut,
+    EventStreamResponse,
+    GalleryOut,
+    Moment,
+    RowId,
+    ShiftOut,
+    StoreConfigOut,
+)
+from facecrm.crm.authz import Principal
 
-router = APIRouter(tags=["store agents and alerts"])
-Agent = Depends(allow(Permission.AGENT))
-Staff = Depends(allow(Permission.ALERTS))
+router = APIRouter(tags=["store agents and alerts"], responses=PROBLEMS)
 RECHECK_SECONDS = 5.0  # how soon a revoked principal's open alert stream is closed
-
-
-def get_alerts(request: Request) -> AlertService:
-    return request.app.state.alerts  # type: ignore[no-any-return]
+Outcome = Literal["visit", "same_visit", "duplicate", "ignored", "rejected"]
 
 
 class EventIn(BaseModel):
@@ -47,9 +60,18 @@ class EventsIn(BaseModel):
     events: list[Any] = Field(max_length=500)
 
 
+class EventErrorOut(BaseModel):
+    """What is wrong with a rejected event: where and what, never the input itself."""
+
+    index: int
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class EventsOut(BaseModel):
-    outcomes: list[str]  # per event: visit, same_visit, duplicate, ignored or rejected
-    errors: list[dict[str, Any]]  # per rejected event: index, loc, msg, type (never the input)
+    outcomes: list[Outcome]  # per event, in the order sent
+    errors: list[EventErrorOut]  # per rejected event
 
 
 class StoreConfigIn(BaseModel):
@@ -67,57 +89,56 @@ def _event(raw: object) -> VisitEvent | list[dict[str, Any]]:
     return VisitEvent(e.key, e.customer_id, e.at, e.camera, e.similarity)
 
 
-@router.get("/agent/gallery")
+@router.get(
+    "/agent/gallery",
+    response_model=GalleryOut,
+    responses={304: {"description": "unchanged since the ETag sent as If-None-Match"}},
+)
 def agent_gallery(
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Agent,
-    if_none_match: str | None = Header(default=None),
+    crm: CrmDep,
+    session: SessionDep,
+    principal: StoreAgent,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Templates of opted-in customers for local decisions; 304 while unchanged."""
-    with crm.sessions() as session:
-        etag = f'"{crm.model_id}-{crm.generation(session)}"'
+    etag = f'"{crm.model_id}-{crm.generation(session)}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    body = crm.gallery_export(principal)
+    body = crm.gallery_export(principal=principal)
     return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag})
 
 
-@router.post("/agent/events")
-def agent_events(
-    body: EventsIn, alerts: AlertService = Depends(get_alerts), principal: Principal = Agent
-) -> EventsOut:
+@router.post("/agent/events", response_model=EventsOut)
+def agent_events(body: EventsIn, alerts: AlertsDep, principal: StoreAgent) -> EventsOut:
     """Visit events in the agent's order; each key is applied once; a malformed event is
     reported as rejected and the others are still applied."""
     parsed = [_event(raw) for raw in body.events]
     events = [p if isinstance(p, VisitEvent) else None for p in parsed]
     errors = [
-        {"index": i, **error}
+        EventErrorOut(index=i, **error)
         for i, p in enumerate(parsed)
         if not isinstance(p, VisitEvent)
         for error in p
     ]
-    return EventsOut(outcomes=alerts.ingest(principal, events), errors=errors)
+    outcomes: list[Any] = alerts.ingest(principal, events)
+    return EventsOut(outcomes=outcomes, errors=errors)
 
 
-@router.get("/alerts")
-def list_alerts(
-    alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
-) -> list[dict[str, object]]:
-    return alerts.open_alerts(principal)
+@router.get("/alerts", response_model=list[AlertOut])
+def list_alerts(alerts: AlertsDep, principal: AlertHandler) -> list[AlertOut]:
+    return [AlertOut.model_validate(a) for a in alerts.open_alerts(principal)]
 
 
-@router.post("/alerts/{alert_id}/claim")
-def claim_alert(
-    alert_id: RowId, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
-) -> dict[str, object]:
-    return alerts.claim(principal, alert_id)
+@router.post("/alerts/{alert_id}/claim", response_model=AlertOut)
+def claim_alert(alert_id: RowId, alerts: AlertsDep, principal: AlertHandler) -> AlertOut:
+    return AlertOut.model_validate(alerts.claim(principal, alert_id))
 
 
-@router.post("/alerts/{alert_id}/ack")
+@router.post("/alerts/{alert_id}/ack", response_model=AcknowledgedOut)
 def acknowledge_alert(
-    alert_id: RowId, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
-) -> dict[str, object]:
-    return alerts.acknowledge(principal, alert_id)
+    alert_id: RowId, alerts: AlertsDep, principal: AlertHandler
+) -> AcknowledgedOut:
+    return AcknowledgedOut.model_validate(alerts.acknowledge(principal, alert_id))
 
 
 def sse(
@@ -126,7 +147,7 @@ def sse(
     request: Request,
     alive: Callable[[], bool] | None = None,
     recheck_seconds: float = RECHECK_SECONDS,
-) -> StreamingResponse:
+) -> EventStreamResponse:
     """Server-sent events of the principal's stores' alerts, with keep-alives.
 
     `alive` re-checks the credentials the stream was opened with every
@@ -154,50 +175,45 @@ def sse(
         finally:
             bus.unsubscribe(sub)
 
-    return StreamingResponse(
+    return EventStreamResponse(
         stream(),
-        media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-@router.get("/alerts/stream")
+@router.get("/alerts/stream", response_class=EventStreamResponse)
 def alert_stream(
-    request: Request,
-    alerts: AlertService = Depends(get_alerts),
-    principal: Principal = Staff,
-    token: str | None = Depends(oauth2),
-    key: str | None = Depends(api_key),
-) -> StreamingResponse:
+    request: Request, alerts: AlertsDep, principal: AlertHandler, token: TokenDep, key: KeyDep
+) -> EventStreamResponse:
+    """Live alerts of the caller's stores (server-sent events); holds no database session."""
     alive = still_valid(alerts.crm, principal, token=token, key=key)
     return sse(alerts.bus, principal, request, alive)
 
 
-@router.post("/shifts/{store_id}", status_code=201)
-def start_shift(
-    store_id: str, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
-) -> dict[str, object]:
+@router.post("/shifts/{store_id}", status_code=201, response_model=ShiftOut)
+def start_shift(store_id: str, alerts: AlertsDep, principal: AlertHandler) -> ShiftOut:
     """The calling staff member is on shift in this store (alerts may be routed to them)."""
-    return alerts.start_shift(principal, store_id)
+    return ShiftOut.model_validate(alerts.start_shift(principal, store_id))
 
 
 @router.delete("/shifts/{store_id}", status_code=204)
-def end_shift(
-    store_id: str, alerts: AlertService = Depends(get_alerts), principal: Principal = Staff
-) -> Response:
+def end_shift(store_id: str, alerts: AlertsDep, principal: AlertHandler) -> Response:
     alerts.end_shift(principal, store_id)
     return Response(status_code=204)
 
 
-@router.put("/stores/{store_id}/config")
+@router.put(
+    "/stores/{store_id}/config", response_model=StoreConfigOut, response_model_exclude_unset=True
+)
 def configure_store(
-    store_id: str,
-    body: StoreConfigIn,
-    alerts: AlertService = Depends(get_alerts),
-    principal: Principal = Depends(allow(Permission.DEVICES_MANAGE)),
-) -> dict[str, object]:
-    """Switch rules on or off, tune them, and set the store's signed webhook."""
+    store_id: str, body: StoreConfigIn, alerts: AlertsDep, principal: DeviceManager
+) -> StoreConfigOut:
+    """Switch rules on or off, tune them, and set the store's signed webhook.
+
+    The answer's `rules` holds the overrides that were set (the defaults apply to the rest).
+    """
     # a refused webhook URL is an InvalidError: 422 with its `reason` (api.problems)
-    return alerts.configure_store(
+    view = alerts.configure_store(
         principal, store_id, body.rules, body.webhook_url, body.webhook_secret
     )
+    return StoreConfigOut.model_validate(view)

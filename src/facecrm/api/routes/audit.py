@@ -4,37 +4,31 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Query
 
-from facecrm.api.deps import allow, get_crm
-from facecrm.api.schemas import Instant
-from facecrm.crm import auditlog, db
-from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.service import FaceCRM
+from facecrm.api.deps import Auditor, CrmDep, SessionDep
+from facecrm.api.schemas import PROBLEMS, AuditEventOut, AuditReportOut, Instant
+from facecrm.crm import auditlog
 
-router = APIRouter(tags=["audit"])
-Auditor = Depends(allow(Permission.AUDIT_READ))
+router = APIRouter(tags=["audit"], responses=PROBLEMS)
 
 
-@router.get("/audit")
+@router.get("/audit", response_model=list[AuditEventOut])
 def list_audit(
+    session: SessionDep,
+    principal: Auditor,
     customer_id: Annotated[str | None, Query(max_length=32)] = None,
     action: Annotated[str | None, Query(max_length=60)] = None,
     since: Instant | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Auditor,
-) -> list[dict[str, object]]:
+) -> list[AuditEventOut]:
     """Audit events, oldest first (reading the trail is itself audited)."""
-    with db.transaction(crm.sessions) as session:
-        return auditlog.read(session, principal, "api", customer_id, action, since, limit, offset)
+    rows = auditlog.read(session, principal, "api", customer_id, action, since, limit, offset)
+    return [AuditEventOut.model_validate(e) for e in rows]
 
 
-@router.get("/audit/verify")
-def verify_audit(
-    crm: FaceCRM = Depends(get_crm), principal: Principal = Auditor
-) -> dict[str, object]:
+@router.get("/audit/verify", response_model=AuditReportOut)
+def verify_audit(crm: CrmDep, principal: Auditor) -> AuditReportOut:
     """Check the hash chain; lists every altered, inserted or deleted event."""
-    report = crm.verify_audit()
-    return {"ok": report.ok, "checked": report.checked, "problems": report.problems}
+    return AuditReportOut.model_validate(crm.verify_audit())

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, Request, Response
+from fastapi import APIRouter, Form, Request, Response
 
-from facecrm.api.deps import current_principal, get_crm, oauth2
+from facecrm.api.deps import CrmDep, PrincipalDep, SessionDep, SettingsDep, TokenDep
 from facecrm.api.login import log_in, log_out
 from facecrm.api.problems import ApiError
-from facecrm.api.schemas import Me, Token
-from facecrm.crm.authz import Principal
-from facecrm.crm.service import FaceCRM
+from facecrm.api.schemas import PROBLEMS, Me, Token
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], responses=PROBLEMS)
 
 
 def client_address(request: Request) -> str:
@@ -26,7 +24,7 @@ def token(
     request: Request,
     username: Annotated[str, Form(max_length=100)],
     password: Annotated[str, Form(max_length=200)],
-    crm: FaceCRM = Depends(get_crm),
+    crm: CrmDep,
 ) -> Token:
     """OAuth2 password flow: a bearer token for a staff user (throttled on failures).
 
@@ -40,19 +38,17 @@ def token(
 
 @router.post("/auth/logout", status_code=204)
 def logout(
-    token: str | None = Depends(oauth2),
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(current_principal),
+    token: TokenDep, session: SessionDep, settings: SettingsDep, principal: PrincipalDep
 ) -> Response:
     """Revoke the bearer token of this request (the user's other sessions stay)."""
     if principal.kind != "staff" or not token:
         raise ApiError(422, "only a staff token can be logged out; revoke a device instead")
-    log_out(crm, token)
+    log_out(session, settings, token)
     return Response(status_code=204)
 
 
 @router.get("/me", response_model=Me)
-def me(principal: Principal = Depends(current_principal)) -> Me:
+def me(principal: PrincipalDep) -> Me:
     """Who the token or key belongs to."""
     stores = sorted(principal.stores) if principal.stores is not None else None
     return Me(

@@ -4,50 +4,73 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUpload
 
-from facecrm.api.deps import allow, charge_identification, get_crm, multipart
+from facecrm.api.deps import (
+    CrmDep,
+    CustomerEraser,
+    CustomerExporter,
+    CustomerImporter,
+    CustomerReader,
+    CustomerWriter,
+    Multipart,
+    SessionDep,
+    charge_identification,
+)
 from facecrm.api.problems import ApiError
-from facecrm.api.schemas import ConsentIn, CustomerIn, CustomerPatch, CustomerSummary
+from facecrm.api.schemas import (
+    PROBLEMS,
+    CardOut,
+    ConsentIn,
+    ConsentOut,
+    CsvResponse,
+    CustomerIn,
+    CustomerOut,
+    CustomerPatch,
+    CustomerSummary,
+    ExportOut,
+    FaceAddedOut,
+    ImportReportOut,
+    JpegResponse,
+)
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import accounts, cards, customers, db, imports
-from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.customers import ConsentGrant, consent_dict, profile
+from facecrm.crm import cards, customers, imports
+from facecrm.crm.authz import Permission
+from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.models import Purpose
-from facecrm.crm.service import FaceCRM, Photo
+from facecrm.crm.service import Photo
 
-router = APIRouter(tags=["customers"])
-Read = Depends(allow(Permission.CUSTOMERS_READ))
-Write = Depends(allow(Permission.CUSTOMERS_WRITE))
+router = APIRouter(tags=["customers"], responses=PROBLEMS)
 
 
-@router.post("/customers", status_code=201)
+@router.post("/customers", status_code=201, response_model=CustomerOut)
 def create_customer(
-    body: CustomerIn, crm: FaceCRM = Depends(get_crm), principal: Principal = Write
-) -> dict[str, Any]:
-    with db.transaction(crm.sessions) as session:
-        return profile(customers.create(session, principal, body.model_dump(mode="json")))
+    body: CustomerIn, session: SessionDep, principal: CustomerWriter
+) -> CustomerOut:
+    customer = customers.create(session, principal, body.model_dump(mode="json"))
+    return CustomerOut.model_validate(customer)
 
 
-@router.post("/customers/import")
+@router.post("/customers/import", response_model=ImportReportOut)
 async def import_customers(
     request: Request,
+    crm: CrmDep,
+    principal: CustomerImporter,
     dry_run: bool = False,
     atomic: bool = False,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.CUSTOMERS_IMPORT)),
-) -> dict[str, Any]:
+) -> ImportReportOut:
     """Import a CRM's CSV (`text/csv`, or multipart with the field `file`); admins only.
 
     The report lists every refused row (row, column, message); see `crm/imports.py`.
+    The import owns its transactions (a report is audited even when nothing is applied).
     """
     data = await _csv_body(request)
     report = await run_in_threadpool(
         imports.import_csv, crm.sessions, principal, data, dry_run=dry_run, atomic=atomic
     )
-    return report.as_dict()
+    return ImportReportOut.model_validate(report)
 
 
 async def _csv_body(request: Request) -> bytes:
@@ -83,119 +106,90 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
-@router.get("/customers/export.csv", responses={200: {"content": {"text/csv": {}}}})
-def export_customers_csv(
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.CUSTOMERS_EXPORT)),
-) -> Response:
+@router.get("/customers/export.csv", response_class=CsvResponse)
+def export_customers_csv(session: SessionDep, principal: CustomerExporter) -> CsvResponse:
     """Every customer's CRM fields as CSV (the columns the import takes, plus `id`)."""
-    with db.transaction(crm.sessions) as session:
-        text = imports.export_csv(session, principal)
     headers = {
         "Cache-Control": "no-store",
         "Content-Disposition": 'attachment; filename="customers.csv"',
     }
-    return Response(text, media_type="text/csv; charset=utf-8", headers=headers)
+    text = imports.export_csv(session, principal)
+    return CsvResponse(text, headers=headers)
 
 
 @router.get("/customers", response_model=list[CustomerSummary])
 def search_customers(
+    session: SessionDep,
+    principal: CustomerReader,
     q: Annotated[str, Query(max_length=200)] = "",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Read,
-) -> list[dict[str, Any]]:
+) -> list[CustomerSummary]:
     """Summaries for picking the right person; the card is `GET /customers/{id}`."""
-    with db.transaction(crm.sessions) as session:
-        return customers.find(session, principal, q, limit, offset)
+    found = customers.find(session, principal, q, limit, offset)
+    return [CustomerSummary.model_validate(c) for c in found]
 
 
-@router.get("/customers/{customer_id}")
-def get_customer(
-    customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Read
-) -> dict[str, Any]:
+@router.get("/customers/{customer_id}", response_model=CardOut)
+def get_customer(customer_id: str, session: SessionDep, principal: CustomerReader) -> CardOut:
     """The staff card (the lookup is audited)."""
-    with db.transaction(crm.sessions) as session:
-        return cards.card(session, principal, customer_id)
+    return CardOut.model_validate(cards.card(session, principal, customer_id))
 
 
-@router.patch("/customers/{customer_id}")
+@router.patch("/customers/{customer_id}", response_model=CustomerOut)
 def update_customer(
-    customer_id: str,
-    body: CustomerPatch,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Write,
-) -> dict[str, Any]:
+    customer_id: str, body: CustomerPatch, session: SessionDep, principal: CustomerWriter
+) -> CustomerOut:
     values = body.model_dump(mode="json", exclude_unset=True)
     if "name" in values and values["name"] is None:
         raise ApiError(422, "the name cannot be removed")
-    with db.transaction(crm.sessions) as session:
-        return profile(customers.update(session, principal, customer_id, values))
+    return CustomerOut.model_validate(customers.update(session, principal, customer_id, values))
 
 
 @router.delete("/customers/{customer_id}", status_code=204)
-def erase_customer(
-    customer_id: str,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.CUSTOMERS_ERASE)),
-) -> Response:
+def erase_customer(customer_id: str, crm: CrmDep, principal: CustomerEraser) -> Response:
     """Erase everything about the customer; they are unknown to search at once."""
-    crm.delete_customer(customer_id, principal)
+    crm.delete_customer(customer_id, principal=principal)
     return Response(status_code=204)
 
 
-@router.get("/customers/{customer_id}/export")
+@router.get("/customers/{customer_id}/export", response_model=ExportOut)
 def export_customer(
-    customer_id: str,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Depends(allow(Permission.CUSTOMERS_EXPORT)),
-) -> dict[str, Any]:
+    customer_id: str, session: SessionDep, principal: CustomerExporter
+) -> ExportOut:
     """Everything held about the customer (data-subject access)."""
-    with db.transaction(crm.sessions) as session:
-        return customers.export(session, principal, customer_id)
+    return ExportOut.model_validate(customers.export(session, principal, customer_id))
 
 
-@router.post("/customers/{customer_id}/consents", status_code=201)
+@router.post("/customers/{customer_id}/consents", status_code=201, response_model=ConsentOut)
 def give_consent(
-    customer_id: str,
-    body: ConsentIn,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Write,
-) -> dict[str, Any]:
-    if body.store_id is not None:
-        principal.require_store(body.store_id)
+    customer_id: str, body: ConsentIn, session: SessionDep, principal: CustomerWriter
+) -> ConsentOut:
     grant = ConsentGrant(body.purpose, body.text_version, body.channel, body.store_id, body.witness)
-    with db.transaction(crm.sessions) as session:
-        if body.store_id is not None:
-            accounts.get_store(session, body.store_id)
-        return consent_dict(customers.give_consent(session, principal, customer_id, grant))
+    return ConsentOut.model_validate(customers.give_consent(session, principal, customer_id, grant))
 
 
 @router.delete("/customers/{customer_id}/consents/{purpose}", status_code=204)
 def withdraw_consent(
-    customer_id: str,
-    purpose: Purpose,
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Write,
+    customer_id: str, purpose: Purpose, crm: CrmDep, principal: CustomerWriter
 ) -> Response:
     """Withdraw a consent; withdrawing recognition deletes the templates at once."""
-    crm.withdraw(customer_id, purpose, principal)
+    crm.withdraw(customer_id, purpose, principal=principal)
     return Response(status_code=204)
 
 
-@router.post("/customers/{customer_id}/faces", status_code=201)
+@router.post("/customers/{customer_id}/faces", status_code=201, response_model=FaceAddedOut)
 def add_face(
     request: Request,
     customer_id: str,
     image: Annotated[UploadFile, File()],
+    crm: CrmDep,
+    principal: CustomerWriter,
+    _: Multipart,  # after the permission
     keep_photo: Annotated[bool, Form()] = False,
     override: Annotated[bool, Form()] = False,
     reason: Annotated[str, Form(max_length=500)] = "",
-    crm: FaceCRM = Depends(get_crm),
-    principal: Principal = Write,
-    _: None = Depends(multipart),  # after the permission
-) -> dict[str, Any]:
+) -> FaceAddedOut:
     """Enroll a photo: a template id and its quality, or a problem with its `reason`.
 
     422 `face_mismatch` when the photo is not the customer's face (a manager may
@@ -211,19 +205,19 @@ def add_face(
     (template,) = crm.add_photos(
         customer_id,
         [photo],
-        principal,
+        principal=principal,
         keep_photo=keep_photo,
         override_reason=reason if override else None,
     )
-    return {"template_id": template.id, "model_id": template.model_id, "quality": template.quality}
+    return FaceAddedOut(
+        template_id=template.id, model_id=template.model_id, quality=template.quality
+    )
 
 
-@router.get("/customers/{customer_id}/photo", responses={200: {"content": {"image/jpeg": {}}}})
-def customer_photo(
-    customer_id: str, crm: FaceCRM = Depends(get_crm), principal: Principal = Read
-) -> Response:
+@router.get("/customers/{customer_id}/photo", response_class=JpegResponse)
+def customer_photo(customer_id: str, crm: CrmDep, principal: CustomerReader) -> JpegResponse:
     """The enrollment photo, only where the customer agreed to it being shown."""
     jpeg = crm.view_photo(principal, customer_id, channel="api")
     if jpeg is None:
         raise ApiError(404, "no photo to show for this customer")
-    return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+    return JpegResponse(jpeg, headers={"Cache-Control": "no-store"})

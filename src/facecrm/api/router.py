@@ -1,0 +1,24 @@
+"""The REST API's routes, in one place, for `facecrm.server` to mount under `API_PREFIX`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
+from facecrm.config import API_PREFIX
+
+API_ROUTERS: tuple[APIRouter, ...] = (
+    auth.router,
+    admin.router,
+    customers.router,
+    recognition.router,
+    activity.router,
+    agent.router,
+    audit.router,
+)
+
+
+def include(app: FastAPI) -> None:
+    """Mount every API route on `app` under `API_PREFIX`."""
+    for router in API_ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)

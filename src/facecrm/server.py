@@ -1,0 +1,82 @@
+"""The server: one ASGI app with the REST API (`facecrm.api`) and the staff console (`facecrm.web`).
+
+It sits above both so that they are siblings: the console may use the API's dependencies,
+but nothing in `facecrm.api` knows that a console exists (tests/test_layers.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from facecrm import __version__
+from facecrm.alerts.service import AlertService
+from facecrm.api import problems, router
+from facecrm.api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
+from facecrm.config import Settings, get_settings
+from facecrm.crm import retention
+from facecrm.crm.service import FaceCRM
+from facecrm.crm.throttle import LoginGuard, RateLimiter
+from facecrm.metrics import Registry
+from facecrm.web import console
+
+
+def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
+    """The application over `crm` (default: a `FaceCRM` on the configured database)."""
+    settings = settings or (crm.settings if crm else get_settings())
+    crm = crm or FaceCRM(settings, migrate=True)  # the server's start migrates (not workers)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = threading.Event()
+        retention.start_scheduler(crm, stop)  # hourly purge while the server runs
+        yield
+        stop.set()
+
+    app = FastAPI(
+        lifespan=lifespan,
+        title="facecrm",
+        version=__version__,
+        description="Opt-in face recognition for retail customer service.",
+        openapi_url="/openapi.json",
+        # Swagger UI and ReDoc load their scripts from a CDN: not on the console's origin.
+        # The schema stays at /openapi.json for any API tool to read.
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.crm = crm
+    app.state.metrics = Registry()
+    app.state.alerts = AlertService(crm, metrics=app.state.metrics)
+    app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
+    app.state.login_guard = LoginGuard.from_settings(settings)
+    problems.install(app)
+    router.include(app)
+
+    app.include_router(console.router)
+    app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
+
+    @app.exception_handler(console.LoginRequired)
+    async def _login(_: Request, __: console.LoginRequired) -> Response:
+        return RedirectResponse("/console/login", status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def root() -> Response:
+        return RedirectResponse("/console/", status_code=303)
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=False)
+    def metrics() -> Response:
+        """Prometheus metrics (counts and latencies only: no personal data)."""
+        return Response(app.state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/healthz", tags=["operations"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes + FORM_OVERHEAD)
+    app.add_middleware(SecurityHeaders)
+    return app
