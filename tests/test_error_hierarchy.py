@@ -36,6 +36,7 @@ from facecrm.errors import (
     LoginThrottledError,
     MissingExtraError,
     NotFoundError,
+    SchemaOutdatedError,
 )
 from facecrm.vision.image import DecoderBusy, ImageError
 from facecrm.vision.models import ModelNotFoundError
@@ -69,6 +70,7 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (ConfigError(f"invalid settings: {SECRET}"), 500, "misconfigured"),
     (ModelNotFoundError(f"model {SECRET} is missing"), 500, "model_missing"),
     (MissingExtraError("server", "sqlalchemy"), 500, "missing_extra"),
+    (SchemaOutdatedError("schema 0006; run `facecrm migrate`"), 503, "schema_outdated"),
 ]
 
 

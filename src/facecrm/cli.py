@@ -605,8 +605,9 @@ def stores_add(code: str, name: str) -> None:
 def stores_list(as_json: AsJson = False) -> None:
     """All stores."""
     from facecrm.crm import accounts
+    from facecrm.crm.authz import SYSTEM
 
-    stores = _runtime().run(accounts.list_stores)
+    stores = _runtime().run(accounts.list_stores, SYSTEM)
     rows = [{"id": s.id, "code": s.code, "name": s.name} for s in stores]
     _listing(rows, ("id", "code", "name"), as_json)
 

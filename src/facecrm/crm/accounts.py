@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from facecrm.crm import audit, db
-from facecrm.crm.authz import SYSTEM, Permission, Principal
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import (
     ConflictError,
     InvalidError,
@@ -79,7 +79,7 @@ def get_store(session: Session, store_id: str) -> Store:
     return store
 
 
-def list_stores(session: Session, principal: Principal = SYSTEM) -> list[Store]:
+def list_stores(session: Session, principal: Principal) -> list[Store]:
     principal.require(Permission.STORES_READ)
     return list(session.scalars(select(Store).order_by(Store.code)))
 
