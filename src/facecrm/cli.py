@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -55,7 +54,7 @@ class _Commands(TyperGroup):
     same translation holds for `facecrm ...`, `python -m facecrm` and Typer's CliRunner.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
         except FacecrmError as exc:
@@ -250,9 +249,8 @@ def identify(
         console.print("No face found.")
         return
     table = Table("face", "box (x, y, w, h)", "customer", "similarity")
-    for n, (row, r) in enumerate(zip(rows, results, strict=True), 1):
-        b = row["box"]
-        box = f"{b['x']}, {b['y']}, {b['width']}, {b['height']}"
+    for n, r in enumerate(results, 1):
+        box = ", ".join(str(v) for v in r.face.box.as_dict().values())  # x, y, width, height
         if r.match:
             table.add_row(
                 str(n),
@@ -427,7 +425,7 @@ def eval_(
     if fmt not in {"text", "json"}:
         raise typer.BadParameter("must be text or json", param_hint="--format")
     if scores is not None and pairs is None:
-        raise click.UsageError("--scores needs --pairs")
+        raise typer.BadParameter("needs --pairs", param_hint="--scores")
     settings: Settings = get_settings()
     model_id = build_embedder(settings).model_id
     workers = workers or runner.default_workers()
