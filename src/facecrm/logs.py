@@ -16,6 +16,7 @@ handler (`MaskSecrets`, for what a library logs), and, in the agent, in what nat
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -137,10 +138,8 @@ def mask_native_stderr() -> None:
                 os.write(real, text.encode("utf-8"))
 
     def restore() -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
         os.dup2(real, 2)  # the pipe's last writer is gone: the pump reads to the end
         thread.join(timeout=5)
 

@@ -27,8 +27,8 @@ import cv2
 import httpx
 import numpy as np
 
-from facecrm.agent.queue import Outbox
 from facecrm import __version__
+from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
 from facecrm.config import API_PREFIX
 from facecrm.errors import FacecrmError
@@ -63,7 +63,7 @@ def _open(source: str) -> cv2.VideoCapture:
     """Open a camera; OpenCV's own exception text may quote the source, so it is dropped."""
     try:
         return cv2.VideoCapture(int(source) if source.isdigit() else source)
-    except cv2.error as exc:
+    except cv2.error:
         raise CameraError(f"camera {camera_name(source)}: OpenCV refused it") from None
 
 
