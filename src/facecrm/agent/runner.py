@@ -59,6 +59,20 @@ def camera_name(source: str) -> str:
     return mask_secrets(source)[:CAMERA_NAME_MAX]
 
 
+def camera_names(sources: tuple[str, ...]) -> dict[str, str]:
+    """Each source's masked name; two that mask alike (same URL, other password) get `#2`."""
+    names: dict[str, str] = {}
+    for source in sources:
+        name = camera_name(source)
+        n = 1
+        while name in names.values():
+            n += 1
+            suffix = f" #{n}"
+            name = camera_name(source)[: CAMERA_NAME_MAX - len(suffix)] + suffix
+        names[source] = name
+    return names
+
+
 def _open(source: str) -> cv2.VideoCapture:
     """Open a camera; OpenCV's own exception text may quote the source, so it is dropped."""
     try:
@@ -162,7 +176,7 @@ class Agent:
         self.stop = threading.Event()
         self._wake = threading.Event()
         # each camera's masked name, and the time of its last frame (None: none yet)
-        self.names = {source: camera_name(source) for source in config.cameras}
+        self.names = camera_names(config.cameras)
         self.last_frame: dict[str, float | None] = dict.fromkeys(self.names.values())
         self._status_at = (time.time(), 0.0)  # (when, frames) of the previous status line
         self._client = httpx.Client(
