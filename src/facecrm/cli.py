@@ -401,7 +401,14 @@ def customers_delete(
 def eval_(
     directory: Annotated[Path, typer.Argument(help="One folder per identity (LFW layout).")],
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
-    plot: Annotated[Path | None, typer.Option(help="Draw the ROC curve into this PNG.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Draw the ROC (log FAR, operating point, impostor pairs per decade) and the "
+            "score histograms into this PNG; no ROC with fewer than 1/FACECRM_TARGET_FMR "
+            "impostor pairs."
+        ),
+    ] = None,
     pairs: Annotated[
         Path | None, typer.Option(help="Score only these pairs (file_x,file_y).")
     ] = None,
@@ -488,12 +495,15 @@ def eval_(
         if scores is not None:
             runner.write_scores(scores, listed, threshold)
     if plot is not None:
-        report_mod.plot_roc(
+        too_few = report_mod.plot_roc(
             embedded,
             plot,
             report,
             cascade_eval.plot_values(embedded, second, cascade_cal, settings.target_fmr),
+            target_far=settings.target_fmr,
         )
+        if too_few is not None:  # on stderr: stdout may be the JSON report
+            err.print(too_few, markup=False, soft_wrap=True)
     if fmt == "json":
         print(json.dumps(report, indent=2))
     else:
