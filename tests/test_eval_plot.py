@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import Cli
+from facecrm.config import Settings
 from facecrm.eval.report import far_regions, too_few_impostors
 
 
@@ -37,14 +38,6 @@ def _eval(cli: Cli, data_dir: Path, faces_dir: Path, plot: Path, fmr: str) -> st
 
 
 @pytest.fixture()
-def data_dir(tmp_path: Path, model_cache: Path) -> Path:
-    data = tmp_path / "data"
-    (data / "cache").mkdir(parents=True)
-    (data / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
-    return data
-
-
-@pytest.fixture()
 def impostors(faces_dir: Path) -> int:
     """Impostor pairs of the test set (every photo has a face: see test_cli)."""
     per_identity = [
@@ -55,24 +48,24 @@ def impostors(faces_dir: Path) -> int:
 
 
 def test_too_few_impostor_pairs_draws_no_roc_and_says_so(
-    cli: Cli, faces_dir: Path, tmp_path: Path, data_dir: Path, impostors: int
+    cli: Cli, faces_dir: Path, tmp_path: Path, settings: Settings, impostors: int
 ) -> None:
     """The test set has tens of impostor pairs: a ROC at FAR 0.001 would rest on nothing."""
     assert impostors < 1000
     plot = tmp_path / "eval.png"
-    stderr = _eval(cli, data_dir, faces_dir, plot, "0.001")
+    stderr = _eval(cli, settings.data_dir, faces_dir, plot, "0.001")
     assert f"too few impostor pairs for a ROC at FAR 0.001: {impostors} impostor pairs" in stderr
     assert "at least 1000 (1/FAR) needed" in stderr
     assert _png_size(plot)[0] == 600  # the score histogram only: one 5-inch panel at 120 dpi
 
 
 def test_enough_impostor_pairs_draws_the_roc_beside_the_histogram(
-    cli: Cli, faces_dir: Path, tmp_path: Path, data_dir: Path, impostors: int
+    cli: Cli, faces_dir: Path, tmp_path: Path, settings: Settings, impostors: int
 ) -> None:
     fmr = 0.05
     assert impostors >= 1 / fmr
     plot = tmp_path / "eval.png"
-    stderr = _eval(cli, data_dir, faces_dir, plot, str(fmr))
+    stderr = _eval(cli, settings.data_dir, faces_dir, plot, str(fmr))
     assert "too few" not in stderr
     assert _png_size(plot)[0] == 1200  # ROC + histogram
 
