@@ -108,6 +108,8 @@ TABLE: dict[str, Row] = {
     # store activity and alerts
     "visit": Row("POST /api/v1/agent/events", "device:door-cam", "rose", "A"),
     "alert": Row("POST /api/v1/agent/events", "device:door-cam", "rose", "A"),
+    "camera_silent": Row("POST /api/v1/agent/heartbeat (silent)", "device:door-cam", None, "A"),
+    "camera_back": Row("POST /api/v1/agent/heartbeat (frames)", "device:door-cam", None, "A"),
     "alert_claim": Row("POST /api/v1/alerts/{id}/claim", STAFF, "rose", "A"),
     "alert_ack": Row("console POST /console/alerts/{id}/ack", STAFF, "rose", "A"),
     "shift_start": Row("POST /api/v1/shifts/{store_id}", STAFF, None, "A"),
@@ -586,6 +588,12 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             event = {"key": "visit-0001", "type": "visit", "customer_id": ids["rose"], "at": at}
             body = {"events": [{**event, "camera": "door", "similarity": 0.9}]}
             assert ok(agent.post("/api/v1/agent/events", json=body), 200)["outcomes"] == ["visit"]
+        for path, ago in (("silent", 10), ("frames", 0)):  # the store's window: 5 minutes
+            with run.path(f"POST /api/v1/agent/heartbeat ({path})"):
+                at = (datetime.now(UTC) - timedelta(minutes=ago)).isoformat()
+                body = {"cameras": [{"camera": "door", "last_frame_at": at}]}
+                (camera,) = ok(agent.post("/api/v1/agent/heartbeat", json=body), 200)
+                assert camera["silent"] is (path == "silent")
         with run.path("POST /api/v1/alerts/{id}/claim"):
             (alert,) = ok(associate.get("/api/v1/alerts"), 200)
             ids["alert"] = str(alert["id"])

@@ -23,7 +23,7 @@ from facecrm.config import API_PREFIX, Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.errors import FacecrmError
 from facecrm.extras import missing_extra
-from facecrm.logs import configure_logging
+from facecrm.logs import configure_logging, mask_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -39,8 +39,9 @@ err = Console(stderr=True)
 
 
 def _error_line(message: str) -> None:
-    """One `error: ...` line on stderr (not wrapped, no markup read from the message)."""
-    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    """One `error: ...` line on stderr (not wrapped, no markup read from the message; a
+    URL's password masked: a camera's or a database's URL may be quoted)."""
+    err.print(Text.assemble(("error: ", "bold red"), mask_secrets(message)), soft_wrap=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -398,7 +399,14 @@ def customers_delete(
 def eval_(
     directory: Annotated[Path, typer.Argument(help="One folder per identity (LFW layout).")],
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
-    plot: Annotated[Path | None, typer.Option(help="Draw the ROC curve into this PNG.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Draw the ROC (log FAR, operating point, impostor pairs per decade) and the "
+            "score histograms into this PNG; no ROC with fewer than 1/FACECRM_TARGET_FMR "
+            "impostor pairs."
+        ),
+    ] = None,
     pairs: Annotated[
         Path | None, typer.Option(help="Score only these pairs (file_x,file_y).")
     ] = None,
@@ -485,12 +493,15 @@ def eval_(
         if scores is not None:
             runner.write_scores(scores, listed, threshold)
     if plot is not None:
-        report_mod.plot_roc(
+        too_few = report_mod.plot_roc(
             embedded,
             plot,
             report,
             cascade_eval.plot_values(embedded, second, cascade_cal, settings.target_fmr),
+            target_far=settings.target_fmr,
         )
+        if too_few is not None:  # on stderr: stdout may be the JSON report
+            err.print(too_few, markup=False, soft_wrap=True)
     if fmt == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -717,15 +728,33 @@ def agent(
         bool, typer.Option(help="Stop when every video file is processed and delivered.")
     ] = False,
     metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics on this port.")] = None,
+    summary_seconds: Annotated[
+        float | None,
+        typer.Option(min=1, help="Status line interval (FACECRM_AGENT_SUMMARY_SECONDS, 60)."),
+    ] = None,
+    heartbeat_seconds: Annotated[
+        float | None,
+        typer.Option(min=1, help="Camera health interval (FACECRM_AGENT_HEARTBEAT_SECONDS, 30)."),
+    ] = None,
 ) -> None:
-    """Run the store agent next to the cameras."""
+    """Run the store agent next to the cameras.
+
+    With --exit-when-done a camera that gives no first frame (a missing or unreadable
+    file, a bad device index) stops it at once with one `error:` line (exit 1).
+    """
     import httpx
 
-    from facecrm.agent.runner import Agent, AgentConfig
+    from facecrm.agent.runner import Agent, AgentConfig, check_camera
+    from facecrm.logs import mask_native_stderr
     from facecrm.vision.pipeline import build_pipeline
 
+    if sys.stderr is sys.__stderr__:  # not under a test runner that captures it
+        mask_native_stderr()  # OpenCV and ffmpeg print camera URLs from C
     configure_logging()
     settings = get_settings()
+    if exit_when_done:  # before the server and the models: a typo fails in a second
+        for source in camera:
+            check_camera(source)
     try:
         me = httpx.get(f"{server}{API_PREFIX}/me", headers={"X-API-Key": api_key}, timeout=10)
         if me.status_code == 401:
@@ -742,6 +771,8 @@ def agent(
         realtime=realtime,
         exit_when_done=exit_when_done,
         metrics_port=metrics_port,
+        summary_seconds=summary_seconds or settings.agent_summary_seconds,
+        heartbeat_seconds=heartbeat_seconds or settings.agent_heartbeat_seconds,
     )
     Agent(config, build_pipeline(settings)).run()
 

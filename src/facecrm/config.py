@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # Store webhooks go to public https hosts only; an admin may allow known internal ones
     webhook_allow_hosts: list[str] = []  # host names or addresses exempt from the address check
     webhook_allow_http: bool = False
+    # Store agents: a status line in the agent's log, and a heartbeat with each camera's
+    # last frame time; the server looks for silent cameras this often (and on each heartbeat)
+    agent_summary_seconds: float = Field(60.0, gt=0)
+    agent_heartbeat_seconds: float = Field(30.0, gt=0)
+    camera_check_seconds: float = Field(30.0, gt=0)
 
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
     retain_visits_days: int = Field(365, ge=0)

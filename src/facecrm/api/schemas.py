@@ -579,3 +579,28 @@ class EventStreamResponse(StreamingResponse):
     """Server-sent events."""
 
     media_type = "text/event-stream"
+
+
+class CameraOut(Out):
+    """A store agent's camera: its masked name, last frame time, and open silence alert."""
+
+    device_id: str
+    camera: str
+    store_id: str
+    reported_at: Timestamp
+    last_frame_at: Timestamp | None
+    silent: bool
+    silent_since: Timestamp | None
+
+
+class CameraAlertOut(Out):
+    """A `camera_silent` alert: raised once per silence, cleared when frames return."""
+
+    id: int
+    store_id: str
+    device_id: str
+    camera: str
+    kind: str
+    last_frame_at: Timestamp | None
+    raised_at: Timestamp
+    cleared_at: Timestamp | None
