@@ -1,6 +1,6 @@
 """camera health: each agent camera's last frame time, and camera_silent alerts
 
-Revision ID: 0010
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-11-27 00:10:00
 """
@@ -8,7 +8,7 @@ Create Date: 2026-11-27 00:10:00
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0010"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None
