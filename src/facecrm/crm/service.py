@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm.config import Settings
-from facecrm.crm import audit, auditchain, customers, db
+from facecrm.crm import audit, auditchain, customers, db, erasures
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import (
@@ -602,6 +602,7 @@ class FaceCRM:
             self.gallery.removed(session, customer_id)
             session.delete(customer)
             audit.record(session, principal, "erase", customer_id)
+            erasures.record(session, self.settings, customer_id)  # re-applied after a restore
         self.scrub_erased(CUSTOMER_TABLES)
 
     def scrub_erased(self, tables: Sequence[str] = CUSTOMER_TABLES) -> bool:
