@@ -579,3 +579,28 @@ class EventStreamResponse(StreamingResponse):
     """Server-sent events."""
 
     media_type = "text/event-stream"
+
+
+class ReadinessItemOut(BaseModel):
+    """One set-up item of a store (`crm.readiness`): what is in force, what was confirmed."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    item: Literal["signage", "consent_text", "retention"]
+    label: str
+    expected: str
+    confirmed: bool
+    confirmed_value: str | None
+    confirmed_by: str | None
+    confirmed_at: datetime | None
+
+
+class ReadinessOut(BaseModel):
+    """Whether a store is ready for recognition; `enforced`: recognition is off until it is."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    store_id: str
+    ready: bool
+    enforced: bool
+    items: list[ReadinessItemOut]

@@ -168,7 +168,7 @@ def _prune_audit(session: Session, principal: Principal, cutoff: datetime) -> in
     audit.record(
         session,
         principal,
-        auditchain.CHECKPOINT,
+        "audit_checkpoint",  # auditchain.CHECKPOINT, written out for the audit-action table
         through=through,
         hash=sealed,
         events=count,
