@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import delete, func, select, update
 
 from conftest import Cli
-from facecrm.crm import accounts, auditchain, db
+from facecrm.crm import accounts, auditchain, customers, db
 from facecrm.crm.authz import SYSTEM
-from facecrm.crm.models import AuditEvent
+from facecrm.crm.models import Alert, AuditEvent
 from facecrm.crm.retention import purge
 from facecrm.crm.service import FaceCRM
 
@@ -112,3 +112,24 @@ def test_retention_zero_keeps_everything(crm: FaceCRM) -> None:
     crm.settings.retain_audit_days = 0
     assert purge(crm, SYSTEM).audit_events == 0
     assert _ids(crm)[0] == 1
+
+
+def test_alerts_past_their_retention_go(crm: FaceCRM) -> None:
+    """Alerts carry who claimed them and the time to greet: staff data, kept 90 days."""
+    now = datetime.now(UTC)
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "A", "A", SYSTEM)
+        rose = customers.create(session, SYSTEM, {"name": "Rose"})
+        for days in (crm.settings.retain_alerts_days + 1, 1):
+            session.add(
+                Alert(
+                    store_id=store.id,
+                    customer_id=rose.id,
+                    rule="vip",
+                    message="VIP",
+                    created_at=now - timedelta(days=days),
+                )
+            )
+    assert purge(crm, SYSTEM, now=now).alerts == 1
+    with crm.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Alert)) == 1

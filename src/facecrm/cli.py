@@ -822,8 +822,8 @@ def purge() -> None:
     console.print(
         f"Purged {report.visits} visit(s); forgot the faces of {report.unseen_customers} "
         f"customer(s) not seen for long; {report.expired_consents} consent(s) expired; "
-        f"{report.audit_events} audit event(s) and {report.erasure_entries} erasure-log "
-        "entries past retention."
+        f"{report.alerts} alert(s), {report.audit_events} audit event(s) and "
+        f"{report.erasure_entries} erasure-log entries past retention."
     )
 
 

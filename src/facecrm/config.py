@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     retain_templates_unseen_months: int = Field(24, ge=0)
     reconfirm_consent_months: int = Field(36, ge=0)  # consents expire unless given again
     purge_interval_minutes: int = Field(60, gt=0)
+    # alerts (with who claimed them and the time to greet: staff data) older than this go
+    retain_alerts_days: int = Field(90, ge=0)
     # audit events older than this are pruned, the chain anchored by a sealed checkpoint
     # (docs/privacy.md: long enough for a complaint or a yearly audit, no longer)
     retain_audit_days: int = Field(365, ge=0)

@@ -77,6 +77,7 @@ def retention_value(settings: Settings) -> str:
         f"visits {settings.retain_visits_days}d; "
         f"templates unseen {settings.retain_templates_unseen_months}mo; "
         f"consent reconfirmed {settings.reconfirm_consent_months}mo; "
+        f"alerts {settings.retain_alerts_days}d; "
         f"audit {settings.retain_audit_days}d; "
         f"backups {settings.backup_retention_days}d"
     )

@@ -10,7 +10,9 @@
 * audit events older than `retain_audit_days` are pruned, at most once a day and only
   from a chain that verifies (pruning must never destroy the evidence of tampering),
   leaving a sealed checkpoint that anchors the rest (see `auditchain`);
-* erasure-log entries older than `backup_retention_days` are forgotten (`erasures`).
+* erasure-log entries older than `backup_retention_days` are forgotten (`erasures`);
+* alerts older than `retain_alerts_days` go: who claimed each one and how fast the
+  customer was greeted is data about staff, kept only as long as running the store needs.
 
 Everything happens in one transaction: a consent never expires without its
 templates going with it, even if the process dies half-way.
@@ -29,7 +31,15 @@ from sqlalchemy.orm import Session
 
 from facecrm.crm import audit, auditchain, db, erasures
 from facecrm.crm.authz import SYSTEM, Principal
-from facecrm.crm.models import AuditEvent, Consent, CustomerPhoto, FaceTemplate, Purpose, Visit
+from facecrm.crm.models import (
+    Alert,
+    AuditEvent,
+    Consent,
+    CustomerPhoto,
+    FaceTemplate,
+    Purpose,
+    Visit,
+)
 from facecrm.crm.service import FaceCRM
 
 if TYPE_CHECKING:
@@ -45,6 +55,7 @@ class PurgeReport:
     unseen_customers: int
     expired_consents: int
     audit_events: int = 0  # pruned from the start of the audit trail
+    alerts: int = 0
     erasure_entries: int = 0  # erasure-log entries older than the backups
 
 
@@ -70,7 +81,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
     for the server's hourly run)."""
     settings = crm.settings
     now = now or datetime.now(UTC)
-    visits = expired = pruned = 0
+    visits = expired = pruned = alerts = 0
     unseen: list[str] = []
     audit_cutoff = _audit_cutoff(crm, now)
     with db.transaction(crm.sessions) as session:
@@ -78,6 +89,10 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             cutoff = now - timedelta(days=settings.retain_visits_days)
             deleted = session.execute(delete(Visit).where(Visit.at < cutoff))
             visits = cast("CursorResult[Any]", deleted).rowcount or 0  # a DELETE's result
+        if settings.retain_alerts_days:
+            cutoff = now - timedelta(days=settings.retain_alerts_days)
+            deleted = session.execute(delete(Alert).where(Alert.created_at < cutoff))
+            alerts = cast("CursorResult[Any]", deleted).rowcount or 0
         if settings.reconfirm_consent_months:
             cutoff = now - settings.reconfirm_consent_months * MONTH
             stale = session.scalars(
@@ -111,7 +126,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
         if audit_cutoff is not None:
             pruned = _prune_audit(session, principal, audit_cutoff)
         entries = erasures.prune(session, settings, now)
-        if visits or expired or unseen or entries:
+        if visits or expired or unseen or entries or alerts:
             audit.record(
                 session,
                 principal,
@@ -120,6 +135,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
                 expired_consents=expired,
                 unseen_customers=len(unseen),
                 erasure_entries=entries,
+                alerts=alerts,
             )
         # expired consents, and whoever else holds templates without consent
         forget = sorted(_without_consent(session) | set(unseen))
@@ -128,7 +144,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             audit.record(session, principal, "forget_face", customer_id, reason="retention")
     if forget or visits:
         crm.scrub_erased()
-    return PurgeReport(visits, len(unseen), expired, pruned, entries)
+    return PurgeReport(visits, len(unseen), expired, pruned, alerts, entries)
 
 
 def _audit_cutoff(crm: FaceCRM, now: datetime) -> datetime | None:
