@@ -75,6 +75,7 @@ TABLE: dict[str, Row] = {
     "store_config": Row("PUT /api/v1/stores/{id}/config", "staff:manager", None, "A"),
     "device_create": Row("POST /api/v1/devices", "staff:manager", None, "A"),
     "device_revoke": Row("POST /api/v1/devices/{id}/revoke", "staff:manager", None, "A"),
+    "readiness_confirm": Row("POST /api/v1/stores/{id}/readiness/{item}", "staff:admin", None, "A"),
     # customers, consents and faces
     "customer_create": Row("POST /api/v1/customers", STAFF, "rose"),
     "customer_update": Row("PATCH /api/v1/customers/{id}", STAFF, "rose"),
@@ -98,6 +99,8 @@ TABLE: dict[str, Row] = {
     ),
     "photo_view": Row("console GET /console/customers/{id}/photo", STAFF, "rose"),
     "erase": Row("DELETE /api/v1/customers/{id}", "staff:manager", "kit"),
+    "erasure_log_export": Row("cli facecrm erasures export", SYSTEM),
+    "erasure_replay": Row("cli facecrm erasures replay", SYSTEM),
     # recognition
     "identify": Row("POST /api/v1/identify", STAFF, "rose", "A"),
     "identify_summary": Row("POST /api/v1/identify", STAFF, None, "A"),
@@ -124,6 +127,7 @@ TABLE: dict[str, Row] = {
     "keys_rotate": Row("service FaceCRM.rotate_keys", SYSTEM),
     "purge": Row("service retention.purge", SYSTEM),
     "forget_face": Row("service retention.purge", SYSTEM, "rose"),
+    "audit_checkpoint": Row("service retention.purge", SYSTEM),
 }
 
 
@@ -494,6 +498,8 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             ok(admin.delete(f"/api/v1/staff/{ids['temp']}"), 204)
         with run.path("POST /api/v1/devices/{id}/revoke"):
             ok(manager.post(f"/api/v1/devices/{ids['spare']}/revoke"), 204)
+        with run.path("POST /api/v1/stores/{id}/readiness/{item}"):
+            ok(admin.post(f"/api/v1/stores/{ids['A']}/readiness/signage"), 200)
 
         # Rose: created, consented and enrolled step by step over the API
         with run.path("POST /api/v1/customers"):
@@ -610,6 +616,10 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             ok(associate.delete(f"{rose}/consents/marketing"), 204)
         with run.path("DELETE /api/v1/customers/{id}"):
             ok(manager.delete(f"/api/v1/customers/{ids['kit']}"), 204)
+        with run.path("cli facecrm erasures export"):
+            cli(settings, "erasures", "export")
+        with run.path("cli facecrm erasures replay"):
+            cli(settings, "erasures", "replay")
         with run.path("console POST /console/logout"):
             ok(console.post("/console/logout", data={"csrf": csrf()}), 303)
 

@@ -110,6 +110,10 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+erasures_app = typer.Typer(
+    help="The erasure log, re-applied after a restore.", no_args_is_help=True
+)
+app.add_typer(erasures_app, name="erasures")
 
 
 @app.callback()
@@ -846,8 +850,44 @@ def purge() -> None:
     report = run_purge(_crm(), SYSTEM)
     console.print(
         f"Purged {report.visits} visit(s); forgot the faces of {report.unseen_customers} "
-        f"customer(s) not seen for long; {report.expired_consents} consent(s) expired."
+        f"customer(s) not seen for long; {report.expired_consents} consent(s) expired; "
+        f"{report.alerts} alert(s), {report.audit_events} audit event(s) and "
+        f"{report.erasure_entries} erasure-log entries past retention."
     )
+
+
+@erasures_app.command("replay")
+def erasures_replay(
+    log_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from",
+            exists=True,
+            dir_okay=False,
+            help="Also an erasure log exported with `facecrm erasures export` (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """After restoring a backup: erase again every logged customer it brought back."""
+    from facecrm.crm import erasures
+    from facecrm.crm.authz import SYSTEM
+
+    report = erasures.replay(_crm(), SYSTEM, log_files or ())
+    console.print(
+        f"Erasure log: {report.logged} entries ({report.restored} written back); "
+        f"erased {report.erased} customer(s) again."
+    )
+
+
+@erasures_app.command("export")
+def erasures_export() -> None:
+    """Print the erasure log as JSON lines (opaque references and times only), to keep
+    apart from the database backups for as long as the oldest of them."""
+    from facecrm.crm import erasures
+    from facecrm.crm.authz import SYSTEM
+
+    for line in _runtime().run(erasures.export, SYSTEM):
+        print(json.dumps(line, sort_keys=True))
 
 
 @app.command()

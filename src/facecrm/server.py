@@ -24,7 +24,7 @@ from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter
 from facecrm.metrics import Registry
-from facecrm.web import console
+from facecrm.web import console, readiness
 
 
 def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
@@ -61,6 +61,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     router.include(app)
 
     app.include_router(console.router)
+    app.include_router(readiness.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)

@@ -604,3 +604,28 @@ class CameraAlertOut(Out):
     last_frame_at: Timestamp | None
     raised_at: Timestamp
     cleared_at: Timestamp | None
+
+
+class ReadinessItemOut(BaseModel):
+    """One set-up item of a store (`crm.readiness`): what is in force, what was confirmed."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    item: Literal["signage", "consent_text", "retention"]
+    label: str
+    expected: str
+    confirmed: bool
+    confirmed_value: str | None
+    confirmed_by: str | None
+    confirmed_at: datetime | None
+
+
+class ReadinessOut(BaseModel):
+    """Whether a store is ready for recognition; `enforced`: recognition is off until it is."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    store_id: str
+    ready: bool
+    enforced: bool
+    items: list[ReadinessItemOut]

@@ -473,3 +473,34 @@ class CameraAlert(Base):
     last_frame_at: Mapped[datetime | None] = mapped_column(default=None)
     raised_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     cleared_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ErasureLog(Base):
+    """An erasure, recorded by a keyed hash of the customer id only (see `crm.erasures`).
+
+    Written in the erasure's own transaction; `facecrm erasures replay` re-applies it
+    after a backup from before it is restored.
+    """
+
+    __tablename__ = "erasure_log"
+
+    ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class StoreReadiness(Base):
+    """One set-up item of a store an admin confirmed (see `crm.readiness`).
+
+    `value` is what was confirmed (the sign's and the consent text's versions, the
+    retention settings): when it no longer matches, the item needs confirming again.
+    """
+
+    __tablename__ = "store_readiness"
+
+    store_id: Mapped[str] = mapped_column(
+        ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    item: Mapped[str] = mapped_column(String(20), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    confirmed_by: Mapped[str] = mapped_column(String(100))
+    confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -40,6 +40,7 @@ from facecrm.api.schemas import (
     ShiftOut,
     StoreConfigOut,
 )
+from facecrm.crm import readiness
 from facecrm.crm.authz import Principal
 
 router = APIRouter(tags=["store agents and alerts"], responses=PROBLEMS)
@@ -124,7 +125,9 @@ def agent_gallery(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Templates of opted-in customers for local decisions; 304 while unchanged."""
-    etag = f'"{crm.model_id}-{crm.generation(session)}"'
+    store_id = next(iter(principal.stores or []), None)
+    paused = not readiness.allows_recognition(session, crm.settings, store_id)
+    etag = f'"{crm.model_id}-{crm.generation(session)}{"-paused" if paused else ""}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
     body = crm.gallery_export(principal=principal)
