@@ -28,6 +28,7 @@ from facecrm.logs import configure_logging
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     import uvicorn
     from sqlalchemy.orm import Session
@@ -803,22 +804,26 @@ def audit_fingerprint(text: str) -> None:
     print(_runtime().run(audit.fingerprint, text))
 
 
+def _since(value: str | None) -> datetime | None:
+    """A `--since` option's ISO date or time (a usage error otherwise)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"not an ISO date or time: {value!r}", param_hint="--since"
+        ) from exc
+
+
 @audit_app.command("export")
 def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
 ) -> None:
     """Print audit events as JSON lines (with their chain hashes)."""
-    from datetime import datetime
-
     from facecrm.crm.auditlog import event_dict, events
 
-    try:
-        start = datetime.fromisoformat(since) if since else None
-    except ValueError as exc:
-        raise typer.BadParameter(
-            f"not an ISO date or time: {since!r}", param_hint="--since"
-        ) from exc
-    for item in _runtime().run(events, since=start, limit=None):
+    for item in _runtime().run(events, since=_since(since), limit=None):
         print(json.dumps(event_dict(item)))
 
 
@@ -834,19 +839,14 @@ def disputes_export(
 ) -> None:
     """Write the disputed matches as JSON Lines for `facecrm eval --disputes` (format
     facecrm-disputes/1: times, store, camera, customer id, scores; no image, no template)."""
-    from datetime import UTC, datetime
+    from datetime import UTC
 
     from facecrm.crm import accounts, disputes
     from facecrm.crm.authz import SYSTEM
     from facecrm.private import write_file
     from facecrm.vision.pipeline import build_embedder
 
-    try:
-        start = datetime.fromisoformat(since) if since else None
-    except ValueError as exc:
-        raise typer.BadParameter(
-            f"not an ISO date or time: {since!r}", param_hint="--since"
-        ) from exc
+    start = _since(since)
     if start is not None and start.tzinfo is None:
         start = start.replace(tzinfo=UTC)
     runtime = _runtime()
