@@ -148,6 +148,8 @@ class Visit(_Out):
     at: datetime
     source: str
     similarity: float | None = None
+    camera: str | None = None
+    disputed: bool = False
 
 
 class PurchaseItem(_Out):
