@@ -491,7 +491,7 @@ class Client:
         return self._model(Alert, "POST", f"/alerts/{alert_id}/dismiss")
 
     def dispute_alert(self, alert_id: int) -> Alert:
-        """"Not this person": closes the alert and takes the visit out of the history."""
+        """ "Not this person": closes the alert and takes the visit out of the history."""
         return self._model(Alert, "POST", f"/alerts/{alert_id}/dispute")
 
     # -- plumbing ------------------------------------------------------------------------
