@@ -115,6 +115,10 @@ TABLE: dict[str, Row] = {
     "camera_back": Row("POST /api/v1/agent/heartbeat (frames)", "device:door-cam", None, "A"),
     "alert_claim": Row("POST /api/v1/alerts/{id}/claim", STAFF, "rose", "A"),
     "alert_ack": Row("console POST /console/alerts/{id}/ack", STAFF, "rose", "A"),
+    "alert_dismiss": Row("POST /api/v1/alerts/{id}/dismiss", STAFF, "kit", "A"),
+    "match_dispute": Row("console POST /console/alerts/{id}/dispute", STAFF, "rose", "A"),
+    "dispute_report": Row("GET /api/v1/stores/{id}/disputes", "staff:manager", None, "A"),
+    "pos_lookup": Row("GET /api/v1/pos/customer", "device:till", "lou", "A"),
     "shift_start": Row("POST /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "shift_end": Row("DELETE /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "purchase": Row("POST /api/v1/customers/{id}/purchases", STAFF, "rose", "A"),
@@ -483,8 +487,8 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         manager, associate, auditor = staff("manager"), staff("associate"), staff("auditor")
 
         with run.path("POST /api/v1/devices"):
-            for name in ("door-cam", "spare"):
-                body = {"store_id": ids["A"], "kind": "agent", "name": name}
+            for name, kind in (("door-cam", "agent"), ("spare", "agent"), ("till", "pos")):
+                body = {"store_id": ids["A"], "kind": kind, "name": name}
                 made = ok(manager.post("/api/v1/devices", json=body), 201)
                 ids[name], ids[f"{name} key"] = made["id"], made["api_key"]
         with run.path("cli facecrm admin disable"):
@@ -582,7 +586,7 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             body = {"resolved": True}
             ok(associate.patch(f"/api/v1/feedback/{ids['feedback']}", json=body), 200)
         with run.path("PUT /api/v1/stores/{id}/config"):
-            body = {"rules": {"long_absence": {"days": 30}}}
+            body = {"rules": {"long_absence": {"days": 30}, "any_arrival": {"enabled": True}}}
             ok(manager.put(f"/api/v1/stores/{ids['A']}/config", json=body), 200)
         with run.path("POST /api/v1/shifts/{store_id}"):
             ok(associate.post(f"/api/v1/shifts/{ids['A']}"), 201)
@@ -591,9 +595,13 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             assert ok(agent.get("/api/v1/agent/gallery"), 200)["templates"]
         with run.path("POST /api/v1/agent/events"):
             at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-            event = {"key": "visit-0001", "type": "visit", "customer_id": ids["rose"], "at": at}
-            body = {"events": [{**event, "camera": "door", "similarity": 0.9}]}
-            assert ok(agent.post("/api/v1/agent/events", json=body), 200)["outcomes"] == ["visit"]
+            events = [
+                {"key": f"visit-000{n}", "type": "visit", "customer_id": ids[who], "at": at}
+                for n, who in enumerate(("rose", "kit"), 1)
+            ]
+            body = {"events": [{**e, "camera": "door", "similarity": 0.9} for e in events]}
+            outcomes = ok(agent.post("/api/v1/agent/events", json=body), 200)["outcomes"]
+            assert outcomes == ["visit", "visit"]
         for path, ago in (("silent", 10), ("frames", 0)):  # the store's window: 5 minutes
             with run.path(f"POST /api/v1/agent/heartbeat ({path})"):
                 at = (datetime.now(UTC) - timedelta(minutes=ago)).isoformat()
@@ -601,11 +609,23 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
                 (camera,) = ok(agent.post("/api/v1/agent/heartbeat", json=body), 200)
                 assert camera["silent"] is (path == "silent")
         with run.path("POST /api/v1/alerts/{id}/claim"):
-            (alert,) = ok(associate.get("/api/v1/alerts"), 200)
-            ids["alert"] = str(alert["id"])
+            raised = {
+                a["customer_id"]: str(a["id"]) for a in ok(associate.get("/api/v1/alerts"), 200)
+            }
+            ids["alert"], ids["kit alert"] = raised[ids["rose"]], raised[ids["kit"]]
             ok(associate.post(f"/api/v1/alerts/{ids['alert']}/claim"), 200)
         with run.path("console POST /console/alerts/{id}/ack"):
             ok(console.post(f"/console/alerts/{ids['alert']}/ack", headers=headers), 200)
+        with run.path("POST /api/v1/alerts/{id}/dismiss"):
+            ok(associate.post(f"/api/v1/alerts/{ids['kit alert']}/dismiss"), 200)
+        with run.path("console POST /console/alerts/{id}/dispute"):
+            ok(console.post(f"/console/alerts/{ids['alert']}/dispute", headers=headers), 200)
+        with run.path("GET /api/v1/stores/{id}/disputes"):
+            assert len(ok(manager.get(f"/api/v1/stores/{ids['A']}/disputes"), 200)) == 1
+        till = client(**{"X-API-Key": ids.get("till key", "-")})
+        with run.path("GET /api/v1/pos/customer"):
+            found = ok(till.get("/api/v1/pos/customer", params={"loyalty_id": "L-77"}), 200)
+            ids["lou"] = found["id"]
         with run.path("DELETE /api/v1/shifts/{store_id}"):
             ok(associate.delete(f"/api/v1/shifts/{ids['A']}"), 204)
 

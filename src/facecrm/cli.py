@@ -27,6 +27,7 @@ from facecrm.logs import configure_logging, mask_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     import uvicorn
     from sqlalchemy.orm import Session
@@ -114,6 +115,10 @@ erasures_app = typer.Typer(
     help="The erasure log, re-applied after a restore.", no_args_is_help=True
 )
 app.add_typer(erasures_app, name="erasures")
+disputes_app = typer.Typer(
+    help='Matches staff said were wrong ("not this person").', no_args_is_help=True
+)
+app.add_typer(disputes_app, name="disputes")
 
 
 @app.callback()
@@ -427,9 +432,17 @@ def eval_(
         bool, typer.Option(help="Also run the dlib → SFace cascade (default embedder only).")
     ] = True,
     top: Annotated[int, typer.Option(min=0, help="Hardest impostor/genuine pairs listed.")] = 5,
+    disputes: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `facecrm disputes export` file: its scores are impostors seen in the "
+            "stores; with --calibrate the threshold floor is raised above them."
+        ),
+    ] = None,
 ) -> None:
     """Measure verification and open-set identification on a labelled photo set."""
     from facecrm.eval import cascade_eval, runner
+    from facecrm.eval import disputes as eval_disputes
     from facecrm.eval import report as report_mod
     from facecrm.gallery.threshold import load_calibration, load_cascade
     from facecrm.vision.pipeline import build_embedder
@@ -441,6 +454,12 @@ def eval_(
     settings: Settings = get_settings()
     model_id = build_embedder(settings).model_id
     workers = workers or runner.default_workers()
+    disputed = None
+    if disputes is not None:
+        try:
+            disputed = eval_disputes.read(disputes)
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
     try:
         samples = runner.scan(directory)
     except FileNotFoundError as exc:
@@ -466,6 +485,10 @@ def eval_(
             settings.data_dir / "calibration" / f"{model_id}.json",
             str(directory),
         )
+        if disputed is not None:
+            floor = eval_disputes.raise_floor(calibration_path, model_id, disputed)
+            if floor is not None:
+                err.print(f"threshold floor raised above the highest disputed score ({floor:.4f})")
         err.print(
             f"calibration saved to {calibration_path} "
             f"(a server uses it with FACECRM_CALIBRATION={calibration_path})"
@@ -487,6 +510,17 @@ def eval_(
             embedded, second, cascade_cal, settings.target_fmr
         )
     report["hardest_pairs"] = cascade_eval.hardest_pairs(embedded, second, top, cascade_cal)
+    if disputed is not None:
+        genuine = [
+            s
+            for x, y in runner.all_pairs(embedded)
+            if x.sample.identity == y.sample.identity
+            and (s := runner.score(x.template, y.template)) is not None
+        ]
+        try:
+            report["disputes"] = eval_disputes.summary(disputed, model_id, threshold, genuine)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
     if pairs is not None:
         by_path = {e.sample.path: e for e in embedded}
         try:
@@ -510,6 +544,8 @@ def eval_(
         print(json.dumps(report, indent=2))
     else:
         report_mod.print_text(report, console)
+        if isinstance(report.get("disputes"), dict):
+            eval_disputes.print_text(report["disputes"], console)  # type: ignore[arg-type]
 
 
 @admin_app.command("create")
@@ -801,23 +837,65 @@ def audit_fingerprint(text: str) -> None:
     print(_runtime().run(audit.fingerprint, text))
 
 
+def _since(value: str | None) -> datetime | None:
+    """A `--since` option's ISO date or time (a usage error otherwise)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"not an ISO date or time: {value!r}", param_hint="--since"
+        ) from exc
+
+
 @audit_app.command("export")
 def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
 ) -> None:
     """Print audit events as JSON lines (with their chain hashes)."""
-    from datetime import datetime
-
     from facecrm.crm.auditlog import event_dict, events
 
-    try:
-        start = datetime.fromisoformat(since) if since else None
-    except ValueError as exc:
-        raise typer.BadParameter(
-            f"not an ISO date or time: {since!r}", param_hint="--since"
-        ) from exc
-    for item in _runtime().run(events, since=start, limit=None):
+    for item in _runtime().run(events, since=_since(since), limit=None):
         print(json.dumps(event_dict(item)))
+
+
+@disputes_app.command("export")
+def disputes_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file (created 0600); default stdout.")
+    ] = None,
+    store: Annotated[
+        list[str] | None, typer.Option(help="A store id (repeat it); default every store.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
+) -> None:
+    """Write the disputed matches as JSON Lines for `facecrm eval --disputes` (format
+    facecrm-disputes/1: times, store, camera, customer id, scores; no image, no template)."""
+    from datetime import UTC
+
+    from facecrm.crm import accounts, disputes
+    from facecrm.crm.authz import SYSTEM
+    from facecrm.private import write_file
+    from facecrm.vision.pipeline import build_embedder
+
+    start = _since(since)
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    runtime = _runtime()
+    stores = store or [s.id for s in runtime.run(accounts.list_stores, SYSTEM)]
+    window = disputes.Window(since=start, limit=None)
+    settings = get_settings()
+    lines = [json.dumps(disputes.header(stores, build_embedder(settings).model_id))]
+    for store_id in stores:
+        rows = runtime.run(disputes.report, SYSTEM, store_id, window)
+        lines.extend(json.dumps(disputes.record(d)) for d in rows)
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_file(output, text.encode())
+        err.print(f"Wrote {len(lines) - 1} disputed match(es) to {output}.")
 
 
 @keys_app.command("rotate")

@@ -148,6 +148,8 @@ class Visit(_Out):
     at: datetime
     source: str
     similarity: float | None = None
+    camera: str | None = None
+    disputed: bool = False
 
 
 class PurchaseItem(_Out):
@@ -275,7 +277,7 @@ class Verification(_Out):
 class Alert(_Out):
     id: int
     store_id: str
-    customer_id: str
+    customer_id: str | None = None  # None: not about a customer (a silent camera)
     customer_name: str | None = None
     rule: str
     message: str
@@ -284,6 +286,16 @@ class Alert(_Out):
     claimed_by: str | None = None
     claimed_at: datetime | None = None
     acknowledged_at: datetime | None = None
+    kind: str = "arrival"
+    reasons: list[str] = []
+    camera: str | None = None
+    seen_at: datetime | None = None
+    local_time: str | None = None
+    time_zone: str = "UTC"
+    has_photo: bool = False
+    outcome: str | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
 
 
 class Client:
@@ -474,6 +486,13 @@ class Client:
 
     def ack_alert(self, alert_id: int) -> Alert:
         return self._model(Alert, "POST", f"/alerts/{alert_id}/ack")
+
+    def dismiss_alert(self, alert_id: int) -> Alert:
+        return self._model(Alert, "POST", f"/alerts/{alert_id}/dismiss")
+
+    def dispute_alert(self, alert_id: int) -> Alert:
+        """ "Not this person": closes the alert and takes the visit out of the history."""
+        return self._model(Alert, "POST", f"/alerts/{alert_id}/dispute")
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.state.alerts = AlertService(crm, metrics=app.state.metrics)
     app.state.cameras = CameraHealthService(crm, app.state.alerts.bus, app.state.metrics)
     app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
+    app.state.pos_limiter = RateLimiter(settings.pos_lookup_per_minute, 60.0)
     app.state.login_guard = LoginGuard.from_settings(settings)
     problems.install(app)
     router.include(app)

@@ -11,6 +11,7 @@ from facecrm.api.routes import (
     audit,
     auth,
     customers,
+    disputes,
     readiness,
     recognition,
 )
@@ -25,6 +26,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     agent.router,
     audit.router,
     readiness.router,
+    disputes.router,
 )
 
 

@@ -308,6 +308,8 @@ class VisitOut(Out):
     at: Timestamp
     source: str
     similarity: float | None
+    camera: str | None = None
+    disputed: bool = False  # "not this person": not in the customer's history
 
 
 class ItemOut(Out):
@@ -446,7 +448,7 @@ class ImportReportOut(Out):
 class AlertOut(Out):
     id: int
     store_id: str
-    customer_id: str
+    customer_id: str | None  # None: not about a customer (kind camera_silent, ...)
     customer_name: str | None
     rule: str
     message: str
@@ -455,6 +457,16 @@ class AlertOut(Out):
     claimed_by: str | None
     claimed_at: Timestamp | None
     acknowledged_at: Timestamp | None
+    kind: str = "arrival"
+    reasons: list[str] = []  # why, in plain words
+    camera: str | None = None
+    seen_at: Timestamp | None = None
+    local_time: str | None = None  # in the store's time zone, ISO 8601 with its offset
+    time_zone: str = "UTC"
+    has_photo: bool = False  # GET /customers/{id}/photo shows it (the customer agreed)
+    outcome: Literal["greeted", "dismissed", "disputed"] | None = None
+    closed_at: Timestamp | None = None
+    closed_by: str | None = None
 
 
 class AcknowledgedOut(AlertOut):
@@ -473,6 +485,30 @@ class StoreConfigOut(Out):
     store_id: str
     rules: RuleSettings
     webhook_url: str | None
+    time_zone: str = "UTC"
+
+
+class DisputeOut(Out):
+    """A disputed match ("not this person"): template-free facts (see crm.disputes)."""
+
+    id: int
+    store_id: str
+    customer_id: str
+    source: Literal["alert", "lookup"]
+    camera: str | None
+    matched_at: Timestamp
+    disputed_at: Timestamp
+    similarity: float | None
+    threshold: float | None
+    alert_id: int | None
+
+
+class PosCardOut(Out):
+    """What a till needs to attach a purchase: nothing more."""
+
+    id: str
+    name: str
+    tier: Tier
 
 
 class GalleryTemplateOut(BaseModel):

@@ -40,6 +40,8 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     ALERTS = "alerts"  # see, claim and acknowledge alerts; start and end shifts
     AGENT = "agent"  # sync the gallery and deliver visit events (store agents)
+    DISPUTES_READ = "disputes:read"  # a store's report of disputed matches (recalibration)
+    LOYALTY_LOOKUP = "loyalty:lookup"  # a till's exact look-up by loyalty id: POS devices only
 
 
 P = Permission
@@ -56,12 +58,14 @@ _STAFF = {
 }
 
 GRANTS: dict[str, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
-    Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_ERASE, P.FACES_OVERRIDE}),
+    Role.ADMIN: frozenset(Permission) - {P.LOYALTY_LOOKUP},
+    Role.MANAGER: frozenset(
+        _STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_ERASE, P.FACES_OVERRIDE, P.DISPUTES_READ}
+    ),
     Role.ASSOCIATE: frozenset(_STAFF),
     Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ}),
     DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),
-    DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE}),
+    DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE, P.LOYALTY_LOOKUP}),
 }
 
 

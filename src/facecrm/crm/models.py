@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
     func,
 )
 from sqlalchemy.engine import Dialect
@@ -263,6 +264,9 @@ class Visit(Base):
         ForeignKey("devices.id", ondelete="SET NULL"), default=None
     )
     similarity: Mapped[float | None] = mapped_column(Float, default=None)
+    # the agent's camera label (credentials stripped); staff said "not this person" (0009)
+    camera: Mapped[str | None] = mapped_column(String(100), default=None)
+    disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Purchase(Base):
@@ -383,6 +387,7 @@ class StoreConfig(Base):
     rules: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     webhook_url: Mapped[str | None] = mapped_column(String(500), default=None)
     webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
 
 
 class Shift(Base):
@@ -404,7 +409,7 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
-    customer_id: Mapped[str] = mapped_column(
+    customer_id: Mapped[str | None] = mapped_column(  # None: not about a customer (0009)
         ForeignKey("customers.id", ondelete="CASCADE"), index=True
     )
     visit_id: Mapped[int | None] = mapped_column(
@@ -421,6 +426,14 @@ class Alert(Base):
     )
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+    # 0009: what kind of alert, its reasons in plain words, and how it was closed
+    kind: Mapped[str] = mapped_column(String(40), default="arrival", server_default="arrival")
+    reasons: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    closed_by: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)  # see AlertOutcome
 
 
 class CustomerKey(Base):
@@ -504,3 +517,43 @@ class StoreReadiness(Base):
     value: Mapped[str] = mapped_column(String(200))
     confirmed_by: Mapped[str] = mapped_column(String(100))
     confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AlertOutcome(StrEnum):
+    """How an alert was closed; a closed alert leaves the live list for the history."""
+
+    GREETED = "greeted"
+    DISMISSED = "dismissed"
+    DISPUTED = "disputed"  # "not this person": the match was wrong
+
+
+class MatchDispute(Base):
+    """A match staff said was wrong ("not this person"), for the store's dispute report.
+
+    Template-free facts only (when, where, which camera, whom it named, the scores), so the
+    report can leave the server for `facecrm eval --disputes` without carrying a face.
+    """
+
+    __tablename__ = "match_disputes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(20))  # alert (an agent's visit) or lookup
+    camera: Mapped[str | None] = mapped_column(String(100), default=None)
+    matched_at: Mapped[datetime] = mapped_column()
+    disputed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    similarity: Mapped[float | None] = mapped_column(Float, default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    disputed_by: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    visit_id: Mapped[int | None] = mapped_column(
+        ForeignKey("visits.id", ondelete="SET NULL"), default=None
+    )
+    alert_id: Mapped[int | None] = mapped_column(
+        ForeignKey("alerts.id", ondelete="SET NULL"), default=None
+    )
+    ref: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)  # a look-up's

@@ -114,7 +114,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             seen = dict(
                 session.execute(
                     select(Visit.customer_id, func.max(Visit.at))
-                    .where(Visit.customer_id.in_(enrolled))
+                    .where(Visit.customer_id.in_(enrolled), Visit.disputed.is_(False))
                     .group_by(Visit.customer_id)
                 ).all()
             )

@@ -88,6 +88,7 @@ CUSTOMER_TABLES = (
     "purchase_items",
     "visits",
     "alerts",
+    "match_disputes",
 )
 FACE_TABLES = ("face_templates", "customer_photos", "customer_keys")
 

@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from facecrm.api.deps import (
     AlertsDep,
@@ -38,7 +38,7 @@ from facecrm.api.schemas import (
     RowId,
 )
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import auditlog, cards, consent_text, customers
+from facecrm.crm import auditlog, cards, consent_text, customers, disputes
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.errors import InvalidError, LoginFailedError, LoginThrottledError
@@ -200,6 +200,24 @@ def alerts_page(request: Request, service: AlertsDep, principal: Staff) -> Respo
     return render(request, "alerts.html", principal, alerts=alerts)
 
 
+HISTORY_PAGE = 25
+
+
+@router.get("/alerts/history", response_class=HTMLResponse)
+def alerts_history(
+    request: Request,
+    service: AlertsDep,
+    principal: Staff,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    """Greeted, dismissed and disputed alerts, a page at a time (one more tells if older)."""
+    principal.require(Permission.ALERTS)
+    found = service.history(principal, limit=HISTORY_PAGE + 1, offset=(page - 1) * HISTORY_PAGE)
+    alerts = [_json(AlertOut, a) for a in found[:HISTORY_PAGE]]
+    more = len(found) > HISTORY_PAGE
+    return render(request, "alerts_history.html", principal, alerts=alerts, page=page, more=more)
+
+
 @router.get("/alerts/stream")
 def alerts_stream(request: Request, crm: CrmDep, principal: Staff) -> Response:
     """Live alerts; the stream holds no database session (see `deps.still_valid`)."""
@@ -218,6 +236,10 @@ def alert_action(
         return _json(AlertOut, service.claim(principal, alert_id))
     if action == "ack":
         return _json(AcknowledgedOut, service.acknowledge(principal, alert_id))
+    if action == "dismiss":
+        return _json(AlertOut, service.dismiss(principal, alert_id))
+    if action == "dispute":
+        return _json(AlertOut, service.dispute(principal, alert_id))
     raise ApiError(404, "unknown action")
 
 
@@ -245,13 +267,32 @@ def lookup(
         return JSONResponse({"found": False, "message": "No opted-in customer."})
     customer_id = results[0].match.customer_id
     found = _json(CardOut, cards.card(session, principal, customer_id))
+    store_id = min(principal.stores) if principal.stores else None  # as crm.identify's
+    ref = disputes.lookup_ref(
+        crm.settings, principal, customer_id, results[0].match.similarity, store_id
+    )
     return JSONResponse(
         {
             "found": True,
             "url": f"/console/customers/{customer_id}",
             "card": found,
+            "dispute_ref": ref,  # for "Not this person" (None: no store to report it to)
         }
     )
+
+
+class DisputeIn(BaseModel):
+    ref: str = Field(min_length=1, max_length=400)
+
+
+@router.post("/lookup/dispute")
+def lookup_dispute(
+    request: Request, body: DisputeIn, crm: CrmDep, session: SessionDep, principal: Staff
+) -> dict[str, object]:
+    """ "Not this person" on the look-up's answer: recorded for the store's dispute report."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    dispute = disputes.dispute_lookup(session, principal, crm.settings, body.ref, crm.threshold)
+    return {"disputed": True, "customer_id": dispute.customer_id}
 
 
 @router.get("/enroll", response_class=HTMLResponse)
