@@ -40,6 +40,10 @@ import numpy.typing as npt
 CASCADE_VERSION = 1
 RULE = "min_z"
 MIN_AMBIGUITY_MARGIN_Z = 0.25  # used when calibration saw no wrong customer on top
+# How far above the highest impostor seen the threshold sits (in impostor standard
+# deviations): the same pair re-embedded in another process or batch moves by ~1e-6, and
+# a floor at exactly that pair's score named Kate Siegel as Angelina Jolie once served.
+FLOOR_MARGIN_Z = 0.01
 
 K = TypeVar("K", bound=Hashable)
 Reason = Literal["no_match", "ambiguous"]
@@ -79,7 +83,7 @@ class CascadeCalibration:
 
     def threshold_z(self, fmr: float) -> float:
         """g at or above which a pair is accepted, for joint false-match rate `fmr`."""
-        return max(_joint_tail_z(fmr, self.rho), self.impostor_max_z + 1e-6)
+        return max(_joint_tail_z(fmr, self.rho), self.impostor_max_z + FLOOR_MARGIN_Z)
 
     def thresholds(self, fmr: float) -> tuple[float, float]:
         """Each stage's own similarity threshold (both must be reached)."""
