@@ -16,6 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select
 
+from facecrm.agent.runner import Agent, AgentConfig
+from facecrm.agent.tracker import Tracker
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
@@ -219,3 +221,45 @@ def test_backfill_from_the_kept_photo(crm: FaceCRM, load: Any) -> None:
     (face,) = crm.identify(load(f"{AMY}/amy4.png"), SYSTEM)
     assert face.match is not None and face.match.customer_id == kept
     assert crm.backfill_templates(SYSTEM).backfilled == 0  # nothing left to do
+
+
+def test_agent_track_of_a_lookalike_is_not_named(
+    crm: FaceCRM, pipeline: FacePipeline, load: Any, tmp_path: Path
+) -> None:
+    """The store agent decides each track by the server's rule, from the gallery sync:
+    look-alike tracks stay unknown (SFace vetoes Penny for Bernadette), a returning
+    customer in glasses becomes a visit."""
+    ids = {
+        name: crm.enroll(name, [Photo(p, load(p)) for p in paths], CURRENT, "kiosk", SYSTEM).id
+        for name, paths in (
+            ("jolie", ["distractors/angelina_jolie.jpg"]),
+            ("bernadette", ["more/identities/bbt_bernadette/bernadette5.png"]),
+            ("amy", [f"{AMY}/amy1.png", f"{AMY}/amy2.png", f"{AMY}/amy3.png"]),
+        )
+    }
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "S", "Store", SYSTEM)
+        _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+    with serve(create_app(crm)) as url:
+        agent = Agent(AgentConfig(url, key, (), tmp_path / "agent"), pipeline, crm.second_opinion)
+        assert agent.gallery.sync(agent._client)
+    assert agent.gallery.cascade == crm.cascade
+
+    def track(photo: str) -> list[object]:
+        frame = load(photo)
+        tracker = Tracker("cam")
+        for i in range(6):  # a customer standing still: one track, decided once
+            agent.process(tracker, frame, i / 25, "cam")
+        for t in tracker.flush():
+            agent.decide(t)
+        return [body["customer_id"] for _, body in agent.outbox.peek()]
+
+    runs = "facecrm_agent_second_faces_embedded_total"
+    assert track("distractors/kate_siegel.jpg") == []
+    assert track("more/identities/bbt_penny/penny3.png") == []
+    assert agent.metrics.counter(runs) > 0  # Penny's track passed dlib: SFace said no
+    before = agent.metrics.counter(runs)
+    assert track("distractors/paul_rudd.jpg") == []
+    assert agent.metrics.counter(runs) == before  # a far stranger never runs SFace
+    assert track(f"{AMY}/amy4.png") == [ids["amy"]]
+    assert agent.metrics.counter("facecrm_agent_known_tracks_total") == 1

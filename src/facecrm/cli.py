@@ -249,7 +249,7 @@ def identify(
     crm = _crm()
     image = read_image(photo, crm.settings)
     results = crm.identify(image, SYSTEM)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "box": r.face.box.as_dict(),
             "customer": (
@@ -768,7 +768,9 @@ def agent(
         exit_when_done=exit_when_done,
         metrics_port=metrics_port,
     )
-    Agent(config, build_pipeline(settings)).run()
+    from facecrm.vision.second import build_second_opinion
+
+    Agent(config, build_pipeline(settings), build_second_opinion(settings)).run()
 
 
 @audit_app.command("verify")

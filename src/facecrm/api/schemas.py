@@ -509,6 +509,7 @@ class GalleryOut(BaseModel):
     templates: list[GalleryTemplateOut]
     cascade: dict[str, Any] | None = None
     second: GallerySecondOut | None = None
+    target_fmr: float | None = None  # the false-match rate the cascade's threshold is set for
 
 
 class AuditEventOut(Out):

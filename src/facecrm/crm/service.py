@@ -766,6 +766,7 @@ class FaceCRM:
         }
         if cascade is not None:  # agents that predate the cascade ignore both fields
             body["cascade"] = cascade.to_json()
+            body["target_fmr"] = self.settings.target_fmr
             body["second"] = {"model_id": cascade.second.model_id, "templates": _wire(second)}
         return body
 
