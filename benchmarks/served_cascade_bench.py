@@ -6,7 +6,8 @@ commit), on SQLite, against dlib alone on the same gallery.
     python benchmarks/served_cascade_bench.py [--repeat 3]
 
 Customers: every identity of identities/ + more/identities/ enrolled with its first
-photo; probes are their other photos (customers) and the distractors (strangers). The
+photo; probes are their other photos (customers), and the distractors and the group
+photo scenes/multiface.jpg (strangers). The
 dlib-alone rows are the same service with the cascade switched off
 (`FACECRM_EMBEDDER=dlib-native` would change the embedder, so the cascade is removed from
 the runtime instead).
@@ -58,10 +59,14 @@ def main() -> None:
             continue
         customers += [read_image(p, settings) for p in photos[1:]]
     strangers = [read_image(p, settings) for p in sorted((faces / "distractors").iterdir())]
+    strangers.append(read_image(faces / "scenes" / "multiface.jpg", settings))  # nobody enrolled
     second = crm.second_opinion
     assert second is not None and crm.runtime.cascade is not None
-    print(f"machine: {machine()}; {len(customers)} customer probes, {len(strangers)} strangers\n")
-    print("| path | probes | named | mean ms per face | SFace runs per face |")
+    print(
+        f"machine: {machine()}; {len(customers)} customer photos, "
+        f"{len(strangers)} stranger photos\n"
+    )
+    print("| path | photos | faces named | mean ms per face | SFace runs per face |")
     print("| --- | ---: | ---: | ---: | ---: |")
     cascade = crm.runtime.cascade
     for label, on in (("dlib alone", False), ("cascade", True)):
