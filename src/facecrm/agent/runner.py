@@ -129,8 +129,8 @@ class LocalGallery:
             return {c: float(np.max(seconds[c] @ query)) for c in have}
 
         first = {c.customer_id: c.similarity for c in candidates}
-        decision = decide(first, scores, cascade, fmr, threshold)
-        return (decision.customer, decision.first) if isinstance(decision, Accept) else None
+        outcome = decide(first, scores, cascade, fmr, threshold)
+        return (outcome.customer, outcome.first) if isinstance(outcome, Accept) else None
 
 
 class Agent:
