@@ -37,6 +37,13 @@ class LongAbsence(Rule):
     days: Annotated[int, Field(strict=True, ge=1, le=3650)] = 90
 
 
+class CameraSilent(Rule):
+    """Alert the store's managers when a camera gave no frame for `minutes` (not a visit
+    rule: `alerts.cameras` applies it)."""
+
+    minutes: Annotated[float, Field(strict=True, gt=0, le=24 * 60)] = 5.0
+
+
 class RuleSettings(BaseModel):
     """A store's rule overrides; a rule or key left out keeps its default."""
 
@@ -47,6 +54,7 @@ class RuleSettings(BaseModel):
     unresolved_feedback: Rule = Rule()
     long_absence: LongAbsence = LongAbsence()
     preferred_advisor: Rule = Rule()
+    camera_silent: CameraSilent = CameraSilent()
 
 
 DEFAULT_RULES: dict[str, dict[str, object]] = RuleSettings().model_dump(mode="json")
