@@ -29,13 +29,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 import facecrm
 from facecrm.config import Settings
 from facecrm.crm import authz
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import AuditEvent
+from facecrm.crm.models import AuditEvent, FaceTemplate
 from facecrm.crm.retention import purge
 from facecrm.crm.service import FaceCRM
 from facecrm.crypto import add_master_key
@@ -131,6 +131,8 @@ TABLE: dict[str, Row] = {
     "keys_rotate": Row("service FaceCRM.rotate_keys", SYSTEM),
     "purge": Row("service retention.purge", SYSTEM),
     "forget_face": Row("service retention.purge", SYSTEM, "rose"),
+    "templates_backfill": Row("cli facecrm templates backfill", SYSTEM, "rose"),
+    "templates_backfill_summary": Row("cli facecrm templates backfill", SYSTEM),
     "audit_checkpoint": Row("service retention.purge", SYSTEM),
 }
 
@@ -628,6 +630,18 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             ids["lou"] = found["id"]
         with run.path("DELETE /api/v1/shifts/{store_id}"):
             ok(associate.delete(f"/api/v1/shifts/{ids['A']}"), 204)
+
+        # Rose as enrolled before the cascade (dlib templates only), backfilled from her
+        # kept photo
+        with run.path("cli facecrm templates backfill"):
+            with run.crm.sessions.begin() as session:
+                session.execute(
+                    delete(FaceTemplate).where(
+                        FaceTemplate.customer_id == ids["rose"],
+                        FaceTemplate.model_id != run.crm.model_id,
+                    )
+                )
+            cli(settings, "templates", "backfill")
 
         # the trail, withdrawal and erasure, log-out
         with run.path("GET /api/v1/audit"):

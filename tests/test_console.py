@@ -79,8 +79,12 @@ def log_in(page: Page, password: str = PASSWORD) -> None:
 
 
 def count(crm: FaceCRM, model: type) -> int:
+    """Rows of `model`; for templates, the enrolled photos (each stores one per model)."""
     with crm.sessions() as session:
-        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+        query = select(func.count()).select_from(model)
+        if model is FaceTemplate:
+            query = query.where(FaceTemplate.model_id == crm.model_id)
+        return int(session.scalar(query) or 0)
 
 
 def test_wrong_password(page: Page) -> None:

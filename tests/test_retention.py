@@ -81,7 +81,7 @@ def _expire_recognition_consents(crm: FaceCRM, *customer_ids: str) -> None:
 
 
 def _state(crm: FaceCRM, customer_id: str) -> tuple[bool, int]:
-    """(recognition consent active, number of templates)."""
+    """(recognition consent active, number of templates: one per photo and model)."""
     with crm.sessions() as session:
         consent = session.scalars(
             select(Consent).where(
@@ -118,7 +118,7 @@ def test_a_purge_that_dies_half_way_expires_nothing(
     with pytest.raises(SystemExit):
         purge(crm, SYSTEM)
     # no consent expired without its templates going: nothing happened at all
-    assert _state(crm, rose.id) == (True, 1) and _state(crm, kit.id) == (True, 1)
+    assert _state(crm, rose.id) == (True, 2) and _state(crm, kit.id) == (True, 2)
     monkeypatch.undo()
     report = purge(crm, SYSTEM)
     assert report.expired_consents == 2
@@ -145,7 +145,7 @@ def test_purge_removes_templates_left_without_consent(crm: FaceCRM, load: Load) 
             .values(withdrawn_at=datetime.now(UTC))
         )
     purge(crm, SYSTEM)
-    assert _state(crm, rose.id) == (False, 0) and _state(crm, kit.id) == (True, 1)
+    assert _state(crm, rose.id) == (False, 0) and _state(crm, kit.id) == (True, 2)
     with crm.sessions() as session:
         assert session.get(CustomerPhoto, rose.id) is None
         assert session.get(CustomerKey, rose.id) is None

@@ -111,6 +111,8 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+templates_app = typer.Typer(help="Customers' face templates.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
 erasures_app = typer.Typer(
     help="The erasure log, re-applied after a restore.", no_args_is_help=True
 )
@@ -185,6 +187,24 @@ def migrate() -> None:
         console.print(f"Encrypted {crm.legacy_sealed} template(s) stored before encryption.")
 
 
+@templates_app.command("backfill")
+def templates_backfill() -> None:
+    """Give customers enrolled before the two-model cascade a second-model (SFace) template
+    from their kept photo (audited). Customers without a kept photo are recognised by the
+    first model alone, at its own higher threshold, until a photo is added."""
+    from facecrm.crm.authz import SYSTEM
+
+    crm = _crm()
+    if crm.cascade is None:
+        raise _fail("the cascade is off (single-model embedder or calibration): nothing to do")
+    result = crm.backfill_templates(SYSTEM)
+    crm.close()
+    console.print(
+        f"Backfilled {result.backfilled} customer(s) from their kept photo; "
+        f"{result.first_model_only} left to the first model alone (no usable kept photo)."
+    )
+
+
 @app.command()
 def enroll(
     name: Annotated[str, typer.Argument(help="The customer's name.")],
@@ -200,6 +220,7 @@ def enroll(
 ) -> None:
     """Enroll an opted-in customer from one or more photos (all must pass the quality gate)."""
     from facecrm.crm.authz import SYSTEM
+    from facecrm.crm.cards import enrolled_photos
 
     if consent is None:
         consent = typer.confirm(
@@ -221,7 +242,7 @@ def enroll(
         raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
     console.print(
         f"Enrolled [bold]{customer.name}[/] as [cyan]{customer.id}[/] "
-        f"with {len(customer.templates)} template(s)."
+        f"with {enrolled_photos(customer.templates)} template(s)."
     )
 
 
@@ -237,7 +258,7 @@ def identify(
     crm = _crm()
     image = read_image(photo, crm.settings)
     results = crm.identify(image, SYSTEM)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "box": r.face.box.as_dict(),
             "customer": (
@@ -249,11 +270,13 @@ def identify(
                 if r.match
                 else "unknown"
             ),
+            **({} if r.match else {"reason": r.reason or "no_match"}),
         }
         for r in results
     ]
     if as_json:
-        console.print_json(json.dumps({"faces": rows, "threshold": round(crm.threshold, 4)}))
+        threshold = round(crm.first_threshold, 4)
+        console.print_json(json.dumps({"faces": rows, "threshold": threshold}))
         return
     if not rows:
         console.print("No face found.")
@@ -814,7 +837,9 @@ def agent(
         summary_seconds=summary_seconds or settings.agent_summary_seconds,
         heartbeat_seconds=heartbeat_seconds or settings.agent_heartbeat_seconds,
     )
-    Agent(config, build_pipeline(settings)).run()
+    from facecrm.vision.second import build_second_opinion
+
+    Agent(config, build_pipeline(settings), build_second_opinion(settings)).run()
 
 
 @audit_app.command("verify")

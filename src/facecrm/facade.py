@@ -131,8 +131,9 @@ class LocalCRM:
 
     @property
     def threshold(self) -> float:
-        """The similarity at which a face is taken to be a customer."""
-        return self.service.threshold
+        """The first model's similarity every named face reaches (with the cascade, a name
+        also needs the second model's agreement and a clear lead over other customers)."""
+        return self.service.first_threshold
 
     @property
     def consent_text(self) -> str:

@@ -417,13 +417,22 @@ class IdentifiedCustomerOut(BaseModel):
 
 
 class IdentifiedFaceOut(BaseModel):
-    """One face of the photo: an opted-in customer, or "unknown" (nothing else about it)."""
+    """One face of the photo: an opted-in customer, or "unknown" (nothing else about it).
+
+    `reason` says why a face is unknown: `no_match` (nobody passed both models of the
+    cascade) or `ambiguous` (two customers, e.g. relatives or look-alikes, were too close
+    to tell apart, so neither is named); null for a named customer.
+    """
 
     box: BoxOut
     customer: IdentifiedCustomerOut | Literal["unknown"]
+    reason: Literal["no_match", "ambiguous"] | None = None
 
 
 class IdentifyOut(BaseModel):
+    """`threshold`: the first model's similarity every named face reaches (with the
+    cascade a name also needs the second model's agreement and a clear margin)."""
+
     faces: list[IdentifiedFaceOut]
     threshold: float
 
@@ -517,11 +526,26 @@ class GalleryTemplateOut(BaseModel):
     vector: str  # base64 of the float32 template
 
 
+class GallerySecondOut(BaseModel):
+    """The cascade's second-model templates (a customer without any is decided by the
+    first model alone at `threshold`)."""
+
+    model_id: str
+    templates: list[GalleryTemplateOut]
+
+
 class GalleryOut(BaseModel):
+    """What a store agent decides with. `threshold` is the first model's single-model
+    threshold; `cascade` (the calibration's cascade section) and `second` are absent
+    when the server runs a single model — agents from before the cascade ignore them."""
+
     model_id: str
     threshold: float
     generation: int
     templates: list[GalleryTemplateOut]
+    cascade: dict[str, Any] | None = None
+    second: GallerySecondOut | None = None
+    target_fmr: float | None = None  # the false-match rate the cascade's threshold is set for
 
 
 class AuditEventOut(Out):
