@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
+from facecrm.api.routes import (
+    activity,
+    admin,
+    agent,
+    audit,
+    auth,
+    consents,
+    customers,
+    recognition,
+)
 from facecrm.config import API_PREFIX
 
 API_ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
     admin.router,
     customers.router,
+    consents.router,
     recognition.router,
     activity.router,
     agent.router,
