@@ -123,7 +123,7 @@ class StaffOut(BaseModel):
 
 class DeviceIn(Strict):
     store_id: Id
-    kind: Literal["agent", "pos"]
+    kind: Literal["agent", "pos", "kiosk"]
     name: Text = ""
 
 

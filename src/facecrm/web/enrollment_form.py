@@ -113,6 +113,9 @@ def submit(crm: FaceCRM, principal: Principal, form: EnrollForm, channel: str) -
         value = getattr(form, key).strip()
         if value:
             profile[key] = value
+    store_id = form.store_id  # named, for staff of several stores; else their one store
+    if store_id is None and principal.stores is not None and len(principal.stores) == 1:
+        store_id = next(iter(principal.stores))  # so that a refusal is audited with it
     photo = Photo(f"console:{channel}", read_image_upload(form.image, crm.settings))
     # a refused photo (EnrollmentError: 422 with the quality gate's reason) is api.problems'
     return crm.enroll(
@@ -122,6 +125,6 @@ def submit(crm: FaceCRM, principal: Principal, form: EnrollForm, channel: str) -
         channel,
         principal=principal,
         profile=profile,
-        store_id=form.store_id,
+        store_id=store_id,
         age_confirmed=form.age_confirmed,
     )
