@@ -88,9 +88,7 @@ TABLE: dict[str, Row] = {
     "consent_text_create": Row("POST /api/v1/consent-texts", "staff:admin"),
     "enrollment_config": Row("PUT /api/v1/enrollment-options/{scope}", "staff:manager", None, "A"),
     "kiosk_login": Row("console POST /console/kiosk/login", "device:kiosk-1", None, "A"),
-    "consent_withdraw": Row(
-        "DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose", "A"
-    ),
+    "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose", "A"),
     "enroll_faces": Row("POST /api/v1/customers/{id}/faces", STAFF, "rose"),
     "enroll_duplicate": Row(
         "console POST /console/enroll (a face already enrolled)", STAFF, "rose", "A"
