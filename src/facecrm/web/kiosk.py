@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from facecrm.api.deps import CrmDep, SessionDep, SettingsDep
 from facecrm.api.problems import ApiError
 from facecrm.config import Settings
-from facecrm.crm import db, kiosk
+from facecrm.crm import kiosk
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import LoginFailedError
 from facecrm.keys import server_secret
@@ -86,14 +86,14 @@ def login_page(request: Request) -> Response:
 def login(
     request: Request,
     key: Annotated[str, Form(max_length=200)],
-    crm: CrmDep,
+    session: SessionDep,
+    settings: SettingsDep,
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
     """A kiosk key → a kiosk session in this browser (audited as `kiosk_login`)."""
     check_csrf(request, csrf)
     try:
-        with db.transaction(crm.sessions) as session:
-            principal, tag = kiosk.open_session(session, key.strip())
+        principal, tag = kiosk.open_session(session, key.strip())
     except LoginFailedError as exc:
         response = render(request, "kiosk_login.html", None, error="Not a valid kiosk key.")
         response.status_code = exc.status
@@ -101,7 +101,7 @@ def login(
     response = RedirectResponse("/console/kiosk", status_code=303)
     response.set_cookie(
         KIOSK_COOKIE,
-        _issue(crm.settings, principal.id, tag),
+        _issue(settings, principal.id, tag),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
