@@ -86,7 +86,10 @@ TABLE: dict[str, Row] = {
     "customer_list": Row("service FaceCRM.customers", SYSTEM),
     "lookup": Row("GET /api/v1/customers/{id}", STAFF, "rose"),
     "consent_give": Row("POST /api/v1/customers/{id}/consents", STAFF, "rose", "A"),
-    "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose"),
+    "consent_text_create": Row("POST /api/v1/consent-texts", "staff:admin"),
+    "enrollment_config": Row("PUT /api/v1/enrollment-options/{scope}", "staff:manager", None, "A"),
+    "kiosk_login": Row("console POST /console/kiosk/login", "device:kiosk-1", None, "A"),
+    "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose", "A"),
     "enroll_faces": Row("POST /api/v1/customers/{id}/faces", STAFF, "rose"),
     "enroll_duplicate": Row(
         "console POST /console/enroll (a face already enrolled)", STAFF, "rose", "A"
@@ -493,6 +496,16 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
                 body = {"store_id": ids["A"], "kind": kind, "name": name}
                 made = ok(manager.post("/api/v1/devices", json=body), 201)
                 ids[name], ids[f"{name} key"] = made["id"], made["api_key"]
+        with run.path("PUT /api/v1/enrollment-options/{scope}"):
+            body = {"ask_phone": True}
+            ok(manager.put(f"/api/v1/enrollment-options/{ids['A']}", json=body), 200)
+        with run.path("console POST /console/kiosk/login"):
+            body = {"store_id": ids["A"], "kind": "kiosk", "name": "kiosk-1"}
+            key = ok(manager.post("/api/v1/devices", json=body), 201)["api_key"]
+            kiosk = client()
+            kiosk.get("/console/kiosk/login")
+            form = {"key": key, "csrf": str(kiosk.cookies.get("facecrm_csrf", ""))}
+            ok(kiosk.post("/console/kiosk/login", data=form), 303)
         with run.path("cli facecrm admin disable"):
             cli(settings, "admin", "disable", "temp")
         with run.path("POST /api/v1/staff/{id}/enable"):
@@ -514,9 +527,12 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         rose = f"/api/v1/customers/{ids.get('rose')}"
         with run.path("PATCH /api/v1/customers/{id}"):
             ok(associate.patch(rose, json={"preferred_name": "Rose"}), 200)
+        with run.path("POST /api/v1/consent-texts"):
+            body = {"purpose": "marketing", "language": "en", "body": "Offers by e-mail."}
+            ok(admin.post("/api/v1/consent-texts", json=body), 201)
         with run.path("POST /api/v1/customers/{id}/consents"):
             for purpose, store in (("in_store_recognition", ids["A"]), ("marketing", None)):
-                body = {"purpose": purpose, "text_version": CURRENT, "channel": "kiosk"}
+                body = {"purpose": purpose, "channel": "kiosk"}
                 ok(associate.post(f"{rose}/consents", json={**body, "store_id": store}), 201)
         with run.path("POST /api/v1/customers/{id}/faces"):
             form = {"keep_photo": "true"}

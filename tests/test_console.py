@@ -112,7 +112,7 @@ def test_enroll_with_the_camera(page: Page, site: tuple[str, FaceCRM]) -> None:
     before = count(crm, FaceTemplate)
     log_in(page)
     page.goto("/console/enroll")
-    expect(page.locator("#consent-text")).to_contain_text("recognise my face")
+    expect(page.locator(".consent-text[data-language=en]")).to_contain_text("recognise my face")
     page.fill("input[name=name]", "Kit Harington")
     page.check("input[name=consent]")
     page.click("#start-camera")

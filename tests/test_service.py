@@ -245,10 +245,10 @@ def test_consent_text_version_is_checked_by_the_service(crm: FaceCRM, load: Load
     assert refused.value.reason == "bad_consent_version" and refused.value.status == 422
     for version in ("v1", CURRENT + " ", "2026-11-V1"):
         with pytest.raises(InvalidError) as refused, db.transaction(crm.sessions) as session:
-            grant = ConsentGrant(Purpose.MARKETING, version, "kiosk")
+            grant = ConsentGrant(Purpose.IN_STORE_RECOGNITION, version, "kiosk")
             customers.give_consent(session, SYSTEM, rose.id, grant)
         assert refused.value.reason == "bad_consent_version"
     assert (_count(crm, Customer), _count(crm, Consent), _count(crm, AuditEvent)) == before
     with db.transaction(crm.sessions) as session:
-        grant = ConsentGrant(Purpose.MARKETING, CURRENT, "kiosk")
+        grant = ConsentGrant(Purpose.IN_STORE_RECOGNITION, CURRENT, "kiosk")
         assert customers.give_consent(session, SYSTEM, rose.id, grant).text_version == CURRENT

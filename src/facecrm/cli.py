@@ -706,7 +706,7 @@ def devices_list(as_json: AsJson = False) -> None:
 @devices_app.command("add")
 def devices_add(
     store: Annotated[str, typer.Option(help="The store id.")],
-    kind: Annotated[str, typer.Option(help="agent or pos.")],
+    kind: Annotated[str, typer.Option(help="agent, pos or kiosk.")],
     name: Annotated[str, typer.Option(help="A label.")] = "",
 ) -> None:
     """Register a device; its API key is printed once and never stored."""

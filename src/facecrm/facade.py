@@ -137,10 +137,14 @@ class LocalCRM:
 
     @property
     def consent_text(self) -> str:
-        """The consent text a person must have agreed to before `enroll(..., consent=True)`."""
-        from facecrm.crm.consent_text import CURRENT, TEXTS
+        """The consent text a person must have agreed to before `enroll(..., consent=True)`
+        (the chain's current English text)."""
+        from facecrm.crm import consent_text
+        from facecrm.crm.models import Purpose
 
-        return TEXTS[CURRENT]
+        with self.service.sessions() as session:
+            text = consent_text.active_for(session, Purpose.IN_STORE_RECOGNITION, "en")
+            return text.body if text is not None else ""
 
     def enroll(self, name: str, photos: Iterable[PhotoLike], *, consent: bool = False) -> Customer:
         """A new customer with one template per photo, or nothing at all.

@@ -24,7 +24,7 @@ from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter
 from facecrm.metrics import Registry
-from facecrm.web import console, readiness
+from facecrm.web import consent_texts, console, kiosk, readiness
 
 
 def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
@@ -63,11 +63,21 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
 
     app.include_router(console.router)
     app.include_router(readiness.router)
+    app.include_router(kiosk.router)
+    app.include_router(consent_texts.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)
     async def _login(_: Request, __: console.LoginRequired) -> Response:
         return RedirectResponse("/console/login", status_code=303)
+
+    @app.exception_handler(console.KioskOnly)
+    async def _kiosk_only(_: Request, __: console.KioskOnly) -> Response:
+        return RedirectResponse("/console/kiosk", status_code=303)
+
+    @app.exception_handler(kiosk.KioskLoginRequired)
+    async def _kiosk_login(_: Request, __: kiosk.KioskLoginRequired) -> Response:
+        return RedirectResponse("/console/kiosk/login", status_code=303)
 
     @app.get("/", include_in_schema=False)
     def root() -> Response:

@@ -43,6 +43,7 @@ from facecrm.api.security import read_token
 from facecrm.config import API_PREFIX, Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.models import DeviceKind
 from facecrm.crm.service import FaceCRM
 
 oauth2 = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/token", auto_error=False)
@@ -110,6 +111,8 @@ def current_principal(
     """The staff user (bearer token) or device (X-API-Key) making the request."""
     if key:
         device = accounts.key_principal(session, key)
+        if device is not None and device.role == DeviceKind.KIOSK:
+            raise ApiError(403, "a kiosk key opens the console's kiosk screen, not the API")
         if device is not None:
             return device
         raise ApiError(401, "the device key is not valid")

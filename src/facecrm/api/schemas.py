@@ -30,15 +30,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     computed_field,
-    field_validator,
 )
 from pydantic.functional_validators import AfterValidator
 
 from facecrm.alerts.rules import RuleSettings
-from facecrm.crm.consent_text import TEXTS
 from facecrm.crm.models import Purpose
 
 Tier = Literal["standard", "silver", "gold", "vip"]
+WithdrawalChannel = Literal["api", "kiosk", "phone", "associate", "web", "cli"]
 # numeric ids are INTEGER columns: 32-bit on PostgreSQL, so a larger id is a 422, not a 500
 RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="a numeric id")]
 Id = Annotated[str, Field(min_length=1, max_length=32)]
@@ -124,7 +123,7 @@ class StaffOut(BaseModel):
 
 class DeviceIn(Strict):
     store_id: Id
-    kind: Literal["agent", "pos"]
+    kind: Literal["agent", "pos", "kiosk"]
     name: Text = ""
 
 
@@ -184,19 +183,46 @@ class CustomerPatch(Strict):
 
 
 class ConsentIn(Strict):
+    """A consent: the text shown (`text_id`; or `text_version` from older clients; or
+    neither: the current text in `language`, else the store's language), the channel.
+
+    The store and the witness are the caller's (its log-in or device key), never the
+    body's: `store_id` only picks one of the caller's own stores, and `witness` is refused.
+    `age_confirmed`: the age the customer confirmed being at least, where the store asks.
+    """
+
     purpose: Purpose
-    text_version: str = Field(min_length=1, max_length=40)
+    text_id: StrictInt | None = Field(default=None, ge=1, le=2**31 - 1)
+    text_version: str | None = Field(default=None, min_length=1, max_length=40)
+    language: str | None = Field(default=None, min_length=2, max_length=16)
     channel: Literal["kiosk", "phone", "associate", "web", "cli"]
     store_id: Id | None = None
-    witness: str | None = Field(default=None, max_length=200)
+    age_confirmed: StrictInt | None = Field(default=None, ge=0, le=150)
+    witness: None = Field(
+        default=None,
+        description="refused: the witness is the signed-in user or device",
+        json_schema_extra={"deprecated": True},
+    )
 
-    @field_validator("text_version")
-    @classmethod
-    def _known_text(cls, value: str) -> str:
-        """A consent is only as good as the text shown: it must be one this server has."""
-        if value not in TEXTS:
-            raise ValueError(f"unknown consent text version; known: {', '.join(sorted(TEXTS))}")
-        return value
+
+class ConsentTextIn(Strict):
+    """A new version of a consent text (the active one for its purpose and language is
+    replaced; older versions stay, unchanged, for the consents that point at them)."""
+
+    purpose: Purpose
+    language: str = Field(min_length=2, max_length=16)
+    body: str = Field(min_length=1, max_length=20_000)
+    version: str | None = Field(default=None, min_length=1, max_length=40)
+
+
+class EnrollmentOptionsIn(Strict):
+    """Enrollment options at a scope (the chain `*` or a store); null clears an override."""
+
+    language: str | None = Field(default=None, min_length=2, max_length=16)
+    ask_phone: StrictBool | None = None
+    ask_tier: StrictBool | None = None
+    min_age: StrictInt | None = Field(default=None, ge=0, le=21)
+    kiosk_idle_seconds: StrictInt | None = Field(default=None, ge=2, le=3600)
 
 
 class VisitIn(Strict):
@@ -286,19 +312,51 @@ class CustomerOut(Out):
     updated_at: Timestamp | None
 
 
+class ConsentTextOut(Out):
+    id: int
+    purpose: str
+    version: str
+    language: str
+    body: str
+    created_by: str
+    created_at: Timestamp
+    active: bool
+
+
 class ConsentOut(Out):
     purpose: Purpose
+    text_id: int
     text_version: str
     channel: str
     store_id: str | None
     witness: str | None
     given_at: Timestamp | None
     withdrawn_at: Timestamp | None
+    withdrawn_by: str | None
+    withdrawn_store_id: str | None
+    withdrawn_channel: str | None
+    age_confirmed: int | None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def active(self) -> bool:
         return self.withdrawn_at is None
+
+
+class ConsentEvidenceOut(ConsentOut):
+    """A consent with the exact text the customer was shown (the export)."""
+
+    text: ConsentTextOut
+
+
+class EnrollmentOptionsOut(Out):
+    """The enrollment options in force at a scope (the chain's merged with the store's)."""
+
+    language: str
+    ask_phone: bool
+    ask_tier: bool
+    min_age: int
+    kiosk_idle_seconds: int
 
 
 class VisitOut(Out):
@@ -386,7 +444,7 @@ class ExportOut(Out):
     """Everything held about a customer (data-subject access)."""
 
     customer: CustomerOut
-    consents: list[ConsentOut]
+    consents: list[ConsentEvidenceOut]
     face_templates: list[TemplateMetaOut]
     enrollment_photo_kept: bool
     visits: list[VisitOut]

@@ -319,7 +319,7 @@ def create_device(
     principal.require(Permission.DEVICES_MANAGE)
     principal.require_store(store_id)
     if kind not in {k.value for k in DeviceKind}:
-        raise InvalidError(f"unknown device kind {kind!r}; use agent or pos")
+        raise InvalidError(f"unknown device kind {kind!r}; use agent, pos or kiosk")
     store = get_store(session, store_id)
     key = DEVICE_KEY_PREFIX + secrets.token_urlsafe(32)
     device = Device(

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
     func,
 )
@@ -94,6 +95,7 @@ class Role(StrEnum):
 class DeviceKind(StrEnum):
     AGENT = "agent"
     POS = "pos"
+    KIOSK = "kiosk"  # a self-service enrollment screen: the console's kiosk session only
 
 
 class Store(Base):
@@ -218,8 +220,19 @@ class Consent(Base):
     witness: Mapped[str | None] = mapped_column(String(200), default=None)
     given_at: Mapped[datetime] = mapped_column(default=utcnow)
     withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the evidence (0008): the exact text shown, who took the consent (the principal, not the
+    # client's word) and who withdrew it, where and how
+    text_id: Mapped[int] = mapped_column(ForeignKey("consent_texts.id", ondelete="RESTRICT"))
+    witness_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    withdrawn_store_id: Mapped[str | None] = mapped_column(
+        ForeignKey("stores.id", ondelete="SET NULL"), default=None
+    )
+    withdrawn_channel: Mapped[str | None] = mapped_column(String(40), default=None)
+    age_confirmed: Mapped[int | None] = mapped_column(Integer, default=None)  # "at least N"
 
     customer: Mapped[Customer] = relationship(back_populates="consents")
+    text: Mapped[ConsentText] = relationship(lazy="joined")
 
 
 class FaceTemplate(Base):
@@ -557,3 +570,43 @@ class MatchDispute(Base):
         ForeignKey("alerts.id", ondelete="SET NULL"), default=None
     )
     ref: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)  # a look-up's
+
+
+class ConsentText(Base):
+    """A consent text the chain wrote, in one language; never changed once saved.
+
+    Consents point at the row they were given on, so an edit is a new row (a new
+    version) and the old one is only deactivated. One active row per purpose and
+    language: the text shown today.
+    """
+
+    __tablename__ = "consent_texts"
+    __table_args__ = (
+        UniqueConstraint("purpose", "version", "language", name="uq_consent_texts_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    purpose: Mapped[str] = mapped_column(String(40), index=True)
+    version: Mapped[str] = mapped_column(String(40))
+    language: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class EnrollmentSettings(Base):
+    """How enrollment works: the chain's defaults (scope "*") and a store's overrides.
+
+    A NULL field in a store's row inherits the chain's value; see `crm.enrollment`.
+    """
+
+    __tablename__ = "enrollment_settings"
+
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)  # "*" or a store id
+    language: Mapped[str | None] = mapped_column(String(16), default=None)
+    ask_phone: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    ask_tier: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    min_age: Mapped[int | None] = mapped_column(Integer, default=None)  # 0: no confirmation
+    kiosk_idle_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

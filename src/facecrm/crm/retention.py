@@ -100,6 +100,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             ).all()
             for consent in stale:
                 consent.withdrawn_at = now
+                consent.withdrawn_by, consent.withdrawn_channel = principal.label, "expired"
                 expired += 1
             session.flush()
         if settings.retain_templates_unseen_months:

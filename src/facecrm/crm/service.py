@@ -353,24 +353,33 @@ class FaceCRM:
         self,
         name: str,
         photos: Sequence[Photo],
-        consent_text_version: str,
+        consent_text: int | str | None,
         channel: str,
         principal: Principal,
         profile: dict[str, object] | None = None,
         store_id: str | None = None,
-        witness: str | None = None,
+        *,
+        language: str | None = None,
+        age_confirmed: int | None = None,
     ) -> Customer:
         """Create a customer with recognition consent and a template per photo, or nothing.
 
         `profile` holds further customer fields; with `show_photo` among them the
         first photo is kept for the staff card. The photos must all be one person
         (`FaceMismatchError`) who is not already enrolled (`AlreadyEnrolledError`).
+        The consent (`customers.ConsentGrant`: the text shown by id, a version or None for
+        the current one) is witnessed by `principal`, in its store.
         """
         if not photos:
             raise InvalidError("enrollment needs at least one photo")
         faces, probes = self._gate(photos)
         grant = ConsentGrant(
-            Purpose.IN_STORE_RECOGNITION, consent_text_version, channel, store_id, witness
+            Purpose.IN_STORE_RECOGNITION,
+            consent_text,
+            channel,
+            store_id,
+            language=language,
+            age_confirmed=age_confirmed,
         )
         with self._refusals(principal, store_id), db.transaction(self.sessions) as session:
             self._refuse_duplicates(session, probes, None)
@@ -860,10 +869,17 @@ class FaceCRM:
 
     # -- consent withdrawal and erasure ----------------------------------------------
 
-    def withdraw(self, customer_id: str, purpose: Purpose, principal: Principal) -> None:
+    def withdraw(
+        self,
+        customer_id: str,
+        purpose: Purpose,
+        principal: Principal,
+        channel: str = "api",
+        store_id: str | None = None,
+    ) -> None:
         """Withdraw one consent; for recognition, delete templates and photo at once."""
         with db.transaction(self.sessions) as session:
-            customers.withdraw_consent(session, principal, customer_id, purpose)
+            customers.withdraw_consent(session, principal, customer_id, purpose, channel, store_id)
             if purpose == Purpose.IN_STORE_RECOGNITION:
                 self._forget_face(session, customer_id)
         if purpose == Purpose.IN_STORE_RECOGNITION:
