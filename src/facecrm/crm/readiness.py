@@ -24,10 +24,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facecrm.config import Settings
-from facecrm.crm import accounts, audit, consent_text
+from facecrm.crm import accounts, audit, consent_text, enrollment
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError
-from facecrm.crm.models import StoreReadiness
+from facecrm.crm.models import Purpose, StoreReadiness
 
 SIGNAGE_VERSION = "2026-12-v1"  # docs/signage.md: bump when the sign's wording changes
 ITEMS: dict[str, str] = {
@@ -62,13 +62,13 @@ class Readiness:
 
 
 def consent_text_version(session: Session, store_id: str) -> str:
-    """The recognition consent text version customers of `store_id` are shown.
-
-    Until versioned per-store texts exist this is the one shipped text; with them, this
-    becomes `consent_text.active_for(session, purpose, language)` per store language.
-    """
-    del session, store_id
-    return consent_text.CURRENT
+    """The recognition consent text customers of `store_id` are shown today: its version,
+    language and row, so publishing a new version makes the store confirm it again."""
+    language = enrollment.effective(session, store_id).language
+    text = consent_text.active_for(session, Purpose.IN_STORE_RECOGNITION, language)
+    if text is None:
+        return f"none published in {language}"
+    return f"{text.version} ({text.language}, text #{text.id})"
 
 
 def retention_value(settings: Settings) -> str:
