@@ -25,6 +25,7 @@ class Permission(StrEnum):
     STORES_READ = "stores:read"
     STORES_WRITE = "stores:write"
     STAFF_WRITE = "staff:write"
+    STAFF_MANAGE = "staff:manage"  # associates of one's own stores (rules: crm.accounts)
     DEVICES_MANAGE = "devices:manage"
     CUSTOMERS_READ = "customers:read"
     CUSTOMERS_WRITE = "customers:write"
@@ -57,7 +58,9 @@ _STAFF = {
 
 GRANTS: dict[str, frozenset[Permission]] = {
     Role.ADMIN: frozenset(Permission),
-    Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_ERASE, P.FACES_OVERRIDE}),
+    Role.MANAGER: frozenset(
+        _STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_ERASE, P.FACES_OVERRIDE, P.STAFF_MANAGE}
+    ),
     Role.ASSOCIATE: frozenset(_STAFF),
     Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ}),
     DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),
