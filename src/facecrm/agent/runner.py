@@ -22,6 +22,7 @@ import cv2
 import httpx
 import numpy as np
 
+from facecrm import __version__
 from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
 from facecrm.config import API_PREFIX
@@ -97,7 +98,10 @@ class Agent:
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._client = httpx.Client(
-            base_url=config.server, timeout=10, headers={"X-API-Key": config.api_key}
+            base_url=config.server,
+            timeout=10,
+            headers={"X-API-Key": config.api_key, "X-Facecrm-Agent-Version": __version__},
+            event_hooks={"request": [self._report_depth]},
         )
         self.metrics.gauge(
             "facecrm_agent_queue_depth", self.outbox.depth, "events waiting for delivery"
@@ -107,6 +111,10 @@ class Agent:
             self.outbox.oldest_age,
             "age of the oldest undelivered event",
         )
+
+    def _report_depth(self, request: httpx.Request) -> None:
+        """Every request tells the server how many events wait here (its devices page)."""
+        request.headers["X-Facecrm-Queue-Depth"] = str(self.outbox.depth())
 
     # -- decisions -----------------------------------------------------------------
 

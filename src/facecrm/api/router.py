@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, FastAPI
 
-from facecrm.api.routes import activity, admin, agent, audit, auth, customers, recognition
+from facecrm.api.routes import (
+    activity,
+    admin,
+    agent,
+    audit,
+    auth,
+    customers,
+    recognition,
+    stores,
+)
 from facecrm.config import API_PREFIX
 
 API_ROUTERS: tuple[APIRouter, ...] = (
@@ -15,6 +24,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     activity.router,
     agent.router,
     audit.router,
+    stores.router,
 )
 
 
