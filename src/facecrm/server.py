@@ -23,6 +23,7 @@ from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter
 from facecrm.metrics import Registry
+from facecrm.web import admin as admin_pages
 from facecrm.web import console
 
 
@@ -58,6 +59,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     router.include(app)
 
     app.include_router(console.router)
+    app.include_router(admin_pages.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)
