@@ -9,25 +9,28 @@ from __future__ import annotations
 
 import hmac
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select
 
+from facecrm import __version__
+from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.alerts import rules, webhooks
 from facecrm.crm import accounts, customers, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import AuditEvent, StaffUser, WebhookDelivery
 from facecrm.crm.service import FaceCRM
 from facecrm.server import create_app
+from facecrm.vision.pipeline import FacePipeline
+from receiver import Receiver
 
-from server import free_port, serve
+from server import serve
 
 PASSWORD = "correct horse battery"
 
@@ -238,35 +241,6 @@ def test_the_config_in_force_has_every_rule_with_its_default_and_description(
     assert ma.get("/api/v1/stores/nope/config").status_code == 403
 
 
-class Receiver:
-    """A local webhook receiver: answers `statuses` in turn (then 204), keeps requests."""
-
-    def __init__(self, statuses: list[int] | None = None) -> None:
-        self.statuses = list(statuses or [])
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(outer.statuses.pop(0) if outer.statuses else 204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def wait(self, count: int) -> list[tuple[dict[str, str], bytes]]:
-        deadline = time.monotonic() + 15
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return self.received
-
-
 def signed_by(secret: str, request: tuple[dict[str, str], bytes]) -> bool:
     headers, body = request
     expected = webhooks.signature(secret, headers["x-facecrm-timestamp"], body)
@@ -350,3 +324,21 @@ def test_webhook_secret_rotation_test_event_and_delivery_log(chain: Chain) -> No
     assert ma.put(f"/api/v1/stores/{a}/webhook", json={"url": ""}).json()["secret"] is None
     assert ma.get(f"/api/v1/stores/{a}/config").json()["webhook_url"] is None
     hook.server.shutdown()
+
+
+def test_the_store_agent_reports_its_version_and_queue_depth(
+    chain: Chain, pipeline: FacePipeline, tmp_path: Path
+) -> None:
+    """The real agent's requests carry the headers the devices page shows."""
+    with db.transaction(chain.crm.sessions) as session:
+        _, key = accounts.create_device(session, chain.ids["A"], "agent", principal=SYSTEM)
+    agent = Agent(AgentConfig(chain.url, key, (), tmp_path / "agent"), pipeline)
+    try:
+        for n in range(3):
+            agent.outbox.put(f"visit-{n:04d}", {"n": n})
+        agent.gallery.sync(agent._client)
+    finally:
+        agent._client.close()
+        agent.outbox.close()
+    (listed,) = chain.as_("ma").get("/api/v1/devices").json()
+    assert (listed["agent_version"], listed["queue_depth"]) == (__version__, 3)

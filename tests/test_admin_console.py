@@ -11,11 +11,9 @@ devices and staff. Every page is checked for CSP violations and script errors.
 from __future__ import annotations
 
 import hmac
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
@@ -30,8 +28,9 @@ from facecrm.crm.models import Device, StaffUser
 from facecrm.crm.service import FaceCRM
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
+from receiver import Receiver
 
-from server import free_port, serve
+from server import serve
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
@@ -42,28 +41,6 @@ RECORD_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) 
   seen.push(e.violatedDirective + " " + e.blockedURI);
   sessionStorage.setItem("csp", JSON.stringify(seen));
 });"""
-
-
-class Receiver:
-    """The store's webhook receiver, on this machine."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["content-length"]))
-                outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                self.send_response(204)
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @dataclass
@@ -350,10 +327,7 @@ def test_the_manager_edits_rules_and_the_webhook(checked: Checked, site: Site) -
     assert secret != first
     page.click("#send-test")
     expect(page.locator("#notice")).to_contain_text("Test event test:")
-    deadline = time.monotonic() + 15
-    while not site.hook.received and time.monotonic() < deadline:
-        time.sleep(0.05)
-    headers, body = site.hook.received[0]
+    headers, body = site.hook.wait(1)[0]
     expected = webhooks.signature(secret, headers["x-facecrm-timestamp"], body)
     assert hmac.compare_digest(headers["x-facecrm-signature"], expected)
     for _ in range(50):

@@ -4,10 +4,13 @@ The pages only translate: who may do what to whom is decided by `crm.accounts` a
 `alerts.storeconfig` (a manager's pages show and change the associates, devices and
 rules of their own stores only, because those functions refuse anything else).
 
-Every form is a plain POST with the console's CSRF token (no script: CSP-clean). Each
-change runs in its own transaction: a refused change (a `FacecrmError`) is rolled back
-and the page is shown again with the reason and the error's status, never a 500. A
-device key or a webhook secret is shown in the response that made it, once.
+Every form is a plain POST with the console's CSRF token (no script: CSP-clean). A
+change runs in the request's transaction (`SessionDep`). A refused change (a
+`FacecrmError`) shows the page again with the reason and the error's status, never a
+500; it has written nothing, because the crm operations check everything before they
+write (a refusal from a failed flush, which leaves the session unusable, is raised as a
+problem instead). A device key or a webhook secret is shown in the response that made
+it, once.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from fastapi.responses import HTMLResponse, Response
 from sqlalchemy.orm import Session
 
 from facecrm.alerts import rules, storeconfig, webhooks
-from facecrm.api.deps import CrmDep
+from facecrm.api.deps import CrmDep, SessionDep
 from facecrm.api.schemas import (
     DeviceOut,
     EffectiveConfigOut,
@@ -29,10 +32,9 @@ from facecrm.api.schemas import (
     StoreOut,
     WebhookDeliveryOut,
 )
-from facecrm.crm import accounts, db
+from facecrm.crm import accounts
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import Device
-from facecrm.crm.service import FaceCRM
 from facecrm.errors import FacecrmError
 from facecrm.web.console import Staff, _json, check_csrf, render
 
@@ -41,13 +43,13 @@ T = TypeVar("T")
 Outcome = dict[str, Any]  # what a change tells the page: notice, error, secret, key
 
 
-def _change(crm: FaceCRM, work: Callable[[Session], T]) -> tuple[T | None, str | None, int]:
-    """Run `work` in its own transaction: (result, None, 200), or (None, why, status)
-    when it was refused (and rolled back)."""
+def _change(session: Session, work: Callable[[Session], T]) -> tuple[T | None, str | None, int]:
+    """(result, None, 200), or (None, why, status) when the crm layer refused the change."""
     try:
-        with db.transaction(crm.sessions) as session:
-            return work(session), None, 200
+        return work(session), None, 200
     except FacecrmError as exc:
+        if not session.is_active:  # a failed flush: nothing more can be read or written
+            raise
         return None, str(exc.detail), exc.status
 
 
@@ -72,11 +74,10 @@ def _stores(session: Session, principal: Principal) -> list[dict[str, Any]]:
 
 
 def _stores_page(
-    request: Request, crm: FaceCRM, principal: Principal, status: int = 200, **outcome: Any
+    request: Request, session: Session, principal: Principal, status: int = 200, **outcome: Any
 ) -> Response:
     principal.require(Permission.STORES_READ)
-    with crm.sessions() as session:
-        stores = _stores(session, principal)
+    stores = _stores(session, principal)
     can_create = principal.can(Permission.STORES_WRITE)
     return _page(
         request,
@@ -90,14 +91,14 @@ def _stores_page(
 
 
 @router.get("/stores", response_class=HTMLResponse)
-def stores_page(request: Request, crm: CrmDep, principal: Staff) -> Response:
-    return _stores_page(request, crm, principal)
+def stores_page(request: Request, session: SessionDep, principal: Staff) -> Response:
+    return _stores_page(request, session, principal)
 
 
 @router.post("/stores")
 def create_store(
     request: Request,
-    crm: CrmDep,
+    session: SessionDep,
     principal: Staff,
     code: Annotated[str, Form(max_length=40)] = "",
     name: Annotated[str, Form(max_length=200)] = "",
@@ -105,24 +106,23 @@ def create_store(
 ) -> Response:
     check_csrf(request, csrf)
     made, error, status = _change(
-        crm, lambda s: accounts.create_store(s, code, name, principal).code
+        session, lambda s: accounts.create_store(s, code, name, principal).code
     )
     notice = f"Store {made} created." if made else None
-    return _stores_page(request, crm, principal, status, error=error, notice=notice)
+    return _stores_page(request, session, principal, status, error=error, notice=notice)
 
 
 # -- staff ----------------------------------------------------------------------------
 
 
 def _staff_page(
-    request: Request, crm: FaceCRM, principal: Principal, status: int = 200, **outcome: Any
+    request: Request, session: Session, principal: Principal, status: int = 200, **outcome: Any
 ) -> Response:
     if not principal.can(Permission.STAFF_WRITE):
         principal.require(Permission.STAFF_MANAGE)
     guard = request.app.state.login_guard
-    with crm.sessions() as session:
-        staff = [_json(StaffStatusOut, v) for v in accounts.staff_views(session, principal, guard)]
-        stores = _stores(session, principal)
+    staff = [_json(StaffStatusOut, v) for v in accounts.staff_views(session, principal, guard)]
+    stores = _stores(session, principal)
     roles = (
         ["associate"]
         if not principal.can(Permission.STAFF_WRITE)
@@ -148,12 +148,12 @@ def _staff_page(
 
 
 @router.get("/staff", response_class=HTMLResponse)
-def staff_page(request: Request, crm: CrmDep, principal: Staff) -> Response:
-    return _staff_page(request, crm, principal)
+def staff_page(request: Request, session: SessionDep, principal: Staff) -> Response:
+    return _staff_page(request, session, principal)
 
 
 @router.post("/staff")
-async def create_staff(request: Request, crm: CrmDep, principal: Staff) -> Response:
+async def create_staff(request: Request, session: SessionDep, principal: Staff) -> Response:
     """A new account; the store boxes are a list, so the form is read here."""
     form = await request.form(max_fields=200)
     check_csrf(request, _text(form.get("csrf"), 100))
@@ -171,10 +171,10 @@ async def create_staff(request: Request, crm: CrmDep, principal: Staff) -> Respo
         )
         return user.username
 
-    made, error, status = await run_in_threadpool(_change, crm, work)
+    made, error, status = await run_in_threadpool(_change, session, work)
     notice = f"Account {made} created." if made else None
     return await run_in_threadpool(
-        _staff_page, request, crm, principal, status, error=error, notice=notice
+        _staff_page, request, session, principal, status, error=error, notice=notice
     )
 
 
@@ -185,7 +185,7 @@ def _text(value: object, limit: int) -> str:
 
 @router.post("/staff/{staff_id}/{action}")
 async def staff_action(
-    request: Request, staff_id: str, action: str, crm: CrmDep, principal: Staff
+    request: Request, staff_id: str, action: str, session: SessionDep, principal: Staff
 ) -> Response:
     """disable, enable, password (a reset), unlock, or stores (the boxes ticked)."""
     form = await request.form(max_fields=200)
@@ -217,7 +217,7 @@ async def staff_action(
     }
     if action not in actions:
         return await run_in_threadpool(
-            _staff_page, request, crm, principal, 404, error="Unknown action."
+            _staff_page, request, session, principal, 404, error="Unknown action."
         )
     work, done = actions[action]
 
@@ -225,10 +225,10 @@ async def staff_action(
         work(session)
         return accounts.find_staff(session, staff_id).username
 
-    name, error, status = await run_in_threadpool(_change, crm, act)
+    name, error, status = await run_in_threadpool(_change, session, act)
     notice = f"{name} {done}." if name else None
     return await run_in_threadpool(
-        _staff_page, request, crm, principal, status, error=error, notice=notice
+        _staff_page, request, session, principal, status, error=error, notice=notice
     )
 
 
@@ -236,12 +236,11 @@ async def staff_action(
 
 
 def _devices_page(
-    request: Request, crm: FaceCRM, principal: Principal, status: int = 200, **outcome: Any
+    request: Request, session: Session, principal: Principal, status: int = 200, **outcome: Any
 ) -> Response:
     principal.require(Permission.DEVICES_MANAGE)
-    with crm.sessions() as session:
-        devices = [_json(DeviceOut, d) for d in accounts.device_views(session, principal)]
-        stores = _stores(session, principal)
+    devices = [_json(DeviceOut, d) for d in accounts.device_views(session, principal)]
+    stores = _stores(session, principal)
     codes = {s["id"]: s["code"] for s in stores}
     return _page(
         request,
@@ -260,14 +259,14 @@ def _named(device: Device, key: str) -> tuple[str, str]:
 
 
 @router.get("/devices", response_class=HTMLResponse)
-def devices_page(request: Request, crm: CrmDep, principal: Staff) -> Response:
-    return _devices_page(request, crm, principal)
+def devices_page(request: Request, session: SessionDep, principal: Staff) -> Response:
+    return _devices_page(request, session, principal)
 
 
 @router.post("/devices")
 def create_device(
     request: Request,
-    crm: CrmDep,
+    session: SessionDep,
     principal: Staff,
     store_id: Annotated[str, Form(max_length=32)] = "",
     kind: Annotated[str, Form(max_length=10)] = "",
@@ -276,12 +275,13 @@ def create_device(
 ) -> Response:
     check_csrf(request, csrf)
     made, error, status = _change(
-        crm, lambda s: _named(*accounts.create_device(s, store_id, kind, name, principal=principal))
+        session,
+        lambda s: _named(*accounts.create_device(s, store_id, kind, name, principal=principal)),
     )
     outcome: Outcome = {"error": error}
     if made:
         outcome.update(notice=f"Device {made[0]} created.", key=made[1], key_for=made[0])
-    return _devices_page(request, crm, principal, status, **outcome)
+    return _devices_page(request, session, principal, status, **outcome)
 
 
 @router.post("/devices/{device_id}/{action}")
@@ -289,7 +289,7 @@ def device_action(
     request: Request,
     device_id: str,
     action: str,
-    crm: CrmDep,
+    session: SessionDep,
     principal: Staff,
     csrf: Annotated[str, Form(max_length=100)] = "",
 ) -> Response:
@@ -298,19 +298,19 @@ def device_action(
     outcome: Outcome = {}
     if action == "rotate":
         made, error, status = _change(
-            crm, lambda s: _named(*accounts.rotate_device_key(s, principal, device_id))
+            session, lambda s: _named(*accounts.rotate_device_key(s, principal, device_id))
         )
         if made:
             outcome.update(notice=f"New key for {made[0]}.", key=made[1], key_for=made[0])
     elif action == "revoke":
         revoked, error, status = _change(
-            crm, lambda s: accounts.revoke_device(s, principal, device_id).name
+            session, lambda s: accounts.revoke_device(s, principal, device_id).name
         )
         if revoked:
             outcome.update(notice=f"{revoked} is revoked: its key no longer works.")
     else:
         error, status = "Unknown action.", 404
-    return _devices_page(request, crm, principal, status, error=error, **outcome)
+    return _devices_page(request, session, principal, status, error=error, **outcome)
 
 
 # -- a store's rules and webhook ------------------------------------------------------
@@ -330,19 +330,17 @@ def _field_kind(rule: str, key: str) -> tuple[str, list[str]]:
 
 def _store_page(
     request: Request,
-    crm: FaceCRM,
+    session: Session,
     principal: Principal,
     store_id: str,
     status: int = 200,
     **outcome: Any,
 ) -> Response:
-    with crm.sessions() as session:
-        config = _json(EffectiveConfigOut, storeconfig.effective(session, principal, store_id))
-        log = [
-            _json(WebhookDeliveryOut, d)
-            for d in storeconfig.deliveries(session, principal, store_id)
-        ]
-        store = _json(StoreOut, accounts.get_store(session, store_id))
+    config = _json(EffectiveConfigOut, storeconfig.effective(session, principal, store_id))
+    log = [
+        _json(WebhookDeliveryOut, d) for d in storeconfig.deliveries(session, principal, store_id)
+    ]
+    store = _json(StoreOut, accounts.get_store(session, store_id))
     for rule in config["rules"]:
         rule["fields"] = [
             {"key": key, "value": value, "kind": _field_kind(rule["name"], key)}
@@ -361,18 +359,19 @@ def _store_page(
 
 
 def _guarded(
-    request: Request, crm: FaceCRM, principal: Principal, store_id: str, **outcome: Any
+    request: Request, session: Session, principal: Principal, store_id: str, **outcome: Any
 ) -> Response:
     """The store page, or the stores page with the refusal (another store, no store)."""
     try:
-        return _store_page(request, crm, principal, store_id, outcome.pop("status", 200), **outcome)
+        status = outcome.pop("status", 200)
+        return _store_page(request, session, principal, store_id, status, **outcome)
     except FacecrmError as exc:
-        return _stores_page(request, crm, principal, exc.status, error=str(exc.detail))
+        return _stores_page(request, session, principal, exc.status, error=str(exc.detail))
 
 
 @router.get("/stores/{store_id}", response_class=HTMLResponse)
-def store_page(request: Request, store_id: str, crm: CrmDep, principal: Staff) -> Response:
-    return _guarded(request, crm, principal, store_id)
+def store_page(request: Request, store_id: str, session: SessionDep, principal: Staff) -> Response:
+    return _guarded(request, session, principal, store_id)
 
 
 def _rule_values(form: Any) -> dict[str, dict[str, object]]:
@@ -395,19 +394,21 @@ def _rule_values(form: Any) -> dict[str, dict[str, object]]:
 
 
 @router.post("/stores/{store_id}/rules")
-async def save_rules(request: Request, store_id: str, crm: CrmDep, principal: Staff) -> Response:
+async def save_rules(
+    request: Request, store_id: str, session: SessionDep, principal: Staff
+) -> Response:
     form = await request.form(max_fields=200)
     check_csrf(request, _text(form.get("csrf"), 100))
     values = _rule_values(form)
     done, error, status = await run_in_threadpool(
         _change,
-        crm,
+        session,
         lambda s: storeconfig.set_rules(s, principal, store_id, values, only_changes=True),
     )
     notice = "Rules saved." if done else None
     return await run_in_threadpool(
         lambda: _guarded(
-            request, crm, principal, store_id, status=status, error=error, notice=notice
+            request, session, principal, store_id, status=status, error=error, notice=notice
         )
     )
 
@@ -418,6 +419,7 @@ def webhook_action(
     store_id: str,
     action: str,
     crm: CrmDep,
+    session: SessionDep,
     principal: Staff,
     url: Annotated[str, Form(max_length=500)] = "",
     csrf: Annotated[str, Form(max_length=100)] = "",
@@ -428,23 +430,23 @@ def webhook_action(
     outcome: Outcome = {}
     if action == "url":
         secret, error, status = _change(
-            crm, lambda s: storeconfig.set_webhook(s, principal, store_id, url, policy)
+            session, lambda s: storeconfig.set_webhook(s, principal, store_id, url, policy)
         )
         if error is None:
             outcome["notice"] = "Webhook saved." if secret else "Webhook removed."
             outcome["secret"] = secret
     elif action == "secret":
         secret, error, status = _change(
-            crm, lambda s: storeconfig.rotate_secret(s, principal, store_id)
+            session, lambda s: storeconfig.rotate_secret(s, principal, store_id)
         )
         if secret:
             outcome.update(notice="New webhook secret.", secret=secret)
     elif action == "test":
         event, error, status = _change(
-            crm, lambda s: storeconfig.send_test(s, principal, store_id, crm.sessions, policy)
+            session, lambda s: storeconfig.send_test(s, principal, store_id, crm.sessions, policy)
         )
         if event:
             outcome["notice"] = f"Test event {event} sent; reload to see its delivery."
     else:
         error, status = "Unknown action.", 404
-    return _guarded(request, crm, principal, store_id, status=status, error=error, **outcome)
+    return _guarded(request, session, principal, store_id, status=status, error=error, **outcome)
