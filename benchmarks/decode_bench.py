@@ -168,6 +168,7 @@ def main() -> int:
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-decode-bench-"))
     if args.model_cache:
         (data_dir / "cache").mkdir(parents=True)
+        args.model_cache.mkdir(parents=True, exist_ok=True)  # a new cache: built on first use
         (data_dir / "cache" / "models").symlink_to(args.model_cache.resolve())
     env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
     env.pop("FACECRM_DATABASE_URL", None)

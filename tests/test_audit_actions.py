@@ -79,6 +79,7 @@ TABLE: dict[str, Row] = {
     "device_revoke": Row("POST /api/v1/devices/{id}/revoke", "staff:manager", None, "A"),
     "device_rotate": Row("POST /api/v1/devices/{id}/rotate", "staff:manager", None, "A"),
     "webhook_test": Row("POST /api/v1/stores/{id}/webhook/test", "staff:manager", None, "A"),
+    "readiness_confirm": Row("POST /api/v1/stores/{id}/readiness/{item}", "staff:admin", None, "A"),
     # customers, consents and faces
     "customer_create": Row("POST /api/v1/customers", STAFF, "rose"),
     "customer_update": Row("PATCH /api/v1/customers/{id}", STAFF, "rose"),
@@ -102,6 +103,8 @@ TABLE: dict[str, Row] = {
     ),
     "photo_view": Row("console GET /console/customers/{id}/photo", STAFF, "rose"),
     "erase": Row("DELETE /api/v1/customers/{id}", "staff:manager", "kit"),
+    "erasure_log_export": Row("cli facecrm erasures export", SYSTEM),
+    "erasure_replay": Row("cli facecrm erasures replay", SYSTEM),
     # recognition
     "identify": Row("POST /api/v1/identify", STAFF, "rose", "A"),
     "identify_summary": Row("POST /api/v1/identify", STAFF, None, "A"),
@@ -112,6 +115,8 @@ TABLE: dict[str, Row] = {
     # store activity and alerts
     "visit": Row("POST /api/v1/agent/events", "device:door-cam", "rose", "A"),
     "alert": Row("POST /api/v1/agent/events", "device:door-cam", "rose", "A"),
+    "camera_silent": Row("POST /api/v1/agent/heartbeat (silent)", "device:door-cam", None, "A"),
+    "camera_back": Row("POST /api/v1/agent/heartbeat (frames)", "device:door-cam", None, "A"),
     "alert_claim": Row("POST /api/v1/alerts/{id}/claim", STAFF, "rose", "A"),
     "alert_ack": Row("console POST /console/alerts/{id}/ack", STAFF, "rose", "A"),
     "shift_start": Row("POST /api/v1/shifts/{store_id}", STAFF, None, "A"),
@@ -126,6 +131,7 @@ TABLE: dict[str, Row] = {
     "keys_rotate": Row("service FaceCRM.rotate_keys", SYSTEM),
     "purge": Row("service retention.purge", SYSTEM),
     "forget_face": Row("service retention.purge", SYSTEM, "rose"),
+    "audit_checkpoint": Row("service retention.purge", SYSTEM),
 }
 
 
@@ -503,6 +509,8 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             ok(manager.post(f"/api/v1/devices/{ids['spare']}/rotate"), 200)
         with run.path("POST /api/v1/devices/{id}/revoke"):
             ok(manager.post(f"/api/v1/devices/{ids['spare']}/revoke"), 204)
+        with run.path("POST /api/v1/stores/{id}/readiness/{item}"):
+            ok(admin.post(f"/api/v1/stores/{ids['A']}/readiness/signage"), 200)
 
         # Rose: created, consented and enrolled step by step over the API
         with run.path("POST /api/v1/customers"):
@@ -604,6 +612,12 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             event = {"key": "visit-0001", "type": "visit", "customer_id": ids["rose"], "at": at}
             body = {"events": [{**event, "camera": "door", "similarity": 0.9}]}
             assert ok(agent.post("/api/v1/agent/events", json=body), 200)["outcomes"] == ["visit"]
+        for path, ago in (("silent", 10), ("frames", 0)):  # the store's window: 5 minutes
+            with run.path(f"POST /api/v1/agent/heartbeat ({path})"):
+                at = (datetime.now(UTC) - timedelta(minutes=ago)).isoformat()
+                body = {"cameras": [{"camera": "door", "last_frame_at": at}]}
+                (camera,) = ok(agent.post("/api/v1/agent/heartbeat", json=body), 200)
+                assert camera["silent"] is (path == "silent")
         with run.path("POST /api/v1/alerts/{id}/claim"):
             (alert,) = ok(associate.get("/api/v1/alerts"), 200)
             ids["alert"] = str(alert["id"])
@@ -620,6 +634,10 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             ok(associate.delete(f"{rose}/consents/marketing"), 204)
         with run.path("DELETE /api/v1/customers/{id}"):
             ok(manager.delete(f"/api/v1/customers/{ids['kit']}"), 204)
+        with run.path("cli facecrm erasures export"):
+            cli(settings, "erasures", "export")
+        with run.path("cli facecrm erasures replay"):
+            cli(settings, "erasures", "replay")
         with run.path("console POST /console/logout"):
             ok(console.post("/console/logout", data={"csrf": csrf()}), 303)
 

@@ -108,8 +108,9 @@ def test_unknown_customer_id_is_refused(tmp_path: Path) -> None:
         ["customers", "show", "--bogus", "x"],
         ["customers", "show"],
         ["eval", ".", "--format", "xml"],
+        ["eval", ".", "--scores", "scores.csv"],
     ],
-    ids=["unknown-option", "missing-argument", "bad-option-value"],
+    ids=["unknown-option", "missing-argument", "bad-option-value", "option-needs-another"],
 )
 def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
     result = facecrm(tmp_path, *args)

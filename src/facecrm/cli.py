@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -24,7 +23,7 @@ from facecrm.config import API_PREFIX, Settings, configure, get_settings
 from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.errors import FacecrmError
 from facecrm.extras import missing_extra
-from facecrm.logs import configure_logging
+from facecrm.logs import configure_logging, mask_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,8 +39,9 @@ err = Console(stderr=True)
 
 
 def _error_line(message: str) -> None:
-    """One `error: ...` line on stderr (not wrapped, no markup read from the message)."""
-    err.print(Text.assemble(("error: ", "bold red"), message), soft_wrap=True)
+    """One `error: ...` line on stderr (not wrapped, no markup read from the message; a
+    URL's password masked: a camera's or a database's URL may be quoted)."""
+    err.print(Text.assemble(("error: ", "bold red"), mask_secrets(message)), soft_wrap=True)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -55,7 +55,7 @@ class _Commands(TyperGroup):
     same translation holds for `facecrm ...`, `python -m facecrm` and Typer's CliRunner.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's own (vendored) click Context
         try:
             return super().invoke(ctx)
         except FacecrmError as exc:
@@ -110,6 +110,10 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+erasures_app = typer.Typer(
+    help="The erasure log, re-applied after a restore.", no_args_is_help=True
+)
+app.add_typer(erasures_app, name="erasures")
 
 
 @app.callback()
@@ -250,9 +254,8 @@ def identify(
         console.print("No face found.")
         return
     table = Table("face", "box (x, y, w, h)", "customer", "similarity")
-    for n, (row, r) in enumerate(zip(rows, results, strict=True), 1):
-        b = row["box"]
-        box = f"{b['x']}, {b['y']}, {b['width']}, {b['height']}"
+    for n, r in enumerate(results, 1):
+        box = ", ".join(str(v) for v in r.face.box.as_dict().values())  # x, y, width, height
         if r.match:
             table.add_row(
                 str(n),
@@ -400,7 +403,14 @@ def customers_delete(
 def eval_(
     directory: Annotated[Path, typer.Argument(help="One folder per identity (LFW layout).")],
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
-    plot: Annotated[Path | None, typer.Option(help="Draw the ROC curve into this PNG.")] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Draw the ROC (log FAR, operating point, impostor pairs per decade) and the "
+            "score histograms into this PNG; no ROC with fewer than 1/FACECRM_TARGET_FMR "
+            "impostor pairs."
+        ),
+    ] = None,
     pairs: Annotated[
         Path | None, typer.Option(help="Score only these pairs (file_x,file_y).")
     ] = None,
@@ -427,7 +437,7 @@ def eval_(
     if fmt not in {"text", "json"}:
         raise typer.BadParameter("must be text or json", param_hint="--format")
     if scores is not None and pairs is None:
-        raise click.UsageError("--scores needs --pairs")
+        raise typer.BadParameter("needs --pairs", param_hint="--scores")
     settings: Settings = get_settings()
     model_id = build_embedder(settings).model_id
     workers = workers or runner.default_workers()
@@ -487,12 +497,15 @@ def eval_(
         if scores is not None:
             runner.write_scores(scores, listed, threshold)
     if plot is not None:
-        report_mod.plot_roc(
+        too_few = report_mod.plot_roc(
             embedded,
             plot,
             report,
             cascade_eval.plot_values(embedded, second, cascade_cal, settings.target_fmr),
+            target_far=settings.target_fmr,
         )
+        if too_few is not None:  # on stderr: stdout may be the JSON report
+            err.print(too_few, markup=False, soft_wrap=True)
     if fmt == "json":
         print(json.dumps(report, indent=2))
     else:
@@ -719,15 +732,33 @@ def agent(
         bool, typer.Option(help="Stop when every video file is processed and delivered.")
     ] = False,
     metrics_port: Annotated[int | None, typer.Option(help="Serve /metrics on this port.")] = None,
+    summary_seconds: Annotated[
+        float | None,
+        typer.Option(min=1, help="Status line interval (FACECRM_AGENT_SUMMARY_SECONDS, 60)."),
+    ] = None,
+    heartbeat_seconds: Annotated[
+        float | None,
+        typer.Option(min=1, help="Camera health interval (FACECRM_AGENT_HEARTBEAT_SECONDS, 30)."),
+    ] = None,
 ) -> None:
-    """Run the store agent next to the cameras."""
+    """Run the store agent next to the cameras.
+
+    With --exit-when-done a camera that gives no first frame (a missing or unreadable
+    file, a bad device index) stops it at once with one `error:` line (exit 1).
+    """
     import httpx
 
-    from facecrm.agent.runner import Agent, AgentConfig
+    from facecrm.agent.runner import Agent, AgentConfig, check_camera
+    from facecrm.logs import mask_native_stderr
     from facecrm.vision.pipeline import build_pipeline
 
+    if sys.stderr is sys.__stderr__:  # not under a test runner that captures it
+        mask_native_stderr()  # OpenCV and ffmpeg print camera URLs from C
     configure_logging()
     settings = get_settings()
+    if exit_when_done:  # before the server and the models: a typo fails in a second
+        for source in camera:
+            check_camera(source)
     try:
         me = httpx.get(f"{server}{API_PREFIX}/me", headers={"X-API-Key": api_key}, timeout=10)
         if me.status_code == 401:
@@ -744,6 +775,8 @@ def agent(
         realtime=realtime,
         exit_when_done=exit_when_done,
         metrics_port=metrics_port,
+        summary_seconds=summary_seconds or settings.agent_summary_seconds,
+        heartbeat_seconds=heartbeat_seconds or settings.agent_heartbeat_seconds,
     )
     Agent(config, build_pipeline(settings)).run()
 
@@ -817,8 +850,44 @@ def purge() -> None:
     report = run_purge(_crm(), SYSTEM)
     console.print(
         f"Purged {report.visits} visit(s); forgot the faces of {report.unseen_customers} "
-        f"customer(s) not seen for long; {report.expired_consents} consent(s) expired."
+        f"customer(s) not seen for long; {report.expired_consents} consent(s) expired; "
+        f"{report.alerts} alert(s), {report.audit_events} audit event(s) and "
+        f"{report.erasure_entries} erasure-log entries past retention."
     )
+
+
+@erasures_app.command("replay")
+def erasures_replay(
+    log_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--from",
+            exists=True,
+            dir_okay=False,
+            help="Also an erasure log exported with `facecrm erasures export` (repeatable).",
+        ),
+    ] = None,
+) -> None:
+    """After restoring a backup: erase again every logged customer it brought back."""
+    from facecrm.crm import erasures
+    from facecrm.crm.authz import SYSTEM
+
+    report = erasures.replay(_crm(), SYSTEM, log_files or ())
+    console.print(
+        f"Erasure log: {report.logged} entries ({report.restored} written back); "
+        f"erased {report.erased} customer(s) again."
+    )
+
+
+@erasures_app.command("export")
+def erasures_export() -> None:
+    """Print the erasure log as JSON lines (opaque references and times only), to keep
+    apart from the database backups for as long as the oldest of them."""
+    from facecrm.crm import erasures
+    from facecrm.crm.authz import SYSTEM
+
+    for line in _runtime().run(erasures.export, SYSTEM):
+        print(json.dumps(line, sort_keys=True))
 
 
 @app.command()

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # Store webhooks go to public https hosts only; an admin may allow known internal ones
     webhook_allow_hosts: list[str] = []  # host names or addresses exempt from the address check
     webhook_allow_http: bool = False
+    # Store agents: a status line in the agent's log, and a heartbeat with each camera's
+    # last frame time; the server looks for silent cameras this often (and on each heartbeat)
+    agent_summary_seconds: float = Field(60.0, gt=0)
+    agent_heartbeat_seconds: float = Field(30.0, gt=0)
+    camera_check_seconds: float = Field(30.0, gt=0)
 
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
     retain_visits_days: int = Field(365, ge=0)
@@ -101,6 +106,19 @@ class Settings(BaseSettings):
     retain_templates_unseen_months: int = Field(24, ge=0)
     reconfirm_consent_months: int = Field(36, ge=0)  # consents expire unless given again
     purge_interval_minutes: int = Field(60, gt=0)
+    # alerts (with who claimed them and the time to greet: staff data) older than this go
+    retain_alerts_days: int = Field(90, ge=0)
+    # audit events older than this are pruned, the chain anchored by a sealed checkpoint
+    # (docs/privacy.md: long enough for a complaint or a yearly audit, no longer)
+    retain_audit_days: int = Field(365, ge=0)
+    # how long the operator keeps database backups; erasure-log entries older than this
+    # are pruned (no backup can still hold the erased rows)
+    backup_retention_days: int = Field(35, ge=0)
+    # a copy of the erasure log kept OUTSIDE the database, read by `facecrm erasures replay`
+    # after a restore (default: data_dir/erasure-log.jsonl; never restore it with a backup)
+    erasure_log_file: Path | None = None
+    # identification and agent galleries only in stores whose setup an admin confirmed
+    require_store_readiness: bool = False
 
     # Bad input limits
     max_upload_bytes: int = Field(15 * 1024 * 1024, gt=0)
@@ -145,6 +163,11 @@ class Settings(BaseSettings):
     def cache_dir(self) -> Path:
         """Where derived, rebuildable files (converted models, index files) live."""
         return self.data_dir / "cache"
+
+    @property
+    def resolved_erasure_log_file(self) -> Path:
+        """The erasure log's copy outside the database (see `crm.erasures`)."""
+        return self.erasure_log_file or self.data_dir / "erasure-log.jsonl"
 
 
 _settings: Settings | None = None

@@ -6,19 +6,46 @@ Exceptions are logged as their type and stack frames, never their message:
 messages can carry what the request carried (a database error quotes its bound
 parameters, an upload's file name, a customer's e-mail). The access log keeps
 the path and drops the query string, where searches put names and e-mails.
+
+Camera URLs carry passwords (`rtsp://user:password@host/...`, `?password=...`). They are
+masked where they are written (`mask_secrets` at the source), again by a filter on every
+handler (`MaskSecrets`, for what a library logs), and, in the agent, in what native code
+(OpenCV, ffmpeg) writes to file descriptor 2 (`mask_native_stderr`).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import logging
+import os
+import re
 import sys
+import threading
 import traceback
 from datetime import UTC, datetime
 from types import TracebackType
 
 MAX_FRAMES = 30
 ACCESS_LOGGER = "uvicorn.access"
+
+# scheme://user:password@ -- the password is everything up to the last "@" of the authority
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@?#'\"]*):[^\s/?#'\"]*@")
+# ?password=...&token=... -- query or matrix parameters that hold a credential
+_QUERY_SECRET = re.compile(
+    r"(?i)([?&;](?:[a-z0-9_.-]*(?:pass|pwd|secret|token|key|auth|sig|credential)[a-z0-9_.-]*)=)"
+    r"[^&;#\s'\"]*"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with URL passwords and credential query parameters replaced by `***`.
+
+    `rtsp://admin:hunter2@10.0.0.7/s?password=x&ch=1` -> `rtsp://admin:***@10.0.0.7/s?password=***&ch=1`.
+    Idempotent, so masking at the source and again in a handler is harmless.
+    """
+    return _QUERY_SECRET.sub(r"\1***", _URL_PASSWORD.sub(r"\1:***@", text))
 
 
 def _frames(tb: TracebackType | None) -> list[str]:
@@ -68,6 +95,60 @@ class DropQueryString(logging.Filter):
         return True
 
 
+class MaskSecrets(logging.Filter):
+    """Mask camera passwords in every record a handler emits (see `mask_secrets`).
+
+    On the handler, not a logger: a logger's filters do not see records propagated from
+    its children, so a library's logger (or a forgotten `log.warning("%s", url)`) would
+    slip past. The message is rendered once, masked, and its arguments dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+_native_stderr: threading.Thread | None = None
+
+
+def mask_native_stderr() -> None:
+    """Route file descriptor 2 through a pipe whose lines are masked before they reach the
+    real stderr: OpenCV and ffmpeg print from C (e.g. ffmpeg names the file or URL it could
+    not open), past Python's logging. Installed once, by the agent; undone at exit, after
+    the last line (an `error:` line printed while exiting) has been written.
+    """
+    global _native_stderr
+    if _native_stderr is not None:
+        return
+    try:
+        real = os.dup(2)
+    except OSError:  # no fd 2 (a detached process): nothing to mask
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for line in pipe:
+                text = mask_secrets(line.decode("utf-8", "replace"))
+                os.write(real, text.encode("utf-8"))
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        os.dup2(real, 2)  # the pipe's last writer is gone: the pump reads to the end
+        thread.join(timeout=5)
+
+    thread = threading.Thread(target=pump, daemon=True, name="stderr-mask")
+    thread.start()
+    _native_stderr = thread
+    atexit.register(restore)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """Send every log (facecrm, uvicorn, libraries, warnings) to stderr as JSON lines.
 
@@ -76,6 +157,7 @@ def configure_logging(level: int = logging.INFO) -> None:
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(MaskSecrets())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries: warnings and errors only

@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from facecrm import __version__
+from facecrm.alerts.cameras import CameraHealthService, start_checker
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems, router
 from facecrm.api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
@@ -24,7 +25,7 @@ from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter
 from facecrm.metrics import Registry
 from facecrm.web import admin as admin_pages
-from facecrm.web import console
+from facecrm.web import console, readiness
 
 
 def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
@@ -36,6 +37,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
         retention.start_scheduler(crm, stop)  # hourly purge while the server runs
+        start_checker(app.state.cameras, stop)  # silent cameras (idempotent across processes)
         yield
         stop.set()
 
@@ -53,6 +55,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.state.crm = crm
     app.state.metrics = Registry()
     app.state.alerts = AlertService(crm, metrics=app.state.metrics)
+    app.state.cameras = CameraHealthService(crm, app.state.alerts.bus, app.state.metrics)
     app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
     app.state.login_guard = LoginGuard.from_settings(settings)
     problems.install(app)
@@ -60,6 +63,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
 
     app.include_router(console.router)
     app.include_router(admin_pages.router)
+    app.include_router(readiness.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)

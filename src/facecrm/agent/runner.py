@@ -6,6 +6,11 @@ an opted-in customer only increments a counter; its chips are dropped and
 nothing about it is written, logged or sent. No frame or crop leaves the
 agent. Known customers become visit events with an idempotency key, written
 to a durable outbox and delivered in order when the server is reachable.
+
+Operations: one start-up line and a periodic status line (counts only), a heartbeat
+with each camera's last frame time (the server alerts the store's managers when a
+camera falls silent), and camera names masked wherever they go (logs, errors, metrics,
+events): a camera URL carries its password.
 """
 
 from __future__ import annotations
@@ -26,12 +31,78 @@ from facecrm import __version__
 from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
 from facecrm.config import API_PREFIX
+from facecrm.errors import FacecrmError
 from facecrm.gallery.gallery import Gallery
+from facecrm.logs import mask_secrets
 from facecrm.metrics import Registry
 from facecrm.vision.embed import normalize
 from facecrm.vision.pipeline import FacePipeline
 
 log = logging.getLogger("facecrm.agent")
+status_log = logging.getLogger("facecrm.agent.status")  # counts only: see `status_line`
+CAMERA_NAME_MAX = 100  # what the server stores of a camera's (masked) name
+
+
+class CameraError(FacecrmError):
+    """A camera that cannot work, found before the run starts (`--exit-when-done`).
+
+    A run meant to end (a video file, a test, a batch) must not retry a typo forever.
+    The message names the camera masked (`camera_name`): it may be a URL with a password.
+    """
+
+    status = 422
+    reason = "camera_unavailable"
+
+
+def camera_name(source: str) -> str:
+    """How a camera is named everywhere outside `cv2.VideoCapture`: masked and bounded."""
+    return mask_secrets(source)[:CAMERA_NAME_MAX]
+
+
+def camera_names(sources: tuple[str, ...]) -> dict[str, str]:
+    """Each source's masked name; two that mask alike (same URL, other password) get `#2`."""
+    names: dict[str, str] = {}
+    for source in sources:
+        name = camera_name(source)
+        n = 1
+        while name in names.values():
+            n += 1
+            suffix = f" #{n}"
+            name = camera_name(source)[: CAMERA_NAME_MAX - len(suffix)] + suffix
+        names[source] = name
+    return names
+
+
+def _open(source: str) -> cv2.VideoCapture:
+    """Open a camera; OpenCV's own exception text may quote the source, so it is dropped."""
+    try:
+        return cv2.VideoCapture(int(source) if source.isdigit() else source)
+    except cv2.error:
+        raise CameraError(f"camera {camera_name(source)}: OpenCV refused it") from None
+
+
+def check_camera(source: str) -> None:
+    """Raise `CameraError` with a one-line reason unless `source` gives a first frame."""
+    name = camera_name(source)
+    if source.isdigit():
+        where = f"no camera at device index {source}"
+    elif "://" in source:
+        where = "the stream cannot be opened"
+    elif not Path(source).exists():
+        raise CameraError(f"camera {name}: no such file")
+    elif not Path(source).is_file():
+        raise CameraError(f"camera {name}: not a file")
+    else:
+        where = "the file cannot be read as video"
+    capture = _open(source)
+    try:
+        ok = capture.isOpened() and capture.read()[0]
+    except cv2.error:
+        ok = False
+    finally:
+        capture.release()
+    if not ok:
+        raise CameraError(f"camera {name}: {where}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +117,8 @@ class AgentConfig:
     sync_seconds: float = 2.0
     exit_when_done: bool = False  # for video files: stop once every file is processed
     metrics_port: int | None = None
+    summary_seconds: float = 60.0  # the periodic status line
+    heartbeat_seconds: float = 30.0  # cameras' last frame times to the server
 
 
 class LocalGallery:
@@ -80,6 +153,11 @@ class LocalGallery:
             self.model_id, self.etag = body["model_id"], response.headers.get("ETag")
         return True
 
+    def size(self) -> tuple[int, int]:
+        """(templates, customers) held."""
+        with self._lock:
+            return len(self._gallery), self._gallery.customers()
+
     def decide(self, template: np.ndarray) -> tuple[str, float] | None:
         with self._lock:
             (decision,) = self._gallery.identify(template[None, :], self.threshold)
@@ -97,6 +175,10 @@ class Agent:
         self.metrics = Registry()
         self.stop = threading.Event()
         self._wake = threading.Event()
+        # each camera's masked name, and the time of its last frame (None: none yet)
+        self.names = camera_names(config.cameras)
+        self.last_frame: dict[str, float | None] = dict.fromkeys(self.names.values())
+        self._status_at = (time.time(), 0.0)  # (when, frames) of the previous status line
         self._client = httpx.Client(
             base_url=config.server,
             timeout=10,
@@ -152,13 +234,17 @@ class Agent:
     # -- cameras -------------------------------------------------------------------
 
     def run_camera(self, source: str) -> None:
-        tracker = Tracker(source, keep=self.config.keep_frames)
+        name = self.names.get(source) or camera_name(source)
+        tracker = Tracker(name, keep=self.config.keep_frames)
         is_file = Path(source).is_file()
         delay = 1.0
         while not self.stop.is_set():
-            capture = cv2.VideoCapture(int(source) if source.isdigit() else source)
+            try:
+                capture = _open(source)
+            except CameraError:
+                capture = cv2.VideoCapture()  # not opened: retried below
             if not capture.isOpened():
-                log.warning("camera %s: cannot open; retrying in %.0f s", source, delay)
+                log.warning("camera %s: cannot open; retrying in %.0f s", name, delay)
                 self.stop.wait(delay)
                 delay = min(delay * 2, 30)
                 continue
@@ -166,12 +252,16 @@ class Agent:
             fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
             started, index = time.time(), 0
             while not self.stop.is_set():
-                ok, frame = capture.read()
+                try:
+                    ok, frame = capture.read()
+                except cv2.error:  # its text may quote the source: only the fact is logged
+                    log.warning("camera %s: OpenCV failed to read a frame", name)
+                    ok = False
                 if not ok:
                     break
                 at = started + index / fps if is_file else time.time()
                 index += 1
-                self.process(tracker, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), at, source)
+                self.process(tracker, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB), at, name)
                 if is_file and self.config.realtime:
                     wait = started + index / fps - time.time()
                     if wait > 0:
@@ -181,9 +271,11 @@ class Agent:
                 self.decide(track)
             if is_file:
                 return
-            log.warning("camera %s: stream ended; reconnecting", source)
+            log.warning("camera %s: stream ended; reconnecting", name)
 
     def process(self, tracker: Tracker, frame: np.ndarray, at: float, camera: str) -> None:
+        """One frame of `camera` (its masked name) seen at `at`."""
+        self.last_frame[camera] = time.time()  # health: when frames last arrived, not `at`
         faces = self.pipeline.faces(frame, embed=False)
         self.metrics.inc("facecrm_agent_frames_total", camera=camera, help="frames processed")
         self.metrics.inc(
@@ -237,16 +329,26 @@ class Agent:
                 self.stop.wait(delay)
 
     def run(self) -> None:
-        """Run every camera until stopped (or, with exit_when_done, until files end)."""
+        """Run every camera until stopped (or, with exit_when_done, until files end).
+
+        With exit_when_done, a camera that cannot give a first frame (a missing or
+        unreadable file, a bad device index, a dead stream) stops the run before it starts
+        (`CameraError`); without it the agent keeps retrying, as a store box should.
+        """
+        if self.config.exit_when_done:
+            for source in self.config.cameras:
+                check_camera(source)
         try:
             self.gallery.sync(self._client)
         except httpx.HTTPError as exc:
             log.warning("first gallery sync failed (%s); will retry", type(exc).__name__)
+        status_log.info(self.startup_line())
         workers = [
             threading.Thread(
                 target=self._loop, args=("sync", self.config.sync_seconds), daemon=True
             ),
             threading.Thread(target=self._loop, args=("deliver", 0.5), daemon=True),
+            threading.Thread(target=self._report_loop, daemon=True),
         ]
         if self.config.metrics_port:
             workers.append(threading.Thread(target=self._serve_metrics, daemon=True))
@@ -267,6 +369,87 @@ class Agent:
                 self.stop.wait()
         finally:
             self.stop.set()
+            status_log.info(self.status_line())
+            self.heartbeat()
+
+    # -- operations ----------------------------------------------------------------
+
+    def _me(self) -> dict[str, object]:
+        try:
+            response = self._client.get(f"{API_PREFIX}/me")
+            response.raise_for_status()
+            body = response.json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
+
+    def startup_line(self) -> str:
+        """Cameras (masked), store, gallery size and model: what an operator checks first."""
+        me = self._me()
+        stores = me.get("stores")
+        store = ",".join(map(str, stores)) if isinstance(stores, list) and stores else "unknown"
+        templates, customers = self.gallery.size()
+        return (
+            f"agent {__version__} started: store {store}, device {me.get('name') or 'unknown'},"
+            f" {len(self.names)} camera(s) [{', '.join(self.names.values())}],"
+            f" gallery {templates} template(s) of {customers} customer(s)"
+            f" ({'synced' if self.gallery.etag else 'not synced yet'}),"
+            f" model {self.pipeline.model_id}, server {mask_secrets(self.config.server)}"
+        )
+
+    def status_line(self) -> str:
+        """Frames (and rate since the last line), tracks known/unknown, queue, camera ages."""
+        now = time.time()
+        frames = sum(
+            self.metrics.counter("facecrm_agent_frames_total", camera=c) for c in self.last_frame
+        )
+        then, before = self._status_at
+        self._status_at = (now, frames)
+        rate = (frames - before) / (now - then) if now > then else 0.0
+        ages = ", ".join(
+            f"{c} {'no frame yet' if at is None else f'{now - at:.0f} s ago'}"
+            for c, at in self.last_frame.items()
+        )
+        return (
+            f"agent status: {frames:.0f} frames ({rate:.1f}/s),"
+            f" tracks known {self.metrics.counter('facecrm_agent_known_tracks_total'):.0f}"
+            f" unknown {self.metrics.counter('facecrm_agent_unknown_tracks_total'):.0f},"
+            f" queue {self.outbox.depth()} (oldest {self.outbox.oldest_age():.0f} s),"
+            f" last frame: {ages or 'no cameras'}"
+        )
+
+    def heartbeat(self) -> bool:
+        """Tell the server each camera's last frame time (it alerts on silent cameras)."""
+        cameras = [
+            {
+                "camera": c,
+                "last_frame_at": None
+                if at is None
+                else time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(at)),
+            }
+            for c, at in self.last_frame.items()
+        ]
+        body = {"version": __version__, "queue_depth": self.outbox.depth(), "cameras": cameras}
+        try:
+            self._client.post(f"{API_PREFIX}/agent/heartbeat", json=body).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("heartbeat: server unreachable (%s)", type(exc).__name__)
+            return False
+        return True
+
+    def _report_loop(self) -> None:
+        """The status line every summary_seconds and a heartbeat every heartbeat_seconds."""
+        next_status = time.monotonic() + self.config.summary_seconds
+        next_beat = time.monotonic()
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now >= next_beat:
+                self.heartbeat()
+                next_beat = now + self.config.heartbeat_seconds
+            if now >= next_status:
+                status_log.info(self.status_line())
+                next_status = now + self.config.summary_seconds
+            self.stop.wait(max(0.05, min(next_beat, next_status) - time.monotonic()))
 
     def _serve_metrics(self) -> None:
         agent = self

@@ -38,6 +38,13 @@ class LongAbsence(Rule):
     days: Annotated[int, Field(strict=True, ge=1, le=3650)] = 90
 
 
+class CameraSilent(Rule):
+    """Alert the store's managers when a camera gave no frame for `minutes` (not a visit
+    rule: `alerts.cameras` applies it)."""
+
+    minutes: Annotated[float, Field(strict=True, gt=0, le=24 * 60)] = 5.0
+
+
 class RuleSettings(BaseModel):
     """A store's rule overrides; a rule or key left out keeps its default."""
 
@@ -48,6 +55,7 @@ class RuleSettings(BaseModel):
     unresolved_feedback: Rule = Rule()
     long_absence: LongAbsence = LongAbsence()
     preferred_advisor: Rule = Rule()
+    camera_silent: CameraSilent = CameraSilent()
 
 
 DEFAULT_RULES: dict[str, dict[str, object]] = RuleSettings().model_dump(mode="json")
@@ -150,6 +158,10 @@ DESCRIPTIONS: dict[str, str] = {
     "long_absence": "A customer comes back after at least `days` days away from this store.",
     "preferred_advisor": (
         "The customer's preferred advisor is on shift in this store: the alert is assigned to them."
+    ),
+    "camera_silent": (
+        "A camera of the store's agent has given no frame for `minutes`: the store's "
+        "managers are alerted (once per silence)."
     ),
 }
 """What each rule of `RuleSettings` does, in the words the console and the API show

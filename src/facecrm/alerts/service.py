@@ -163,7 +163,7 @@ class AlertService:
     def _ingest_one(
         self,
         device: Principal,
-        store_id: str | None,
+        store_id: str,
         event: VisitEvent,
         published: list[tuple[str, dict[str, object]]],
     ) -> str:

@@ -11,6 +11,7 @@ from facecrm.api.routes import (
     audit,
     auth,
     customers,
+    readiness,
     recognition,
     stores,
 )
@@ -24,6 +25,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     activity.router,
     agent.router,
     audit.router,
+    readiness.router,
     stores.router,
 )
 

@@ -647,3 +647,53 @@ class EventStreamResponse(StreamingResponse):
     """Server-sent events."""
 
     media_type = "text/event-stream"
+
+
+class CameraOut(Out):
+    """A store agent's camera: its masked name, last frame time, and open silence alert."""
+
+    device_id: str
+    camera: str
+    store_id: str
+    reported_at: Timestamp
+    last_frame_at: Timestamp | None
+    silent: bool
+    silent_since: Timestamp | None
+
+
+class CameraAlertOut(Out):
+    """A `camera_silent` alert: raised once per silence, cleared when frames return."""
+
+    id: int
+    store_id: str
+    device_id: str
+    camera: str
+    kind: str
+    last_frame_at: Timestamp | None
+    raised_at: Timestamp
+    cleared_at: Timestamp | None
+
+
+class ReadinessItemOut(BaseModel):
+    """One set-up item of a store (`crm.readiness`): what is in force, what was confirmed."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    item: Literal["signage", "consent_text", "retention"]
+    label: str
+    expected: str
+    confirmed: bool
+    confirmed_value: str | None
+    confirmed_by: str | None
+    confirmed_at: datetime | None
+
+
+class ReadinessOut(BaseModel):
+    """Whether a store is ready for recognition; `enforced`: recognition is off until it is."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    store_id: str
+    ready: bool
+    enforced: bool
+    items: list[ReadinessItemOut]

@@ -19,6 +19,11 @@ commit time, and their hashes, and are inserted. So:
   gaps ambiguous): every gap is a deletion;
 * chain order is id order and `at` never decreases along it.
 
+Retention (`prune`, run by `crm.retention.purge`) deletes a prefix of the chain and
+records, in the same transaction, a sealed `audit_checkpoint` event naming the last
+pruned id and its hash: `verify` starts from the newest checkpoint, so the kept events
+still verify, and deleting more of the start than a checkpoint names is reported.
+
 The newest sealed event is also kept beside the database (`audit-head.json`).
 `verify` uses it to show deletions at the end; the sealer uses it too: if the
 anchored event is gone or changed, new events chain from the anchored hash, so
@@ -44,6 +49,7 @@ from facecrm import private
 from facecrm.crm.models import AuditEvent
 
 GENESIS = "0" * 64
+CHECKPOINT = "audit_checkpoint"  # the action of the event that anchors a pruned chain
 PENDING = "audit_pending"  # session.info: events recorded, not yet sealed
 SEALER = "audit_sealer"  # session.info: this session's factory seals at commit
 QUERY_KEY = "audit_query_key"  # session.info: the key of `audit.fingerprint`
@@ -255,8 +261,16 @@ def verify(sessions: sessionmaker[Session], key: bytes, head: Path | None = None
     anchor = _read_head(head)
     anchor_seen = False
     with sessions() as session:
+        checkpoint = newest_checkpoint(session)
+        if checkpoint is not None:  # the chain was pruned up to here (its event is checked)
+            prev_id, prev_hash = checkpoint
         for event in _all_events(session):
             report.checked += 1
+            if checkpoint is not None and event.id <= checkpoint[0]:
+                report.problems.append(
+                    f"event {event.id}: older than the audit checkpoint that pruned it"
+                )
+                continue
             if event.id != prev_id + 1:
                 missing = (
                     f"{prev_id + 1}"
@@ -300,6 +314,39 @@ def verify(sessions: sessionmaker[Session], key: bytes, head: Path | None = None
             "events were deleted from the end or the table was rewritten"
         )
     return report
+
+
+def newest_checkpoint(session: Session) -> tuple[int, str] | None:
+    """(last pruned id, its hash) of the newest checkpoint event, if the chain was pruned.
+
+    Taken on trust here; the checkpoint is itself a sealed event of the kept chain, so
+    `verify` reports it if it was forged or altered.
+    """
+    stmt = select(AuditEvent).where(AuditEvent.action == CHECKPOINT)
+    best: tuple[int, str] | None = None
+    for event in stored_events(session, stmt):
+        detail = event.detail if isinstance(event.detail, dict) else {}
+        through, sealed = detail.get("through"), detail.get("hash")
+        if not isinstance(through, int) or not isinstance(sealed, str):
+            continue
+        if best is None or through > best[0]:
+            best = (through, sealed)
+    return best
+
+
+def prunable(session: Session, cutoff: datetime) -> tuple[int, str] | None:
+    """(id, hash) of the last event of the prefix older than `cutoff`, if any.
+
+    The newest event is always kept: the next one chains from it, and ids must not
+    start again at 1.
+    """
+    newest = session.scalar(select(func.max(AuditEvent.id)))
+    through = session.scalar(select(func.max(AuditEvent.id)).where(AuditEvent.at < cutoff))
+    if newest is None or through is None:
+        return None
+    through = min(through, newest - 1)
+    sealed = session.scalar(select(AuditEvent.hash).where(AuditEvent.id == through))
+    return None if sealed is None else (through, sealed)
 
 
 def _all_events(session: Session, batch: int = 1000) -> Iterator[StoredEvent]:

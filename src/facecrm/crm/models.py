@@ -436,6 +436,76 @@ class CustomerKey(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class CameraHealth(Base):
+    """When a store agent's camera last gave a frame, as the agent's heartbeat reports it.
+
+    `camera` is the agent's masked name for it (a URL's password never reaches the server).
+    `silent_alert_id` is set while a `camera_silent` alert is open: the conditional update
+    that sets it is what makes the alert raised once however many server processes look.
+    """
+
+    __tablename__ = "camera_health"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    camera: Mapped[str] = mapped_column(String(100), primary_key=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    first_reported_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reported_at: Mapped[datetime] = mapped_column(default=utcnow)  # the last heartbeat
+    last_frame_at: Mapped[datetime | None] = mapped_column(default=None)
+    silent_alert_id: Mapped[int | None] = mapped_column(
+        ForeignKey("camera_alerts.id", ondelete="SET NULL"), default=None
+    )
+
+
+class CameraAlert(Base):
+    """A `camera_silent` alert to the store's managers: raised once per silence, cleared
+    when frames return (a camera is not a customer, so this is not an `Alert`)."""
+
+    __tablename__ = "camera_alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    camera: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20), default="camera_silent")
+    last_frame_at: Mapped[datetime | None] = mapped_column(default=None)
+    raised_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    cleared_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class ErasureLog(Base):
+    """An erasure, recorded by a keyed hash of the customer id only (see `crm.erasures`).
+
+    Written in the erasure's own transaction; `facecrm erasures replay` re-applies it
+    after a backup from before it is restored.
+    """
+
+    __tablename__ = "erasure_log"
+
+    ref: Mapped[str] = mapped_column(String(64), primary_key=True)
+    erased_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class StoreReadiness(Base):
+    """One set-up item of a store an admin confirmed (see `crm.readiness`).
+
+    `value` is what was confirmed (the sign's and the consent text's versions, the
+    retention settings): when it no longer matches, the item needs confirming again.
+    """
+
+    __tablename__ = "store_readiness"
+
+    store_id: Mapped[str] = mapped_column(
+        ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    item: Mapped[str] = mapped_column(String(20), primary_key=True)
+    value: Mapped[str] = mapped_column(String(200))
+    confirmed_by: Mapped[str] = mapped_column(String(100))
+    confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class DeviceStatus(Base):
     """What a device last told the server about itself (a heartbeat, not an event).
 

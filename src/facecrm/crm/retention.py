@@ -6,7 +6,13 @@
 * consents given more than `reconfirm_consent_months` ago expire (recorded as
   withdrawn, history kept); an expired recognition consent deletes the templates;
 * templates (and photo, data key) of anyone without an active recognition
-  consent, whatever the cause, are deleted too.
+  consent, whatever the cause, are deleted too;
+* audit events older than `retain_audit_days` are pruned, at most once a day and only
+  from a chain that verifies (pruning must never destroy the evidence of tampering),
+  leaving a sealed checkpoint that anchors the rest (see `auditchain`);
+* erasure-log entries older than `backup_retention_days` are forgotten (`erasures`);
+* alerts older than `retain_alerts_days` go: who claimed each one and how fast the
+  customer was greeted is data about staff, kept only as long as running the store needs.
 
 Everything happens in one transaction: a consent never expires without its
 templates going with it, even if the process dies half-way.
@@ -23,9 +29,17 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import Session
 
-from facecrm.crm import audit, db
+from facecrm.crm import audit, auditchain, db, erasures
 from facecrm.crm.authz import SYSTEM, Principal
-from facecrm.crm.models import Consent, CustomerPhoto, FaceTemplate, Purpose, Visit
+from facecrm.crm.models import (
+    Alert,
+    AuditEvent,
+    Consent,
+    CustomerPhoto,
+    FaceTemplate,
+    Purpose,
+    Visit,
+)
 from facecrm.crm.service import FaceCRM
 
 if TYPE_CHECKING:
@@ -40,6 +54,9 @@ class PurgeReport:
     visits: int
     unseen_customers: int
     expired_consents: int
+    audit_events: int = 0  # pruned from the start of the audit trail
+    alerts: int = 0
+    erasure_entries: int = 0  # erasure-log entries older than the backups
 
 
 def _aware(value: datetime) -> datetime:
@@ -64,13 +81,18 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
     for the server's hourly run)."""
     settings = crm.settings
     now = now or datetime.now(UTC)
-    visits = expired = 0
+    visits = expired = pruned = alerts = 0
     unseen: list[str] = []
+    audit_cutoff = _audit_cutoff(crm, now)
     with db.transaction(crm.sessions) as session:
         if settings.retain_visits_days:
             cutoff = now - timedelta(days=settings.retain_visits_days)
             deleted = session.execute(delete(Visit).where(Visit.at < cutoff))
             visits = cast("CursorResult[Any]", deleted).rowcount or 0  # a DELETE's result
+        if settings.retain_alerts_days:
+            cutoff = now - timedelta(days=settings.retain_alerts_days)
+            deleted = session.execute(delete(Alert).where(Alert.created_at < cutoff))
+            alerts = cast("CursorResult[Any]", deleted).rowcount or 0
         if settings.reconfirm_consent_months:
             cutoff = now - settings.reconfirm_consent_months * MONTH
             stale = session.scalars(
@@ -101,7 +123,10 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
                 for customer_id, newest in enrolled.items()
                 if max(_aware(newest), _aware(seen.get(customer_id, newest))) < cutoff
             ]
-        if visits or expired or unseen:
+        if audit_cutoff is not None:
+            pruned = _prune_audit(session, principal, audit_cutoff)
+        entries = erasures.prune(session, settings, now)
+        if visits or expired or unseen or entries or alerts:
             audit.record(
                 session,
                 principal,
@@ -109,6 +134,8 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
                 visits=visits,
                 expired_consents=expired,
                 unseen_customers=len(unseen),
+                erasure_entries=entries,
+                alerts=alerts,
             )
         # expired consents, and whoever else holds templates without consent
         forget = sorted(_without_consent(session) | set(unseen))
@@ -117,7 +144,53 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             audit.record(session, principal, "forget_face", customer_id, reason="retention")
     if forget or visits:
         crm.scrub_erased()
-    return PurgeReport(visits, len(unseen), expired)
+    return PurgeReport(visits, len(unseen), expired, pruned, alerts, entries)
+
+
+def _audit_cutoff(crm: FaceCRM, now: datetime) -> datetime | None:
+    """The audit retention cutoff, when a prune is due and the chain verifies.
+
+    Due once the oldest event is a day past the cutoff, so the chain (walked whole by
+    the check) is pruned about once a day rather than at every hourly purge. A chain
+    that does not verify is left whole for the investigation (docs/privacy.md).
+    """
+    days = crm.settings.retain_audit_days
+    if not days:
+        return None
+    cutoff = now - timedelta(days=days)
+    with crm.sessions() as session:
+        oldest = session.scalar(select(func.min(AuditEvent.at)))
+    if oldest is None or _aware(oldest) >= cutoff - timedelta(days=1):
+        return None
+    report = crm.verify_audit()
+    if not report.ok:
+        log.warning(
+            "audit trail not pruned: it does not verify (%d problems); run facecrm audit verify",
+            len(report.problems),
+        )
+        return None
+    return cutoff
+
+
+def _prune_audit(session: Session, principal: Principal, cutoff: datetime) -> int:
+    """Delete the audit events older than `cutoff` and seal a checkpoint naming the last
+    one (in this transaction: the chain is never left without its anchor)."""
+    last = auditchain.prunable(session, cutoff)
+    if last is None:
+        return 0
+    through, sealed = last
+    deleted = session.execute(delete(AuditEvent).where(AuditEvent.id <= through))
+    count = cast("CursorResult[Any]", deleted).rowcount or 0
+    audit.record(
+        session,
+        principal,
+        "audit_checkpoint",  # auditchain.CHECKPOINT, written out for the audit-action table
+        through=through,
+        hash=sealed,
+        events=count,
+        before=cutoff.isoformat(),
+    )
+    return count
 
 
 def start_scheduler(crm: FaceCRM, stop: threading.Event) -> threading.Thread:

@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm.config import Settings
-from facecrm.crm import audit, auditchain, customers, db
+from facecrm.crm import audit, auditchain, customers, db, erasures, readiness
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import (
@@ -480,6 +480,8 @@ class FaceCRM:
         if store_id is None and principal.stores:
             store_id = min(principal.stores)  # a store-bound principal acts in its store
         principal.require_store(store_id)  # chain-wide principals may name any or none
+        with self.sessions() as session:  # before any work on the photo
+            readiness.require(session, self.settings, store_id)
         faces = self.pipeline.faces(image)[:max_faces]
         with db.transaction(self.sessions) as session:
             decisions = (
@@ -542,17 +544,13 @@ class FaceCRM:
         did not opt in ever leaves the store.
         """
         principal.require(Permission.AGENT)
+        store_id = next(iter(principal.stores or []), None)
         with db.transaction(self.sessions) as session:
             generation = self.generation(session)
-            rows = self.vault.plain_templates(session)
-            audit.record(
-                session,
-                principal,
-                "gallery_sync",
-                None,
-                next(iter(principal.stores or []), None),
-                templates=len(rows),
-            )
+            # a store that is not ready (when required) recognises no one
+            ready = readiness.allows_recognition(session, self.settings, store_id)
+            rows = self.vault.plain_templates(session) if ready else []
+            audit.record(session, principal, "gallery_sync", None, store_id, templates=len(rows))
         return {
             "model_id": self.model_id,
             "threshold": self.threshold,
@@ -602,6 +600,7 @@ class FaceCRM:
             self.gallery.removed(session, customer_id)
             session.delete(customer)
             audit.record(session, principal, "erase", customer_id)
+            erasures.record(session, self.settings, customer_id)  # re-applied after a restore
         self.scrub_erased(CUSTOMER_TABLES)
 
     def scrub_erased(self, tables: Sequence[str] = CUSTOMER_TABLES) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +26,50 @@ def verification_of(pairs: list[tuple[Embedded, Embedded]], threshold: float) ->
     return verification(_pairs(pairs), threshold)
 
 
+def too_few_impostors(impostors: int, target_far: float) -> str | None:
+    """Why no ROC is drawn at `target_far`, or None when there are enough impostor pairs.
+
+    A FAR of x measured on fewer than 1/x impostor pairs rests on less than one accepted
+    impostor pair: the curve there would be drawn from nothing.
+    """
+    needed = math.ceil(1 / target_far - 1e-9)
+    if impostors >= needed:
+        return None
+    return (
+        f"too few impostor pairs for a ROC at FAR {target_far:g}: {impostors} impostor pairs,"
+        f" at least {needed} (1/FAR) needed; no ROC drawn"
+    )
+
+
+def far_regions(impostors: int) -> list[tuple[float, float, int, int]]:
+    """The FAR decades a set of `impostors` impostor pairs can show, lowest first, each as
+    (low FAR, high FAR, accepted impostor pairs at low, at high): what each region rests on.
+    The lowest region starts at 1/impostors (one accepted pair), below which nothing is known.
+    """
+    if impostors <= 0:
+        return []
+    floor = 1 / impostors
+    regions = []
+    for k in range(math.ceil(math.log10(impostors) - 1e-9), 0, -1):
+        low, high = max(10.0**-k, floor), 10.0 ** -(k - 1)
+        regions.append((low, high, round(low * impostors), round(high * impostors)))
+    return regions
+
+
 def plot_roc(
     embedded: list[Embedded],
     path: Path,
     report: dict[str, object],
     cascade: tuple[list[float | None], list[bool], float] | None = None,
-) -> None:
-    """TAR against FAR (log scale) for all pairs of the set, and the genuine and impostor
-    score histograms with the operating threshold (and the cascade's g when given)."""
+    target_far: float = 1e-3,
+) -> str | None:
+    """TAR against FAR (log scale) for all pairs of the set, with the operating point and
+    the impostor pairs behind each FAR decade, and the genuine and impostor score
+    histograms with the operating threshold (and the cascade's g when given).
+
+    With fewer than 1/target_far impostor pairs the ROC is left out (the histograms are
+    still drawn) and the reason is returned (`too_few_impostors`); None when it was drawn.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,31 +77,89 @@ def plot_roc(
 
     pairs = _pairs(all_pairs(embedded))
     scores = np.array([-np.inf if p.score is None else p.score for p in pairs])
-    genuine = np.array([p.genuine for p in pairs])
-    thresholds = np.unique(scores[np.isfinite(scores)])[::-1]
-    far = [float(np.mean(scores[~genuine] >= t)) for t in thresholds]
-    tar = [float(np.mean(scores[genuine] >= t)) for t in thresholds]
-    panels = 3 if cascade is not None else 2
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4), dpi=120)
-    ax = axes[0]
-    ax.step(np.maximum(far, 1e-4), tar, where="post")
-    ax.set_xscale("log")
-    ax.set_xlim(1e-4, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false accept rate")
-    ax.set_ylabel("true accept rate")
-    ax.set_title(f"ROC — {report['model_id']} ({len(pairs)} pairs)")
-    ax.grid(True, which="both", alpha=0.3)
+    genuine = np.array([p.genuine for p in pairs], dtype=bool)
     verification = report["verification"]
     assert isinstance(verification, dict)
-    _histogram(axes[1], scores, genuine, float(verification["threshold"]), str(report["model_id"]))
+    threshold = float(verification["threshold"])
+    too_few = too_few_impostors(int((~genuine).sum()), target_far)
+    panels = (1 if too_few is None else 0) + 1 + (1 if cascade is not None else 0)
+    fig, grid = plt.subplots(1, panels, figsize=(5 * panels, 4), dpi=120, squeeze=False)
+    axes = list(grid[0])
+    if too_few is None:
+        _roc(axes.pop(0), scores, genuine, threshold, target_far, str(report["model_id"]))
+    _histogram(axes.pop(0), scores, genuine, threshold, str(report["model_id"]))
     if cascade is not None:
         values, labels, t = cascade
         g = np.array([-np.inf if v is None else v for v in values])
-        _histogram(axes[2], g, np.array(labels), t, "cascade g = min(z1, z2)")
+        _histogram(axes.pop(0), g, np.array(labels), t, "cascade g = min(z1, z2)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return too_few
+
+
+def _roc(
+    ax: Any,
+    scores: np.ndarray,
+    genuine: np.ndarray,
+    threshold: float,
+    target_far: float,
+    model_id: str,
+) -> None:
+    impostor = np.sort(scores[~genuine])
+    mated = np.sort(scores[genuine])
+    n = len(impostor)
+    floor = 1 / n
+
+    def rate(sorted_scores: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if not len(sorted_scores):
+            return np.zeros(len(t))
+        above = len(sorted_scores) - np.searchsorted(sorted_scores, t, side="left")
+        return np.asarray(above / len(sorted_scores), dtype=float)
+
+    thresholds = np.unique(scores[np.isfinite(scores)])[::-1]
+    far, tar = rate(impostor, thresholds), rate(mated, thresholds)
+    ax.step(np.maximum(far, floor), tar, where="post", label="ROC")
+    ax.set_xscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel(f"false accept rate ({n} impostor pairs)")
+    ax.set_ylabel("true accept rate")
+    ax.set_title(f"ROC — {model_id} ({len(scores)} pairs)")
+    ax.grid(True, which="both", alpha=0.3)
+    for low, high, at_low, at_high in far_regions(n):
+        if at_low < 10:  # a rate resting on fewer than ten accepted impostors is noise
+            ax.axvspan(low, high, color="0.85", zorder=0)
+        ax.text(
+            math.sqrt(low * high),
+            1.02,
+            f"{at_low}-{at_high}",
+            ha="center",
+            va="bottom",
+            fontsize="x-small",
+        )
+    ax.text(
+        0.99,
+        0.02,
+        "numbers: impostor pairs accepted across each decade",
+        transform=ax.transAxes,
+        ha="right",
+        fontsize="x-small",
+    )
+    ax.axvline(target_far, color="0.4", linestyle=":", label=f"target FAR {target_far:g}")
+    op_far = float(rate(impostor, np.array([threshold]))[0])
+    op_tar = float(rate(mated, np.array([threshold]))[0])
+    shown = f"{op_far:.2g}" if op_far > 0 else f"< {floor:.2g}"
+    ax.plot(
+        [max(op_far, floor)],
+        [op_tar],
+        marker="*",
+        markersize=12,
+        color="C3",
+        linestyle="none",
+        label=f"operating point {threshold:.3f}: FAR {shown}, TAR {op_tar:.3f}",
+    )
+    ax.legend(fontsize="x-small", loc="lower right", bbox_to_anchor=(1, 0.06))
 
 
 def _histogram(

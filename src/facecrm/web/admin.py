@@ -317,13 +317,11 @@ def device_action(
 
 
 def _field_kind(rule: str, key: str) -> tuple[str, list[str]]:
-    """How a rule's setting is edited: ("bool"|"int"|"list", the list's choices)."""
+    """How a rule's setting is edited: ("bool"|"int"|"float"|"list", the list's choices)."""
     model = rules.RuleSettings.model_fields[rule].annotation
     annotation = model.model_fields[key].annotation  # type: ignore[union-attr]
-    if annotation is bool:
-        return "bool", []
-    if annotation is int:
-        return "int", []
+    if annotation in (bool, int, float):
+        return annotation.__name__, []
     (item,) = get_args(annotation)
     return "list", [member.value for member in item]
 
@@ -385,12 +383,20 @@ def _rule_values(form: Any) -> dict[str, dict[str, object]]:
             name = f"{rule}.{key}"
             if kind == "bool":
                 values[rule][key] = form.get(name) == "on"
-            elif kind == "int":
-                raw = _text(form.get(name), 20).strip()
-                values[rule][key] = int(raw) if raw.lstrip("-").isdigit() else raw
+            elif kind in ("int", "float"):
+                values[rule][key] = _number(_text(form.get(name), 20).strip(), kind)
             else:
                 values[rule][key] = [_text(v, 40) for v in form.getlist(name)]
     return values
+
+
+def _number(raw: str, kind: str) -> object:
+    """The number typed, or the text itself (then refused by the rules' validation with
+    the setting's name, like any other bad value)."""
+    try:
+        return int(raw) if kind == "int" else float(raw)
+    except ValueError:
+        return raw
 
 
 @router.post("/stores/{store_id}/rules")

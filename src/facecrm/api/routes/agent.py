@@ -8,11 +8,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StrictFloat, ValidationError
 
 from facecrm.alerts.bus import AlertBus
+from facecrm.alerts.cameras import CameraHealthService, CameraReport
 from facecrm.alerts.rules import RuleSettings
 from facecrm.alerts.service import VisitEvent
 from facecrm.api.deps import (
@@ -30,6 +31,8 @@ from facecrm.api.schemas import (
     PROBLEMS,
     AcknowledgedOut,
     AlertOut,
+    CameraAlertOut,
+    CameraOut,
     EventStreamResponse,
     GalleryOut,
     Moment,
@@ -37,6 +40,7 @@ from facecrm.api.schemas import (
     ShiftOut,
     StoreConfigOut,
 )
+from facecrm.crm import readiness
 from facecrm.crm.authz import Principal
 
 router = APIRouter(tags=["store agents and alerts"], responses=PROBLEMS)
@@ -74,6 +78,26 @@ class EventsOut(BaseModel):
     errors: list[EventErrorOut]  # per rejected event
 
 
+class CameraIn(BaseModel):
+    camera: str = Field(min_length=1, max_length=100)  # the agent's masked name
+    last_frame_at: Moment | None = None  # None: no frame since the agent started
+
+
+class HeartbeatIn(BaseModel):
+    """An agent's periodic report: its cameras' last frame times (and its own state)."""
+
+    version: str = Field(default="", max_length=40)
+    queue_depth: int = Field(default=0, ge=0)
+    cameras: list[CameraIn] = Field(default_factory=list, max_length=64)
+
+
+def get_cameras(request: Request) -> CameraHealthService:
+    return request.app.state.cameras  # type: ignore[no-any-return]
+
+
+CamerasDep = Annotated[CameraHealthService, Depends(get_cameras)]
+
+
 class StoreConfigIn(BaseModel):
     rules: RuleSettings = RuleSettings()
     webhook_url: str | None = Field(default=None, max_length=500)
@@ -101,7 +125,9 @@ def agent_gallery(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Templates of opted-in customers for local decisions; 304 while unchanged."""
-    etag = f'"{crm.model_id}-{crm.generation(session)}"'
+    store_id = next(iter(principal.stores or []), None)
+    paused = not readiness.allows_recognition(session, crm.settings, store_id)
+    etag = f'"{crm.model_id}-{crm.generation(session)}{"-paused" if paused else ""}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
     body = crm.gallery_export(principal=principal)
@@ -122,6 +148,30 @@ def agent_events(body: EventsIn, alerts: AlertsDep, principal: StoreAgent) -> Ev
     ]
     outcomes: list[Any] = alerts.ingest(principal, events)
     return EventsOut(outcomes=outcomes, errors=errors)
+
+
+@router.post("/agent/heartbeat", response_model=list[CameraOut])
+def agent_heartbeat(
+    body: HeartbeatIn, cameras: CamerasDep, principal: StoreAgent
+) -> list[CameraOut]:
+    """Each camera's last frame time; the server raises `camera_silent` for the store's
+    managers when one stays silent longer than the store's `camera_silent.minutes`."""
+    reports = [CameraReport(c.camera, c.last_frame_at) for c in body.cameras]
+    return [CameraOut.model_validate(v) for v in cameras.heartbeat(principal, reports)]
+
+
+@router.get("/stores/{store_id}/cameras", response_model=list[CameraOut])
+def store_cameras(store_id: str, cameras: CamerasDep, principal: DeviceManager) -> list[CameraOut]:
+    """The store's agent cameras: last frame time and whether a silence alert is open."""
+    return [CameraOut.model_validate(v) for v in cameras.cameras(principal, store_id)]
+
+
+@router.get("/stores/{store_id}/camera-alerts", response_model=list[CameraAlertOut])
+def store_camera_alerts(
+    store_id: str, cameras: CamerasDep, principal: DeviceManager
+) -> list[CameraAlertOut]:
+    """The store's `camera_silent` alerts, newest first (open and cleared)."""
+    return [CameraAlertOut.model_validate(a) for a in cameras.alerts(principal, store_id)]
 
 
 @router.get("/alerts", response_model=list[AlertOut])
@@ -170,6 +220,9 @@ def sse(
                     payload = await asyncio.wait_for(sub.queue.get(), timeout=recheck_seconds)
                 except TimeoutError:
                     yield ": keep-alive\n\n"
+                    continue
+                roles = payload.get("roles")  # e.g. camera alerts: the store's managers only
+                if isinstance(roles, list) and principal.role not in roles:
                     continue
                 yield f"event: {payload['type']}\ndata: {json.dumps(payload)}\n\n"
         finally:

@@ -51,7 +51,7 @@ def identify(
                 id=c.id,
                 name=c.name,
                 preferred_name=c.preferred_name,
-                tier=c.tier,  # type: ignore[arg-type]  # a Tier value (crm.customers checks)
+                tier=c.tier,
                 similarity=round(r.match.similarity, 4),
             )
         box = BoxOut(**r.face.box.as_dict())

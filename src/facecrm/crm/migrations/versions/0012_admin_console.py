@@ -2,7 +2,7 @@
 webhook delivery log
 
 Revision ID: 0012
-Revises: 0007
+Revises: 0009
 Create Date: 2026-11-26 03:10:00
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012"
-down_revision = "0007"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
