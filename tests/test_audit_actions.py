@@ -42,7 +42,7 @@ from facecrm.crypto import add_master_key
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
-from server import serve
+from server import free_port, serve
 
 SRC = Path(facecrm.__file__).resolve().parent
 PASSWORD = "correct horse battery"
@@ -71,10 +71,14 @@ TABLE: dict[str, Row] = {
     "staff_enable": Row("POST /api/v1/staff/{id}/enable", "staff:admin"),
     "staff_password": Row("POST /api/v1/staff/{id}/password", "staff:admin"),
     "staff_delete": Row("DELETE /api/v1/staff/{id}", "staff:admin"),
+    "staff_stores": Row("PUT /api/v1/staff/{id}/stores", "staff:manager"),
+    "staff_unlock": Row("POST /api/v1/staff/{id}/unlock", "staff:manager"),
     "store_create": Row("POST /api/v1/stores", "staff:admin", None, "A"),
     "store_config": Row("PUT /api/v1/stores/{id}/config", "staff:manager", None, "A"),
     "device_create": Row("POST /api/v1/devices", "staff:manager", None, "A"),
     "device_revoke": Row("POST /api/v1/devices/{id}/revoke", "staff:manager", None, "A"),
+    "device_rotate": Row("POST /api/v1/devices/{id}/rotate", "staff:manager", None, "A"),
+    "webhook_test": Row("POST /api/v1/stores/{id}/webhook/test", "staff:manager", None, "A"),
     "readiness_confirm": Row("POST /api/v1/stores/{id}/readiness/{item}", "staff:admin", None, "A"),
     # customers, consents and faces
     "customer_create": Row("POST /api/v1/customers", STAFF, "rose"),
@@ -513,8 +517,15 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         with run.path("POST /api/v1/staff/{id}/password"):
             body = {"password": "another long password"}
             ok(admin.post(f"/api/v1/staff/{ids['temp']}/password", json=body), 204)
+        with run.path("PUT /api/v1/staff/{id}/stores"):
+            body = {"store_ids": [ids["A"]]}
+            ok(manager.put(f"/api/v1/staff/{ids['temp']}/stores", json=body), 200)
+        with run.path("POST /api/v1/staff/{id}/unlock"):
+            ok(manager.post(f"/api/v1/staff/{ids['temp']}/unlock"), 200)
         with run.path("DELETE /api/v1/staff/{id}"):
             ok(admin.delete(f"/api/v1/staff/{ids['temp']}"), 204)
+        with run.path("POST /api/v1/devices/{id}/rotate"):
+            ok(manager.post(f"/api/v1/devices/{ids['spare']}/rotate"), 200)
         with run.path("POST /api/v1/devices/{id}/revoke"):
             ok(manager.post(f"/api/v1/devices/{ids['spare']}/revoke"), 204)
         with run.path("POST /api/v1/stores/{id}/readiness/{item}"):
@@ -606,6 +617,13 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         with run.path("PUT /api/v1/stores/{id}/config"):
             body = {"rules": {"long_absence": {"days": 30}, "any_arrival": {"enabled": True}}}
             ok(manager.put(f"/api/v1/stores/{ids['A']}/config", json=body), 200)
+        with run.path("setup: PUT /api/v1/stores/{id}/webhook"):
+            # a local port nobody listens on: the test event's delivery fails, and is logged
+            settings.webhook_allow_hosts, settings.webhook_allow_http = ["127.0.0.1"], True
+            body = {"url": f"http://127.0.0.1:{free_port()}/hook"}
+            ok(manager.put(f"/api/v1/stores/{ids['A']}/webhook", json=body), 200)
+        with run.path("POST /api/v1/stores/{id}/webhook/test"):
+            ok(manager.post(f"/api/v1/stores/{ids['A']}/webhook/test"), 202)
         with run.path("POST /api/v1/shifts/{store_id}"):
             ok(associate.post(f"/api/v1/shifts/{ids['A']}"), 201)
         agent = client(**{"X-API-Key": ids.get("door-cam key", "-")})

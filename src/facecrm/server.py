@@ -24,6 +24,7 @@ from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter
 from facecrm.metrics import Registry
+from facecrm.web import admin as admin_pages
 from facecrm.web import consent_texts, console, kiosk, readiness
 
 
@@ -62,6 +63,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     router.include(app)
 
     app.include_router(console.router)
+    app.include_router(admin_pages.router)
     app.include_router(readiness.router)
     app.include_router(kiosk.router)
     app.include_router(consent_texts.router)

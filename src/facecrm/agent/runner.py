@@ -233,7 +233,10 @@ class Agent:
         self.last_frame: dict[str, float | None] = dict.fromkeys(self.names.values())
         self._status_at = (time.time(), 0.0)  # (when, frames) of the previous status line
         self._client = httpx.Client(
-            base_url=config.server, timeout=10, headers={"X-API-Key": config.api_key}
+            base_url=config.server,
+            timeout=10,
+            headers={"X-API-Key": config.api_key, "X-Facecrm-Agent-Version": __version__},
+            event_hooks={"request": [self._report_depth]},
         )
         self.metrics.gauge(
             "facecrm_agent_queue_depth", self.outbox.depth, "events waiting for delivery"
@@ -243,6 +246,10 @@ class Agent:
             self.outbox.oldest_age,
             "age of the oldest undelivered event",
         )
+
+    def _report_depth(self, request: httpx.Request) -> None:
+        """Every request tells the server how many events wait here (its devices page)."""
+        request.headers["X-Facecrm-Queue-Depth"] = str(self.outbox.depth())
 
     # -- decisions -----------------------------------------------------------------
 

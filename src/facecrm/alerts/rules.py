@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from facecrm.crm.errors import InvalidError
 from facecrm.crm.models import Tier
 
 
@@ -188,3 +189,38 @@ def evaluate(
         assignee,
         tuple(reasons),
     )
+
+
+DESCRIPTIONS: dict[str, str] = {
+    "vip_arrival": "A customer of one of the listed tiers arrives.",
+    "out_of_stock_return": (
+        "A customer arrives who wanted a product this store had out of stock "
+        "(the alert says whether it is back)."
+    ),
+    "unresolved_feedback": "A customer arrives whose feedback in this store is unresolved.",
+    "long_absence": "A customer comes back after at least `days` days away from this store.",
+    "preferred_advisor": (
+        "The customer's preferred advisor is on shift in this store: the alert is assigned to them."
+    ),
+    "any_arrival": (
+        "Any opted-in customer arrives (when no other rule fired): for small stores; "
+        "off by default."
+    ),
+    "camera_silent": (
+        "A camera of the store's agent has given no frame for `minutes`: the store's "
+        "managers are alerted (once per silence)."
+    ),
+}
+"""What each rule of `RuleSettings` does, in the words the console and the API show
+(tests/test_admin_api.py keeps one per rule)."""
+
+
+def checked(values: Mapping[str, Any]) -> RuleSettings:
+    """`parse`, with a refusal as an `InvalidError` naming the first bad setting's path
+    (the API's PUT and the console's form refuse the same things the same way)."""
+    try:
+        return parse(values)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidError(f"rules.{where}: {first['msg']}", reason="bad_rule") from exc

@@ -23,7 +23,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -32,12 +31,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ValidationError
-from sqlalchemy import Select, Text, cast, func, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from facecrm.alerts import rules, webhooks
+from facecrm.alerts import rules, storeconfig, webhooks
 from facecrm.alerts.bus import AlertBus
 from facecrm.crm import accounts, activity, audit, db, disputes
 from facecrm.crm.authz import Permission, Principal
@@ -416,17 +414,8 @@ class AlertService:
         The column is read as text and parsed here, so even malformed JSON only
         falls back to the defaults (and is logged, without the stored values).
         """
-        text = session.scalar(
-            select(cast(StoreConfig.rules, Text)).where(StoreConfig.store_id == store_id)
-        )
-        try:
-            raw = json.loads(text) if text is not None else None
-        except ValueError:
-            raw, problems = None, ["rules are not valid JSON"]
-        else:
-            problems = []
-        settings, more = rules.stored(raw)
-        for problem in problems + more:
+        settings, problems = storeconfig.rules_in_force(session, store_id)
+        for problem in problems:
             log.warning("store %s: invalid alert rule setting: %s", store_id, problem)
         return settings
 
@@ -441,7 +430,8 @@ class AlertService:
             ).first()
         if hook is not None and hook.webhook_url and hook.webhook_secret:
             policy = webhooks.Policy.from_settings(self.crm.settings)
-            webhooks.deliver(hook.webhook_url, hook.webhook_secret, payload, policy)
+            log_it = storeconfig.recorder(self.crm.sessions, store_id, f"alert:{payload['id']}")
+            webhooks.deliver(hook.webhook_url, hook.webhook_secret, payload, policy, report=log_it)
 
     # -- staff side ------------------------------------------------------------------
 
@@ -654,12 +644,7 @@ class AlertService:
         principal.require(Permission.DEVICES_MANAGE)
         principal.require_store(store_id)
         if not isinstance(rule_settings, rules.RuleSettings):
-            try:
-                rule_settings = rules.parse(rule_settings)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise InvalidError(f"rules.{where}: {first['msg']}") from exc
+            rule_settings = rules.checked(rule_settings)
         overrides = rule_settings.model_dump(mode="json", exclude_unset=True)
         if (webhook_url is None) != (webhook_secret is None):
             raise InvalidError("a webhook needs both a URL and a secret")
@@ -674,12 +659,7 @@ class AlertService:
             values["time_zone"] = check_time_zone(time_zone)
         with db.transaction(self.crm.sessions) as session:
             accounts.get_store(session, store_id)
-            # an UPDATE, not a load: a row with unreadable rules can still be repaired
-            changed = session.execute(
-                update(StoreConfig).where(StoreConfig.store_id == store_id).values(**values)
-            )
-            if not changed.rowcount:  # type: ignore[attr-defined]
-                session.add(StoreConfig(store_id=store_id, **values))
+            storeconfig.write(session, store_id, **values)
             audit.record(session, principal, "store_config", None, store_id)
             zone_name = session.scalar(
                 select(StoreConfig.time_zone).where(StoreConfig.store_id == store_id)

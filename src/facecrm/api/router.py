@@ -15,6 +15,7 @@ from facecrm.api.routes import (
     disputes,
     readiness,
     recognition,
+    stores,
 )
 from facecrm.config import API_PREFIX
 
@@ -29,6 +30,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     audit.router,
     readiness.router,
     disputes.router,
+    stores.router,
 )
 
 

@@ -115,10 +115,31 @@ class PasswordIn(Strict):
 
 
 class StaffOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     username: str
     role: str
     store_ids: list[str]
+    display_name: str = ""
+    active: bool = True
+
+
+class StaffStatusOut(StaffOut):
+    """An account in the staff list, with its log-in lock and whether the caller may
+    change it (a manager: associates of their own stores only)."""
+
+    locked_seconds: float  # the log-in back-off still running (0: none)
+    manageable: bool
+
+
+class StoresIn(Strict):
+    store_ids: list[Id] = Field(max_length=100)
+
+
+class UnlockedOut(BaseModel):
+    username: str
+    was_locked: bool
 
 
 class DeviceIn(Strict):
@@ -136,6 +157,9 @@ class DeviceOut(BaseModel):
     name: str
     created_at: datetime
     revoked_at: datetime | None = None
+    last_seen_at: datetime | None = None  # the device's latest request
+    agent_version: str | None = None  # as the agent reports it (X-Facecrm-Agent-Version)
+    queue_depth: int | None = None  # events waiting in the agent's outbox, as reported
 
 
 class NewDeviceOut(DeviceOut):
@@ -576,6 +600,50 @@ class PosCardOut(Out):
     id: str
     name: str
     tier: Tier
+
+
+class RuleOut(Out):
+    name: str
+    description: str
+    value: dict[str, JsonValue]  # in force: the store's setting, else the default
+    default: dict[str, JsonValue]
+    overridden: bool
+
+
+class EffectiveConfigOut(Out):
+    """Every rule in force in the store with its value, default and description, and
+    the webhook URL (never its secret); `problems`: stored settings not applied."""
+
+    store_id: str
+    rules: list[RuleOut]
+    webhook_url: str | None
+    webhook_secret_set: bool
+    problems: list[str]
+
+
+class WebhookIn(Strict):
+    url: str = Field(max_length=500)  # empty: remove the webhook
+
+
+class WebhookSecretOut(BaseModel):
+    """The webhook's new signing secret: shown in this response only."""
+
+    webhook_url: str | None
+    secret: str | None
+
+
+class WebhookTestOut(BaseModel):
+    event_id: str
+
+
+class WebhookDeliveryOut(Out):
+    id: int
+    event_id: str
+    attempt: int
+    status_code: int | None
+    ok: bool
+    error: str
+    at: Timestamp
 
 
 class GalleryTemplateOut(BaseModel):

@@ -25,6 +25,7 @@ class Permission(StrEnum):
     STORES_READ = "stores:read"
     STORES_WRITE = "stores:write"
     STAFF_WRITE = "staff:write"
+    STAFF_MANAGE = "staff:manage"  # associates of one's own stores (rules: crm.accounts)
     DEVICES_MANAGE = "devices:manage"
     CUSTOMERS_READ = "customers:read"
     CUSTOMERS_WRITE = "customers:write"
@@ -71,6 +72,7 @@ GRANTS: dict[str, frozenset[Permission]] = {
             P.FACES_OVERRIDE,
             P.ENROLLMENT_CONFIG,
             P.DISPUTES_READ,
+            P.STAFF_MANAGE,
         }
     ),
     Role.ASSOCIATE: frozenset(_STAFF),

@@ -610,3 +610,39 @@ class EnrollmentSettings(Base):
     min_age: Mapped[int | None] = mapped_column(Integer, default=None)  # 0: no confirmation
     kiosk_idle_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DeviceStatus(Base):
+    """What a device last told the server about itself (a heartbeat, not an event).
+
+    Kept apart from `devices` so the frequent write never touches the key row; the
+    agent sends its version and outbox depth as headers on the requests it makes anyway.
+    """
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    agent_version: Mapped[str | None] = mapped_column(String(40), default=None)
+    queue_depth: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver one event to a store's webhook.
+
+    Holds no personal data: the event's id (e.g. `alert:42`), the outcome and a
+    truncated error text; never the payload, the customer or the URL's answer body.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

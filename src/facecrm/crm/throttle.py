@@ -136,13 +136,23 @@ class LoginGuard:
             seen = self._known.get((username.lower(), address))
             if seen is not None and now - seen <= self.known_for:
                 return 0.0
+        return self.account_wait(username)
+
+    def account_wait(self, username: str) -> float:
+        """Seconds the account's own back-off still refuses log-ins (0: none); addresses
+        aside, so a staff list can show who is locked out."""
+        now = self._clock()
+        with self._lock:
             account = self._accounts.get(username.lower())
-            if account is None:
-                return 0.0
-            if now - account.last_failure > self.window:
-                del self._accounts[username.lower()]
+            if account is None or now - account.last_failure > self.window:
                 return 0.0
             return max(0.0, account.last_failure + self._delay(account.failures) - now)
+
+    def unlock(self, username: str) -> bool:
+        """Forget the account's failures (an administrator vouched for its owner); whether
+        there were any. Address limits stay: they hold a guesser, not the account."""
+        with self._lock:
+            return self._accounts.pop(username.lower(), None) is not None
 
     def blocked(self, username: str, address: str) -> bool:
         return self.retry_after(username, address) > 0
