@@ -278,10 +278,12 @@ class IdentifiedCustomer(_Out):
 
 
 class IdentifiedFace(_Out):
-    """One face of the photo: `customer` is None for an unknown face."""
+    """One face of the photo: `customer` is None for an unknown face, and `reason` says
+    why: `no_match`, or `ambiguous` (two customers too close to tell apart)."""
 
     box: Box
     customer: IdentifiedCustomer | None
+    reason: Literal["no_match", "ambiguous"] | None = None
 
     @field_validator("customer", mode="before")
     @classmethod

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm.config import Settings
 from facecrm.crm import accounts, audit, consent_text, enrollment
@@ -128,6 +128,13 @@ def not_ready(session: Session, principal: Principal, settings: Settings) -> lis
         return []
     stores = [s for s in accounts.list_stores(session, principal) if principal.may_act_in(s.id)]
     return [s.code for s in stores if not _status(session, settings, s.id).ready]
+
+
+def banner(sessions: sessionmaker[Session], principal: Principal, settings: Settings) -> list[str]:
+    """`not_ready` in a read-only session of its own: the console's page template asks for
+    it while rendering, outside any route's request session."""
+    with sessions() as session:
+        return not_ready(session, principal, settings)
 
 
 def confirm(
