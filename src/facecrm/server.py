@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from facecrm import __version__
+from facecrm.alerts import relay
 from facecrm.alerts.cameras import CameraHealthService, start_checker
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems, router
@@ -22,7 +23,7 @@ from facecrm.api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 from facecrm.config import Settings, get_settings
 from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
-from facecrm.crm.throttle import LoginGuard, RateLimiter
+from facecrm.crm.throttle import LoginGuard, RateLimiter, database_counters
 from facecrm.metrics import Registry
 from facecrm.web import console, readiness
 
@@ -35,10 +36,12 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
+        app.state.alerts.bus.start()  # PostgreSQL: other server processes' alerts
         retention.start_scheduler(crm, stop)  # hourly purge while the server runs
         start_checker(app.state.cameras, stop)  # silent cameras (idempotent across processes)
         yield
         stop.set()
+        app.state.alerts.bus.stop()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -53,10 +56,14 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     )
     app.state.crm = crm
     app.state.metrics = Registry()
-    app.state.alerts = AlertService(crm, metrics=app.state.metrics)
+    app.state.alerts = AlertService(crm, relay.bus_for(crm), metrics=app.state.metrics)
     app.state.cameras = CameraHealthService(crm, app.state.alerts.bus, app.state.metrics)
-    app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
-    app.state.login_guard = LoginGuard.from_settings(settings)
+    # limits in the database: every server process on it counts against the same budget
+    counters = database_counters(crm.engine, settings)
+    app.state.lookup_limiter = RateLimiter(
+        settings.lookup_per_minute, 60.0, counters=counters, scope="lookup"
+    )
+    app.state.login_guard = LoginGuard.from_settings(settings, counters=counters)
     problems.install(app)
     router.include(app)
 
