@@ -24,8 +24,28 @@ from facecrm.config import Settings, get_settings
 from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter, database_counters
+from facecrm.errors import ConfigError
+from facecrm.logs import configure_logging
 from facecrm.metrics import Registry
 from facecrm.web import console, readiness
+
+
+def check_workers(settings: Settings, workers: int) -> None:
+    """Several server processes need PostgreSQL: on SQLite the gallery, the live alert
+    bus and the database's single writer belong to one process."""
+    if workers > 1 and not settings.resolved_database_url.startswith("postgresql"):
+        raise ConfigError(
+            f"--workers {workers} needs PostgreSQL (FACECRM_DATABASE_URL=postgresql+psycopg://"
+            "...): on SQLite one server process serves a data directory",
+            reason="single_process",
+        )
+
+
+def worker_app() -> FastAPI:
+    """One worker's app under `facecrm serve --workers N` (uvicorn imports it in each
+    worker process); the parent has migrated the schema already."""
+    configure_logging()
+    return create_app(FaceCRM(get_settings()))
 
 
 def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
