@@ -150,6 +150,9 @@ class PostgresAlertBus(AlertBus):
         self._stop.clear()
         self._thread = threading.Thread(target=self._listen, daemon=True, name="alert-listen")
         self._thread.start()
+        # a process that answers requests should also hear the others: wait (a little)
+        if not self.listening.wait(5.0):
+            log.warning("alert listener not connected yet; other processes' alerts will follow")
 
     def stop(self) -> None:
         self._stop.set()
