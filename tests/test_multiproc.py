@@ -168,6 +168,12 @@ def _env(settings: Settings, **more: str) -> dict[str, str]:
     }
 
 
+def _visit(key: str, customer_id: str) -> dict[str, object]:
+    """A store agent's visit event, now."""
+    at = datetime.now(UTC).isoformat()
+    return {"key": key, "type": "visit", "customer_id": customer_id, "at": at, "similarity": 0.9}
+
+
 def _token(url: str, username: str, password: str = PASSWORD) -> str:
     r = httpx.post(f"{url}/api/v1/auth/token", data={"username": username, "password": password})
     assert r.status_code == 200, r.text
@@ -254,13 +260,7 @@ def test_two_server_processes_share_alerts_gallery_and_limits(
     with serve(env, tmp_path / "a.log") as (a, _), serve(env, tmp_path / "b.log") as (b, _):
         # an alert raised through A reaches a live stream on B
         stream = Stream(f"{b}/api/v1/alerts/stream", _token(a, "boss"))
-        event = {
-            "key": "visit-0001",
-            "type": "visit",
-            "customer_id": chain["lin"],
-            "at": datetime.now(UTC).isoformat(),
-            "similarity": 0.9,
-        }
+        event = _visit("visit-0001", chain["lin"])
         sent = time.monotonic()
         r = httpx.post(
             f"{a}/api/v1/agent/events",
@@ -337,13 +337,7 @@ def test_workers_on_postgresql(settings: Settings, chain: dict[str, str], tmp_pa
         with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as api:
             assert all(api.get("/api/v1/me").status_code == 200 for _ in range(10))
             stream = Stream(f"{url}/api/v1/alerts/stream", token)
-            event = {
-                "key": "visit-0002",
-                "type": "visit",
-                "customer_id": chain["lin"],
-                "at": datetime.now(UTC).isoformat(),
-                "similarity": 0.9,
-            }
+            event = _visit("visit-0002", chain["lin"])
             # the stream and the event land on whichever workers: local or via NOTIFY
             httpx.post(
                 f"{url}/api/v1/agent/events",
