@@ -8,6 +8,7 @@ error (Click's own: an unknown option, a missing argument).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -730,19 +731,30 @@ def devices_revoke(device_id: Annotated[str, typer.Argument(help="The device id.
 
 
 def server_config(
-    host: str | None = None, port: int | None = None, forwarded_allow_ips: str | None = None
+    host: str | None = None,
+    port: int | None = None,
+    forwarded_allow_ips: str | None = None,
+    workers: int = 1,
 ) -> uvicorn.Config:
-    """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted)."""
+    """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted).
+
+    One process: the app is built here (its start migrates). Several (`workers`): each
+    worker process builds its own app (`server.worker_app`) on the schema the caller
+    has migrated once, and uvicorn's supervisor restarts a worker that dies.
+    """
     import uvicorn
 
     from facecrm.server import create_app
 
     settings = get_settings()
     trusted = forwarded_allow_ips or settings.forwarded_allow_ips
+    app: Any = create_app() if workers == 1 else "facecrm.server:worker_app"
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: anyone on the
     # host could then pose as any address and dodge the per-address log-in limit
     return uvicorn.Config(
-        create_app(),
+        app,
+        factory=workers > 1,
+        workers=workers,
         host=host or settings.host,
         port=port or settings.port,
         proxy_headers=bool(trusted),
@@ -766,12 +778,40 @@ def serve(
             "set it only to your proxy's address, never '*' on an exposed port.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes on one port (PostgreSQL only: on SQLite the gallery "
+            "and the live alerts live in one process).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the API and the staff console (uvicorn) on the configured database."""
     import uvicorn
 
+    from facecrm.server import check_workers
+
     configure_logging()
-    uvicorn.Server(server_config(host, port, forwarded_allow_ips)).run()
+    settings = get_settings()
+    check_workers(settings, workers)
+    if workers == 1:
+        uvicorn.Server(server_config(host, port, forwarded_allow_ips)).run()
+        return
+    from facecrm.crm import db
+
+    engine = db.make_engine(settings.resolved_database_url)
+    try:  # once, here: not N workers racing to upgrade the schema
+        db.migrate(engine)
+    finally:
+        engine.dispose()
+    os.environ["FACECRM_DATA_DIR"] = str(settings.data_dir)  # the workers' settings too
+    from uvicorn.supervisors import Multiprocess
+
+    config = server_config(host, port, forwarded_allow_ips, workers)
+    # what `uvicorn.run` does for several workers, on this configuration
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 @app.command()

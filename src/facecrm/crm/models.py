@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     Float,
     ForeignKey,
     Index,
@@ -646,3 +647,21 @@ class WebhookDelivery(Base):
     ok: Mapped[bool] = mapped_column(Boolean, default=False)
     error: Mapped[str] = mapped_column(String(200), default="")
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ThrottleCounter(Base):
+    """One log-in or rate-limit counter, shared by every server process (`crm.throttle`).
+
+    `key` is a keyed hash of what is counted (an address, a username, a staff id), never
+    the value itself; times are seconds since the epoch (every process's wall clock);
+    rows past `expires_at` mean nothing any more and are purged.
+    """
+
+    __tablename__ = "throttle_counters"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[float] = mapped_column(Double)
+    last_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
