@@ -16,11 +16,14 @@ import pytest
 from fastapi import FastAPI
 
 import facecrm
+from facecrm.agent.runner import CameraError
 from facecrm.alerts.webhooks import WebhookRefused
 from facecrm.api import problems
 from facecrm.api.problems import ApiError
 from facecrm.crm import authz, service
 from facecrm.crm import errors as crm_errors
+from facecrm.crm.pos import RateLimitedError
+from facecrm.crm.readiness import StoreNotReadyError
 from facecrm.crm.service import EnrollmentError
 from facecrm.crypto import CryptoError
 from facecrm.errors import (
@@ -71,6 +74,9 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (ModelNotFoundError(f"model {SECRET} is missing"), 500, "model_missing"),
     (MissingExtraError("server", "sqlalchemy"), 500, "missing_extra"),
     (SchemaOutdatedError("schema 0006; run `facecrm migrate`"), 503, "schema_outdated"),
+    (CameraError("camera 7: no camera at device index 7"), 422, "camera_unavailable"),
+    (RateLimitedError(3.2), 429, "rate_limited"),
+    (StoreNotReadyError("the store's set-up is not confirmed"), 409, "store_not_ready"),
 ]
 
 

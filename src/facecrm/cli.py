@@ -21,7 +21,6 @@ from rich.text import Text
 from typer.core import TyperGroup
 
 from facecrm.config import API_PREFIX, Settings, configure, get_settings
-from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 from facecrm.errors import FacecrmError
 from facecrm.extras import missing_extra
 from facecrm.logs import configure_logging, mask_secrets
@@ -222,6 +221,7 @@ def enroll(
     """Enroll an opted-in customer from one or more photos (all must pass the quality gate)."""
     from facecrm.crm.authz import SYSTEM
     from facecrm.crm.cards import enrolled_photos
+    from facecrm.crm.consent_text import CURRENT as CONSENT_TEXT_VERSION
 
     if consent is None:
         consent = typer.confirm(
