@@ -1,6 +1,7 @@
 """Store agent: frames/second, CPU per camera, and frame → console alert latency.
 
     python benchmarks/agent_bench.py [--frames 300] [--alerts 20]
+    python benchmarks/agent_bench.py --smoke    # tests/data, 6 frames and 2 alerts per row
 
 1. Throughput, one thread: synthetic camera frames (640x480 and 1920x1080) with
    1 to 5 real faces pasted from ../shared/faces, drifting a few pixels per
@@ -42,7 +43,7 @@ from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import build_pipeline
 
-from common import faces_dir, machine
+from common import faces_dir, link_model_cache, machine, smoke_faces
 
 PASSWORD = "benchmark-password"
 
@@ -73,8 +74,10 @@ def frames(crops: list[np.ndarray], count: int, faces_per_frame: int, size: tupl
         yield frame if size == (640, 480) else cv2.resize(frame, size)
 
 
-def throughput(faces: Path, count: int) -> None:
-    settings = configure(data_dir=Path(tempfile.mkdtemp(prefix="facecrm-agent-bench-")), threads=1)
+def throughput(faces: Path, count: int, model_cache: Path | None = None) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-agent-bench-"))
+    link_model_cache(data_dir, model_cache)
+    settings = configure(data_dir=data_dir, threads=1)
     cv2.setNumThreads(1)
     pipeline = build_pipeline(settings)
     crops = face_crops(faces, pipeline, settings)
@@ -99,10 +102,11 @@ def throughput(faces: Path, count: int) -> None:
             )
 
 
-def latency(faces: Path, alerts: int) -> None:
+def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-latency-"))
+    link_model_cache(data_dir, model_cache)
     settings = configure(data_dir=data_dir)
-    crm = FaceCRM(settings)
+    crm = FaceCRM(settings, migrate=True)
     with db.transaction(crm.sessions) as session:
         store = accounts.create_store(session, "B", "Bench", SYSTEM)
         accounts.create_staff(session, "assoc", PASSWORD, "associate", [store.id], principal=SYSTEM)
@@ -206,11 +210,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--alerts", type=int, default=20)
+    parser.add_argument("--smoke", action="store_true", help="tests/data, a few frames, seconds")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
-    faces = faces_dir()
+    if args.smoke:
+        args.frames, args.alerts = 6, 2
+    faces = smoke_faces() if args.smoke else faces_dir()
     print(f"machine: {machine()}\n")
-    throughput(faces, args.frames)
-    latency(faces, args.alerts)
+    throughput(faces, args.frames, args.model_cache)
+    latency(faces, args.alerts, args.model_cache)
 
 
 if __name__ == "__main__":

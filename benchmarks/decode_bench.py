@@ -35,7 +35,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from common import machine, serve_subprocess
+from common import link_model_cache, machine, serve_subprocess
 
 GOAL_MB = 400
 
@@ -166,10 +166,7 @@ def main() -> int:
     print(", ".join(f"{name} ({len(data) // 1024} KB)" for name, data in files.items()))
 
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-decode-bench-"))
-    if args.model_cache:
-        (data_dir / "cache").mkdir(parents=True)
-        args.model_cache.mkdir(parents=True, exist_ok=True)  # a new cache: built on first use
-        (data_dir / "cache" / "models").symlink_to(args.model_cache.resolve())
+    link_model_cache(data_dir, args.model_cache)
     env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
     env.pop("FACECRM_DATABASE_URL", None)
 
