@@ -9,6 +9,7 @@ instead of when someone next wants its figures.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,9 @@ def run_smoke(script: str, model_cache: Path) -> str:
         cwd=BENCHMARKS,
         timeout=600,
     )
-    assert run.returncode == 0, f"{script} --smoke exited {run.returncode}:\n{run.stdout}{run.stderr}"
+    assert run.returncode == 0, (
+        f"{script} --smoke exited {run.returncode}:\n{run.stdout}{run.stderr}"
+    )
     assert "FAILED" not in run.stdout, run.stdout
     assert run.stdout.startswith("machine: "), run.stdout  # every table says where it ran
     return run.stdout
@@ -70,3 +73,14 @@ def test_smoke(script: str, model_cache: Path, pipeline: FacePipeline) -> None:
     out = run_smoke(script, model_cache)
     missing = [line for line in EXPECTED[script] if line not in out]
     assert missing == [], out
+    if script == "decode_bench.py":
+        assert_peak_within_bound(out)
+
+
+def assert_peak_within_bound(out: str) -> None:
+    """The server's peak RSS under hostile uploads stays within the bound the benchmark's
+    docstring derives (decode slots x largest decode + what each other request holds)."""
+    bound = float(re.search(r"designed bound for 8 clients: (\d+) MB", out)[1])  # type: ignore[index]
+    row = out.split("| idle RSS MB | peak above idle MB |")[1].splitlines()[2]
+    peak = float(row.split("|")[2])
+    assert 0 < peak <= bound <= 460, out
