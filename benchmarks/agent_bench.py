@@ -9,8 +9,9 @@
    per-frame path (detect, align, quality, track; embedding and the decision
    when a track has its 5 best frames). CPU per camera is CPU seconds per
    frame x 25 fps.
-2. Latency: `facecrm serve` in its own process (visit window 0, so every track
-   is a new visit); an SSE client subscribed as a store associate; the agent
+2. Latency: `facecrm serve` in its own process (visit window 1 minute, the
+   smallest, with bursts 61 s of video time apart, so every track is a new
+   visit); an SSE client subscribed as a store associate; the agent
    in this process sends Lin-Manuel Miranda's video frames in bursts (one track
    each). Latency = from the start of processing the frame that completed the
    track's evidence to the alert arriving on the SSE stream.
@@ -127,7 +128,7 @@ def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
         _, frame = capture.read()
         clip.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     with socket_port() as port:
-        env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "FACECRM_VISIT_WINDOW_MINUTES": "0"}
+        env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "FACECRM_VISIT_WINDOW_MINUTES": "1"}
         server = subprocess.Popen(
             [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
             env=env,
@@ -164,7 +165,7 @@ def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
                 deadline = time.time() + 10
                 while len(arrivals) < len(starts) and time.time() < deadline:
                     time.sleep(0.005)
-                clock += 5  # the customer leaves; the next burst is a new track
+                clock += 61  # the customer leaves; the next burst is a new track and visit
             ms = np.array([a - s for s, a in zip(starts, arrivals, strict=False)]) * 1000
             print(
                 f"\nframe → console alert (SSE), {len(ms)} alerts: "
