@@ -1,6 +1,6 @@
 """Store agent: frames/second, CPU per camera, and frame → console alert latency.
 
-    python benchmarks/agent_bench.py [--frames 300] [--alerts 20]
+    python benchmarks/agent_bench.py [--frames 300] [--alerts 20] [--cascade-only]
     python benchmarks/agent_bench.py --smoke    # tests/data, 6 frames and 2 alerts per row
 
 1. Throughput, one thread: synthetic camera frames (640x480 and 1920x1080) with
@@ -8,7 +8,9 @@
    frame so that tracking works; each frame goes through the agent's full
    per-frame path (detect, align, quality, track; embedding and the decision
    when a track has its 5 best frames). CPU per camera is CPU seconds per
-   frame x 25 fps.
+   frame x 25 fps. The cascade rows enroll every pasted face (both models), so
+   every track runs SFace on its kept chips (the worst case: all customers) and
+   every face gets its five-point SFace chip each frame.
 2. Latency: `facecrm serve` in its own process (visit window 1 minute, the
    smallest, with bursts 61 s of video time apart, so every track is a new
    visit); an SSE client subscribed as a store associate; the agent
@@ -34,15 +36,18 @@ import cv2
 import httpx
 import numpy as np
 
-from facecrm.agent.runner import Agent, AgentConfig
+from facecrm.agent.runner import Agent, AgentConfig, LocalGallery
 from facecrm.agent.tracker import Tracker
 from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
+from facecrm.gallery.gallery import Gallery
+from facecrm.gallery.threshold import load_calibration, load_cascade
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import build_pipeline
+from facecrm.vision.second import build_second_opinion
 
 from common import faces_dir, link_model_cache, machine, smoke_faces
 
@@ -75,32 +80,68 @@ def frames(crops: list[np.ndarray], count: int, faces_per_frame: int, size: tupl
         yield frame if size == (640, 480) else cv2.resize(frame, size)
 
 
-def throughput(faces: Path, count: int, model_cache: Path | None = None) -> None:
+def cascade_gallery(agent: Agent, crops: list[np.ndarray], settings: Settings) -> LocalGallery:
+    """A synced-like gallery where every pasted face is a customer with both models'
+    templates and the shipped cascade calibration (what a cascade server sends)."""
+    assert agent.second is not None
+    pipeline = agent.pipeline
+    gallery = LocalGallery()
+    first, second = [], {}
+    for k, crop in enumerate(crops):
+        face = pipeline.faces(crop)[0]
+        assert face.template is not None
+        first.append(face.template)
+        second[f"c{k}"] = agent.second.embed(crop, [face])
+    gallery._gallery = Gallery(len(first[0]))
+    gallery._gallery.add(range(len(first)), [f"c{k}" for k in range(len(first))], np.stack(first))
+    gallery._second = second
+    gallery.cascade = load_cascade(pipeline.model_id, settings.data_dir)
+    gallery.threshold = load_calibration(pipeline.model_id).threshold(settings.target_fmr)
+    gallery.model_id = pipeline.model_id
+    return gallery
+
+
+def throughput(
+    faces: Path, count: int, cascade_only: bool = False, model_cache: Path | None = None
+) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-agent-bench-"))
     link_model_cache(data_dir, model_cache)
     settings = configure(data_dir=data_dir, threads=1)
     cv2.setNumThreads(1)
     pipeline = build_pipeline(settings)
     crops = face_crops(faces, pipeline, settings)
-    agent = Agent(
-        AgentConfig("http://127.0.0.1:9", "none", (), settings.data_dir / "agent"), pipeline
+    config = AgentConfig("http://127.0.0.1:9", "none", (), settings.data_dir / "agent")
+    agent = Agent(config, pipeline)
+    cascade = Agent(config, pipeline, build_second_opinion(settings))
+    cascade.gallery = cascade_gallery(cascade, crops, settings)
+    print(
+        "| frame | faces | decision | frames/s (1 thread) | CPU ms / frame "
+        "| CPU of one core at 25 fps | SFace chips | known tracks |"
     )
-    print("| frame | faces | frames/s (1 thread) | CPU ms / frame | CPU of one core at 25 fps |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |")
+    runs = [("dlib alone, nobody enrolled", agent), ("cascade, every face a customer", cascade)]
     for size in ((640, 480), (1920, 1080)):
         for n in (1, 3, 5):
-            batch = list(frames(crops, count, n, size))
-            tracker = Tracker("bench")
-            wall, cpu = time.perf_counter(), time.process_time()
-            for i, frame in enumerate(batch):
-                agent.process(tracker, frame, i / 25, "bench")
-            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-            per = cpu / count
-            print(
-                f"| {size[0]}x{size[1]} | {n} | {count / wall:.1f} | {per * 1000:.1f} | "
-                f"{min(per * 25, 9.99) * 100:.0f}% |",
-                flush=True,
-            )
+            for label, who in runs[1:] if cascade_only else runs:
+                batch = list(frames(crops, count, n, size))
+                tracker = Tracker("bench")
+                chips = who.metrics.counter("facecrm_agent_second_faces_embedded_total")
+                known = who.metrics.counter("facecrm_agent_known_tracks_total")
+                wall, cpu = time.perf_counter(), time.process_time()
+                for i, frame in enumerate(batch):
+                    who.process(tracker, frame, i / 25, "bench")
+                for track in tracker.flush():
+                    who.decide(track)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                per = cpu / count
+                chips = who.metrics.counter("facecrm_agent_second_faces_embedded_total") - chips
+                known = who.metrics.counter("facecrm_agent_known_tracks_total") - known
+                print(
+                    f"| {size[0]}x{size[1]} | {n} | {label} | {count / wall:.1f} | "
+                    f"{per * 1000:.1f} | {min(per * 25, 9.99) * 100:.0f}% | {chips:.0f} | "
+                    f"{known:.0f} |",
+                    flush=True,
+                )
 
 
 def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
@@ -211,6 +252,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--alerts", type=int, default=20)
+    parser.add_argument("--cascade-only", action="store_true", help="only the cascade rows")
     parser.add_argument("--smoke", action="store_true", help="tests/data, a few frames, seconds")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
@@ -218,8 +260,9 @@ def main() -> None:
         args.frames, args.alerts = 6, 2
     faces = smoke_faces() if args.smoke else faces_dir()
     print(f"machine: {machine()}\n")
-    throughput(faces, args.frames, args.model_cache)
-    latency(faces, args.alerts, args.model_cache)
+    throughput(faces, args.frames, args.cascade_only, args.model_cache)
+    if not args.cascade_only:
+        latency(faces, args.alerts, args.model_cache)
 
 
 if __name__ == "__main__":

@@ -152,11 +152,21 @@ def test_deleted_user_token_is_refused(world: World) -> None:
         assert session.get(StaffUser, staff_id) is None
 
 
-def test_only_admins_manage_staff_and_the_last_admin_stays(world: World) -> None:
+def test_managers_manage_only_their_associates_and_the_last_admin_stays(world: World) -> None:
+    """Issue 11: a manager disables associates of their own stores (was admins only); not
+    another store's associate (unknown to them), a fellow manager, nor an admin."""
     manager, _ = world.user("manager")
+    _, fellow_id = world.user("manager")
     _, associate_id = world.user()
+    _, elsewhere_id = world.user(store="b")
+    with world.client() as admin:
+        admin_id = admin.get("/api/v1/me").json()["id"]
     with world.client(world.token(manager)) as c:
-        assert c.post(f"/api/v1/staff/{associate_id}/disable").status_code == 403
+        assert c.post(f"/api/v1/staff/{elsewhere_id}/disable").status_code == 404
+        assert c.post(f"/api/v1/staff/{fellow_id}/disable").status_code == 403
+        assert c.post(f"/api/v1/staff/{admin_id}/disable").status_code == 404
+        assert c.delete(f"/api/v1/staff/{associate_id}").status_code == 403
+        assert c.post(f"/api/v1/staff/{associate_id}/disable").status_code == 204
     with world.client() as admin:
         me = admin.get("/api/v1/me").json()["id"]
         assert admin.post(f"/api/v1/staff/{me}/disable").status_code == 409

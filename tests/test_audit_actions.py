@@ -29,20 +29,20 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 import facecrm
 from facecrm.config import Settings
 from facecrm.crm import authz
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import AuditEvent
+from facecrm.crm.models import AuditEvent, FaceTemplate
 from facecrm.crm.retention import purge
 from facecrm.crm.service import FaceCRM
 from facecrm.crypto import add_master_key
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
 
-from server import serve
+from server import free_port, serve
 
 SRC = Path(facecrm.__file__).resolve().parent
 PASSWORD = "correct horse battery"
@@ -71,10 +71,14 @@ TABLE: dict[str, Row] = {
     "staff_enable": Row("POST /api/v1/staff/{id}/enable", "staff:admin"),
     "staff_password": Row("POST /api/v1/staff/{id}/password", "staff:admin"),
     "staff_delete": Row("DELETE /api/v1/staff/{id}", "staff:admin"),
+    "staff_stores": Row("PUT /api/v1/staff/{id}/stores", "staff:manager"),
+    "staff_unlock": Row("POST /api/v1/staff/{id}/unlock", "staff:manager"),
     "store_create": Row("POST /api/v1/stores", "staff:admin", None, "A"),
     "store_config": Row("PUT /api/v1/stores/{id}/config", "staff:manager", None, "A"),
     "device_create": Row("POST /api/v1/devices", "staff:manager", None, "A"),
     "device_revoke": Row("POST /api/v1/devices/{id}/revoke", "staff:manager", None, "A"),
+    "device_rotate": Row("POST /api/v1/devices/{id}/rotate", "staff:manager", None, "A"),
+    "webhook_test": Row("POST /api/v1/stores/{id}/webhook/test", "staff:manager", None, "A"),
     "readiness_confirm": Row("POST /api/v1/stores/{id}/readiness/{item}", "staff:admin", None, "A"),
     # customers, consents and faces
     "customer_create": Row("POST /api/v1/customers", STAFF, "rose"),
@@ -86,7 +90,10 @@ TABLE: dict[str, Row] = {
     "customer_list": Row("service FaceCRM.customers", SYSTEM),
     "lookup": Row("GET /api/v1/customers/{id}", STAFF, "rose"),
     "consent_give": Row("POST /api/v1/customers/{id}/consents", STAFF, "rose", "A"),
-    "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose"),
+    "consent_text_create": Row("POST /api/v1/consent-texts", "staff:admin"),
+    "enrollment_config": Row("PUT /api/v1/enrollment-options/{scope}", "staff:manager", None, "A"),
+    "kiosk_login": Row("console POST /console/kiosk/login", "device:kiosk-1", None, "A"),
+    "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose", "A"),
     "enroll_faces": Row("POST /api/v1/customers/{id}/faces", STAFF, "rose"),
     "enroll_duplicate": Row(
         "console POST /console/enroll (a face already enrolled)", STAFF, "rose", "A"
@@ -115,6 +122,10 @@ TABLE: dict[str, Row] = {
     "camera_back": Row("POST /api/v1/agent/heartbeat (frames)", "device:door-cam", None, "A"),
     "alert_claim": Row("POST /api/v1/alerts/{id}/claim", STAFF, "rose", "A"),
     "alert_ack": Row("console POST /console/alerts/{id}/ack", STAFF, "rose", "A"),
+    "alert_dismiss": Row("POST /api/v1/alerts/{id}/dismiss", STAFF, "kit", "A"),
+    "match_dispute": Row("console POST /console/alerts/{id}/dispute", STAFF, "rose", "A"),
+    "dispute_report": Row("GET /api/v1/stores/{id}/disputes", "staff:manager", None, "A"),
+    "pos_lookup": Row("GET /api/v1/pos/customer", "device:till", "lou", "A"),
     "shift_start": Row("POST /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "shift_end": Row("DELETE /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "purchase": Row("POST /api/v1/customers/{id}/purchases", STAFF, "rose", "A"),
@@ -127,6 +138,8 @@ TABLE: dict[str, Row] = {
     "keys_rotate": Row("service FaceCRM.rotate_keys", SYSTEM),
     "purge": Row("service retention.purge", SYSTEM),
     "forget_face": Row("service retention.purge", SYSTEM, "rose"),
+    "templates_backfill": Row("cli facecrm templates backfill", SYSTEM, "rose"),
+    "templates_backfill_summary": Row("cli facecrm templates backfill", SYSTEM),
     "audit_checkpoint": Row("service retention.purge", SYSTEM),
 }
 
@@ -483,10 +496,20 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         manager, associate, auditor = staff("manager"), staff("associate"), staff("auditor")
 
         with run.path("POST /api/v1/devices"):
-            for name in ("door-cam", "spare"):
-                body = {"store_id": ids["A"], "kind": "agent", "name": name}
+            for name, kind in (("door-cam", "agent"), ("spare", "agent"), ("till", "pos")):
+                body = {"store_id": ids["A"], "kind": kind, "name": name}
                 made = ok(manager.post("/api/v1/devices", json=body), 201)
                 ids[name], ids[f"{name} key"] = made["id"], made["api_key"]
+        with run.path("PUT /api/v1/enrollment-options/{scope}"):
+            body = {"ask_phone": True}
+            ok(manager.put(f"/api/v1/enrollment-options/{ids['A']}", json=body), 200)
+        with run.path("console POST /console/kiosk/login"):
+            body = {"store_id": ids["A"], "kind": "kiosk", "name": "kiosk-1"}
+            key = ok(manager.post("/api/v1/devices", json=body), 201)["api_key"]
+            kiosk = client()
+            kiosk.get("/console/kiosk/login")
+            form = {"key": key, "csrf": str(kiosk.cookies.get("facecrm_csrf", ""))}
+            ok(kiosk.post("/console/kiosk/login", data=form), 303)
         with run.path("cli facecrm admin disable"):
             cli(settings, "admin", "disable", "temp")
         with run.path("POST /api/v1/staff/{id}/enable"):
@@ -494,8 +517,15 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         with run.path("POST /api/v1/staff/{id}/password"):
             body = {"password": "another long password"}
             ok(admin.post(f"/api/v1/staff/{ids['temp']}/password", json=body), 204)
+        with run.path("PUT /api/v1/staff/{id}/stores"):
+            body = {"store_ids": [ids["A"]]}
+            ok(manager.put(f"/api/v1/staff/{ids['temp']}/stores", json=body), 200)
+        with run.path("POST /api/v1/staff/{id}/unlock"):
+            ok(manager.post(f"/api/v1/staff/{ids['temp']}/unlock"), 200)
         with run.path("DELETE /api/v1/staff/{id}"):
             ok(admin.delete(f"/api/v1/staff/{ids['temp']}"), 204)
+        with run.path("POST /api/v1/devices/{id}/rotate"):
+            ok(manager.post(f"/api/v1/devices/{ids['spare']}/rotate"), 200)
         with run.path("POST /api/v1/devices/{id}/revoke"):
             ok(manager.post(f"/api/v1/devices/{ids['spare']}/revoke"), 204)
         with run.path("POST /api/v1/stores/{id}/readiness/{item}"):
@@ -508,9 +538,12 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         rose = f"/api/v1/customers/{ids.get('rose')}"
         with run.path("PATCH /api/v1/customers/{id}"):
             ok(associate.patch(rose, json={"preferred_name": "Rose"}), 200)
+        with run.path("POST /api/v1/consent-texts"):
+            body = {"purpose": "marketing", "language": "en", "body": "Offers by e-mail."}
+            ok(admin.post("/api/v1/consent-texts", json=body), 201)
         with run.path("POST /api/v1/customers/{id}/consents"):
             for purpose, store in (("in_store_recognition", ids["A"]), ("marketing", None)):
-                body = {"purpose": purpose, "text_version": CURRENT, "channel": "kiosk"}
+                body = {"purpose": purpose, "channel": "kiosk"}
                 ok(associate.post(f"{rose}/consents", json={**body, "store_id": store}), 201)
         with run.path("POST /api/v1/customers/{id}/faces"):
             form = {"keep_photo": "true"}
@@ -582,8 +615,15 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             body = {"resolved": True}
             ok(associate.patch(f"/api/v1/feedback/{ids['feedback']}", json=body), 200)
         with run.path("PUT /api/v1/stores/{id}/config"):
-            body = {"rules": {"long_absence": {"days": 30}}}
+            body = {"rules": {"long_absence": {"days": 30}, "any_arrival": {"enabled": True}}}
             ok(manager.put(f"/api/v1/stores/{ids['A']}/config", json=body), 200)
+        with run.path("setup: PUT /api/v1/stores/{id}/webhook"):
+            # a local port nobody listens on: the test event's delivery fails, and is logged
+            settings.webhook_allow_hosts, settings.webhook_allow_http = ["127.0.0.1"], True
+            body = {"url": f"http://127.0.0.1:{free_port()}/hook"}
+            ok(manager.put(f"/api/v1/stores/{ids['A']}/webhook", json=body), 200)
+        with run.path("POST /api/v1/stores/{id}/webhook/test"):
+            ok(manager.post(f"/api/v1/stores/{ids['A']}/webhook/test"), 202)
         with run.path("POST /api/v1/shifts/{store_id}"):
             ok(associate.post(f"/api/v1/shifts/{ids['A']}"), 201)
         agent = client(**{"X-API-Key": ids.get("door-cam key", "-")})
@@ -591,9 +631,13 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             assert ok(agent.get("/api/v1/agent/gallery"), 200)["templates"]
         with run.path("POST /api/v1/agent/events"):
             at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-            event = {"key": "visit-0001", "type": "visit", "customer_id": ids["rose"], "at": at}
-            body = {"events": [{**event, "camera": "door", "similarity": 0.9}]}
-            assert ok(agent.post("/api/v1/agent/events", json=body), 200)["outcomes"] == ["visit"]
+            events = [
+                {"key": f"visit-000{n}", "type": "visit", "customer_id": ids[who], "at": at}
+                for n, who in enumerate(("rose", "kit"), 1)
+            ]
+            body = {"events": [{**e, "camera": "door", "similarity": 0.9} for e in events]}
+            outcomes = ok(agent.post("/api/v1/agent/events", json=body), 200)["outcomes"]
+            assert outcomes == ["visit", "visit"]
         for path, ago in (("silent", 10), ("frames", 0)):  # the store's window: 5 minutes
             with run.path(f"POST /api/v1/agent/heartbeat ({path})"):
                 at = (datetime.now(UTC) - timedelta(minutes=ago)).isoformat()
@@ -601,13 +645,37 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
                 (camera,) = ok(agent.post("/api/v1/agent/heartbeat", json=body), 200)
                 assert camera["silent"] is (path == "silent")
         with run.path("POST /api/v1/alerts/{id}/claim"):
-            (alert,) = ok(associate.get("/api/v1/alerts"), 200)
-            ids["alert"] = str(alert["id"])
+            raised = {
+                a["customer_id"]: str(a["id"]) for a in ok(associate.get("/api/v1/alerts"), 200)
+            }
+            ids["alert"], ids["kit alert"] = raised[ids["rose"]], raised[ids["kit"]]
             ok(associate.post(f"/api/v1/alerts/{ids['alert']}/claim"), 200)
         with run.path("console POST /console/alerts/{id}/ack"):
             ok(console.post(f"/console/alerts/{ids['alert']}/ack", headers=headers), 200)
+        with run.path("POST /api/v1/alerts/{id}/dismiss"):
+            ok(associate.post(f"/api/v1/alerts/{ids['kit alert']}/dismiss"), 200)
+        with run.path("console POST /console/alerts/{id}/dispute"):
+            ok(console.post(f"/console/alerts/{ids['alert']}/dispute", headers=headers), 200)
+        with run.path("GET /api/v1/stores/{id}/disputes"):
+            assert len(ok(manager.get(f"/api/v1/stores/{ids['A']}/disputes"), 200)) == 1
+        till = client(**{"X-API-Key": ids.get("till key", "-")})
+        with run.path("GET /api/v1/pos/customer"):
+            found = ok(till.get("/api/v1/pos/customer", params={"loyalty_id": "L-77"}), 200)
+            ids["lou"] = found["id"]
         with run.path("DELETE /api/v1/shifts/{store_id}"):
             ok(associate.delete(f"/api/v1/shifts/{ids['A']}"), 204)
+
+        # Rose as enrolled before the cascade (dlib templates only), backfilled from her
+        # kept photo
+        with run.path("cli facecrm templates backfill"):
+            with run.crm.sessions.begin() as session:
+                session.execute(
+                    delete(FaceTemplate).where(
+                        FaceTemplate.customer_id == ids["rose"],
+                        FaceTemplate.model_id != run.crm.model_id,
+                    )
+                )
+            cli(settings, "templates", "backfill")
 
         # the trail, withdrawal and erasure, log-out
         with run.path("GET /api/v1/audit"):

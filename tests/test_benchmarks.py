@@ -24,7 +24,8 @@ BENCHMARKS = REPO / "benchmarks"
 # script: lines its smoke output must contain (a table header or row, a summary)
 EXPECTED: dict[str, tuple[str, ...]] = {
     "agent_bench.py": (
-        "| frame | faces | frames/s (1 thread) |",
+        "| frame | faces | decision | frames/s (1 thread) |",
+        "cascade, every face a customer",
         "| 640x480 | 5 |",
         "frame → console alert (SSE), 2 alerts",
     ),
@@ -33,6 +34,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "cascade_study.py": ("| scorer | impostor mean / sd / max |", "| cascade |", "| FNIR | FPIR |"),
     "decode_bench.py": ("| idle RSS MB | peak above idle MB |", "| float-6300.tiff | 422"),
     "embedder_compare.py": ("| embedder | genuine / impostor pairs |", "| fused (dlib + sface"),
+    "served_cascade_bench.py": ("| path | photos | faces named |", "| cascade, strangers |"),
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
     "stages_bench.py": ("| stage | mean ms |", "| 10,000 templates |", "| SFace int8 in OpenCV |"),
     "throughput_bench.py": ("| facecrm | 2 |", "| face_recognition-style", "speed-up with 2"),

@@ -28,13 +28,15 @@ def _enroll(crm: FaceCRM, load: Load) -> str:
 def test_templates_and_photos_are_sealed(crm: FaceCRM, load: Load) -> None:
     rose = _enroll(crm, load)
     with crm.sessions() as session:
-        (template,) = session.scalars(select(FaceTemplate)).all()
+        dlib, sface = session.scalars(select(FaceTemplate).order_by(FaceTemplate.id)).all()
+        template = dlib
         photo = session.get(CustomerPhoto, rose)
         key = session.get(CustomerKey, rose)
         (plain,) = crm.plain_templates(session, rose)
     assert key is not None and len(key.wrapped) == 12 + 32 + 16
     assert len(template.vector) == 12 + 128 * 4 + 16
     assert plain[2].tobytes() not in template.vector
+    assert sface.model_id == "sface-2021dec" and len(sface.vector) == 12 + 128 * 4 + 16
     assert photo is not None and not photo.jpeg.startswith(b"\xff\xd8")  # not a readable JPEG
     with crm.sessions() as session:
         assert (crm.photo(session, rose) or b"")[:2] == b"\xff\xd8"
@@ -44,7 +46,9 @@ def test_templates_and_photos_are_sealed(crm: FaceCRM, load: Load) -> None:
 def test_withdrawal_and_erasure_destroy_the_data_key(crm: FaceCRM, load: Load, how: str) -> None:
     rose = _enroll(crm, load)
     with crm.sessions() as session:
-        sealed = session.scalars(select(FaceTemplate.vector)).one()  # e.g. in a backup
+        sealed = session.scalars(  # e.g. in a backup
+            select(FaceTemplate.vector).where(FaceTemplate.model_id == crm.model_id)
+        ).one()
         cipher = crm.cipher(session, rose)
     if how == "withdraw":
         crm.withdraw(rose, Purpose.IN_STORE_RECOGNITION, SYSTEM)

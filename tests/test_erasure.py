@@ -138,6 +138,7 @@ def test_withdrawal_leaves_no_key_template_or_photo_in_the_files(
                 select(FaceTemplate.vector).where(FaceTemplate.customer_id == customer.id)
             ),
         ]
+    assert len(blobs) == 4  # key, photo, and a template of each model (dlib and SFace)
     # pieces from the start, middle and end of each (a photo spans several pages)
     needles = [b[i : i + 40] for b in blobs for i in (0, len(b) // 2, len(b) - 40)]
     assert _found(sqlite_crm.settings.data_dir, needles)
@@ -223,3 +224,34 @@ def test_data_dir_is_private_whatever_the_umask(
         again.engine.dispose()
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize("how", ["withdraw", "forget_face", "erase"])
+def test_both_models_templates_are_deleted(crm: FaceCRM, load: Load, how: str) -> None:
+    """Each enrollment photo stores a dlib and an SFace template: every way out removes both
+    (and the searchable copy), for this customer only."""
+    rose, kit = (
+        crm.enroll(name, [Photo("p", load(path))], CURRENT, "kiosk", SYSTEM).id
+        for name, path in (
+            ("Rose", "identities/rose_leslie/1.jpg"),
+            ("Kit", "identities/kit_harington/1.jpg"),
+        )
+    )
+
+    def models(customer_id: str) -> list[str]:
+        with crm.sessions() as session:
+            query = select(FaceTemplate.model_id).where(FaceTemplate.customer_id == customer_id)
+            return sorted(session.scalars(query))
+
+    assert models(rose) == models(kit) == ["dlib-resnet-v1", "sface-2021dec"]
+    if how == "withdraw":
+        crm.withdraw(rose, Purpose.IN_STORE_RECOGNITION, SYSTEM)
+    elif how == "forget_face":
+        crm.forget_face(rose, "retention", SYSTEM)
+    else:
+        crm.delete_customer(rose, SYSTEM)
+    assert models(rose) == [] and models(kit) == ["dlib-resnet-v1", "sface-2021dec"]
+    with crm.sessions() as session:
+        assert session.get(CustomerKey, rose) is None
+    (face,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
+    assert face.match is None

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import select
 
 from browser import CHROMIUM_ARGS, chromium_path
-from facecrm.crm import accounts, db
+from facecrm.crm import accounts, consent_text, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import AuditEvent
+from facecrm.crm.models import AuditEvent, Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.server import create_app
 
@@ -84,7 +84,8 @@ def test_readiness_api(site: Site) -> None:
             "consent_text",
             "retention",
         ]
-        assert {i["item"]: i["expected"] for i in body["items"]}["consent_text"] == CURRENT
+        expected = {i["item"]: i["expected"] for i in body["items"]}["consent_text"]
+        assert expected.startswith(f"{CURRENT} (en, text #")
         refused = api.post(f"/stores/{site.store}/readiness/signage")  # admins only
         assert refused.status_code == 403
     with site.client("bob") as api:  # another store's associate
@@ -107,6 +108,15 @@ def test_readiness_api(site: Site) -> None:
     assert body["ready"] is False and retention["confirmed"] is False
     assert retention["confirmed_value"].startswith("visits 365d")
     assert retention["expected"].startswith("visits 90d")
+    # the chain publishes a new consent text: the store must confirm the text again
+    site.crm.settings.retain_visits_days = 365
+    with db.transaction(site.crm.sessions) as session:
+        new = consent_text.create_version(session, SYSTEM, Purpose.IN_STORE_RECOGNITION, "en", "v2")
+    with site.client("alice") as api:
+        body = api.get(f"/stores/{site.store}/readiness").json()
+    text = next(i for i in body["items"] if i["item"] == "consent_text")
+    assert body["ready"] is False and text["confirmed"] is False
+    assert text["expected"].endswith(f"text #{new.id})")
 
 
 def test_required_readiness_switches_recognition_off(site: Site, faces_dir: Path) -> None:

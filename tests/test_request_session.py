@@ -300,6 +300,8 @@ def test_the_client_models_mirror_the_server_responses() -> None:
         client.CustomerSummary: schemas.CustomerSummary,
         client.Profile: schemas.CustomerOut,
         client.Consent: schemas.ConsentOut,
+        client.ConsentText: schemas.ConsentTextOut,
+        client.ConsentEvidence: schemas.ConsentEvidenceOut,
         client.Visit: schemas.VisitOut,
         client.Purchase: schemas.PurchaseOut,
         client.PurchaseItem: schemas.ItemOut,

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from facecrm.crm import accounts, activity, customers, db
+from facecrm.crm import accounts, activity, consent_text, customers, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.customers import ConsentGrant
@@ -48,8 +48,9 @@ def test_purge(crm: FaceCRM, load: Load) -> None:
         )
         activity.record_visit(session, SYSTEM, rose.id, store.id, "manual", at=long_ago)
         activity.record_visit(session, SYSTEM, kit.id, store.id, "manual", at=now)
+        consent_text.create_version(session, SYSTEM, Purpose.MARKETING, "en", "Offers by e-mail.")
         marketing = customers.give_consent(
-            session, SYSTEM, kit.id, ConsentGrant(Purpose.MARKETING, CURRENT, "kiosk")
+            session, SYSTEM, kit.id, ConsentGrant(Purpose.MARKETING, None, "kiosk")
         )
         marketing.given_at = now - timedelta(days=40 * 30)  # older than 36 months
     report = purge(crm, SYSTEM, now=now)
@@ -58,11 +59,9 @@ def test_purge(crm: FaceCRM, load: Load) -> None:
         assert set(session.scalars(select(FaceTemplate.customer_id))) == {kit.id}
         assert session.get(CustomerKey, rose.id) is None
         assert [v.customer_id for v in session.scalars(select(Visit))] == [kit.id]
-        assert (
-            session.scalars(select(Consent).where(Consent.purpose == "marketing"))
-            .one()
-            .withdrawn_at
-        )
+        expired = session.scalars(select(Consent).where(Consent.purpose == "marketing")).one()
+        assert expired.withdrawn_at and expired.withdrawn_channel == "expired"
+        assert expired.withdrawn_by == SYSTEM.label
         actions = set(session.scalars(select(AuditEvent.action)))
     assert {"purge", "forget_face"} <= actions
     (gone,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
@@ -81,7 +80,7 @@ def _expire_recognition_consents(crm: FaceCRM, *customer_ids: str) -> None:
 
 
 def _state(crm: FaceCRM, customer_id: str) -> tuple[bool, int]:
-    """(recognition consent active, number of templates)."""
+    """(recognition consent active, number of templates: one per photo and model)."""
     with crm.sessions() as session:
         consent = session.scalars(
             select(Consent).where(
@@ -118,7 +117,7 @@ def test_a_purge_that_dies_half_way_expires_nothing(
     with pytest.raises(SystemExit):
         purge(crm, SYSTEM)
     # no consent expired without its templates going: nothing happened at all
-    assert _state(crm, rose.id) == (True, 1) and _state(crm, kit.id) == (True, 1)
+    assert _state(crm, rose.id) == (True, 2) and _state(crm, kit.id) == (True, 2)
     monkeypatch.undo()
     report = purge(crm, SYSTEM)
     assert report.expired_consents == 2
@@ -145,7 +144,7 @@ def test_purge_removes_templates_left_without_consent(crm: FaceCRM, load: Load) 
             .values(withdrawn_at=datetime.now(UTC))
         )
     purge(crm, SYSTEM)
-    assert _state(crm, rose.id) == (False, 0) and _state(crm, kit.id) == (True, 1)
+    assert _state(crm, rose.id) == (False, 0) and _state(crm, kit.id) == (True, 2)
     with crm.sessions() as session:
         assert session.get(CustomerPhoto, rose.id) is None
         assert session.get(CustomerKey, rose.id) is None

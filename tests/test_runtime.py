@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 
 import facecrm
 from facecrm.config import Settings
@@ -88,6 +88,8 @@ def outdated(
     rose = _rose(crm, load)
     with db.transaction(crm.sessions) as session:
         ((_, _, plain),) = crm.plain_templates(session, rose)
+        # versions before the cascade stored the first model's template only
+        session.execute(delete(FaceTemplate).where(FaceTemplate.model_id != crm.model_id))
         template = session.scalars(select(FaceTemplate)).one()
         template.vector = plain.tobytes()
         session.query(CustomerKey).delete()

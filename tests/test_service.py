@@ -26,6 +26,8 @@ from facecrm.crm.service import (
 from facecrm.vision.pipeline import FacePipeline
 from facecrm.vision.types import Image
 
+DLIB, SFACE = "dlib-resnet-v1", "sface-2021dec"
+
 Load = Callable[[str], Image]
 
 
@@ -76,9 +78,10 @@ def test_several_templates_per_customer(crm: FaceCRM, load: Load) -> None:
         "associate",
         SYSTEM,
     )
-    assert len(kit.templates) == 2
+    # each photo stores a template of each model of the cascade (dlib, SFace)
+    assert sorted(t.model_id for t in kit.templates) == [DLIB, DLIB, SFACE, SFACE]
     crm.add_photos(kit.id, [_photo(load, "identities/kit_harington/3.jpg")], SYSTEM)
-    assert _count(crm, FaceTemplate) == 3
+    assert _count(crm, FaceTemplate) == 6
     (face,) = crm.identify(load("identities/kit_harington/3.jpg"), SYSTEM)
     assert face.match is not None and face.match.customer_id == kit.id
     assert face.match.similarity > 0.99  # the identical photo's template wins
@@ -128,11 +131,11 @@ def test_identification_is_audited_without_strangers(crm: FaceCRM, load: Load) -
     actions = [(e.action, e.customer_id) for e in events]
     assert ("identify", rose.id) in actions
     summary = next(e for e in events if e.action == "identify_summary")
-    assert summary.detail == {"faces": 2, "matched": 1}
+    assert summary.detail == {"faces": 2, "matched": 1, "ambiguous": 0}
     # nothing about the stranger: no box, no score, no vector in any event
     for e in events:
         if e.action.startswith("identify"):
-            assert set(e.detail) <= {"faces", "matched", "similarity"}
+            assert set(e.detail) <= {"faces", "matched", "ambiguous", "similarity"}
             assert e.customer_id in {None, rose.id}
 
 
@@ -242,10 +245,10 @@ def test_consent_text_version_is_checked_by_the_service(crm: FaceCRM, load: Load
     assert refused.value.reason == "bad_consent_version" and refused.value.status == 422
     for version in ("v1", CURRENT + " ", "2026-11-V1"):
         with pytest.raises(InvalidError) as refused, db.transaction(crm.sessions) as session:
-            grant = ConsentGrant(Purpose.MARKETING, version, "kiosk")
+            grant = ConsentGrant(Purpose.IN_STORE_RECOGNITION, version, "kiosk")
             customers.give_consent(session, SYSTEM, rose.id, grant)
         assert refused.value.reason == "bad_consent_version"
     assert (_count(crm, Customer), _count(crm, Consent), _count(crm, AuditEvent)) == before
     with db.transaction(crm.sessions) as session:
-        grant = ConsentGrant(Purpose.MARKETING, CURRENT, "kiosk")
+        grant = ConsentGrant(Purpose.IN_STORE_RECOGNITION, CURRENT, "kiosk")
         assert customers.give_consent(session, SYSTEM, rose.id, grant).text_version == CURRENT

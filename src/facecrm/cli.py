@@ -8,6 +8,7 @@ error (Click's own: an unknown option, a missing argument).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -27,6 +28,7 @@ from facecrm.logs import configure_logging, mask_secrets
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from datetime import datetime
 
     import uvicorn
     from sqlalchemy.orm import Session
@@ -110,10 +112,16 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 app.add_typer(audit_app, name="audit")
 keys_app = typer.Typer(help="Master keys for encryption at rest.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+templates_app = typer.Typer(help="Customers' face templates.", no_args_is_help=True)
+app.add_typer(templates_app, name="templates")
 erasures_app = typer.Typer(
     help="The erasure log, re-applied after a restore.", no_args_is_help=True
 )
 app.add_typer(erasures_app, name="erasures")
+disputes_app = typer.Typer(
+    help='Matches staff said were wrong ("not this person").', no_args_is_help=True
+)
+app.add_typer(disputes_app, name="disputes")
 
 
 @app.callback()
@@ -180,6 +188,24 @@ def migrate() -> None:
         console.print(f"Encrypted {crm.legacy_sealed} template(s) stored before encryption.")
 
 
+@templates_app.command("backfill")
+def templates_backfill() -> None:
+    """Give customers enrolled before the two-model cascade a second-model (SFace) template
+    from their kept photo (audited). Customers without a kept photo are recognised by the
+    first model alone, at its own higher threshold, until a photo is added."""
+    from facecrm.crm.authz import SYSTEM
+
+    crm = _crm()
+    if crm.cascade is None:
+        raise _fail("the cascade is off (single-model embedder or calibration): nothing to do")
+    result = crm.backfill_templates(SYSTEM)
+    crm.close()
+    console.print(
+        f"Backfilled {result.backfilled} customer(s) from their kept photo; "
+        f"{result.first_model_only} left to the first model alone (no usable kept photo)."
+    )
+
+
 @app.command()
 def enroll(
     name: Annotated[str, typer.Argument(help="The customer's name.")],
@@ -195,6 +221,7 @@ def enroll(
 ) -> None:
     """Enroll an opted-in customer from one or more photos (all must pass the quality gate)."""
     from facecrm.crm.authz import SYSTEM
+    from facecrm.crm.cards import enrolled_photos
 
     if consent is None:
         consent = typer.confirm(
@@ -216,7 +243,7 @@ def enroll(
         raise _fail(f"{message} ({exc.reason}); nothing was stored") from exc
     console.print(
         f"Enrolled [bold]{customer.name}[/] as [cyan]{customer.id}[/] "
-        f"with {len(customer.templates)} template(s)."
+        f"with {enrolled_photos(customer.templates)} template(s)."
     )
 
 
@@ -232,7 +259,7 @@ def identify(
     crm = _crm()
     image = read_image(photo, crm.settings)
     results = crm.identify(image, SYSTEM)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "box": r.face.box.as_dict(),
             "customer": (
@@ -244,11 +271,13 @@ def identify(
                 if r.match
                 else "unknown"
             ),
+            **({} if r.match else {"reason": r.reason or "no_match"}),
         }
         for r in results
     ]
     if as_json:
-        console.print_json(json.dumps({"faces": rows, "threshold": round(crm.threshold, 4)}))
+        threshold = round(crm.first_threshold, 4)
+        console.print_json(json.dumps({"faces": rows, "threshold": threshold}))
         return
     if not rows:
         console.print("No face found.")
@@ -427,9 +456,17 @@ def eval_(
         bool, typer.Option(help="Also run the dlib → SFace cascade (default embedder only).")
     ] = True,
     top: Annotated[int, typer.Option(min=0, help="Hardest impostor/genuine pairs listed.")] = 5,
+    disputes: Annotated[
+        Path | None,
+        typer.Option(
+            help="A `facecrm disputes export` file: its scores are impostors seen in the "
+            "stores; with --calibrate the threshold floor is raised above them."
+        ),
+    ] = None,
 ) -> None:
     """Measure verification and open-set identification on a labelled photo set."""
     from facecrm.eval import cascade_eval, runner
+    from facecrm.eval import disputes as eval_disputes
     from facecrm.eval import report as report_mod
     from facecrm.gallery.threshold import load_calibration, load_cascade
     from facecrm.vision.pipeline import build_embedder
@@ -441,6 +478,12 @@ def eval_(
     settings: Settings = get_settings()
     model_id = build_embedder(settings).model_id
     workers = workers or runner.default_workers()
+    disputed = None
+    if disputes is not None:
+        try:
+            disputed = eval_disputes.read(disputes)
+        except (OSError, ValueError) as exc:
+            raise _fail(str(exc)) from exc
     try:
         samples = runner.scan(directory)
     except FileNotFoundError as exc:
@@ -466,6 +509,10 @@ def eval_(
             settings.data_dir / "calibration" / f"{model_id}.json",
             str(directory),
         )
+        if disputed is not None:
+            floor = eval_disputes.raise_floor(calibration_path, model_id, disputed)
+            if floor is not None:
+                err.print(f"threshold floor raised above the highest disputed score ({floor:.4f})")
         err.print(
             f"calibration saved to {calibration_path} "
             f"(a server uses it with FACECRM_CALIBRATION={calibration_path})"
@@ -487,6 +534,17 @@ def eval_(
             embedded, second, cascade_cal, settings.target_fmr
         )
     report["hardest_pairs"] = cascade_eval.hardest_pairs(embedded, second, top, cascade_cal)
+    if disputed is not None:
+        genuine = [
+            s
+            for x, y in runner.all_pairs(embedded)
+            if x.sample.identity == y.sample.identity
+            and (s := runner.score(x.template, y.template)) is not None
+        ]
+        try:
+            report["disputes"] = eval_disputes.summary(disputed, model_id, threshold, genuine)
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
     if pairs is not None:
         by_path = {e.sample.path: e for e in embedded}
         try:
@@ -510,6 +568,8 @@ def eval_(
         print(json.dumps(report, indent=2))
     else:
         report_mod.print_text(report, console)
+        if isinstance(report.get("disputes"), dict):
+            eval_disputes.print_text(report["disputes"], console)  # type: ignore[arg-type]
 
 
 @admin_app.command("create")
@@ -647,7 +707,7 @@ def devices_list(as_json: AsJson = False) -> None:
 @devices_app.command("add")
 def devices_add(
     store: Annotated[str, typer.Option(help="The store id.")],
-    kind: Annotated[str, typer.Option(help="agent or pos.")],
+    kind: Annotated[str, typer.Option(help="agent, pos or kiosk.")],
     name: Annotated[str, typer.Option(help="A label.")] = "",
 ) -> None:
     """Register a device; its API key is printed once and never stored."""
@@ -671,19 +731,30 @@ def devices_revoke(device_id: Annotated[str, typer.Argument(help="The device id.
 
 
 def server_config(
-    host: str | None = None, port: int | None = None, forwarded_allow_ips: str | None = None
+    host: str | None = None,
+    port: int | None = None,
+    forwarded_allow_ips: str | None = None,
+    workers: int = 1,
 ) -> uvicorn.Config:
-    """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted)."""
+    """The uvicorn configuration `facecrm serve` runs (proxy headers off unless trusted).
+
+    One process: the app is built here (its start migrates). Several (`workers`): each
+    worker process builds its own app (`server.worker_app`) on the schema the caller
+    has migrated once, and uvicorn's supervisor restarts a worker that dies.
+    """
     import uvicorn
 
     from facecrm.server import create_app
 
     settings = get_settings()
     trusted = forwarded_allow_ips or settings.forwarded_allow_ips
+    app: Any = create_app() if workers == 1 else "facecrm.server:worker_app"
     # uvicorn trusts X-Forwarded-For from 127.0.0.1 unless told otherwise: anyone on the
     # host could then pose as any address and dodge the per-address log-in limit
     return uvicorn.Config(
-        create_app(),
+        app,
+        factory=workers > 1,
+        workers=workers,
         host=host or settings.host,
         port=port or settings.port,
         proxy_headers=bool(trusted),
@@ -707,12 +778,40 @@ def serve(
             "set it only to your proxy's address, never '*' on an exposed port.",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes on one port (PostgreSQL only: on SQLite the gallery "
+            "and the live alerts live in one process).",
+        ),
+    ] = 1,
 ) -> None:
     """Run the API and the staff console (uvicorn) on the configured database."""
     import uvicorn
 
+    from facecrm.server import check_workers
+
     configure_logging()
-    uvicorn.Server(server_config(host, port, forwarded_allow_ips)).run()
+    settings = get_settings()
+    check_workers(settings, workers)
+    if workers == 1:
+        uvicorn.Server(server_config(host, port, forwarded_allow_ips)).run()
+        return
+    from facecrm.crm import db
+
+    engine = db.make_engine(settings.resolved_database_url)
+    try:  # once, here: not N workers racing to upgrade the schema
+        db.migrate(engine)
+    finally:
+        engine.dispose()
+    os.environ["FACECRM_DATA_DIR"] = str(settings.data_dir)  # the workers' settings too
+    from uvicorn.supervisors import Multiprocess
+
+    config = server_config(host, port, forwarded_allow_ips, workers)
+    # what `uvicorn.run` does for several workers, on this configuration
+    Multiprocess(config, sockets=[config.bind_socket()]).run()
 
 
 @app.command()
@@ -778,7 +877,9 @@ def agent(
         summary_seconds=summary_seconds or settings.agent_summary_seconds,
         heartbeat_seconds=heartbeat_seconds or settings.agent_heartbeat_seconds,
     )
-    Agent(config, build_pipeline(settings)).run()
+    from facecrm.vision.second import build_second_opinion
+
+    Agent(config, build_pipeline(settings), build_second_opinion(settings)).run()
 
 
 @audit_app.command("verify")
@@ -801,23 +902,65 @@ def audit_fingerprint(text: str) -> None:
     print(_runtime().run(audit.fingerprint, text))
 
 
+def _since(value: str | None) -> datetime | None:
+    """A `--since` option's ISO date or time (a usage error otherwise)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value) if value else None
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"not an ISO date or time: {value!r}", param_hint="--since"
+        ) from exc
+
+
 @audit_app.command("export")
 def audit_export(
     since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
 ) -> None:
     """Print audit events as JSON lines (with their chain hashes)."""
-    from datetime import datetime
-
     from facecrm.crm.auditlog import event_dict, events
 
-    try:
-        start = datetime.fromisoformat(since) if since else None
-    except ValueError as exc:
-        raise typer.BadParameter(
-            f"not an ISO date or time: {since!r}", param_hint="--since"
-        ) from exc
-    for item in _runtime().run(events, since=start, limit=None):
+    for item in _runtime().run(events, since=_since(since), limit=None):
         print(json.dumps(event_dict(item)))
+
+
+@disputes_app.command("export")
+def disputes_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="A file (created 0600); default stdout.")
+    ] = None,
+    store: Annotated[
+        list[str] | None, typer.Option(help="A store id (repeat it); default every store.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="ISO date or time to start from.")] = None,
+) -> None:
+    """Write the disputed matches as JSON Lines for `facecrm eval --disputes` (format
+    facecrm-disputes/1: times, store, camera, customer id, scores; no image, no template)."""
+    from datetime import UTC
+
+    from facecrm.crm import accounts, disputes
+    from facecrm.crm.authz import SYSTEM
+    from facecrm.private import write_file
+    from facecrm.vision.pipeline import build_embedder
+
+    start = _since(since)
+    if start is not None and start.tzinfo is None:
+        start = start.replace(tzinfo=UTC)
+    runtime = _runtime()
+    stores = store or [s.id for s in runtime.run(accounts.list_stores, SYSTEM)]
+    window = disputes.Window(since=start, limit=None)
+    settings = get_settings()
+    lines = [json.dumps(disputes.header(stores, build_embedder(settings).model_id))]
+    for store_id in stores:
+        rows = runtime.run(disputes.report, SYSTEM, store_id, window)
+        lines.extend(json.dumps(disputes.record(d)) for d in rows)
+    text = "\n".join(lines) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        write_file(output, text.encode())
+        err.print(f"Wrote {len(lines) - 1} disputed match(es) to {output}.")
 
 
 @keys_app.command("rotate")

@@ -131,14 +131,41 @@ class Profile(_Out):
 
 
 class Consent(_Out):
+    """A consent: the text it was given on (id and version), where, through which channel
+    and witnessed by whom (the server's principal), and its withdrawal's who/where/how."""
+
     purpose: str
+    text_id: int
     text_version: str
     channel: str
     store_id: str | None = None
     witness: str | None = None
     given_at: datetime | None = None
     withdrawn_at: datetime | None = None
+    withdrawn_by: str | None = None
+    withdrawn_store_id: str | None = None
+    withdrawn_channel: str | None = None
+    age_confirmed: int | None = None
     active: bool
+
+
+class ConsentText(_Out):
+    """A version of a consent text in one language (never changed once published)."""
+
+    id: int
+    purpose: str
+    version: str
+    language: str
+    body: str
+    created_by: str
+    created_at: datetime
+    active: bool
+
+
+class ConsentEvidence(Consent):
+    """A consent with the exact text shown (in the export)."""
+
+    text: ConsentText
 
 
 class Visit(_Out):
@@ -148,6 +175,8 @@ class Visit(_Out):
     at: datetime
     source: str
     similarity: float | None = None
+    camera: str | None = None
+    disputed: bool = False
 
 
 class PurchaseItem(_Out):
@@ -218,7 +247,7 @@ class Export(_Out):
     """Everything held about a customer (data-subject access); templates by metadata only."""
 
     customer: Profile
-    consents: list[Consent] = []
+    consents: list[ConsentEvidence] = []
     face_templates: list[TemplateMeta] = []
     enrollment_photo_kept: bool = False
     visits: list[Visit] = []
@@ -249,10 +278,12 @@ class IdentifiedCustomer(_Out):
 
 
 class IdentifiedFace(_Out):
-    """One face of the photo: `customer` is None for an unknown face."""
+    """One face of the photo: `customer` is None for an unknown face, and `reason` says
+    why: `no_match`, or `ambiguous` (two customers too close to tell apart)."""
 
     box: Box
     customer: IdentifiedCustomer | None
+    reason: Literal["no_match", "ambiguous"] | None = None
 
     @field_validator("customer", mode="before")
     @classmethod
@@ -275,7 +306,7 @@ class Verification(_Out):
 class Alert(_Out):
     id: int
     store_id: str
-    customer_id: str
+    customer_id: str | None = None  # None: not about a customer (a silent camera)
     customer_name: str | None = None
     rule: str
     message: str
@@ -284,6 +315,16 @@ class Alert(_Out):
     claimed_by: str | None = None
     claimed_at: datetime | None = None
     acknowledged_at: datetime | None = None
+    kind: str = "arrival"
+    reasons: list[str] = []
+    camera: str | None = None
+    seen_at: datetime | None = None
+    local_time: str | None = None
+    time_zone: str = "UTC"
+    has_photo: bool = False
+    outcome: str | None = None
+    closed_at: datetime | None = None
+    closed_by: str | None = None
 
 
 class Client:
@@ -364,25 +405,41 @@ class Client:
         self,
         customer_id: str,
         *,
-        text_version: str,
         channel: Channel,
+        text_id: int | None = None,
+        text_version: str | None = None,
         purpose: Purpose = "in_store_recognition",
+        language: str | None = None,
         store_id: str | None = None,
-        witness: str | None = None,
+        age_confirmed: int | None = None,
     ) -> Consent:
-        """Record that the customer agreed to the consent text `text_version` (the one shown)."""
-        body = {
-            "purpose": purpose,
+        """Record that the customer agreed to the consent text shown: `text_id` (or an older
+        client's `text_version`; neither: the current text in `language`). The server
+        records its own witness (this client's log-in or key) and store; `store_id` only
+        picks one of this log-in's stores."""
+        body: dict[str, object] = {"purpose": purpose, "channel": channel}
+        optional = {
+            "text_id": text_id,
             "text_version": text_version,
-            "channel": channel,
+            "language": language,
             "store_id": store_id,
-            "witness": witness,
+            "age_confirmed": age_confirmed,
         }
+        body.update({k: v for k, v in optional.items() if v is not None})
         return self._model(Consent, "POST", f"/customers/{customer_id}/consents", json=body)
 
-    def withdraw_consent(self, customer_id: str, purpose: Purpose = "in_store_recognition") -> None:
-        """Withdraw a consent; for recognition the server deletes the templates at once."""
-        self._call("DELETE", f"/customers/{customer_id}/consents/{purpose}")
+    def withdraw_consent(
+        self,
+        customer_id: str,
+        purpose: Purpose = "in_store_recognition",
+        *,
+        channel: str = "api",
+        store_id: str | None = None,
+    ) -> None:
+        """Withdraw a consent; for recognition the server deletes the templates at once.
+        The withdrawal records this client's principal, its store and `channel`."""
+        params = {"channel": channel, **({"store_id": store_id} if store_id else {})}
+        self._call("DELETE", f"/customers/{customer_id}/consents/{purpose}", params=params)
 
     def add_face(
         self,
@@ -474,6 +531,13 @@ class Client:
 
     def ack_alert(self, alert_id: int) -> Alert:
         return self._model(Alert, "POST", f"/alerts/{alert_id}/ack")
+
+    def dismiss_alert(self, alert_id: int) -> Alert:
+        return self._model(Alert, "POST", f"/alerts/{alert_id}/dismiss")
+
+    def dispute_alert(self, alert_id: int) -> Alert:
+        """ "Not this person": closes the alert and takes the visit out of the history."""
+        return self._model(Alert, "POST", f"/alerts/{alert_id}/dispute")
 
     # -- plumbing ------------------------------------------------------------------------
 

@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     visit_window_minutes: int = Field(120, gt=0)
     # identifications (phone look-up, identify, verify) per staff member and minute
     lookup_per_minute: int = Field(20, gt=0)
+    # no second arrival alert for a customer in a store within this time of the last one
+    # (a long stay becomes two visits; 0: every new visit may alert)
+    alert_cooldown_minutes: int = Field(240, ge=0)
+    # a POS device's exact look-ups by loyalty id per minute (crm.pos)
+    pos_lookup_per_minute: int = Field(30, gt=0)
     # Store webhooks go to public https hosts only; an admin may allow known internal ones
     webhook_allow_hosts: list[str] = []  # host names or addresses exempt from the address check
     webhook_allow_http: bool = False

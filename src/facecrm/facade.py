@@ -131,15 +131,20 @@ class LocalCRM:
 
     @property
     def threshold(self) -> float:
-        """The similarity at which a face is taken to be a customer."""
-        return self.service.threshold
+        """The first model's similarity every named face reaches (with the cascade, a name
+        also needs the second model's agreement and a clear lead over other customers)."""
+        return self.service.first_threshold
 
     @property
     def consent_text(self) -> str:
-        """The consent text a person must have agreed to before `enroll(..., consent=True)`."""
-        from facecrm.crm.consent_text import CURRENT, TEXTS
+        """The consent text a person must have agreed to before `enroll(..., consent=True)`
+        (the chain's current English text)."""
+        from facecrm.crm import consent_text
+        from facecrm.crm.models import Purpose
 
-        return TEXTS[CURRENT]
+        with self.service.sessions() as session:
+            text = consent_text.active_for(session, Purpose.IN_STORE_RECOGNITION, "en")
+            return text.body if text is not None else ""
 
     def enroll(self, name: str, photos: Iterable[PhotoLike], *, consent: bool = False) -> Customer:
         """A new customer with one template per photo, or nothing at all.

@@ -15,6 +15,7 @@ from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from facecrm import __version__
+from facecrm.alerts import relay
 from facecrm.alerts.cameras import CameraHealthService, start_checker
 from facecrm.alerts.service import AlertService
 from facecrm.api import problems, router
@@ -22,9 +23,30 @@ from facecrm.api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 from facecrm.config import Settings, get_settings
 from facecrm.crm import retention
 from facecrm.crm.service import FaceCRM
-from facecrm.crm.throttle import LoginGuard, RateLimiter
+from facecrm.crm.throttle import LoginGuard, RateLimiter, database_counters
+from facecrm.errors import ConfigError
+from facecrm.logs import configure_logging
 from facecrm.metrics import Registry
-from facecrm.web import console, readiness
+from facecrm.web import admin as admin_pages
+from facecrm.web import consent_texts, console, kiosk, readiness
+
+
+def check_workers(settings: Settings, workers: int) -> None:
+    """Several server processes need PostgreSQL: on SQLite the gallery, the live alert
+    bus and the database's single writer belong to one process."""
+    if workers > 1 and not settings.resolved_database_url.startswith("postgresql"):
+        raise ConfigError(
+            f"--workers {workers} needs PostgreSQL (FACECRM_DATABASE_URL=postgresql+psycopg://"
+            "...): on SQLite one server process serves a data directory",
+            reason="single_process",
+        )
+
+
+def worker_app() -> FastAPI:
+    """One worker's app under `facecrm serve --workers N` (uvicorn imports it in each
+    worker process); the parent has migrated the schema already."""
+    configure_logging()
+    return create_app(FaceCRM(get_settings()))
 
 
 def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
@@ -35,10 +57,12 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         stop = threading.Event()
+        app.state.alerts.bus.start()  # PostgreSQL: other server processes' alerts
         retention.start_scheduler(crm, stop)  # hourly purge while the server runs
         start_checker(app.state.cameras, stop)  # silent cameras (idempotent across processes)
         yield
         stop.set()
+        app.state.alerts.bus.stop()
 
     app = FastAPI(
         lifespan=lifespan,
@@ -53,20 +77,38 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     )
     app.state.crm = crm
     app.state.metrics = Registry()
-    app.state.alerts = AlertService(crm, metrics=app.state.metrics)
+    app.state.alerts = AlertService(crm, relay.bus_for(crm), metrics=app.state.metrics)
     app.state.cameras = CameraHealthService(crm, app.state.alerts.bus, app.state.metrics)
-    app.state.lookup_limiter = RateLimiter(settings.lookup_per_minute, 60.0)
-    app.state.login_guard = LoginGuard.from_settings(settings)
+    # limits in the database: every server process on it counts against the same budget
+    counters = database_counters(crm.engine, settings)
+    app.state.lookup_limiter = RateLimiter(
+        settings.lookup_per_minute, 60.0, counters=counters, scope="lookup"
+    )
+    app.state.pos_limiter = RateLimiter(
+        settings.pos_lookup_per_minute, 60.0, counters=counters, scope="pos_lookup"
+    )
+    app.state.login_guard = LoginGuard.from_settings(settings, counters=counters)
     problems.install(app)
     router.include(app)
 
     app.include_router(console.router)
+    app.include_router(admin_pages.router)
     app.include_router(readiness.router)
+    app.include_router(kiosk.router)
+    app.include_router(consent_texts.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)
     async def _login(_: Request, __: console.LoginRequired) -> Response:
         return RedirectResponse("/console/login", status_code=303)
+
+    @app.exception_handler(console.KioskOnly)
+    async def _kiosk_only(_: Request, __: console.KioskOnly) -> Response:
+        return RedirectResponse("/console/kiosk", status_code=303)
+
+    @app.exception_handler(kiosk.KioskLoginRequired)
+    async def _kiosk_login(_: Request, __: kiosk.KioskLoginRequired) -> Response:
+        return RedirectResponse("/console/kiosk/login", status_code=303)
 
     @app.get("/", include_in_schema=False)
     def root() -> Response:

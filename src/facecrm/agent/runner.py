@@ -16,12 +16,15 @@ events): a camera URL carries its password.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -32,11 +35,13 @@ from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
 from facecrm.config import API_PREFIX
 from facecrm.errors import FacecrmError
+from facecrm.gallery.cascade import Accept, CascadeCalibration, decide
 from facecrm.gallery.gallery import Gallery
 from facecrm.logs import mask_secrets
 from facecrm.metrics import Registry
 from facecrm.vision.embed import normalize
 from facecrm.vision.pipeline import FacePipeline
+from facecrm.vision.second import SecondOpinion
 
 log = logging.getLogger("facecrm.agent")
 status_log = logging.getLogger("facecrm.agent.status")  # counts only: see `status_line`
@@ -121,13 +126,28 @@ class AgentConfig:
     heartbeat_seconds: float = 30.0  # cameras' last frame times to the server
 
 
+def _vectors(templates: Sequence[dict[str, Any]]) -> np.ndarray:
+    return np.stack([np.frombuffer(base64.b64decode(t["vector"]), np.float32) for t in templates])
+
+
 class LocalGallery:
-    """The opted-in customers' templates, kept in step with the server (ETag polling)."""
+    """The opted-in customers' templates, kept in step with the server (ETag polling).
+
+    With the server's cascade (`cascade` and `second` in the sync payload) a track is
+    decided by the same rule as the server's identify (`gallery.cascade.decide`): the
+    first model's gallery, then the second model's templates of the few candidates, then
+    the margin rule; customers without second-model templates need the first model's
+    single-model `threshold`. A payload without them (an older server) is the single
+    model at `threshold`.
+    """
 
     def __init__(self) -> None:
         self.etag: str | None = None
         self.threshold = 1.1  # nothing matches until the first sync
         self.model_id = ""
+        self.cascade: CascadeCalibration | None = None
+        self.target_fmr = 1e-3
+        self._second: dict[str, np.ndarray] = {}  # customer -> second-model templates
         self._gallery = Gallery(128)
         self._lock = threading.Lock()
 
@@ -148,8 +168,15 @@ class LocalGallery:
             gallery.add(
                 [t["id"] for t in templates], [t["customer_id"] for t in templates], vectors
             )
+        cascade, second = body.get("cascade"), body.get("second")
+        calibration = CascadeCalibration.from_json(cascade) if cascade and second else None
+        seconds: dict[str, list[dict[str, Any]]] = {}
+        for t in second["templates"] if calibration is not None and second else []:
+            seconds.setdefault(t["customer_id"], []).append(t)
         with self._lock:
             self._gallery, self.threshold = gallery, float(body["threshold"])
+            self.cascade, self.target_fmr = calibration, float(body.get("target_fmr", 1e-3))
+            self._second = {c: _vectors(ts) for c, ts in seconds.items()}
             self.model_id, self.etag = body["model_id"], response.headers.get("ETag")
         return True
 
@@ -158,18 +185,44 @@ class LocalGallery:
         with self._lock:
             return len(self._gallery), self._gallery.customers()
 
-    def decide(self, template: np.ndarray) -> tuple[str, float] | None:
+    def decide(
+        self, template: np.ndarray, second: Callable[[], np.ndarray | None] | None = None
+    ) -> tuple[str, float] | None:
+        """(customer, first-model similarity) or None. `second()` gives the track's
+        second-model template; it is called only when a candidate could be accepted and
+        has second-model templates (None: the agent cannot run the second model)."""
         with self._lock:
-            (decision,) = self._gallery.identify(template[None, :], self.threshold)
-        return (decision.match.customer_id, decision.match.similarity) if decision.match else None
+            gallery, threshold, cascade = self._gallery, self.threshold, self.cascade
+            seconds, fmr = self._second, self.target_fmr
+        if cascade is None:
+            (decision,) = gallery.identify(template[None, :], threshold)
+            match = decision.match
+            return (match.customer_id, match.similarity) if match else None
+        (candidates,) = gallery.candidates(template[None, :])
+
+        def scores(ids: Sequence[str]) -> dict[str, float]:
+            have = [c for c in ids if c in seconds]
+            query = second() if have and second is not None else None
+            if query is None:
+                return {}
+            return {c: float(np.max(seconds[c] @ query)) for c in have}
+
+        first = {c.customer_id: c.similarity for c in candidates}
+        outcome = decide(first, scores, cascade, fmr, threshold)
+        return (outcome.customer, outcome.first) if isinstance(outcome, Accept) else None
 
 
 class Agent:
     """One process next to a store's cameras."""
 
-    def __init__(self, config: AgentConfig, pipeline: FacePipeline) -> None:
+    def __init__(
+        self, config: AgentConfig, pipeline: FacePipeline, second: SecondOpinion | None = None
+    ) -> None:
         self.config = config
         self.pipeline = pipeline
+        # the cascade's second model; without it a cascade server's gallery is decided by
+        # the first model alone at its single-model threshold (never the stage threshold)
+        self.second = second
         self.outbox = Outbox(config.data_dir / "outbox.sqlite")
         self.gallery = LocalGallery()
         self.metrics = Registry()
@@ -180,7 +233,10 @@ class Agent:
         self.last_frame: dict[str, float | None] = dict.fromkeys(self.names.values())
         self._status_at = (time.time(), 0.0)  # (when, frames) of the previous status line
         self._client = httpx.Client(
-            base_url=config.server, timeout=10, headers={"X-API-Key": config.api_key}
+            base_url=config.server,
+            timeout=10,
+            headers={"X-API-Key": config.api_key, "X-Facecrm-Agent-Version": __version__},
+            event_hooks={"request": [self._report_depth]},
         )
         self.metrics.gauge(
             "facecrm_agent_queue_depth", self.outbox.depth, "events waiting for delivery"
@@ -191,6 +247,10 @@ class Agent:
             "age of the oldest undelivered event",
         )
 
+    def _report_depth(self, request: httpx.Request) -> None:
+        """Every request tells the server how many events wait here (its devices page)."""
+        request.headers["X-Facecrm-Queue-Depth"] = str(self.outbox.depth())
+
     # -- decisions -----------------------------------------------------------------
 
     def decide(self, track: Track) -> None:
@@ -199,6 +259,7 @@ class Agent:
             return
         track.decided = True
         chips = [face.chip for _, face in track.best if face.chip is not None]
+        second_chips = [f.second_chip for _, f in track.best if f.second_chip is not None]
         track.forget()
         wrong_model = self.gallery.model_id not in {"", self.pipeline.model_id}
         if not chips or wrong_model:
@@ -207,7 +268,7 @@ class Agent:
         vectors = self.pipeline.embedder.embed(chips)
         template = normalize(vectors.mean(axis=0, keepdims=True))[0]
         self.metrics.inc("facecrm_agent_faces_embedded_total", len(chips), "chips embedded")
-        match = self.gallery.decide(template)
+        match = self.gallery.decide(template, lambda: self._second_template(second_chips))
         if match is None:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")
             return
@@ -223,6 +284,17 @@ class Agent:
         self.outbox.put(track.id, event)
         self._wake.set()  # deliver now, not at the next poll
         self.metrics.inc("facecrm_agent_known_tracks_total", help="tracks of opted-in customers")
+
+    def _second_template(self, chips: list[np.ndarray]) -> np.ndarray | None:
+        """The track's mean second-model template (run once per track, only when asked)."""
+        if self.second is None or not chips:
+            return None
+        vectors = self.second.embed_chips(chips)
+        self.metrics.inc(
+            "facecrm_agent_second_faces_embedded_total", len(chips), "chips the second model ran on"
+        )
+        mean: np.ndarray = normalize(vectors.mean(axis=0, keepdims=True))[0]
+        return mean
 
     # -- cameras -------------------------------------------------------------------
 
@@ -270,6 +342,10 @@ class Agent:
         """One frame of `camera` (its masked name) seen at `at`."""
         self.last_frame[camera] = time.time()  # health: when frames last arrived, not `at`
         faces = self.pipeline.faces(frame, embed=False)
+        if self.second is not None and self.gallery.cascade is not None:
+            # the second model's chip of every face, kept with the track's best frames
+            second = self.second
+            faces = [dataclasses.replace(f, second_chip=second.chip(frame, f)) for f in faces]
         self.metrics.inc("facecrm_agent_frames_total", camera=camera, help="frames processed")
         self.metrics.inc(
             "facecrm_agent_faces_total", len(faces), camera=camera, help="faces detected"

@@ -11,30 +11,41 @@
   the chain-wide profile; another store's activity never leaks into it.
 * One event never blocks the ones behind it: a rejected (malformed) event is
   reported and skipped, and a failure while raising the alert keeps the visit.
+* One alert per customer and visit, and none for `alert_cooldown_minutes` after the
+  last one in that store (a long stay that becomes a second visit does not alert again).
+* A disputed visit ("not this person", `crm.disputes`) still makes later sightings in
+  the window the same visit (the look-alike is still in the store), but it is no visit of
+  the customer's for the rules: neither their last visit nor one of their visit count.
+* Staff close an alert as greeted, dismissed or disputed; closed alerts are the history.
+* `raise_alert` is the API for alerts that are not about an arrival (e.g. a silent camera).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import ValidationError
-from sqlalchemy import Text, cast, select, update
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from facecrm.alerts import rules, webhooks
+from facecrm.alerts import rules, storeconfig, webhooks
 from facecrm.alerts.bus import AlertBus
-from facecrm.crm import accounts, activity, audit, db
+from facecrm.crm import accounts, activity, audit, db, disputes
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     AgentEvent,
     Alert,
+    AlertOutcome,
     Customer,
+    CustomerPhoto,
     Feedback,
     Interest,
     Shift,
@@ -69,7 +80,7 @@ class AlertView:
 
     id: int
     store_id: str
-    customer_id: str
+    customer_id: str | None  # None: an alert about something else (a silent camera)
     customer_name: str | None
     rule: str
     message: str
@@ -79,10 +90,20 @@ class AlertView:
     claimed_at: datetime | None
     acknowledged_at: datetime | None
     time_to_greet_s: float | None = None  # set once acknowledged
+    kind: str = "arrival"
+    reasons: tuple[str, ...] = ()  # why, in plain words (one sentence per fired rule)
+    camera: str | None = None  # the camera that saw the customer (no credentials)
+    seen_at: datetime | None = None  # when the visit began (UTC)
+    local_time: str | None = None  # seen_at (or created_at) in the store's time zone, ISO
+    time_zone: str = "UTC"  # the store's (StoreConfig.time_zone)
+    has_photo: bool = False  # the enrollment photo may be shown (the customer agreed)
+    outcome: str | None = None  # greeted, dismissed or disputed once closed
+    closed_at: datetime | None = None
+    closed_by: str | None = None
 
     @classmethod
     def of(
-        cls, a: Alert, customer_name: str | None = None, greeted: float | None = None
+        cls, a: Alert, customer_name: str | None = None, greeted: float | None = None, **more: Any
     ) -> AlertView:
         return cls(
             a.id,
@@ -97,6 +118,12 @@ class AlertView:
             a.claimed_at,
             a.acknowledged_at,
             greeted,
+            kind=a.kind or "arrival",
+            reasons=tuple(a.reasons or ()),
+            outcome=a.outcome,
+            closed_at=a.closed_at,
+            closed_by=a.closed_by,
+            **more,
         )
 
     def payload(self) -> dict[str, object]:
@@ -104,7 +131,64 @@ class AlertView:
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.time_to_greet_s is None:
             del data["time_to_greet_s"]
+        data["reasons"] = list(self.reasons)
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
+
+
+def zone(name: str | None) -> ZoneInfo:
+    """A store's time zone (UTC when unset or unknown to this machine's tz database)."""
+    try:
+        return ZoneInfo(name or "UTC")
+    except (ZoneInfoNotFoundError, ValueError):
+        return ZoneInfo("UTC")
+
+
+def check_time_zone(name: str) -> str:
+    """An IANA time zone name this server knows (e.g. Europe/Paris), or `InvalidError`."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise InvalidError(
+            f"unknown time zone {name[:64]!r}; use an IANA name such as Europe/Paris",
+            reason="bad_time_zone",
+        ) from exc
+    return name
+
+
+def _alert_rows() -> Select[Alert, str, bool, str | None, datetime, str]:
+    """Alerts with what staff see beside them: name, photo, camera, visit time, time zone."""
+    return (
+        select(
+            Alert,
+            Customer.name,
+            Customer.show_photo & CustomerPhoto.customer_id.is_not(None),
+            Visit.camera,
+            Visit.at,
+            StoreConfig.time_zone,
+        )
+        .outerjoin(Customer, Customer.id == Alert.customer_id)
+        .outerjoin(CustomerPhoto, CustomerPhoto.customer_id == Alert.customer_id)
+        .outerjoin(Visit, Visit.id == Alert.visit_id)
+        .outerjoin(StoreConfig, StoreConfig.store_id == Alert.store_id)
+    )
+
+
+def _view(row: Any, greeted: float | None = None) -> AlertView:
+    alert, name, photo, camera, seen_at, tz = row
+    when = seen_at or alert.created_at
+    return AlertView.of(
+        alert,
+        name,
+        greeted,
+        camera=camera,
+        seen_at=seen_at,
+        local_time=_aware(when).astimezone(zone(tz)).isoformat(),
+        time_zone=zone(tz).key,
+        has_photo=bool(photo),
+    )
+
+
+KIND = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +199,7 @@ class StoreConfigView:
     store_id: str
     rules: rules.RuleSettings
     webhook_url: str | None
+    time_zone: str = "UTC"
 
 
 class AlertService:
@@ -197,23 +282,30 @@ class AlertService:
             return "ignored"  # erased between the agent's decision and delivery
         at = _aware(event.at)
         window = timedelta(minutes=self.crm.settings.visit_window_minutes)
-        previous = session.scalars(
-            select(Visit)
-            .where(Visit.customer_id == customer.id, Visit.store_id == store_id)
-            .order_by(Visit.at.desc())
-            .limit(1)
-        ).first()
+        here = select(Visit).where(Visit.customer_id == customer.id, Visit.store_id == store_id)
+        previous = session.scalars(here.order_by(Visit.at.desc()).limit(1)).first()
         if previous is not None and at - _aware(previous.at) < window:
-            return "same_visit"
+            return "same_visit"  # a disputed visit too: its look-alike is still in the store
+        undisputed = here.where(Visit.disputed.is_(False))
+        last = session.scalars(undisputed.order_by(Visit.at.desc()).limit(1)).first()
+        count = session.scalar(select(func.count()).select_from(undisputed.subquery()))
         visit = activity.record_visit(
-            session, device, customer.id, store_id, "agent", event.similarity, at
+            session,
+            device,
+            customer.id,
+            store_id,
+            "agent",
+            event.similarity,
+            at,
+            camera=disputes.camera_label(event.camera),
         )
-        previous_at = _aware(previous.at) if previous is not None else None
+        previous_at = _aware(last.at) if last is not None else None
         # Evaluation only reads; whatever goes wrong in it costs the alert, never the visit.
         # (No savepoint: releasing one would fire the audit seal before the visit commits.)
         try:
+            context = self._context(session, customer, store_id, at, previous_at)
             draft = rules.evaluate(
-                self._context(session, customer, store_id, at, previous_at),
+                dataclasses.replace(context, visits_here=int(count or 0)),
                 self._rules(session, store_id),
             )
         except _UNAVAILABLE:
@@ -221,6 +313,11 @@ class AlertService:
         except Exception as exc:  # a broken rule must not lose the visit
             log.warning("store %s: no alert, the visit is kept (%s)", store_id, type(exc).__name__)
             self.metrics.inc("facecrm_alert_failures_total", help="alerts that failed to be raised")
+            draft = None
+        if draft is not None and self._cooling_down(session, customer.id, store_id, at):
+            self.metrics.inc(
+                "facecrm_alerts_cooldown_total", help="arrival alerts held back by the cooldown"
+            )
             draft = None
         if draft is not None:
             alert = Alert(
@@ -230,12 +327,38 @@ class AlertService:
                 rule=",".join(draft.rules),  # every name fits: see migration 0007
                 message=draft.message,
                 assignee_id=draft.assignee_id,
+                kind="arrival",
+                reasons=list(draft.reasons),
             )
             session.add(alert)
             session.flush()
             audit.record(session, device, "alert", customer.id, store_id, rules=list(draft.rules))
-            published.append((store_id, AlertView.of(alert, customer.name).payload()))
+            published.append((store_id, self._one(session, alert.id).payload()))
         return "visit"
+
+    def _cooling_down(
+        self, session: Session, customer_id: str, store_id: str, at: datetime
+    ) -> bool:
+        """Whether an arrival alert for this customer and store began within the cooldown."""
+        minutes = self.crm.settings.alert_cooldown_minutes
+        if not minutes:
+            return False
+        recent = session.scalar(
+            select(Alert.id)
+            .join(Visit, Visit.id == Alert.visit_id)
+            .where(
+                Alert.customer_id == customer_id,
+                Alert.store_id == store_id,
+                Visit.at > at - timedelta(minutes=minutes),
+                Visit.at <= at,
+            )
+            .limit(1)
+        )
+        return recent is not None
+
+    def _one(self, session: Session, alert_id: int, greeted: float | None = None) -> AlertView:
+        row = session.execute(_alert_rows().where(Alert.id == alert_id)).one()
+        return _view(row, greeted)
 
     def _context(
         self,
@@ -291,17 +414,8 @@ class AlertService:
         The column is read as text and parsed here, so even malformed JSON only
         falls back to the defaults (and is logged, without the stored values).
         """
-        text = session.scalar(
-            select(cast(StoreConfig.rules, Text)).where(StoreConfig.store_id == store_id)
-        )
-        try:
-            raw = json.loads(text) if text is not None else None
-        except ValueError:
-            raw, problems = None, ["rules are not valid JSON"]
-        else:
-            problems = []
-        settings, more = rules.stored(raw)
-        for problem in problems + more:
+        settings, problems = storeconfig.rules_in_force(session, store_id)
+        for problem in problems:
             log.warning("store %s: invalid alert rule setting: %s", store_id, problem)
         return settings
 
@@ -316,23 +430,90 @@ class AlertService:
             ).first()
         if hook is not None and hook.webhook_url and hook.webhook_secret:
             policy = webhooks.Policy.from_settings(self.crm.settings)
-            webhooks.deliver(hook.webhook_url, hook.webhook_secret, payload, policy)
+            log_it = storeconfig.recorder(self.crm.sessions, store_id, f"alert:{payload['id']}")
+            webhooks.deliver(hook.webhook_url, hook.webhook_secret, payload, policy, report=log_it)
 
     # -- staff side ------------------------------------------------------------------
 
+    def raise_alert(
+        self,
+        principal: Principal,
+        store_id: str,
+        kind: str,
+        message: str,
+        *,
+        customer_id: str | None = None,
+        reasons: Sequence[str] = (),
+        assignee_id: str | None = None,
+    ) -> AlertView:
+        """Raise an alert that is not an arrival (e.g. `camera_silent`) to a store's staff.
+
+        Stored, audited, published to live consoles and sent to the store's webhook, like
+        an arrival's. For store agents and the server's own checks (`SYSTEM`).
+        """
+        principal.require(Permission.AGENT)
+        principal.require_store(store_id)
+        if not KIND.match(kind) or kind == "arrival":
+            raise InvalidError("an alert kind is a lower-case word other than 'arrival'")
+        message = message.strip()
+        if not 0 < len(message) <= 1000 or len(reasons) > 10:
+            raise InvalidError("an alert needs a message of at most 1000 characters")
+        with db.transaction(self.crm.sessions) as session:
+            accounts.get_store(session, store_id)
+            alert = Alert(
+                store_id=store_id,
+                customer_id=customer_id,
+                rule=kind,
+                message=message,
+                assignee_id=assignee_id,
+                kind=kind,
+                reasons=[r[:500] for r in reasons],
+            )
+            session.add(alert)
+            session.flush()
+            audit.record(session, principal, "alert", customer_id, store_id, rules=[kind])
+            view = self._one(session, alert.id)
+        self._publish(store_id, view.payload())
+        return view
+
     def open_alerts(self, principal: Principal, limit: int = 50) -> list[AlertView]:
+        """The live list: alerts not yet greeted, dismissed or disputed, newest first."""
         principal.require(Permission.ALERTS)
         with self.crm.sessions() as session:
             stmt = (
-                select(Alert, Customer.name)
-                .join(Customer, Customer.id == Alert.customer_id)
-                .where(Alert.acknowledged_at.is_(None))
-                .order_by(Alert.created_at.desc())
+                _alert_rows()
+                .where(Alert.closed_at.is_(None))
+                .order_by(Alert.created_at.desc(), Alert.id.desc())
                 .limit(limit)
             )
             if principal.stores is not None:
                 stmt = stmt.where(Alert.store_id.in_(principal.stores))
-            return [AlertView.of(a, name) for a, name in session.execute(stmt)]
+            return [_view(row) for row in session.execute(stmt)]
+
+    def history(
+        self,
+        principal: Principal,
+        store_id: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[AlertView]:
+        """Closed alerts (greeted, dismissed, disputed), the last closed first; a page."""
+        principal.require(Permission.ALERTS)
+        if store_id is not None:
+            principal.require_store(store_id)
+        with self.crm.sessions() as session:
+            stmt = (
+                _alert_rows()
+                .where(Alert.closed_at.is_not(None))
+                .order_by(Alert.closed_at.desc(), Alert.id.desc())
+                .limit(limit)
+                .offset(offset)
+            )
+            if principal.stores is not None:
+                stmt = stmt.where(Alert.store_id.in_(principal.stores))
+            if store_id is not None:
+                stmt = stmt.where(Alert.store_id == store_id)
+            return [_view(row) for row in session.execute(stmt)]
 
     def claim(self, principal: Principal, alert_id: int) -> AlertView:
         principal.require(Permission.ALERTS)
@@ -342,18 +523,22 @@ class AlertService:
                 raise ConflictError("another staff member has claimed this alert")
             alert.claimed_by, alert.claimed_at = principal.id, alert.claimed_at or utcnow()
             audit.record(session, principal, "alert_claim", alert.customer_id, alert.store_id)
-            view = AlertView.of(alert)
+            session.flush()
+            view = self._one(session, alert.id)
         self.bus.publish(view.store_id, {"type": "claimed", **view.payload()})
         return view
 
     def acknowledge(self, principal: Principal, alert_id: int) -> AlertView:
-        """The customer has been greeted: records the time to greet."""
+        """The customer has been greeted: records the time to greet; closes the alert."""
         principal.require(Permission.ALERTS)
         with db.transaction(self.crm.sessions) as session:
             alert = self._alert(session, principal, alert_id)
+            if alert.outcome not in (None, AlertOutcome.GREETED):
+                raise ConflictError(f"this alert was {alert.outcome}", reason="alert_closed")
             alert.acknowledged_at = alert.acknowledged_at or utcnow()
             alert.claimed_by = alert.claimed_by or principal.id
             alert.claimed_at = alert.claimed_at or alert.acknowledged_at
+            self._close(alert, principal, AlertOutcome.GREETED, alert.acknowledged_at)
             seconds = (alert.acknowledged_at - _aware(alert.created_at)).total_seconds()
             audit.record(
                 session,
@@ -363,9 +548,49 @@ class AlertService:
                 alert.store_id,
                 time_to_greet_s=round(seconds, 1),
             )
-            view = AlertView.of(alert, greeted=round(seconds, 1))
+            session.flush()
+            view = self._one(session, alert.id, greeted=round(seconds, 1))
         self.bus.publish(view.store_id, {"type": "acknowledged", **view.payload()})
         return view
+
+    def dismiss(self, principal: Principal, alert_id: int) -> AlertView:
+        """Close an alert nobody will act on (the customer left, a camera came back)."""
+        principal.require(Permission.ALERTS)
+        with db.transaction(self.crm.sessions) as session:
+            alert = self._alert(session, principal, alert_id)
+            if alert.closed_at is not None:
+                raise ConflictError(f"this alert was {alert.outcome}", reason="alert_closed")
+            self._close(alert, principal, AlertOutcome.DISMISSED)
+            audit.record(session, principal, "alert_dismiss", alert.customer_id, alert.store_id)
+            session.flush()
+            view = self._one(session, alert.id)
+        self.bus.publish(view.store_id, {"type": "closed", **view.payload()})
+        return view
+
+    def dispute(self, principal: Principal, alert_id: int) -> AlertView:
+        """ "Not this person": close the alert, dispute its visit, record it for the report.
+
+        Also after a greeting or a dismissal (staff may find out late); once only.
+        """
+        principal.require(Permission.ALERTS)
+        with db.transaction(self.crm.sessions) as session:
+            alert = self._alert(session, principal, alert_id)
+            if alert.outcome == AlertOutcome.DISPUTED:
+                raise ConflictError("this alert is already disputed", reason="already_disputed")
+            disputes.dispute_visit(session, principal, alert, self.crm.threshold)
+            self._close(alert, principal, AlertOutcome.DISPUTED)
+            session.flush()
+            view = self._one(session, alert.id)
+        self.bus.publish(view.store_id, {"type": "closed", **view.payload()})
+        return view
+
+    @staticmethod
+    def _close(
+        alert: Alert, principal: Principal, outcome: AlertOutcome, at: datetime | None = None
+    ) -> None:
+        alert.outcome = outcome
+        alert.closed_at = at or utcnow()
+        alert.closed_by = principal.id if principal.kind == "staff" else None
 
     def _alert(self, session: Session, principal: Principal, alert_id: int) -> Alert:
         alert = session.get(Alert, alert_id)
@@ -408,34 +633,35 @@ class AlertService:
         rule_settings: rules.RuleSettings | dict[str, object],
         webhook_url: str | None,
         webhook_secret: str | None,
+        time_zone: str | None = None,
     ) -> StoreConfigView:
         """Set the store's rule overrides and signed webhook; all checked before any write.
 
         Bad rules and a URL the server must not call (`webhooks.WebhookRefused`, with a
-        reason) are `InvalidError`s: nothing is written.
+        reason) are `InvalidError`s: nothing is written. `time_zone` (an IANA name; alerts
+        show the store's local time) is kept as it is when None, UTC until first set.
         """
         principal.require(Permission.DEVICES_MANAGE)
         principal.require_store(store_id)
         if not isinstance(rule_settings, rules.RuleSettings):
-            try:
-                rule_settings = rules.parse(rule_settings)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                raise InvalidError(f"rules.{where}: {first['msg']}") from exc
+            rule_settings = rules.checked(rule_settings)
         overrides = rule_settings.model_dump(mode="json", exclude_unset=True)
         if (webhook_url is None) != (webhook_secret is None):
             raise InvalidError("a webhook needs both a URL and a secret")
         if webhook_url is not None:
             webhooks.check_url(webhook_url, webhooks.Policy.from_settings(self.crm.settings))
-        values = {"rules": overrides, "webhook_url": webhook_url, "webhook_secret": webhook_secret}
+        values: dict[str, object] = {
+            "rules": overrides,
+            "webhook_url": webhook_url,
+            "webhook_secret": webhook_secret,
+        }
+        if time_zone is not None:
+            values["time_zone"] = check_time_zone(time_zone)
         with db.transaction(self.crm.sessions) as session:
             accounts.get_store(session, store_id)
-            # an UPDATE, not a load: a row with unreadable rules can still be repaired
-            changed = session.execute(
-                update(StoreConfig).where(StoreConfig.store_id == store_id).values(**values)
-            )
-            if not changed.rowcount:  # type: ignore[attr-defined]
-                session.add(StoreConfig(store_id=store_id, **values))
+            storeconfig.write(session, store_id, **values)
             audit.record(session, principal, "store_config", None, store_id)
-        return StoreConfigView(store_id, rule_settings, webhook_url)
+            zone_name = session.scalar(
+                select(StoreConfig.time_zone).where(StoreConfig.store_id == store_id)
+            )
+        return StoreConfigView(store_id, rule_settings, webhook_url, zone_name or "UTC")

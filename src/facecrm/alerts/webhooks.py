@@ -27,6 +27,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -62,6 +63,10 @@ class Policy:
 
     def allows(self, host: str) -> bool:
         return host in self.allow_hosts
+
+
+Report = Callable[[int, int | None, str], None]
+"""Told of each attempt: its number (from 1), the HTTP status (None: no answer), an error."""
 
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
@@ -158,12 +163,18 @@ def send(
     policy: Policy,
     attempts: int = 4,
     timeout: float = 5,
+    report: Report | None = None,
 ) -> bool:
-    """POST `payload` to the vetted address of `url` (with retries); whether it was taken."""
+    """POST `payload` to the vetted address of `url` (with retries); whether it was taken.
+
+    `report` hears of every attempt (the delivery log); it must not raise.
+    """
+    tell: Report = report or (lambda _attempt, _status, _error: None)
     try:
         target, address = vet(url, policy)
     except WebhookRefused as exc:
         log.warning("webhook not sent: %s (%s)", exc, exc.reason)
+        tell(1, None, f"refused: {exc.reason}")
         return False
     pinned = target.copy_with(host=address)
     extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
@@ -179,23 +190,36 @@ def send(
             }
             try:
                 response = client.post(pinned, content=body, headers=headers, extensions=extensions)
-                if response.status_code < 500:
-                    return response.is_success
             except httpx.HTTPError as exc:
                 log.warning(
                     "webhook delivery failed (attempt %d): %s", attempt + 1, type(exc).__name__
                 )
+                tell(attempt + 1, None, type(exc).__name__)
+            else:
+                error = "" if response.is_success else response.reason_phrase
+                tell(attempt + 1, response.status_code, error)
+                if response.status_code < 500:
+                    return response.is_success
             if attempt + 1 < attempts:
                 time.sleep(0.5 * 2**attempt)
     return False
 
 
 def deliver(
-    url: str, secret: str, payload: dict[str, object], policy: Policy, attempts: int = 4
+    url: str,
+    secret: str,
+    payload: dict[str, object],
+    policy: Policy,
+    attempts: int = 4,
+    report: Report | None = None,
 ) -> threading.Thread:
     """`send` in the background; returns the thread (tests join it)."""
     thread = threading.Thread(
-        target=send, args=(url, secret, payload, policy, attempts), daemon=True, name="webhook"
+        target=send,
+        args=(url, secret, payload, policy, attempts),
+        kwargs={"report": report},
+        daemon=True,
+        name="webhook",
     )
     thread.start()
     return thread

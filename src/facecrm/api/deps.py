@@ -43,6 +43,7 @@ from facecrm.api.security import read_token
 from facecrm.config import API_PREFIX, Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.models import DeviceKind
 from facecrm.crm.service import FaceCRM
 
 oauth2 = OAuth2PasswordBearer(tokenUrl=f"{API_PREFIX}/auth/token", auto_error=False)
@@ -104,13 +105,35 @@ def still_valid(
     return check
 
 
+AGENT_VERSION_HEADER = "X-Facecrm-Agent-Version"
+QUEUE_DEPTH_HEADER = "X-Facecrm-Queue-Depth"
+
+
+def _reported_depth(request: Request) -> int | None:
+    raw = request.headers.get(QUEUE_DEPTH_HEADER, "")
+    return int(raw) if raw.isdigit() and len(raw) < 10 else None
+
+
 def current_principal(
-    session: SessionDep, settings: SettingsDep, token: TokenDep, key: KeyDep
+    request: Request,
+    crm: CrmDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    token: TokenDep,
+    key: KeyDep,
 ) -> Principal:
-    """The staff user (bearer token) or device (X-API-Key) making the request."""
+    """The staff user (bearer token) or device (X-API-Key) making the request.
+
+    A device's request is its heartbeat too: last seen, and the agent version and outbox
+    depth its headers report (`accounts.device_seen`, shown on the devices page).
+    """
     if key:
         device = accounts.key_principal(session, key)
+        if device is not None and device.role == DeviceKind.KIOSK:
+            raise ApiError(403, "a kiosk key opens the console's kiosk screen, not the API")
         if device is not None:
+            version = request.headers.get(AGENT_VERSION_HEADER)
+            accounts.device_seen(crm.sessions, device.id, version, _reported_depth(request))
             return device
         raise ApiError(401, "the device key is not valid")
     if token:
@@ -131,6 +154,18 @@ def allow(permission: Permission) -> Callable[..., Principal]:
     def _check(principal: PrincipalDep) -> Principal:
         if not principal.can(permission):
             raise ApiError(403, f"the {principal.role} role may not {permission.value}")
+        return principal
+
+    return _check
+
+
+def allow_any(*permissions: Permission) -> Callable[..., Principal]:
+    """A dependency: the principal, if it holds one of `permissions` (else an early 403)."""
+
+    def _check(principal: PrincipalDep) -> Principal:
+        if not any(principal.can(p) for p in permissions):
+            names = " or ".join(p.value for p in permissions)
+            raise ApiError(403, f"the {principal.role} role may not {names}")
         return principal
 
     return _check
@@ -165,6 +200,10 @@ def multipart(request: Request, _: PrincipalDep) -> None:
 StoresReader = Annotated[Principal, Depends(allow(Permission.STORES_READ))]
 StoresWriter = Annotated[Principal, Depends(allow(Permission.STORES_WRITE))]
 StaffWriter = Annotated[Principal, Depends(allow(Permission.STAFF_WRITE))]
+# admins, and managers for their stores' associates (the crm layer decides whose account)
+StaffManager = Annotated[
+    Principal, Depends(allow_any(Permission.STAFF_WRITE, Permission.STAFF_MANAGE))
+]
 DeviceManager = Annotated[Principal, Depends(allow(Permission.DEVICES_MANAGE))]
 CustomerReader = Annotated[Principal, Depends(allow(Permission.CUSTOMERS_READ))]
 CustomerWriter = Annotated[Principal, Depends(allow(Permission.CUSTOMERS_WRITE))]

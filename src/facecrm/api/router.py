@@ -10,9 +10,12 @@ from facecrm.api.routes import (
     agent,
     audit,
     auth,
+    consents,
     customers,
+    disputes,
     readiness,
     recognition,
+    stores,
 )
 from facecrm.config import API_PREFIX
 
@@ -20,11 +23,14 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     auth.router,
     admin.router,
     customers.router,
+    consents.router,
     recognition.router,
     activity.router,
     agent.router,
     audit.router,
     readiness.router,
+    disputes.router,
+    stores.router,
 )
 
 

@@ -30,15 +30,14 @@ from pydantic import (
     StrictInt,
     StrictStr,
     computed_field,
-    field_validator,
 )
 from pydantic.functional_validators import AfterValidator
 
 from facecrm.alerts.rules import RuleSettings
-from facecrm.crm.consent_text import TEXTS
 from facecrm.crm.models import Purpose
 
 Tier = Literal["standard", "silver", "gold", "vip"]
+WithdrawalChannel = Literal["api", "kiosk", "phone", "associate", "web", "cli"]
 # numeric ids are INTEGER columns: 32-bit on PostgreSQL, so a larger id is a 422, not a 500
 RowId = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="a numeric id")]
 Id = Annotated[str, Field(min_length=1, max_length=32)]
@@ -116,15 +115,36 @@ class PasswordIn(Strict):
 
 
 class StaffOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: str
     username: str
     role: str
     store_ids: list[str]
+    display_name: str = ""
+    active: bool = True
+
+
+class StaffStatusOut(StaffOut):
+    """An account in the staff list, with its log-in lock and whether the caller may
+    change it (a manager: associates of their own stores only)."""
+
+    locked_seconds: float  # the log-in back-off still running (0: none)
+    manageable: bool
+
+
+class StoresIn(Strict):
+    store_ids: list[Id] = Field(max_length=100)
+
+
+class UnlockedOut(BaseModel):
+    username: str
+    was_locked: bool
 
 
 class DeviceIn(Strict):
     store_id: Id
-    kind: Literal["agent", "pos"]
+    kind: Literal["agent", "pos", "kiosk"]
     name: Text = ""
 
 
@@ -137,6 +157,9 @@ class DeviceOut(BaseModel):
     name: str
     created_at: datetime
     revoked_at: datetime | None = None
+    last_seen_at: datetime | None = None  # the device's latest request
+    agent_version: str | None = None  # as the agent reports it (X-Facecrm-Agent-Version)
+    queue_depth: int | None = None  # events waiting in the agent's outbox, as reported
 
 
 class NewDeviceOut(DeviceOut):
@@ -184,19 +207,46 @@ class CustomerPatch(Strict):
 
 
 class ConsentIn(Strict):
+    """A consent: the text shown (`text_id`; or `text_version` from older clients; or
+    neither: the current text in `language`, else the store's language), the channel.
+
+    The store and the witness are the caller's (its log-in or device key), never the
+    body's: `store_id` only picks one of the caller's own stores, and `witness` is refused.
+    `age_confirmed`: the age the customer confirmed being at least, where the store asks.
+    """
+
     purpose: Purpose
-    text_version: str = Field(min_length=1, max_length=40)
+    text_id: StrictInt | None = Field(default=None, ge=1, le=2**31 - 1)
+    text_version: str | None = Field(default=None, min_length=1, max_length=40)
+    language: str | None = Field(default=None, min_length=2, max_length=16)
     channel: Literal["kiosk", "phone", "associate", "web", "cli"]
     store_id: Id | None = None
-    witness: str | None = Field(default=None, max_length=200)
+    age_confirmed: StrictInt | None = Field(default=None, ge=0, le=150)
+    witness: None = Field(
+        default=None,
+        description="refused: the witness is the signed-in user or device",
+        json_schema_extra={"deprecated": True},
+    )
 
-    @field_validator("text_version")
-    @classmethod
-    def _known_text(cls, value: str) -> str:
-        """A consent is only as good as the text shown: it must be one this server has."""
-        if value not in TEXTS:
-            raise ValueError(f"unknown consent text version; known: {', '.join(sorted(TEXTS))}")
-        return value
+
+class ConsentTextIn(Strict):
+    """A new version of a consent text (the active one for its purpose and language is
+    replaced; older versions stay, unchanged, for the consents that point at them)."""
+
+    purpose: Purpose
+    language: str = Field(min_length=2, max_length=16)
+    body: str = Field(min_length=1, max_length=20_000)
+    version: str | None = Field(default=None, min_length=1, max_length=40)
+
+
+class EnrollmentOptionsIn(Strict):
+    """Enrollment options at a scope (the chain `*` or a store); null clears an override."""
+
+    language: str | None = Field(default=None, min_length=2, max_length=16)
+    ask_phone: StrictBool | None = None
+    ask_tier: StrictBool | None = None
+    min_age: StrictInt | None = Field(default=None, ge=0, le=21)
+    kiosk_idle_seconds: StrictInt | None = Field(default=None, ge=2, le=3600)
 
 
 class VisitIn(Strict):
@@ -286,19 +336,51 @@ class CustomerOut(Out):
     updated_at: Timestamp | None
 
 
+class ConsentTextOut(Out):
+    id: int
+    purpose: str
+    version: str
+    language: str
+    body: str
+    created_by: str
+    created_at: Timestamp
+    active: bool
+
+
 class ConsentOut(Out):
     purpose: Purpose
+    text_id: int
     text_version: str
     channel: str
     store_id: str | None
     witness: str | None
     given_at: Timestamp | None
     withdrawn_at: Timestamp | None
+    withdrawn_by: str | None
+    withdrawn_store_id: str | None
+    withdrawn_channel: str | None
+    age_confirmed: int | None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
     def active(self) -> bool:
         return self.withdrawn_at is None
+
+
+class ConsentEvidenceOut(ConsentOut):
+    """A consent with the exact text the customer was shown (the export)."""
+
+    text: ConsentTextOut
+
+
+class EnrollmentOptionsOut(Out):
+    """The enrollment options in force at a scope (the chain's merged with the store's)."""
+
+    language: str
+    ask_phone: bool
+    ask_tier: bool
+    min_age: int
+    kiosk_idle_seconds: int
 
 
 class VisitOut(Out):
@@ -308,6 +390,8 @@ class VisitOut(Out):
     at: Timestamp
     source: str
     similarity: float | None
+    camera: str | None = None
+    disputed: bool = False  # "not this person": not in the customer's history
 
 
 class ItemOut(Out):
@@ -384,7 +468,7 @@ class ExportOut(Out):
     """Everything held about a customer (data-subject access)."""
 
     customer: CustomerOut
-    consents: list[ConsentOut]
+    consents: list[ConsentEvidenceOut]
     face_templates: list[TemplateMetaOut]
     enrollment_photo_kept: bool
     visits: list[VisitOut]
@@ -415,13 +499,22 @@ class IdentifiedCustomerOut(BaseModel):
 
 
 class IdentifiedFaceOut(BaseModel):
-    """One face of the photo: an opted-in customer, or "unknown" (nothing else about it)."""
+    """One face of the photo: an opted-in customer, or "unknown" (nothing else about it).
+
+    `reason` says why a face is unknown: `no_match` (nobody passed both models of the
+    cascade) or `ambiguous` (two customers, e.g. relatives or look-alikes, were too close
+    to tell apart, so neither is named); null for a named customer.
+    """
 
     box: BoxOut
     customer: IdentifiedCustomerOut | Literal["unknown"]
+    reason: Literal["no_match", "ambiguous"] | None = None
 
 
 class IdentifyOut(BaseModel):
+    """`threshold`: the first model's similarity every named face reaches (with the
+    cascade a name also needs the second model's agreement and a clear margin)."""
+
     faces: list[IdentifiedFaceOut]
     threshold: float
 
@@ -446,7 +539,7 @@ class ImportReportOut(Out):
 class AlertOut(Out):
     id: int
     store_id: str
-    customer_id: str
+    customer_id: str | None  # None: not about a customer (kind camera_silent, ...)
     customer_name: str | None
     rule: str
     message: str
@@ -455,6 +548,16 @@ class AlertOut(Out):
     claimed_by: str | None
     claimed_at: Timestamp | None
     acknowledged_at: Timestamp | None
+    kind: str = "arrival"
+    reasons: list[str] = []  # why, in plain words
+    camera: str | None = None
+    seen_at: Timestamp | None = None
+    local_time: str | None = None  # in the store's time zone, ISO 8601 with its offset
+    time_zone: str = "UTC"
+    has_photo: bool = False  # GET /customers/{id}/photo shows it (the customer agreed)
+    outcome: Literal["greeted", "dismissed", "disputed"] | None = None
+    closed_at: Timestamp | None = None
+    closed_by: str | None = None
 
 
 class AcknowledgedOut(AlertOut):
@@ -473,6 +576,74 @@ class StoreConfigOut(Out):
     store_id: str
     rules: RuleSettings
     webhook_url: str | None
+    time_zone: str = "UTC"
+
+
+class DisputeOut(Out):
+    """A disputed match ("not this person"): template-free facts (see crm.disputes)."""
+
+    id: int
+    store_id: str
+    customer_id: str
+    source: Literal["alert", "lookup"]
+    camera: str | None
+    matched_at: Timestamp
+    disputed_at: Timestamp
+    similarity: float | None
+    threshold: float | None
+    alert_id: int | None
+
+
+class PosCardOut(Out):
+    """What a till needs to attach a purchase: nothing more."""
+
+    id: str
+    name: str
+    tier: Tier
+
+
+class RuleOut(Out):
+    name: str
+    description: str
+    value: dict[str, JsonValue]  # in force: the store's setting, else the default
+    default: dict[str, JsonValue]
+    overridden: bool
+
+
+class EffectiveConfigOut(Out):
+    """Every rule in force in the store with its value, default and description, and
+    the webhook URL (never its secret); `problems`: stored settings not applied."""
+
+    store_id: str
+    rules: list[RuleOut]
+    webhook_url: str | None
+    webhook_secret_set: bool
+    problems: list[str]
+
+
+class WebhookIn(Strict):
+    url: str = Field(max_length=500)  # empty: remove the webhook
+
+
+class WebhookSecretOut(BaseModel):
+    """The webhook's new signing secret: shown in this response only."""
+
+    webhook_url: str | None
+    secret: str | None
+
+
+class WebhookTestOut(BaseModel):
+    event_id: str
+
+
+class WebhookDeliveryOut(Out):
+    id: int
+    event_id: str
+    attempt: int
+    status_code: int | None
+    ok: bool
+    error: str
+    at: Timestamp
 
 
 class GalleryTemplateOut(BaseModel):
@@ -481,11 +652,26 @@ class GalleryTemplateOut(BaseModel):
     vector: str  # base64 of the float32 template
 
 
+class GallerySecondOut(BaseModel):
+    """The cascade's second-model templates (a customer without any is decided by the
+    first model alone at `threshold`)."""
+
+    model_id: str
+    templates: list[GalleryTemplateOut]
+
+
 class GalleryOut(BaseModel):
+    """What a store agent decides with. `threshold` is the first model's single-model
+    threshold; `cascade` (the calibration's cascade section) and `second` are absent
+    when the server runs a single model — agents from before the cascade ignore them."""
+
     model_id: str
     threshold: float
     generation: int
     templates: list[GalleryTemplateOut]
+    cascade: dict[str, Any] | None = None
+    second: GallerySecondOut | None = None
+    target_fmr: float | None = None  # the false-match rate the cascade's threshold is set for
 
 
 class AuditEventOut(Out):

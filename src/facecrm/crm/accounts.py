@@ -7,8 +7,13 @@ keys with that much entropy, and lookups stay O(1)).
 Revocation takes effect on the next request: every staff token carries the
 user's `token_version`, which disabling, a password change or deletion bumps
 (or removes), and a logged-out token's id is kept in `revoked_tokens` until it
-would have expired anyway. Only administrators manage staff accounts (managers
-would need a "whose accounts may I touch" rule; not worth its risk yet).
+would have expired anyway.
+
+Who manages whose account (`_managed`): administrators manage everyone. A manager
+creates and manages associates whose stores are all among the manager's own (an
+associate who also works in another store belongs to that store's manager too, so
+only an administrator changes them); a manager sees the accounts that share one of
+their stores, and nobody else's. Deleting accounts stays with administrators.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import unicodedata
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -28,12 +34,23 @@ from facecrm.crm import audit, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import (
     ConflictError,
+    Forbidden,
     InvalidError,
     LoginFailedError,
     LoginThrottledError,
     NotFoundError,
 )
-from facecrm.crm.models import Device, DeviceKind, RevokedToken, Role, StaffUser, Store, utcnow
+from facecrm.crm.models import (
+    Device,
+    DeviceKind,
+    DeviceStatus,
+    RevokedToken,
+    Role,
+    StaffUser,
+    Store,
+    staff_stores,
+    utcnow,
+)
 from facecrm.crm.throttle import LoginGuard
 
 _hasher = PasswordHasher()
@@ -84,10 +101,54 @@ def list_stores(session: Session, principal: Principal) -> list[Store]:
     return list(session.scalars(select(Store).order_by(Store.code)))
 
 
-def list_staff(session: Session) -> list[StaffUser]:
-    """Every staff account (the operator's `facecrm admin list`)."""
+def list_staff(session: Session, principal: Principal | None = None) -> list[StaffUser]:
+    """The accounts `principal` may see (see the module doc); every account for an
+    administrator or for None, the operator's `facecrm admin list`."""
     query = select(StaffUser).options(selectinload(StaffUser.stores))  # read after the session
+    if principal is not None and not principal.can(Permission.STAFF_WRITE):
+        principal.require(Permission.STAFF_MANAGE)
+        shared = select(staff_stores.c.staff_id).where(
+            staff_stores.c.store_id.in_(principal.stores or ())
+        )
+        query = query.where(StaffUser.id.in_(shared))
     return list(session.scalars(query.order_by(StaffUser.username)))
+
+
+def _require_staff_rights(principal: Principal) -> None:
+    if not principal.can(Permission.STAFF_WRITE):
+        principal.require(Permission.STAFF_MANAGE)
+
+
+def may_manage(principal: Principal, user: StaffUser) -> bool:
+    """Whether `principal` may change `user`'s account (see the module doc)."""
+    if principal.can(Permission.STAFF_WRITE):
+        return True
+    if not principal.can(Permission.STAFF_MANAGE) or principal.stores is None:
+        return False
+    ids = {s.id for s in user.stores}
+    return user.role == Role.ASSOCIATE and bool(ids) and ids <= principal.stores
+
+
+def _managed(session: Session, principal: Principal, ref: str) -> StaffUser:
+    """The account `ref` names, if `principal` may change it: another store's account is
+    unknown to a manager (404), a visible one that is not theirs to manage is 403."""
+    _require_staff_rights(principal)
+    user = find_staff(session, ref)
+    if may_manage(principal, user):
+        return user
+    if principal.stores and principal.stores & {s.id for s in user.stores}:
+        raise Forbidden("a manager manages the associates of their own stores only")
+    raise NotFoundError(f"no staff user {ref!r}")
+
+
+def _check_new_stores(principal: Principal, role: str, store_ids: list[str]) -> None:
+    """A manager gives accounts only the associate role and only their own stores."""
+    if principal.can(Permission.STAFF_WRITE):
+        return
+    if role != Role.ASSOCIATE:
+        raise Forbidden("a manager creates associates only")
+    if not store_ids or not set(store_ids) <= (principal.stores or frozenset()):
+        raise Forbidden("an associate of your own stores: give one or more of them")
 
 
 def create_staff(
@@ -101,7 +162,7 @@ def create_staff(
     principal: Principal,
 ) -> StaffUser:
     """A new staff account; audited here, so every path that adds one (API, CLI) is."""
-    principal.require(Permission.STAFF_WRITE)
+    _require_staff_rights(principal)
     username = username.strip()
     if not username:
         raise InvalidError("the username is empty")
@@ -110,6 +171,7 @@ def create_staff(
         raise InvalidError(f"unknown role {role!r}; use admin, manager, associate or auditor")
     if role in CHAIN_WIDE and store_ids:
         raise InvalidError(f"a {role} acts chain-wide: give no stores")
+    _check_new_stores(principal, role, list(store_ids or []))
     taken = select(StaffUser.id).where(func.lower(StaffUser.username) == username.lower())
     if session.scalar(taken) is not None:
         raise ConflictError(f"the username {username!r} is taken (usernames ignore case)")
@@ -272,8 +334,7 @@ def _keep_an_admin(session: Session, user: StaffUser) -> None:
 
 def set_active(session: Session, principal: Principal, ref: str, active: bool) -> StaffUser:
     """Disable (every token of the user stops working at once) or enable an account."""
-    principal.require(Permission.STAFF_WRITE)
-    user = find_staff(session, ref)
+    user = _managed(session, principal, ref)
     if not active:
         _keep_an_admin(session, user)
     if user.active != active:
@@ -287,13 +348,76 @@ def set_active(session: Session, principal: Principal, ref: str, active: bool) -
 
 def set_password(session: Session, principal: Principal, ref: str, password: str) -> StaffUser:
     """A new password; every token issued before it stops working."""
-    principal.require(Permission.STAFF_WRITE)
+    _require_staff_rights(principal)
     check_password(password)
-    user = find_staff(session, ref)
+    user = _managed(session, principal, ref)
     user.password_hash = _hasher.hash(password)
     user.token_version += 1
     audit.record(session, principal, "staff_password", username=user.username)
     return user
+
+
+def assign_stores(
+    session: Session, principal: Principal, ref: str, store_ids: list[str]
+) -> StaffUser:
+    """Set the stores an account works in. Taking a store away bumps the token version:
+    open sessions and alert streams of the removed store end at once."""
+    user = _managed(session, principal, ref)
+    wanted = list(dict.fromkeys(store_ids))
+    if user.role in CHAIN_WIDE and wanted:
+        raise InvalidError(f"a {user.role} acts chain-wide: give no stores")
+    _check_new_stores(principal, user.role, wanted)
+    stores = [get_store(session, s) for s in wanted]
+    if {s.id for s in user.stores} - set(wanted):
+        user.token_version += 1
+    user.stores = stores
+    session.flush()
+    audit.record(session, principal, "staff_stores", username=user.username, stores=wanted)
+    return user
+
+
+def unlock(session: Session, principal: Principal, guard: LoginGuard, ref: str) -> bool:
+    """End an account's log-in back-off (its owner called the manager); whether it was on.
+
+    The guard's counts live in the server process, so this acts on the process that
+    serves the request (the one that counted the failures, with a single server).
+    """
+    user = _managed(session, principal, ref)
+    was_locked = guard.unlock(user.username)
+    audit.record(session, principal, "staff_unlock", username=user.username, locked=was_locked)
+    return was_locked
+
+
+@dataclass(frozen=True, slots=True)
+class StaffView:
+    """An account as the staff pages and `GET /staff` show it."""
+
+    id: str
+    username: str
+    display_name: str
+    role: str
+    active: bool
+    store_ids: list[str]
+    locked_seconds: float  # the log-in back-off still running (0: none)
+    manageable: bool  # whether the viewer may change it
+
+
+def staff_views(session: Session, principal: Principal, guard: LoginGuard) -> list[StaffView]:
+    """`list_staff` for `principal`, with each account's lock state and whether the
+    principal may change it."""
+    return [
+        StaffView(
+            u.id,
+            u.username,
+            u.display_name,
+            u.role,
+            u.active,
+            [s.id for s in u.stores],
+            round(guard.account_wait(u.username), 1),
+            may_manage(principal, u),
+        )
+        for u in list_staff(session, principal)
+    ]
 
 
 def delete_staff(session: Session, principal: Principal, ref: str) -> None:
@@ -319,7 +443,7 @@ def create_device(
     principal.require(Permission.DEVICES_MANAGE)
     principal.require_store(store_id)
     if kind not in {k.value for k in DeviceKind}:
-        raise InvalidError(f"unknown device kind {kind!r}; use agent or pos")
+        raise InvalidError(f"unknown device kind {kind!r}; use agent, pos or kiosk")
     store = get_store(session, store_id)
     key = DEVICE_KEY_PREFIX + secrets.token_urlsafe(32)
     device = Device(
@@ -329,6 +453,27 @@ def create_device(
     session.flush()
     audit.record(session, principal, "device_create", None, store.id, kind=kind)
     return device, key
+
+
+def rotate_device_key(session: Session, principal: Principal, device_id: str) -> tuple[Device, str]:
+    """A new API key for a device (shown once); the old one is refused from now on."""
+    device = _device(session, principal, device_id)
+    if device.revoked_at is not None:
+        raise ConflictError("the device is revoked; create a new one")
+    key = DEVICE_KEY_PREFIX + secrets.token_urlsafe(32)
+    device.key_hash = hash_key(key)
+    session.flush()
+    audit.record(session, principal, "device_rotate", None, device.store_id, device=device.id)
+    return device, key
+
+
+def _device(session: Session, principal: Principal, device_id: str) -> Device:
+    """A device of the principal's stores (another store's is unknown: 404)."""
+    principal.require(Permission.DEVICES_MANAGE)
+    device = session.get(Device, device_id)
+    if device is None or not principal.may_act_in(device.store_id):
+        raise NotFoundError(f"no device with id {device_id!r}")
+    return device
 
 
 def hash_key(key: str) -> str:
@@ -344,10 +489,7 @@ def device_for_key(session: Session, key: str) -> Device | None:
 
 def revoke_device(session: Session, principal: Principal, device_id: str) -> Device:
     """Revoke a device's key for good (its visits stay); in the principal's stores only."""
-    principal.require(Permission.DEVICES_MANAGE)
-    device = session.get(Device, device_id)
-    if device is None or not principal.may_act_in(device.store_id):
-        raise NotFoundError(f"no device with id {device_id!r}")
+    device = _device(session, principal, device_id)
     if device.revoked_at is None:
         device.revoked_at = utcnow()
     audit.record(session, principal, "device_revoke", None, device.store_id, device=device.id)
@@ -369,3 +511,87 @@ def list_devices(session: Session, principal: Principal | None) -> list[Device]:
     if store_ids is not None:
         query = query.where(Device.store_id.in_(store_ids))
     return list(session.scalars(query))
+
+
+SEEN_EVERY = timedelta(seconds=15)  # a device's heartbeat is written at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceView:
+    """A device with what it last reported (the device pages and `GET /devices`)."""
+
+    id: str
+    store_id: str
+    kind: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_seen_at: datetime | None
+    agent_version: str | None
+    queue_depth: int | None
+
+
+def device_views(session: Session, principal: Principal) -> list[DeviceView]:
+    """`list_devices` with each device's last heartbeat."""
+    devices = list_devices(session, principal)
+    ids = [d.id for d in devices]
+    query = select(DeviceStatus).where(DeviceStatus.device_id.in_(ids))
+    seen = {s.device_id: s for s in session.scalars(query)} if ids else {}
+    views = []
+    for d in devices:
+        status = seen.get(d.id)
+        views.append(
+            DeviceView(
+                d.id,
+                d.store_id,
+                d.kind,
+                d.name,
+                d.created_at,
+                d.revoked_at,
+                status.last_seen_at if status else None,
+                status.agent_version if status else None,
+                status.queue_depth if status else None,
+            )
+        )
+    return views
+
+
+def device_seen(
+    sessions: sessionmaker[Session],
+    device_id: str,
+    agent_version: str | None = None,
+    queue_depth: int | None = None,
+) -> None:
+    """Record that a device made a request, with the version and outbox depth it sent.
+
+    Not an audited action (a device saying "I am here"). Written in its own short
+    transaction, at most every `SEEN_EVERY` unless what it reports changed, so a busy
+    agent costs no write per request and holds no write lock through the request.
+    Values a device cannot have meant are dropped, not stored.
+    """
+    if agent_version is not None and (
+        len(agent_version) > 40 or not agent_version.isprintable() or not agent_version.strip()
+    ):
+        agent_version = None
+    if queue_depth is not None and not 0 <= queue_depth < 2**31:
+        queue_depth = None
+    now = utcnow()
+    try:
+        with db.transaction(sessions) as session:
+            status = session.get(DeviceStatus, device_id)
+            if status is None:
+                status = DeviceStatus(device_id=device_id, last_seen_at=now)
+                session.add(status)
+            elif (
+                now - status.last_seen_at < SEEN_EVERY
+                and agent_version in (None, status.agent_version)
+                and queue_depth in (None, status.queue_depth)
+            ):
+                return
+            status.last_seen_at = now
+            if agent_version is not None:
+                status.agent_version = agent_version
+            if queue_depth is not None:
+                status.queue_depth = queue_depth
+    except IntegrityError:  # a concurrent first request of the same device wrote it
+        return

@@ -31,6 +31,7 @@ class Filters:
     until: datetime | None = None
     limit: int = 100
     offset: int = 0
+    include_disputed: bool = False  # visits staff said were not this customer
 
 
 def _target(session: Session, principal: Principal, customer_id: str, store_id: str) -> None:
@@ -107,6 +108,7 @@ def record_visit(
     source: str,
     similarity: float | None = None,
     at: datetime | None = None,
+    camera: str | None = None,
 ) -> Visit:
     principal.require(Permission.VISITS_WRITE)
     _target(session, principal, customer_id, store_id)
@@ -118,6 +120,7 @@ def record_visit(
         similarity=similarity,
         device_id=principal.id if principal.kind == "device" else None,
         at=check_time(at, "visit"),
+        camera=camera,
     )
     session.add(visit)
     session.flush()
@@ -126,8 +129,12 @@ def record_visit(
 
 
 def visits(session: Session, principal: Principal, f: Filters) -> Sequence[Visit]:
+    """The visits; a disputed one ("not this person") is not the customer's history."""
     principal.require(Permission.ACTIVITY_READ)
-    return session.scalars(_listing(Visit, Visit.at, principal, f)).all()
+    stmt = _listing(Visit, Visit.at, principal, f)
+    if not f.include_disputed:
+        stmt = stmt.where(Visit.disputed.is_(False))
+    return session.scalars(stmt).all()
 
 
 @dataclass(frozen=True, slots=True)

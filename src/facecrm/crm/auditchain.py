@@ -32,11 +32,14 @@ a truncation stays visible after later writes instead of being papered over.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import json
+import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -133,12 +136,24 @@ def seal_pending(session: Session, key: bytes, head: Path | None) -> None:
     session.info[_SEALED] = (events[-1].id, events[-1].hash)
 
 
+@contextmanager
+def _process_lock(head: Path) -> Iterator[None]:
+    """Several server processes may share the data directory (`serve --workers`): the
+    read-compare-replace of the head file is one at a time across them too."""
+    fd = os.open(head.with_name(head.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        yield
+    finally:
+        os.close(fd)
+
+
 def write_head(session: Session, head: Path | None) -> None:
     """After the commit: move `audit-head.json` forward to the newest sealed event."""
     sealed = session.info.pop(_SEALED, None)
     if sealed is None or head is None:
         return
-    with _head_lock:
+    with _head_lock, _process_lock(head):
         current = _read_head(head)
         if current is not None and current[0] >= sealed[0]:
             return  # another transaction already sealed a newer event

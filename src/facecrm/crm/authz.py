@@ -25,6 +25,7 @@ class Permission(StrEnum):
     STORES_READ = "stores:read"
     STORES_WRITE = "stores:write"
     STAFF_WRITE = "staff:write"
+    STAFF_MANAGE = "staff:manage"  # associates of one's own stores (rules: crm.accounts)
     DEVICES_MANAGE = "devices:manage"
     CUSTOMERS_READ = "customers:read"
     CUSTOMERS_WRITE = "customers:write"
@@ -40,6 +41,11 @@ class Permission(StrEnum):
     AUDIT_READ = "audit:read"
     ALERTS = "alerts"  # see, claim and acknowledge alerts; start and end shifts
     AGENT = "agent"  # sync the gallery and deliver visit events (store agents)
+    DISPUTES_READ = "disputes:read"  # a store's report of disputed matches (recalibration)
+    LOYALTY_LOOKUP = "loyalty:lookup"  # a till's exact look-up by loyalty id: POS devices only
+    CONSENT_TEXTS_READ = "consent_texts:read"
+    CONSENT_TEXTS_WRITE = "consent_texts:write"  # a new version of a text: admins only
+    ENROLLMENT_CONFIG = "enrollment:config"  # a store's enrollment options (chain's: admins)
 
 
 P = Permission
@@ -53,15 +59,28 @@ _STAFF = {
     P.PURCHASES_WRITE,
     P.ACTIVITY_WRITE,
     P.ALERTS,
+    P.CONSENT_TEXTS_READ,
 }
 
 GRANTS: dict[str, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission),
-    Role.MANAGER: frozenset(_STAFF | {P.DEVICES_MANAGE, P.CUSTOMERS_ERASE, P.FACES_OVERRIDE}),
+    Role.ADMIN: frozenset(Permission) - {P.LOYALTY_LOOKUP},
+    Role.MANAGER: frozenset(
+        _STAFF
+        | {
+            P.DEVICES_MANAGE,
+            P.CUSTOMERS_ERASE,
+            P.FACES_OVERRIDE,
+            P.ENROLLMENT_CONFIG,
+            P.DISPUTES_READ,
+            P.STAFF_MANAGE,
+        }
+    ),
     Role.ASSOCIATE: frozenset(_STAFF),
-    Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ}),
+    Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ, P.CONSENT_TEXTS_READ}),
     DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),
-    DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE}),
+    DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE, P.LOYALTY_LOOKUP}),
+    # enrolls customers at the console's kiosk page, nothing else (its key opens no API)
+    DeviceKind.KIOSK: frozenset({P.CUSTOMERS_WRITE, P.CONSENT_TEXTS_READ}),
 }
 
 

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from facecrm.crm import activity, audit, customers
 from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.models import Consent, Customer, CustomerPhoto, Feedback, Interest, Purchase, Visit
+from facecrm.crm.models import (
+    Consent,
+    Customer,
+    CustomerPhoto,
+    FaceTemplate,
+    Feedback,
+    Interest,
+    Purchase,
+    Visit,
+)
+
+
+def enrolled_photos(templates: Iterable[FaceTemplate]) -> int:
+    """How many photos a customer's face was enrolled from: each photo stores one template
+    per model (two with the cascade), so it is the count of the most-used model."""
+    return max(Counter(t.model_id for t in templates).values(), default=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +54,7 @@ def card(session: Session, principal: Principal, customer_id: str) -> Card:
     out = Card(
         customer,
         list(customer.consents),
-        len(customer.templates),
+        enrolled_photos(customer.templates),
         customer.show_photo and session.get(CustomerPhoto, customer_id) is not None,
         activity.visits(session, principal, f),
         activity.purchases(session, principal, f),

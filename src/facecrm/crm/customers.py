@@ -10,11 +10,12 @@ from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
-from facecrm.crm import accounts, audit, consent_text
+from facecrm.crm import accounts, audit, consent_text, enrollment
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     Consent,
+    ConsentText,
     Customer,
     FaceTemplate,
     Feedback,
@@ -43,13 +44,46 @@ EDITABLE = (
 
 @dataclass(frozen=True, slots=True)
 class ConsentGrant:
-    """A consent as the customer gave it."""
+    """A consent as the customer gave it.
+
+    `text` names the text shown: its id (what pages send), a version (older clients: that
+    version in `language`), or None (the active text in `language`). `language` defaults
+    to the store's (`crm.enrollment`). `store_id` only picks one of the principal's own
+    stores (see `place`); who witnessed it is always the principal. `age_confirmed` is
+    the age the customer confirmed being at least, where the store asks (`min_age`).
+    """
 
     purpose: Purpose
-    text_version: str
+    text: int | str | None
     channel: str
     store_id: str | None = None
-    witness: str | None = None
+    language: str | None = None
+    age_confirmed: int | None = None
+
+
+def place(
+    session: Session, principal: Principal, requested: str | None, *, required: bool = True
+) -> str | None:
+    """The store a consent is given or withdrawn in: the principal's, never the client's word.
+
+    A device's store; a staff member's only store; for staff of several stores the one
+    `requested` among theirs (none named: `store_required`, unless not `required`, e.g. a
+    withdrawal, which nothing may block: then None); for chain-wide staff the store
+    `requested`, or None (head office). A store that is not the principal's is 403.
+    """
+    if requested is not None:
+        principal.require_store(requested)
+        accounts.get_store(session, requested)
+        return requested
+    if principal.stores is None or not principal.stores:
+        return None
+    if len(principal.stores) == 1:
+        return next(iter(principal.stores))
+    if not required:
+        return None
+    raise InvalidError(
+        "you work in several stores: say in which one (store_id)", reason="store_required"
+    )
 
 
 def load(session: Session, customer_id: str) -> Customer:
@@ -227,26 +261,40 @@ def give_consent(
 ) -> Consent:
     """Record a consent; an active one of the same purpose is replaced (history kept).
 
-    The text version must be one of `consent_text.TEXTS` (reason `bad_consent_version`);
-    a store named must be one of the principal's, and exist.
+    The text must exist, be active and be for the purpose (`consent_text.resolve`); the
+    store is the principal's (`place`), the witness the principal itself. Where the store
+    asks for a minimum age, a recognition consent needs `age_confirmed` at least that
+    (reason `age_not_confirmed`).
     """
     principal.require(Permission.CUSTOMERS_WRITE)
-    if grant.store_id is not None:
-        principal.require_store(grant.store_id)
-        accounts.get_store(session, grant.store_id)
+    if not grant.channel.strip() or len(grant.channel) > 40:
+        raise InvalidError("a consent needs the channel it was given through")
+    store_id = place(session, principal, grant.store_id)
     customer = load(session, customer_id)
-    if not grant.text_version.strip() or not grant.channel.strip():
-        raise InvalidError("a consent needs the version of the text shown and the channel")
-    consent_text.check(grant.text_version)
+    options = enrollment.effective(session, store_id)
+    text = _text_shown(session, grant, options.language)
+    asks_age = grant.purpose == Purpose.IN_STORE_RECOGNITION and options.min_age > 0
+    if asks_age and (grant.age_confirmed or 0) < options.min_age:
+        raise InvalidError(
+            f"the customer must confirm being at least {options.min_age} years old",
+            reason="age_not_confirmed",
+        )
     previous = customer.active_consent(grant.purpose)
-    if previous is not None:
+    if previous is not None:  # superseded, not withdrawn: the customer agreed again
         previous.withdrawn_at = utcnow()
+        previous.withdrawn_by = principal.label[:200]
+        previous.withdrawn_store_id = store_id
+        previous.withdrawn_channel = "replaced"
     consent = Consent(
         purpose=grant.purpose,
-        text_version=grant.text_version,
+        text_version=text.version,
+        text_id=text.id,
+        text=text,
         channel=grant.channel,
-        store_id=grant.store_id,
-        witness=grant.witness,
+        store_id=store_id,
+        witness=principal.label[:200],
+        witness_id=principal.id[:32],
+        age_confirmed=grant.age_confirmed,
     )
     customer.consents.append(consent)
     session.flush()
@@ -255,25 +303,68 @@ def give_consent(
         principal,
         "consent_give",
         customer.id,
-        grant.store_id,
+        store_id,
         purpose=grant.purpose.value,
-        text_version=grant.text_version,
+        text_id=text.id,
+        text_version=text.version,
+        language=text.language,
+        channel=grant.channel,
     )
     return consent
 
 
+def _text_shown(session: Session, grant: ConsentGrant, store_language: str) -> ConsentText:
+    """The text of `grant` (see `ConsentGrant.text`); without a language named, the store's,
+    then English (the shipped text) when the store's has no translation."""
+    text_id = grant.text if isinstance(grant.text, int) else None
+    version = grant.text if isinstance(grant.text, str) else None
+    if version is not None and not version.strip():
+        raise InvalidError("a consent needs the version of the text shown")
+    language = grant.language or store_language
+    try:
+        return consent_text.resolve(
+            session, grant.purpose, text_id=text_id, version=version, language=language
+        )
+    except InvalidError as exc:
+        missing = exc.reason in {"bad_consent_version", "no_consent_text"}
+        if not missing or grant.language is not None or language == "en":
+            raise
+    return consent_text.resolve(session, grant.purpose, version=version, language="en")
+
+
 def withdraw_consent(
-    session: Session, principal: Principal, customer_id: str, purpose: Purpose
+    session: Session,
+    principal: Principal,
+    customer_id: str,
+    purpose: Purpose,
+    channel: str = "api",
+    store_id: str | None = None,
 ) -> Consent:
-    """Mark the active consent withdrawn (the caller deletes what it covered)."""
+    """Mark the active consent withdrawn, with who, where and how (the caller deletes what
+    it covered). The store is the principal's (`place`; never required: nothing may block
+    a withdrawal)."""
     principal.require(Permission.CUSTOMERS_WRITE)
+    if not channel.strip() or len(channel) > 40:
+        raise InvalidError("a withdrawal needs the channel it came through")
+    where = place(session, principal, store_id, required=False)
     customer = load(session, customer_id)
     consent = customer.active_consent(purpose)
     if consent is None:
         raise NotFoundError(f"no active {purpose.value} consent")
     consent.withdrawn_at = utcnow()
+    consent.withdrawn_by = principal.label[:200]
+    consent.withdrawn_store_id = where
+    consent.withdrawn_channel = channel
     session.flush()
-    audit.record(session, principal, "consent_withdraw", customer.id, purpose=purpose.value)
+    audit.record(
+        session,
+        principal,
+        "consent_withdraw",
+        customer.id,
+        where,
+        purpose=purpose.value,
+        channel=channel,
+    )
     return consent
 
 

@@ -141,6 +141,9 @@ def _alembic_config() -> Config:
     return config
 
 
+_MIGRATION_LOCK = 7354202  # next to auditchain's lock number
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to `revision` (default: the latest)."""
     from alembic import command
@@ -150,6 +153,8 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         # SQLite batch migrations reflect staff_users; its expression index is kept
         # (it is not part of the copied table), the warning would only alarm the CLI user
         warnings.filterwarnings("ignore", "Skipped unsupported reflection", SAWarning)
+        if engine.dialect.name == "postgresql":  # server processes starting at once: in turn
+            connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -29,6 +29,7 @@ from facecrm.config import Settings
 from facecrm.crm.models import GalleryState
 from facecrm.gallery.gallery import (
     CANDIDATES_PER_FACE,
+    Candidate,
     Decision,
     Gallery,
     assign,
@@ -47,6 +48,7 @@ class GalleryStore(Protocol):
     def added(self, session: Session, rows: list[Row]) -> None: ...
     def removed(self, session: Session, customer_id: str) -> None: ...
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]: ...
+    def candidates(self, session: Session, queries: Vectors) -> list[list[Candidate]]: ...
 
 
 def bump_generation(session: Session, model_id: str) -> None:
@@ -91,8 +93,11 @@ class MemoryGalleryStore:
             self.gallery.remove_customer(customer_id)
 
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
+        return assign(self.candidates(session, queries), threshold)
+
+    def candidates(self, session: Session, queries: Vectors) -> list[list[Candidate]]:
         with self._lock:
-            return self.gallery.identify(queries, threshold)
+            return self.gallery.candidates(queries)
 
     # -- loading and the saved HNSW graph -------------------------------------------
 
@@ -193,6 +198,9 @@ class PgVectorGalleryStore:
         )
 
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
+        return assign(self.candidates(session, queries), threshold)
+
+    def candidates(self, session: Session, queries: Vectors) -> list[list[Candidate]]:
         queries = np.asarray(queries, dtype=np.float32)
         dim = queries.shape[1]
         self._ensure_index(session, dim)
@@ -208,4 +216,4 @@ class PgVectorGalleryStore:
                 {"q": _literal(query), "m": self.model_id, "k": CANDIDATES_PER_FACE * 4},
             ).all()
             per_face.append(best_per_customer((r[0], r[1], r[2]) for r in rows))
-        return assign(per_face, threshold)
+        return per_face

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Double,
     Float,
     ForeignKey,
     Index,
@@ -21,6 +22,8 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.engine import Dialect
@@ -93,6 +96,7 @@ class Role(StrEnum):
 class DeviceKind(StrEnum):
     AGENT = "agent"
     POS = "pos"
+    KIOSK = "kiosk"  # a self-service enrollment screen: the console's kiosk session only
 
 
 class Store(Base):
@@ -217,8 +221,19 @@ class Consent(Base):
     witness: Mapped[str | None] = mapped_column(String(200), default=None)
     given_at: Mapped[datetime] = mapped_column(default=utcnow)
     withdrawn_at: Mapped[datetime | None] = mapped_column(default=None)
+    # the evidence (0008): the exact text shown, who took the consent (the principal, not the
+    # client's word) and who withdrew it, where and how
+    text_id: Mapped[int] = mapped_column(ForeignKey("consent_texts.id", ondelete="RESTRICT"))
+    witness_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    withdrawn_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    withdrawn_store_id: Mapped[str | None] = mapped_column(
+        ForeignKey("stores.id", ondelete="SET NULL"), default=None
+    )
+    withdrawn_channel: Mapped[str | None] = mapped_column(String(40), default=None)
+    age_confirmed: Mapped[int | None] = mapped_column(Integer, default=None)  # "at least N"
 
     customer: Mapped[Customer] = relationship(back_populates="consents")
+    text: Mapped[ConsentText] = relationship(lazy="joined")
 
 
 class FaceTemplate(Base):
@@ -263,6 +278,9 @@ class Visit(Base):
         ForeignKey("devices.id", ondelete="SET NULL"), default=None
     )
     similarity: Mapped[float | None] = mapped_column(Float, default=None)
+    # the agent's camera label (credentials stripped); staff said "not this person" (0009)
+    camera: Mapped[str | None] = mapped_column(String(100), default=None)
+    disputed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Purchase(Base):
@@ -383,6 +401,7 @@ class StoreConfig(Base):
     rules: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
     webhook_url: Mapped[str | None] = mapped_column(String(500), default=None)
     webhook_secret: Mapped[str | None] = mapped_column(String(100), default=None)
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC", server_default="UTC")
 
 
 class Shift(Base):
@@ -404,7 +423,7 @@ class Alert(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
-    customer_id: Mapped[str] = mapped_column(
+    customer_id: Mapped[str | None] = mapped_column(  # None: not about a customer (0009)
         ForeignKey("customers.id", ondelete="CASCADE"), index=True
     )
     visit_id: Mapped[int | None] = mapped_column(
@@ -421,6 +440,14 @@ class Alert(Base):
     )
     claimed_at: Mapped[datetime | None] = mapped_column(default=None)
     acknowledged_at: Mapped[datetime | None] = mapped_column(default=None)
+    # 0009: what kind of alert, its reasons in plain words, and how it was closed
+    kind: Mapped[str] = mapped_column(String(40), default="arrival", server_default="arrival")
+    reasons: Mapped[list[str] | None] = mapped_column(JSON, default=list)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    closed_by: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)  # see AlertOutcome
 
 
 class CustomerKey(Base):
@@ -504,3 +531,137 @@ class StoreReadiness(Base):
     value: Mapped[str] = mapped_column(String(200))
     confirmed_by: Mapped[str] = mapped_column(String(100))
     confirmed_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AlertOutcome(StrEnum):
+    """How an alert was closed; a closed alert leaves the live list for the history."""
+
+    GREETED = "greeted"
+    DISMISSED = "dismissed"
+    DISPUTED = "disputed"  # "not this person": the match was wrong
+
+
+class MatchDispute(Base):
+    """A match staff said was wrong ("not this person"), for the store's dispute report.
+
+    Template-free facts only (when, where, which camera, whom it named, the scores), so the
+    report can leave the server for `facecrm eval --disputes` without carrying a face.
+    """
+
+    __tablename__ = "match_disputes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    source: Mapped[str] = mapped_column(String(20))  # alert (an agent's visit) or lookup
+    camera: Mapped[str | None] = mapped_column(String(100), default=None)
+    matched_at: Mapped[datetime] = mapped_column()
+    disputed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    similarity: Mapped[float | None] = mapped_column(Float, default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    disputed_by: Mapped[str | None] = mapped_column(
+        ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
+    )
+    visit_id: Mapped[int | None] = mapped_column(
+        ForeignKey("visits.id", ondelete="SET NULL"), default=None
+    )
+    alert_id: Mapped[int | None] = mapped_column(
+        ForeignKey("alerts.id", ondelete="SET NULL"), default=None
+    )
+    ref: Mapped[str | None] = mapped_column(String(64), unique=True, default=None)  # a look-up's
+
+
+class ConsentText(Base):
+    """A consent text the chain wrote, in one language; never changed once saved.
+
+    Consents point at the row they were given on, so an edit is a new row (a new
+    version) and the old one is only deactivated. One active row per purpose and
+    language: the text shown today.
+    """
+
+    __tablename__ = "consent_texts"
+    __table_args__ = (
+        UniqueConstraint("purpose", "version", "language", name="uq_consent_texts_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    purpose: Mapped[str] = mapped_column(String(40), index=True)
+    version: Mapped[str] = mapped_column(String(40))
+    language: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class EnrollmentSettings(Base):
+    """How enrollment works: the chain's defaults (scope "*") and a store's overrides.
+
+    A NULL field in a store's row inherits the chain's value; see `crm.enrollment`.
+    """
+
+    __tablename__ = "enrollment_settings"
+
+    scope: Mapped[str] = mapped_column(String(32), primary_key=True)  # "*" or a store id
+    language: Mapped[str | None] = mapped_column(String(16), default=None)
+    ask_phone: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    ask_tier: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    min_age: Mapped[int | None] = mapped_column(Integer, default=None)  # 0: no confirmation
+    kiosk_idle_seconds: Mapped[int | None] = mapped_column(Integer, default=None)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DeviceStatus(Base):
+    """What a device last told the server about itself (a heartbeat, not an event).
+
+    Kept apart from `devices` so the frequent write never touches the key row; the
+    agent sends its version and outbox depth as headers on the requests it makes anyway.
+    """
+
+    __tablename__ = "device_status"
+
+    device_id: Mapped[str] = mapped_column(
+        ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True
+    )
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    agent_version: Mapped[str | None] = mapped_column(String(40), default=None)
+    queue_depth: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class WebhookDelivery(Base):
+    """One attempt to deliver one event to a store's webhook.
+
+    Holds no personal data: the event's id (e.g. `alert:42`), the outcome and a
+    truncated error text; never the payload, the customer or the URL's answer body.
+    """
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    ok: Mapped[bool] = mapped_column(Boolean, default=False)
+    error: Mapped[str] = mapped_column(String(200), default="")
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class ThrottleCounter(Base):
+    """One log-in or rate-limit counter, shared by every server process (`crm.throttle`).
+
+    `key` is a keyed hash of what is counted (an address, a username, a staff id), never
+    the value itself; times are seconds since the epoch (every process's wall clock);
+    rows past `expires_at` mean nothing any more and are purged.
+    """
+
+    __tablename__ = "throttle_counters"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[float] = mapped_column(Double)
+    last_at: Mapped[float] = mapped_column(Double)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm.config import Settings
-from facecrm.crm import accounts, audit, consent_text
+from facecrm.crm import accounts, audit, consent_text, enrollment
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError
-from facecrm.crm.models import StoreReadiness
+from facecrm.crm.models import Purpose, StoreReadiness
 
 SIGNAGE_VERSION = "2026-12-v1"  # docs/signage.md: bump when the sign's wording changes
 ITEMS: dict[str, str] = {
@@ -62,13 +62,13 @@ class Readiness:
 
 
 def consent_text_version(session: Session, store_id: str) -> str:
-    """The recognition consent text version customers of `store_id` are shown.
-
-    Until versioned per-store texts exist this is the one shipped text; with them, this
-    becomes `consent_text.active_for(session, purpose, language)` per store language.
-    """
-    del session, store_id
-    return consent_text.CURRENT
+    """The recognition consent text customers of `store_id` are shown today: its version,
+    language and row, so publishing a new version makes the store confirm it again."""
+    language = enrollment.effective(session, store_id).language
+    text = consent_text.active_for(session, Purpose.IN_STORE_RECOGNITION, language)
+    if text is None:
+        return f"none published in {language}"
+    return f"{text.version} ({text.language}, text #{text.id})"
 
 
 def retention_value(settings: Settings) -> str:
@@ -128,6 +128,13 @@ def not_ready(session: Session, principal: Principal, settings: Settings) -> lis
         return []
     stores = [s for s in accounts.list_stores(session, principal) if principal.may_act_in(s.id)]
     return [s.code for s in stores if not _status(session, settings, s.id).ready]
+
+
+def banner(sessions: sessionmaker[Session], principal: Principal, settings: Settings) -> list[str]:
+    """`not_ready` in a read-only session of its own: the console's page template asks for
+    it while rendering, outside any route's request session."""
+    with sessions() as session:
+        return not_ready(session, principal, settings)
 
 
 def confirm(

@@ -100,6 +100,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             ).all()
             for consent in stale:
                 consent.withdrawn_at = now
+                consent.withdrawn_by, consent.withdrawn_channel = principal.label, "expired"
                 expired += 1
             session.flush()
         if settings.retain_templates_unseen_months:
@@ -114,7 +115,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             seen = dict(
                 session.execute(
                     select(Visit.customer_id, func.max(Visit.at))
-                    .where(Visit.customer_id.in_(enrolled))
+                    .where(Visit.customer_id.in_(enrolled), Visit.disputed.is_(False))
                     .group_by(Visit.customer_id)
                 ).all()
             )

@@ -22,8 +22,10 @@ from facecrm.crypto import KeyProvider, key_provider
 from facecrm.keys import derived_key
 
 if TYPE_CHECKING:
+    from facecrm.gallery.cascade import CascadeCalibration
     from facecrm.gallery.threshold import Calibration
     from facecrm.vision.pipeline import FacePipeline
+    from facecrm.vision.second import SecondOpinion
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -67,6 +69,7 @@ class Runtime:
         self.sessions = db.session_factory(self.engine)
         self.keys: KeyProvider = keys or key_provider(self.settings)
         self._pipeline = pipeline
+        self._second: SecondOpinion | None = None
         self.audit_key = derived_key(self.settings, "audit-chain")
         self.audit_head = self.settings.data_dir / "audit-head.json"
         # audit events are sealed inside the transaction that records them
@@ -92,12 +95,44 @@ class Runtime:
     def calibration(self) -> Calibration:
         from facecrm.gallery.threshold import load_calibration
 
-        return load_calibration(self.model_id, self.settings.data_dir)
+        return load_calibration(self.model_id, self.settings.data_dir, self.settings.calibration)
 
     @property
     def threshold(self) -> float:
-        """The similarity at which a face is accepted as a customer."""
+        """The similarity at which the embedder alone accepts a face as a customer (the
+        single-model path, and customers without second-stage templates in the cascade)."""
         return self.calibration.threshold(self.settings.target_fmr)
+
+    @cached_property
+    def cascade(self) -> CascadeCalibration | None:
+        """The two-stage calibration, when the default embedder (dlib) runs and its
+        calibration has a cascade section; None keeps the single-model path
+        (`FACECRM_EMBEDDER=sface|onnx|dlib-native`, or a calibration without one)."""
+        from facecrm.gallery.threshold import load_cascade
+
+        if self.settings.embedder != "dlib":
+            return None
+        cascade = load_cascade(self.model_id, self.settings.data_dir, self.settings.calibration)
+        return cascade if cascade is not None and cascade.first.model_id == self.model_id else None
+
+    @property
+    def second_opinion(self) -> SecondOpinion | None:
+        """The cascade's second embedder (loaded on first use), or None without a cascade."""
+        if self.cascade is None:
+            return None
+        if self._second is None:
+            from facecrm.vision.second import default_second_opinion
+
+            self._second = default_second_opinion(self.settings)
+        return self._second
+
+    @property
+    def first_threshold(self) -> float:
+        """The first model's similarity a named face reaches at least: the cascade's first
+        stage threshold, or the single-model threshold."""
+        if self.cascade is None:
+            return self.threshold
+        return self.cascade.skip_below(self.settings.target_fmr)
 
     def run(
         self, operation: Callable[Concatenate[Session, P], T], *args: P.args, **kwargs: P.kwargs

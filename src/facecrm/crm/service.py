@@ -10,16 +10,24 @@ The rules live here:
   history stays. Erasure deletes everything about the customer.
 * Every identification and lookup leaves an audit event naming only
   customers; faces that match no customer are counted, never described.
+* A face is named only when both embedders of the cascade agree and its customer is
+  clearly ahead of every other (`gallery.cascade`); the second model (SFace) runs only
+  for faces whose first-stage (dlib) score could be accepted. Each enrollment photo
+  stores a template of each model. Customers enrolled before the cascade (first-model
+  templates only, and no kept photo to backfill from) are decided by the first model
+  alone at its own single-model threshold, never at the lower stage threshold.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
@@ -45,6 +53,7 @@ from facecrm.crm.gallery_store import (
     MemoryGalleryStore,
     PgVectorGalleryStore,
     Row,
+    bump_generation,
 )
 from facecrm.crm.models import (
     Customer,
@@ -56,9 +65,12 @@ from facecrm.crm.models import (
 from facecrm.crm.runtime import Runtime
 from facecrm.crm.vault import TemplateVault
 from facecrm.crypto import CustomerCipher, KeyProvider
-from facecrm.gallery.gallery import Candidate
+from facecrm.gallery.cascade import Accept, CascadeCalibration, Reason, decide
+from facecrm.gallery.gallery import Candidate, assign
 from facecrm.gallery.threshold import Calibration
+from facecrm.vision.image import decode_image
 from facecrm.vision.pipeline import FacePipeline, QualityError
+from facecrm.vision.second import SecondOpinion
 from facecrm.vision.types import Face, Image, Vector
 
 __all__ = [
@@ -88,6 +100,7 @@ CUSTOMER_TABLES = (
     "purchase_items",
     "visits",
     "alerts",
+    "match_disputes",
 )
 FACE_TABLES = ("face_templates", "customer_photos", "customer_keys")
 
@@ -139,6 +152,24 @@ class _Refused(Exception):
         self.similarity = similarity
 
 
+def _wire(rows: Sequence[Row]) -> list[dict[str, object]]:
+    """Templates for the agent's gallery sync (base64 of the float32 vector)."""
+    return [
+        {"id": t, "customer_id": c, "vector": base64.b64encode(v.tobytes()).decode()}
+        for t, c, v in rows
+    ]
+
+
+def _similarity(a: _Probe, b: _Probe) -> float | None:
+    """The second model's similarity of two probes."""
+    return float(a.second() @ b.second())
+
+
+def _embed(second: SecondOpinion, image: Image, face: Face) -> Vector:
+    vector: Vector = second.embed(image, [face])[0]
+    return vector
+
+
 def _vectors(faces: Sequence[Face]) -> list[Vector]:
     """The templates of embedded faces (the pipeline fills one in for every face it returns)."""
     vectors = [f.template for f in faces if f.template is not None]
@@ -149,11 +180,48 @@ def _vectors(faces: Sequence[Face]) -> list[Vector]:
 
 @dataclass(frozen=True, slots=True)
 class Identification:
-    """One face of a photo and the decision about it."""
+    """One face of a photo and the decision about it (`reason` says why it is unknown:
+    `no_match`, or `ambiguous` when two customers were too close to tell apart)."""
 
     face: Face
     match: Candidate | None
     customer_name: str | None = None
+    reason: Reason | None = None
+
+
+@dataclass(slots=True)
+class _Probe:
+    """One face to decide: its first-model template and, computed at most once and only
+    when asked for, its second-model template."""
+
+    first: Vector
+    compute_second: Callable[[], Vector] | None = None
+    second_vector: Vector | None = field(default=None, repr=False)
+
+    def second(self) -> Vector:
+        if self.second_vector is None:
+            assert self.compute_second is not None, "no second model without a cascade"
+            self.second_vector = self.compute_second()
+        return self.second_vector
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """The decision for one face: a customer, or unknown with the reason."""
+
+    match: Candidate | None
+    reason: Reason | None
+    score: float = -math.inf  # what ranks accepted faces claiming the same customer
+    best: Candidate | None = None  # the closest customer by the first model (never shown)
+
+
+@dataclass(frozen=True, slots=True)
+class Backfill:
+    """`FaceCRM.backfill_templates`: customers given a second-model template from their
+    kept photo, and customers left to the first model alone (no usable kept photo)."""
+
+    backfilled: int
+    first_model_only: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,8 +297,22 @@ class FaceCRM:
 
     @property
     def threshold(self) -> float:
-        """The similarity at which a face is accepted as a customer."""
+        """The similarity at which the first model alone accepts a face as a customer."""
         return self.runtime.threshold
+
+    @property
+    def cascade(self) -> CascadeCalibration | None:
+        return self.runtime.cascade
+
+    @property
+    def second_opinion(self) -> SecondOpinion | None:
+        return self.runtime.second_opinion
+
+    @property
+    def first_threshold(self) -> float:
+        """The first model's similarity every named face reaches (the cascade's first-stage
+        threshold, or the single-model threshold)."""
+        return self.runtime.first_threshold
 
     def verify_audit(self) -> auditchain.Report:
         """Check the audit trail's hash chain (see `auditchain`)."""
@@ -271,30 +353,39 @@ class FaceCRM:
         self,
         name: str,
         photos: Sequence[Photo],
-        consent_text_version: str,
+        consent_text: int | str | None,
         channel: str,
         principal: Principal,
         profile: dict[str, object] | None = None,
         store_id: str | None = None,
-        witness: str | None = None,
+        *,
+        language: str | None = None,
+        age_confirmed: int | None = None,
     ) -> Customer:
         """Create a customer with recognition consent and a template per photo, or nothing.
 
         `profile` holds further customer fields; with `show_photo` among them the
         first photo is kept for the staff card. The photos must all be one person
         (`FaceMismatchError`) who is not already enrolled (`AlreadyEnrolledError`).
+        The consent (`customers.ConsentGrant`: the text shown by id, a version or None for
+        the current one) is witnessed by `principal`, in its store.
         """
         if not photos:
             raise InvalidError("enrollment needs at least one photo")
-        faces = self._gate(photos)
+        faces, probes = self._gate(photos)
         grant = ConsentGrant(
-            Purpose.IN_STORE_RECOGNITION, consent_text_version, channel, store_id, witness
+            Purpose.IN_STORE_RECOGNITION,
+            consent_text,
+            channel,
+            store_id,
+            language=language,
+            age_confirmed=age_confirmed,
         )
         with self._refusals(principal, store_id), db.transaction(self.sessions) as session:
-            self._refuse_duplicates(session, faces, None)
+            self._refuse_duplicates(session, probes, None)
             customer = customers.create(session, principal, {**(profile or {}), "name": name})
             customers.give_consent(session, principal, customer.id, grant)
-            self._store(session, principal, customer, photos, faces)
+            self._store(session, principal, customer, photos, faces, probes)
             if customer.show_photo:
                 self._keep_photo(session, customer, photos[0].image)
         return customer
@@ -324,16 +415,17 @@ class FaceCRM:
                 raise InvalidError("an override needs a reason")
         if not photos:
             raise InvalidError("at least one photo is needed")
-        faces = self._gate(photos)
+        faces, probes = self._gate(photos)
         with self._refusals(principal, None), db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
-            self._refuse_duplicates(session, faces, customer.id)
+            self._refuse_duplicates(session, probes, customer.id)
             own = [v for _, _, v in self.vault.plain_templates(session, customer.id)]
             if own:
-                best = min(float(np.max(np.stack(own) @ v)) for v in _vectors(faces))
-                if best < self.threshold and override_reason is None:
+                best = min(float(np.max(np.stack(own) @ p.first)) for p in probes)
+                same = all(self._is_customer(session, customer.id, own, p) for p in probes)
+                if not same and override_reason is None:
                     raise _Refused("enroll_mismatch", customer.id, customer.id, best)
-                if best < self.threshold:
+                if not same:
                     audit.record(
                         session,
                         principal,
@@ -342,13 +434,14 @@ class FaceCRM:
                         similarity=round(best, 4),
                         reason=override_reason,
                     )
-            templates = self._store(session, principal, customer, photos, faces)
+            templates = self._store(session, principal, customer, photos, faces, probes)
             if keep_photo and customer.show_photo:
                 self._keep_photo(session, customer, photos[0].image)
         return templates
 
-    def _gate(self, photos: Sequence[Photo]) -> list[Face]:
-        """Every photo passes the quality gate, and all of them are the same person."""
+    def _gate(self, photos: Sequence[Photo]) -> tuple[list[Face], list[_Probe]]:
+        """Every photo passes the quality gate, and all of them are the same person (by the
+        same rule as identification). Returns the faces and both models' templates."""
         faces = []
         for photo in photos:
             try:
@@ -356,26 +449,126 @@ class FaceCRM:
             except QualityError as exc:
                 raise EnrollmentError(photo.source, exc) from exc
         vectors = _vectors(faces)
-        for photo, vector in zip(photos[1:], vectors[1:], strict=True):
-            if float(vector @ vectors[0]) < self.threshold:
+        second = self.second_opinion
+        seconds: list[Vector | None] = [None] * len(faces)
+        if second is not None:  # stored with the first model's: embed every photo once
+            chips = [second.chip(p.image, f) for p, f in zip(photos, faces, strict=True)]
+            seconds = list(second.embed_chips(chips))
+        probes = [_Probe(v, None, s) for v, s in zip(vectors, seconds, strict=True)]
+        head = probes[0]
+        for photo, probe in zip(photos[1:], probes[1:], strict=True):
+            first = float(probe.first @ head.first)
+            if not self._pair_matches(first, functools.partial(_similarity, probe, head)):
                 raise FaceMismatchError(
                     f"{photo.source}: not the same person as the first photo; nothing was stored"
                 )
-        return faces
+        return faces, probes
 
     def _refuse_duplicates(
-        self, session: Session, faces: Sequence[Face], customer_id: str | None
+        self, session: Session, probes: Sequence[_Probe], customer_id: str | None
     ) -> None:
-        """Refuse a face that identification would give to another customer (1:N)."""
-        for vector in _vectors(faces):  # one query each: `decide` gives a customer to one face
-            (decision,) = self.gallery.decide(session, vector[np.newaxis], self.threshold)
-            if decision.match is not None and decision.match.customer_id != customer_id:
-                raise _Refused(
-                    "enroll_duplicate",
-                    decision.match.customer_id,
-                    customer_id,
-                    decision.match.similarity,
-                )
+        """Refuse a face that identification would give to another customer (1:N), or
+        that is too close to another customer to tell apart (ambiguous)."""
+        for probe in probes:  # one decision each: a customer is given to one face only
+            (decided,) = self._decide(session, [probe])
+            other = decided.match
+            if other is None and decided.reason == "ambiguous":
+                other = decided.best
+            if other is not None and other.customer_id != customer_id:
+                raise _Refused("enroll_duplicate", other.customer_id, customer_id, other.similarity)
+
+    # -- the decision rule (one place for identify, verify and enrollment checks) ----
+
+    def _pair_matches(self, first: float, second: Callable[[], float | None]) -> bool:
+        """1:1: do two faces (or a face and a customer) match? `second()` gives the second
+        model's similarity, None when the customer has no second-model template (then the
+        first model decides alone at its single-model threshold)."""
+        cascade = self.cascade
+        if cascade is None:
+            return first >= self.threshold
+
+        def scores(_ids: Sequence[str]) -> dict[str, float]:
+            value = second()
+            return {} if value is None else {"x": value}
+
+        decision = decide({"x": first}, scores, cascade, self.settings.target_fmr, self.threshold)
+        return isinstance(decision, Accept)
+
+    def _is_customer(
+        self, session: Session, customer_id: str, own: Sequence[Vector], probe: _Probe
+    ) -> bool:
+        """1:1: is `probe` the customer whose first-model templates are `own`?"""
+        first = float(np.max(np.stack(own) @ probe.first))
+
+        def second() -> float | None:
+            scores = self._second_scores(session, probe, [customer_id])
+            return scores.get(customer_id)
+
+        return self._pair_matches(first, second)
+
+    def _second_scores(
+        self, session: Session, probe: _Probe, customer_ids: Sequence[str]
+    ) -> dict[str, float]:
+        """The best second-model similarity of `probe` to each customer that has
+        second-model templates; the probe's own is computed only if one has."""
+        cascade = self.cascade
+        assert cascade is not None
+        rows = self.vault.plain_templates(
+            session, model_id=cascade.second.model_id, customer_ids=customer_ids
+        )
+        if not rows:
+            return {}
+        query = probe.second()
+        best: dict[str, float] = {}
+        for _, owner, vector in rows:
+            best[owner] = max(best.get(owner, -math.inf), float(vector @ query))
+        return best
+
+    def _probes(self, image: Image, faces: Sequence[Face]) -> list[_Probe]:
+        """Faces of an image to decide; their second-model templates are computed lazily."""
+        second = self.second_opinion
+        probes = []
+        for face, vector in zip(faces, _vectors(faces), strict=True):
+            compute = None if second is None else functools.partial(_embed, second, image, face)
+            probes.append(_Probe(vector, compute))
+        return probes
+
+    def _decide(self, session: Session, probes: Sequence[_Probe]) -> list[_Decided]:
+        """1:N for the faces of one photo; one customer is given to one face at most."""
+        if not probes:
+            return []
+        per_face = self.gallery.candidates(session, np.stack([p.first for p in probes]))
+        cascade = self.cascade
+        if cascade is None:
+            return [
+                _Decided(d.match, None if d.match else "no_match", best=d.best)
+                for d in assign(per_face, self.threshold)
+            ]
+        decided = []
+        for probe, cands in zip(probes, per_face, strict=True):
+            by_id = {c.customer_id: c for c in cands}
+            decision = decide(
+                {c.customer_id: c.similarity for c in cands},
+                functools.partial(self._second_scores, session, probe),
+                cascade,
+                self.settings.target_fmr,
+                self.threshold,
+            )
+            best = cands[0] if cands else None
+            if isinstance(decision, Accept):
+                decided.append(_Decided(by_id[decision.customer], None, decision.score_z, best))
+            else:
+                decided.append(_Decided(None, decision.reason, best=best))
+        # a customer claimed by several faces goes to the strongest claim only
+        taken: set[str] = set()
+        for k in sorted(range(len(decided)), key=lambda k: decided[k].score, reverse=True):
+            match = decided[k].match
+            if match is None:
+                continue
+            if match.customer_id in taken:
+                decided[k] = _Decided(None, "no_match", best=decided[k].best)
+            taken.add(match.customer_id)
+        return decided
 
     @contextmanager
     def _refusals(self, principal: Principal, store_id: str | None) -> Iterator[None]:
@@ -414,24 +607,41 @@ class FaceCRM:
         customer: Customer,
         photos: Sequence[Photo],
         faces: list[Face],
+        probes: Sequence[_Probe],
     ) -> list[FaceTemplate]:
+        """A template per photo of the first model (searched) and, with the cascade, one of
+        the second model beside it (read for the few candidates the first stage keeps);
+        returns the first model's."""
         if customer.active_consent(Purpose.IN_STORE_RECOGNITION) is None:
             raise ConsentError(f"customer {customer.id} has no active recognition consent")
         templates = []
-        vectors = _vectors(faces)
+        vectors = [p.first for p in probes]
         sealed = self.vault.seal_templates(session, customer.id, vectors)
-        for photo, face, vector in zip(photos, faces, sealed, strict=True):
+        cascade = self.cascade
+        second: list[bytes | None] = [None] * len(probes)
+        if cascade is not None:
+            second_vectors = [p.second() for p in probes]
+            model = cascade.second.model_id
+            second = list(self.vault.seal_templates(session, customer.id, second_vectors, model))
+        for photo, face, vector, other in zip(photos, faces, sealed, second, strict=True):
             assert face.quality is not None
             quality = dataclasses.asdict(face.quality)
             quality.pop("issues")
+            rounded = {k: round(float(v), 4) for k, v in quality.items()}
             template = FaceTemplate(
-                model_id=self.model_id,
-                vector=vector,
-                quality={k: round(float(v), 4) for k, v in quality.items()},
-                source=photo.source[:200],
+                model_id=self.model_id, vector=vector, quality=rounded, source=photo.source[:200]
             )
             customer.templates.append(template)
             templates.append(template)
+            if other is not None and cascade is not None:
+                customer.templates.append(
+                    FaceTemplate(
+                        model_id=cascade.second.model_id,
+                        vector=other,
+                        quality=rounded,
+                        source=photo.source[:200],
+                    )
+                )
         session.flush()
         self.gallery.added(
             session,
@@ -484,11 +694,7 @@ class FaceCRM:
             readiness.require(session, self.settings, store_id)
         faces = self.pipeline.faces(image)[:max_faces]
         with db.transaction(self.sessions) as session:
-            decisions = (
-                self.gallery.decide(session, np.stack(_vectors(faces)), self.threshold)
-                if faces
-                else []
-            )
+            decisions = self._decide(session, self._probes(image, faces))
             matched = [d.match.customer_id for d in decisions if d.match is not None]
             rows = session.execute(
                 select(Customer.id, Customer.name).where(Customer.id.in_(matched))
@@ -513,12 +719,14 @@ class FaceCRM:
                 store_id,
                 faces=len(faces),
                 matched=len(matched),
+                ambiguous=sum(d.reason == "ambiguous" for d in decisions),
             )
         return [
             Identification(
                 face=face,
                 match=d.match,
                 customer_name=names.get(d.match.customer_id) if d.match else None,
+                reason=d.reason,
             )
             for face, d in zip(faces, decisions, strict=True)
         ]
@@ -530,12 +738,13 @@ class FaceCRM:
         with db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
             vectors = [v for _, _, v in self.vault.plain_templates(session, customer.id)]
-            similarity = (
-                float(np.max(np.stack(vectors) @ _vectors(faces)[0])) if faces and vectors else None
-            )
-            match = similarity is not None and similarity >= self.threshold
+            similarity, match = None, False
+            if faces and vectors:
+                probe = self._probes(image, faces[:1])[0]
+                similarity = float(np.max(np.stack(vectors) @ probe.first))
+                match = self._is_customer(session, customer.id, vectors, probe)
             audit.record(session, principal, "verify", customer.id, match=match)
-        return Verification(match, similarity, self.threshold)
+        return Verification(match, similarity, self.first_threshold)
 
     def gallery_export(self, principal: Principal) -> dict[str, object]:
         """What a store agent needs to decide on its own: templates, threshold, generation.
@@ -544,22 +753,37 @@ class FaceCRM:
         did not opt in ever leaves the store.
         """
         principal.require(Permission.AGENT)
+        cascade = self.cascade
         store_id = next(iter(principal.stores or []), None)
         with db.transaction(self.sessions) as session:
             generation = self.generation(session)
             # a store that is not ready (when required) recognises no one
             ready = readiness.allows_recognition(session, self.settings, store_id)
             rows = self.vault.plain_templates(session) if ready else []
-            audit.record(session, principal, "gallery_sync", None, store_id, templates=len(rows))
-        return {
+            second = (
+                self.vault.plain_templates(session, model_id=cascade.second.model_id)
+                if cascade is not None and ready
+                else []
+            )
+            audit.record(
+                session,
+                principal,
+                "gallery_sync",
+                None,
+                store_id,
+                templates=len(rows) + len(second),
+            )
+        body: dict[str, object] = {
             "model_id": self.model_id,
             "threshold": self.threshold,
             "generation": generation,
-            "templates": [
-                {"id": t, "customer_id": c, "vector": base64.b64encode(v.tobytes()).decode()}
-                for t, c, v in rows
-            ],
+            "templates": _wire(rows),
         }
+        if cascade is not None:  # agents that predate the cascade ignore both fields
+            body["cascade"] = cascade.to_json()
+            body["target_fmr"] = self.settings.target_fmr
+            body["second"] = {"model_id": cascade.second.model_id, "templates": _wire(second)}
+        return body
 
     def generation(self, session: Session) -> int:
         """The gallery's change counter (bumped by every enrollment, withdrawal, erasure)."""
@@ -568,12 +792,94 @@ class FaceCRM:
         )
         return int(value or 0)
 
+    def backfill_templates(self, principal: Principal) -> Backfill:
+        """Give customers enrolled before the cascade a second-model template (audited).
+
+        Only the kept enrollment photo (the staff-card picture, kept when the customer
+        agreed) can be used: enrollment photos are not stored otherwise. Its face must be
+        the customer's by the first model at its single-model threshold. Customers
+        without one stay first-model-only: identification decides them by the first
+        model alone at that (higher) threshold until they add a photo.
+        """
+        principal.require(Permission.FACES_OVERRIDE)
+        cascade, second = self.cascade, self.second_opinion
+        if cascade is None or second is None:
+            return Backfill(0, 0)
+        have_second = select(FaceTemplate.customer_id).where(
+            FaceTemplate.model_id == cascade.second.model_id
+        )
+        with self.sessions() as session:
+            pending = list(
+                session.scalars(
+                    select(FaceTemplate.customer_id)
+                    .where(FaceTemplate.model_id == self.model_id)
+                    .where(FaceTemplate.customer_id.not_in(have_second))
+                    .distinct()
+                )
+            )
+        done = 0
+        for customer_id in pending:  # one transaction per customer: the server keeps serving
+            with db.transaction(self.sessions) as session:
+                if self._backfill_one(session, principal, customer_id, cascade, second):
+                    done += 1
+        with db.transaction(self.sessions) as session:
+            audit.record(
+                session,
+                principal,
+                "templates_backfill_summary",
+                None,
+                backfilled=done,
+                first_model_only=len(pending) - done,
+            )
+        return Backfill(done, len(pending) - done)
+
+    def _backfill_one(
+        self,
+        session: Session,
+        principal: Principal,
+        customer_id: str,
+        cascade: CascadeCalibration,
+        second: SecondOpinion,
+    ) -> bool:
+        row = session.get(CustomerPhoto, customer_id)
+        own = [v for _, _, v in self.vault.plain_templates(session, customer_id)]
+        if row is None or not own:
+            return False
+        image = decode_image(self.vault.open_photo(session, customer_id, row.jpeg), self.settings)
+        faces = self.pipeline.faces(image)
+        if len(faces) != 1 or float(np.max(np.stack(own) @ _vectors(faces)[0])) < self.threshold:
+            return False
+        (sealed,) = self.vault.seal_templates(
+            session, customer_id, [second.embed(image, faces)[0]], cascade.second.model_id
+        )
+        quality = dataclasses.asdict(faces[0].quality) if faces[0].quality else {}
+        quality.pop("issues", None)
+        session.add(
+            FaceTemplate(
+                customer_id=customer_id,
+                model_id=cascade.second.model_id,
+                vector=sealed,
+                quality={k: round(float(v), 4) for k, v in quality.items()},
+                source="backfill: kept photo",
+            )
+        )
+        bump_generation(session, self.model_id)  # store agents fetch the new template
+        audit.record(session, principal, "templates_backfill", customer_id, templates=1)
+        return True
+
     # -- consent withdrawal and erasure ----------------------------------------------
 
-    def withdraw(self, customer_id: str, purpose: Purpose, principal: Principal) -> None:
+    def withdraw(
+        self,
+        customer_id: str,
+        purpose: Purpose,
+        principal: Principal,
+        channel: str = "api",
+        store_id: str | None = None,
+    ) -> None:
         """Withdraw one consent; for recognition, delete templates and photo at once."""
         with db.transaction(self.sessions) as session:
-            customers.withdraw_consent(session, principal, customer_id, purpose)
+            customers.withdraw_consent(session, principal, customer_id, purpose, channel, store_id)
             if purpose == Purpose.IN_STORE_RECOGNITION:
                 self._forget_face(session, customer_id)
         if purpose == Purpose.IN_STORE_RECOGNITION:

@@ -8,7 +8,7 @@ hands it vectors and photos and never sees a key.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -56,11 +56,16 @@ class TemplateVault:
         return CustomerCipher(customer_id, self.keys.unwrap(row.key_id, row.wrapped))
 
     def seal_templates(
-        self, session: Session, customer_id: str, vectors: Sequence[npt.NDArray[np.float32]]
+        self,
+        session: Session,
+        customer_id: str,
+        vectors: Sequence[npt.NDArray[np.float32]],
+        model_id: str | None = None,
     ) -> list[bytes]:
-        """Templates of the current model, sealed (the customer's key is created if needed)."""
+        """Templates of `model_id` (default: the current model), sealed (the customer's key
+        is created if needed)."""
         cipher = self.cipher(session, customer_id, create=True)
-        label = template_label(self.runtime.model_id)
+        label = template_label(model_id or self.runtime.model_id)
         return [cipher.seal(v.astype(np.float32).tobytes(), label) for v in vectors]
 
     def seal_new_customers(
@@ -97,9 +102,16 @@ class TemplateVault:
             session.execute(insert(CustomerKey), keys)
         return sealed
 
-    def plain_templates(self, session: Session, customer_id: str | None = None) -> list[Row]:
-        """Decrypted templates of the current model (of one customer, or all)."""
-        model_id = self.runtime.model_id
+    def plain_templates(
+        self,
+        session: Session,
+        customer_id: str | None = None,
+        model_id: str | None = None,
+        customer_ids: Collection[str] | None = None,
+    ) -> list[Row]:
+        """Decrypted templates of `model_id` (default: the current model), of one customer,
+        of `customer_ids`, or of all."""
+        model_id = model_id or self.runtime.model_id
         stmt = (
             select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.vector)
             .where(FaceTemplate.model_id == model_id)
@@ -107,6 +119,8 @@ class TemplateVault:
         )
         if customer_id is not None:
             stmt = stmt.where(FaceTemplate.customer_id == customer_id)
+        if customer_ids is not None:
+            stmt = stmt.where(FaceTemplate.customer_id.in_(list(customer_ids)))
         rows: list[Row] = []
         cipher: CustomerCipher | None = None
         for template_id, owner, sealed in session.execute(stmt):

@@ -40,6 +40,10 @@ import numpy.typing as npt
 CASCADE_VERSION = 1
 RULE = "min_z"
 MIN_AMBIGUITY_MARGIN_Z = 0.25  # used when calibration saw no wrong customer on top
+# How far above the highest impostor seen the threshold sits (in impostor standard
+# deviations): the same pair re-embedded in another process or batch moves by ~1e-6, and
+# a floor at exactly that pair's score named Kate Siegel as Angelina Jolie once served.
+FLOOR_MARGIN_Z = 0.01
 
 K = TypeVar("K", bound=Hashable)
 Reason = Literal["no_match", "ambiguous"]
@@ -79,7 +83,7 @@ class CascadeCalibration:
 
     def threshold_z(self, fmr: float) -> float:
         """g at or above which a pair is accepted, for joint false-match rate `fmr`."""
-        return max(_joint_tail_z(fmr, self.rho), self.impostor_max_z + 1e-6)
+        return max(_joint_tail_z(fmr, self.rho), self.impostor_max_z + FLOOR_MARGIN_Z)
 
     def thresholds(self, fmr: float) -> tuple[float, float]:
         """Each stage's own similarity threshold (both must be reached)."""
@@ -143,13 +147,21 @@ def decide(
     second_scores: Callable[[Sequence[K]], Mapping[K, float]],
     calibration: CascadeCalibration,
     fmr: float,
+    single_threshold: float | None = None,
 ) -> Accept[K] | Unknown:
     """One face against the gallery.
 
     `first_scores`: the best first-stage similarity per customer (at least the
     customers near the top; customers left out count as far away).
     `second_scores(candidates)`: the best second-stage similarity of the face to each
-    candidate customer; called at most once, and only when someone could be accepted.
+    candidate customer that has second-stage templates; called at most once, and only
+    when someone could be accepted.
+
+    A candidate missing from `second_scores` (enrolled before the cascade, no
+    second-stage template) is left out unless `single_threshold` is given: then it is
+    decided by the first stage alone at that threshold (the first model's own
+    single-model calibration, never the lower stage threshold), and it still counts
+    for the margin rule with its first-stage z (an upper bound of its g).
     """
     t = calibration.threshold_z(fmr)
     skip_below = calibration.first.score_at(t)
@@ -158,18 +170,21 @@ def decide(
     floor = calibration.first.score_at(t - calibration.ambiguity_margin_z)
     candidates = [k for k, s in first_scores.items() if s >= floor]
     second = second_scores(candidates)
-    scored = sorted(
-        ((calibration.score(first_scores[k], second[k]), k) for k in candidates if k in second),
-        key=lambda item: item[0],
-        reverse=True,
-    )
-    if not scored or scored[0][0] < t:
+    scored: list[tuple[float, K, bool]] = []  # (g, customer, may be accepted)
+    for k in candidates:
+        if k in second:
+            scored.append((calibration.score(first_scores[k], second[k]), k, True))
+        elif single_threshold is not None:
+            z = calibration.first.z(first_scores[k])
+            scored.append((z, k, first_scores[k] >= max(single_threshold, skip_below)))
+    scored.sort(key=lambda item: item[0], reverse=True)
+    if not scored or scored[0][0] < t or not scored[0][2]:
         return Unknown("no_match", second_stage_run=True)
-    best_z, best = scored[0]
+    best_z, best, _ = scored[0]
     margin = best_z - scored[1][0] if len(scored) > 1 else math.inf
     if margin < calibration.ambiguity_margin_z:
         return Unknown("ambiguous", second_stage_run=True)
-    return Accept(best, first_scores[best], second[best], best_z, margin)
+    return Accept(best, first_scores[best], second.get(best, math.nan), best_z, margin)
 
 
 def _joint_tail(z: float, rho: float) -> float:

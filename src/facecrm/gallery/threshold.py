@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from facecrm.gallery.cascade import CascadeCalibration
+from facecrm.gallery.cascade import FLOOR_MARGIN_Z, CascadeCalibration
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,8 @@ class Calibration:
         if not 0.0 < fmr < 1.0:
             raise ValueError("the target false-match rate must be between 0 and 1")
         z = NormalDist().inv_cdf(1.0 - fmr)
-        return max(self.impostor_mean + z * self.impostor_std, self.impostor_max + 1e-6)
+        floor = self.impostor_max + FLOOR_MARGIN_Z * self.impostor_std
+        return max(self.impostor_mean + z * self.impostor_std, floor)
 
     def fmr_at(self, threshold: float) -> float:
         """The modelled false-match rate of `threshold`."""

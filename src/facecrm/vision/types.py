@@ -63,3 +63,5 @@ class Face:
     chip: Image | None = field(default=None, repr=False)
     quality: Quality | None = None
     template: Vector | None = field(default=None, repr=False)
+    # the cascade's second model's own chip of this face (the store agent keeps it per track)
+    second_chip: Image | None = field(default=None, repr=False)

@@ -12,10 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from facecrm.api.deps import (
     AlertsDep,
@@ -38,14 +38,14 @@ from facecrm.api.schemas import (
     RowId,
 )
 from facecrm.api.uploads import read_image_upload
-from facecrm.crm import auditlog, cards, consent_text, customers
+from facecrm.crm import auditlog, cards, customers, disputes
 from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.consent_text import CURRENT, TEXTS
 from facecrm.crm.errors import InvalidError, LoginFailedError, LoginThrottledError
-from facecrm.crm.service import Photo
+from facecrm.web import enrollment_form
 
 SESSION_COOKIE = "facecrm_session"
 CSRF_COOKIE = "facecrm_csrf"
+KIOSK_COOKIE = "facecrm_kiosk"  # a kiosk browser: see `facecrm.web.kiosk`
 STATIC_DIR = Path(str(resources.files("facecrm.web") / "static"))
 templates = Jinja2Templates(directory=str(resources.files("facecrm.web") / "templates"))
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -55,7 +55,13 @@ class LoginRequired(Exception):
     """The page needs a logged-in staff user: redirect to the log-in page."""
 
 
+class KioskOnly(Exception):
+    """A kiosk browser asked for another page: back to the kiosk screen (no navigation)."""
+
+
 def staff(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+    if request.cookies.get(KIOSK_COOKIE):
+        raise KioskOnly
     token = request.cookies.get(SESSION_COOKIE)
     principal = principal_for_token(session, settings, token) if token else None
     if principal is None:
@@ -96,6 +102,8 @@ def render(request: Request, name: str, principal: Principal | None, **context: 
 
 @router.get("/login", response_class=HTMLResponse)
 def login_page(request: Request) -> Response:
+    if request.cookies.get(KIOSK_COOKIE):
+        raise KioskOnly
     return render(request, "login.html", None, error=None)
 
 
@@ -200,6 +208,24 @@ def alerts_page(request: Request, service: AlertsDep, principal: Staff) -> Respo
     return render(request, "alerts.html", principal, alerts=alerts)
 
 
+HISTORY_PAGE = 25
+
+
+@router.get("/alerts/history", response_class=HTMLResponse)
+def alerts_history(
+    request: Request,
+    service: AlertsDep,
+    principal: Staff,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+) -> Response:
+    """Greeted, dismissed and disputed alerts, a page at a time (one more tells if older)."""
+    principal.require(Permission.ALERTS)
+    found = service.history(principal, limit=HISTORY_PAGE + 1, offset=(page - 1) * HISTORY_PAGE)
+    alerts = [_json(AlertOut, a) for a in found[:HISTORY_PAGE]]
+    more = len(found) > HISTORY_PAGE
+    return render(request, "alerts_history.html", principal, alerts=alerts, page=page, more=more)
+
+
 @router.get("/alerts/stream")
 def alerts_stream(request: Request, crm: CrmDep, principal: Staff) -> Response:
     """Live alerts; the stream holds no database session (see `deps.still_valid`)."""
@@ -218,6 +244,10 @@ def alert_action(
         return _json(AlertOut, service.claim(principal, alert_id))
     if action == "ack":
         return _json(AcknowledgedOut, service.acknowledge(principal, alert_id))
+    if action == "dismiss":
+        return _json(AlertOut, service.dismiss(principal, alert_id))
+    if action == "dispute":
+        return _json(AlertOut, service.dispute(principal, alert_id))
     raise ApiError(404, "unknown action")
 
 
@@ -245,40 +275,52 @@ def lookup(
         return JSONResponse({"found": False, "message": "No opted-in customer."})
     customer_id = results[0].match.customer_id
     found = _json(CardOut, cards.card(session, principal, customer_id))
+    store_id = min(principal.stores) if principal.stores else None  # as crm.identify's
+    ref = disputes.lookup_ref(
+        crm.settings, principal, customer_id, results[0].match.similarity, store_id
+    )
     return JSONResponse(
         {
             "found": True,
             "url": f"/console/customers/{customer_id}",
             "card": found,
+            "dispute_ref": ref,  # for "Not this person" (None: no store to report it to)
         }
     )
 
 
+class DisputeIn(BaseModel):
+    ref: str = Field(min_length=1, max_length=400)
+
+
+@router.post("/lookup/dispute")
+def lookup_dispute(
+    request: Request, body: DisputeIn, crm: CrmDep, session: SessionDep, principal: Staff
+) -> dict[str, object]:
+    """ "Not this person" on the look-up's answer: recorded for the store's dispute report."""
+    check_csrf(request, request.headers.get("x-csrf-token"))
+    dispute = disputes.dispute_lookup(session, principal, crm.settings, body.ref, crm.threshold)
+    return {"disputed": True, "customer_id": dispute.customer_id}
+
+
 @router.get("/enroll", response_class=HTMLResponse)
-def enroll_page(request: Request, principal: Staff) -> Response:
+def enroll_page(
+    request: Request, session: SessionDep, principal: Staff, store: str | None = None
+) -> Response:
+    """The enrollment form: every translation of the current consent text (the store's
+    language first), and the fields and age confirmation the store asks for."""
     principal.require(Permission.CUSTOMERS_WRITE)
+    store_id = enrollment_form.store_of(principal, store)
+    form = enrollment_form.context(session, principal, store_id)
     stores = sorted(principal.stores) if principal.stores else []
-    return render(
-        request,
-        "enroll.html",
-        principal,
-        consent_version=CURRENT,
-        consent_text=TEXTS[CURRENT],
-        stores=stores,
-    )
+    return render(request, "enroll.html", principal, stores=stores, **form)
 
 
 @router.post("/enroll")
 def enroll(
     request: Request,
-    name: Annotated[str, Form(min_length=1, max_length=200)],
-    image: Annotated[UploadFile, File()],
-    consent: Annotated[bool, Form()] = False,
-    consent_version: Annotated[str, Form(max_length=40)] = "",
+    form: enrollment_form.EnrollFormDep,
     channel: Annotated[str, Form(max_length=20)] = "associate",
-    email: Annotated[str, Form(max_length=320)] = "",
-    loyalty_id: Annotated[str, Form(max_length=64)] = "",
-    show_photo: Annotated[bool, Form()] = False,
     *,
     crm: CrmDep,
     principal: Staff,
@@ -287,29 +329,9 @@ def enroll(
     check_csrf(request, request.headers.get("x-csrf-token"))
     principal.require(Permission.CUSTOMERS_WRITE)
     charge_identification(request, principal)  # its duplicate check answers "enrolled?"
-    if not consent:
-        raise InvalidError("the customer has not agreed to the consent text", reason="no_consent")
-    consent_text.check(consent_version)  # before the photo is processed
     if channel not in {"kiosk", "associate", "phone"}:
         raise InvalidError("unknown channel", reason="bad_channel")
-    profile: dict[str, object] = {"show_photo": show_photo}
-    if email.strip():
-        profile["email"] = email.strip()
-    if loyalty_id.strip():
-        profile["loyalty_id"] = loyalty_id.strip()
-    store_id = next(iter(sorted(principal.stores)), None) if principal.stores else None
-    photo = Photo(f"console:{channel}", read_image_upload(image, crm.settings))
-    # a refused photo (EnrollmentError: 422 with the quality gate's reason) is api.problems'
-    customer = crm.enroll(
-        name,
-        [photo],
-        consent_version,
-        channel,
-        principal=principal,
-        profile=profile,
-        store_id=store_id,
-        witness=principal.name,
-    )
+    customer = enrollment_form.submit(crm, principal, form, channel)
     return JSONResponse(
         {"customer_id": customer.id, "url": f"/console/customers/{customer.id}"}, status_code=201
     )

@@ -27,8 +27,7 @@ def not_ready_stores(request: Request, principal: Principal | None) -> list[str]
     if principal is None:
         return []
     crm = request.app.state.crm
-    with crm.sessions() as session:
-        return readiness.not_ready(session, principal, crm.settings)
+    return readiness.banner(crm.sessions, principal, crm.settings)
 
 
 templates.env.globals["not_ready_stores"] = not_ready_stores

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StrictFloat, ValidationError
 
@@ -102,6 +102,8 @@ class StoreConfigIn(BaseModel):
     rules: RuleSettings = RuleSettings()
     webhook_url: str | None = Field(default=None, max_length=500)
     webhook_secret: str | None = Field(default=None, min_length=16, max_length=100)
+    # IANA name (Europe/Paris): alerts show the store's local time; left out: unchanged
+    time_zone: str | None = Field(default=None, min_length=1, max_length=64)
 
 
 def _event(raw: object) -> VisitEvent | list[dict[str, Any]]:
@@ -177,6 +179,30 @@ def store_camera_alerts(
 @router.get("/alerts", response_model=list[AlertOut])
 def list_alerts(alerts: AlertsDep, principal: AlertHandler) -> list[AlertOut]:
     return [AlertOut.model_validate(a) for a in alerts.open_alerts(principal)]
+
+
+@router.get("/alerts/history", response_model=list[AlertOut])
+def alert_history(
+    alerts: AlertsDep,
+    principal: AlertHandler,
+    store_id: Annotated[str | None, Query(max_length=32)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> list[AlertOut]:
+    """Greeted, dismissed and disputed alerts of the caller's stores, last closed first."""
+    found = alerts.history(principal, store_id, limit, offset)
+    return [AlertOut.model_validate(a) for a in found]
+
+
+@router.post("/alerts/{alert_id}/dismiss", response_model=AlertOut)
+def dismiss_alert(alert_id: RowId, alerts: AlertsDep, principal: AlertHandler) -> AlertOut:
+    return AlertOut.model_validate(alerts.dismiss(principal, alert_id))
+
+
+@router.post("/alerts/{alert_id}/dispute", response_model=AlertOut)
+def dispute_alert(alert_id: RowId, alerts: AlertsDep, principal: AlertHandler) -> AlertOut:
+    """ "Not this person": closes the alert, disputes the visit, feeds the dispute report."""
+    return AlertOut.model_validate(alerts.dispute(principal, alert_id))
 
 
 @router.post("/alerts/{alert_id}/claim", response_model=AlertOut)
@@ -267,6 +293,6 @@ def configure_store(
     """
     # a refused webhook URL is an InvalidError: 422 with its `reason` (api.problems)
     view = alerts.configure_store(
-        principal, store_id, body.rules, body.webhook_url, body.webhook_secret
+        principal, store_id, body.rules, body.webhook_url, body.webhook_secret, body.time_zone
     )
     return StoreConfigOut.model_validate(view)

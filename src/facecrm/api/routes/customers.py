@@ -34,6 +34,7 @@ from facecrm.api.schemas import (
     FaceAddedOut,
     ImportReportOut,
     JpegResponse,
+    WithdrawalChannel,
 )
 from facecrm.api.uploads import read_image_upload
 from facecrm.crm import cards, customers, imports
@@ -165,16 +166,34 @@ def export_customer(
 def give_consent(
     customer_id: str, body: ConsentIn, session: SessionDep, principal: CustomerWriter
 ) -> ConsentOut:
-    grant = ConsentGrant(body.purpose, body.text_version, body.channel, body.store_id, body.witness)
+    """Record a consent on the text shown (`text_id`, or the current one); the store and
+    the witness are the caller's (see `ConsentIn`)."""
+    if body.text_id is not None and body.text_version is not None:
+        raise ApiError(422, "name the text by text_id or by text_version, not both")
+    grant = ConsentGrant(
+        body.purpose,
+        body.text_id if body.text_id is not None else body.text_version,
+        body.channel,
+        body.store_id,
+        language=body.language,
+        age_confirmed=body.age_confirmed,
+    )
     return ConsentOut.model_validate(customers.give_consent(session, principal, customer_id, grant))
 
 
 @router.delete("/customers/{customer_id}/consents/{purpose}", status_code=204)
 def withdraw_consent(
-    customer_id: str, purpose: Purpose, crm: CrmDep, principal: CustomerWriter
+    customer_id: str,
+    purpose: Purpose,
+    crm: CrmDep,
+    principal: CustomerWriter,
+    channel: Annotated[WithdrawalChannel, Query()] = "api",
+    store_id: Annotated[str | None, Query(min_length=1, max_length=32)] = None,
 ) -> Response:
-    """Withdraw a consent; withdrawing recognition deletes the templates at once."""
-    crm.withdraw(customer_id, purpose, principal=principal)
+    """Withdraw a consent; withdrawing recognition deletes the templates at once. The
+    withdrawal records the caller, its store (`store_id` picks one of the caller's own)
+    and the channel."""
+    crm.withdraw(customer_id, purpose, principal=principal, channel=channel, store_id=store_id)
     return Response(status_code=204)
 
 

@@ -55,11 +55,17 @@ def identify(
                 similarity=round(r.match.similarity, 4),
             )
         box = BoxOut(**r.face.box.as_dict())
-        faces.append(IdentifiedFaceOut(box=box, customer=known or "unknown"))
+        faces.append(
+            IdentifiedFaceOut(
+                box=box,
+                customer=known or "unknown",
+                reason=None if known else r.reason or "no_match",
+            )
+        )
     request.app.state.metrics.observe(
         "facecrm_identify_seconds", time.perf_counter() - started, "identify request latency"
     )
-    return IdentifyOut(faces=faces, threshold=round(crm.threshold, 4))
+    return IdentifyOut(faces=faces, threshold=round(crm.first_threshold, 4))
 
 
 @router.post("/verify", response_model=VerifyOut)
