@@ -13,7 +13,7 @@
    every face gets its five-point SFace chip each frame.
 2. Latency: `facecrm serve` in its own process (visit window 1 minute, the
    smallest, with bursts 61 s of video time apart, so every track is a new
-   visit); an SSE client subscribed as a store associate; the agent
+   visit; no alert cooldown); an SSE client subscribed as a store associate; the agent
    in this process sends Lin-Manuel Miranda's video frames in bursts (one track
    each). Latency = from the start of processing the frame that completed the
    track's evidence to the alert arriving on the SSE stream.
@@ -169,7 +169,12 @@ def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
         _, frame = capture.read()
         clip.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     with socket_port() as port:
-        env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "FACECRM_VISIT_WINDOW_MINUTES": "1"}
+        env = {
+            **os.environ,
+            "FACECRM_DATA_DIR": str(data_dir),
+            "FACECRM_VISIT_WINDOW_MINUTES": "1",
+            "FACECRM_ALERT_COOLDOWN_MINUTES": "0",  # every new visit alerts
+        }
         server = subprocess.Popen(
             [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
             env=env,
@@ -208,6 +213,7 @@ def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
                     time.sleep(0.005)
                 clock += 61  # the customer leaves; the next burst is a new track and visit
             ms = np.array([a - s for s, a in zip(starts, arrivals, strict=False)]) * 1000
+            print(f"\n{alerts} bursts: {len(starts)} known tracks, {len(arrivals)} alerts")
             print(
                 f"\nframe → console alert (SSE), {len(ms)} alerts: "
                 f"p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms"

@@ -32,14 +32,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 
 from facecrm.config import configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.gallery_store import bump_generation
-from facecrm.crm.models import Consent, Customer, FaceTemplate, Purpose
+from facecrm.crm.models import Consent, Customer, FaceTemplate
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
@@ -76,6 +76,15 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
         )
     with crm.sessions() as session:
         real = np.stack([v for _, _, v in crm.plain_templates(session)])
+        shown = session.scalars(select(Consent).limit(1)).one()  # the evidence, as enrolled
+        evidence = {
+            "purpose": shown.purpose,
+            "text_version": shown.text_version,
+            "text_id": shown.text_id,
+            "channel": shown.channel,
+            "witness_id": shown.witness_id,
+            "age_confirmed": shown.age_confirmed,
+        }
     calibration = load_calibration(crm.model_id)
     vectors, person = clustered_templates(
         np.random.default_rng(0),
@@ -100,15 +109,7 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
             )
             session.execute(
                 insert(Consent),
-                [
-                    {
-                        "customer_id": i,
-                        "purpose": Purpose.IN_STORE_RECOGNITION.value,
-                        "text_version": CURRENT,
-                        "channel": "cli",
-                    }
-                    for i in ids
-                ],
+                [{"customer_id": i, **evidence} for i in ids],
             )
             sealed = crm.vault.seal_new_customers(session, mine)
             owners = [i for i in ids for _ in sealed[i]]
