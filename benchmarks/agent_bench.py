@@ -1,6 +1,7 @@
 """Store agent: frames/second, CPU per camera, and frame → console alert latency.
 
     python benchmarks/agent_bench.py [--frames 300] [--alerts 20] [--cascade-only]
+    python benchmarks/agent_bench.py --smoke    # tests/data, 6 frames and 2 alerts per row
 
 1. Throughput, one thread: synthetic camera frames (640x480 and 1920x1080) with
    1 to 5 real faces pasted from ../shared/faces, drifting a few pixels per
@@ -10,8 +11,9 @@
    frame x 25 fps. The cascade rows enroll every pasted face (both models), so
    every track runs SFace on its kept chips (the worst case: all customers) and
    every face gets its five-point SFace chip each frame.
-2. Latency: `facecrm serve` in its own process (visit window 0, so every track
-   is a new visit); an SSE client subscribed as a store associate; the agent
+2. Latency: `facecrm serve` in its own process (visit window 1 minute, the
+   smallest, with bursts 61 s of video time apart, so every track is a new
+   visit; no alert cooldown); an SSE client subscribed as a store associate; the agent
    in this process sends Lin-Manuel Miranda's video frames in bursts (one track
    each). Latency = from the start of processing the frame that completed the
    track's evidence to the alert arriving on the SSE stream.
@@ -47,7 +49,7 @@ from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import build_pipeline
 from facecrm.vision.second import build_second_opinion
 
-from common import faces_dir, machine
+from common import faces_dir, link_model_cache, machine, smoke_faces
 
 PASSWORD = "benchmark-password"
 
@@ -99,8 +101,12 @@ def cascade_gallery(agent: Agent, crops: list[np.ndarray], settings: Settings) -
     return gallery
 
 
-def throughput(faces: Path, count: int, cascade_only: bool = False) -> None:
-    settings = configure(data_dir=Path(tempfile.mkdtemp(prefix="facecrm-agent-bench-")), threads=1)
+def throughput(
+    faces: Path, count: int, cascade_only: bool = False, model_cache: Path | None = None
+) -> None:
+    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-agent-bench-"))
+    link_model_cache(data_dir, model_cache)
+    settings = configure(data_dir=data_dir, threads=1)
     cv2.setNumThreads(1)
     pipeline = build_pipeline(settings)
     crops = face_crops(faces, pipeline, settings)
@@ -138,10 +144,11 @@ def throughput(faces: Path, count: int, cascade_only: bool = False) -> None:
                 )
 
 
-def latency(faces: Path, alerts: int) -> None:
+def latency(faces: Path, alerts: int, model_cache: Path | None = None) -> None:
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-latency-"))
+    link_model_cache(data_dir, model_cache)
     settings = configure(data_dir=data_dir)
-    crm = FaceCRM(settings)
+    crm = FaceCRM(settings, migrate=True)
     with db.transaction(crm.sessions) as session:
         store = accounts.create_store(session, "B", "Bench", SYSTEM)
         accounts.create_staff(session, "assoc", PASSWORD, "associate", [store.id], principal=SYSTEM)
@@ -162,7 +169,12 @@ def latency(faces: Path, alerts: int) -> None:
         _, frame = capture.read()
         clip.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
     with socket_port() as port:
-        env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "FACECRM_VISIT_WINDOW_MINUTES": "0"}
+        env = {
+            **os.environ,
+            "FACECRM_DATA_DIR": str(data_dir),
+            "FACECRM_VISIT_WINDOW_MINUTES": "1",
+            "FACECRM_ALERT_COOLDOWN_MINUTES": "0",  # every new visit alerts
+        }
         server = subprocess.Popen(
             [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
             env=env,
@@ -199,8 +211,9 @@ def latency(faces: Path, alerts: int) -> None:
                 deadline = time.time() + 10
                 while len(arrivals) < len(starts) and time.time() < deadline:
                     time.sleep(0.005)
-                clock += 5  # the customer leaves; the next burst is a new track
+                clock += 61  # the customer leaves; the next burst is a new track and visit
             ms = np.array([a - s for s, a in zip(starts, arrivals, strict=False)]) * 1000
+            print(f"\n{alerts} bursts: {len(starts)} known tracks, {len(arrivals)} alerts")
             print(
                 f"\nframe → console alert (SSE), {len(ms)} alerts: "
                 f"p50 {np.percentile(ms, 50):.0f} ms, p95 {np.percentile(ms, 95):.0f} ms"
@@ -246,12 +259,16 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--alerts", type=int, default=20)
     parser.add_argument("--cascade-only", action="store_true", help="only the cascade rows")
+    parser.add_argument("--smoke", action="store_true", help="tests/data, a few frames, seconds")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
-    faces = faces_dir()
+    if args.smoke:
+        args.frames, args.alerts = 6, 2
+    faces = smoke_faces() if args.smoke else faces_dir()
     print(f"machine: {machine()}\n")
-    throughput(faces, args.frames, args.cascade_only)
+    throughput(faces, args.frames, args.cascade_only, args.model_cache)
     if not args.cascade_only:
-        latency(faces, args.alerts)
+        latency(faces, args.alerts, args.model_cache)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from facecrm.gallery.threshold import load_calibration, load_cascade
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import build_pipeline
 
-from common import REPO, faces_dir, identity_tree_with_distractors, machine
+from common import faces_dir, identity_tree_with_distractors, link_model_cache, machine, smoke_faces
 
 FMR = 1e-3
 # "before": the shipped dlib threshold until issue 10, from 202 impostor pairs of
@@ -40,9 +40,7 @@ BEFORE_THRESHOLD = 0.919953
 
 
 def _settings(data_dir: Path, model_cache: Path | None, embedder: str) -> Settings:
-    if model_cache is not None and not (data_dir / "cache" / "models").exists():
-        (data_dir / "cache").mkdir(parents=True, exist_ok=True)
-        (data_dir / "cache" / "models").symlink_to(model_cache.resolve())
+    link_model_cache(data_dir, model_cache)
     return configure(data_dir=data_dir, embedder=embedder)
 
 
@@ -117,7 +115,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tests/data only, one pass")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
-    faces = REPO / "tests" / "data" if args.smoke else faces_dir()
+    faces = smoke_faces() if args.smoke else faces_dir()
     root = identity_tree_with_distractors(faces, more=not args.smoke)
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-cascade-bench-"))
     first_settings = _settings(data_dir, args.model_cache, "dlib")

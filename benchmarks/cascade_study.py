@@ -3,6 +3,7 @@
     python benchmarks/cascade_study.py                       # report (embeddings cached)
     python benchmarks/cascade_study.py --write               # also ship the calibration
     python benchmarks/cascade_study.py --fp32-model PATH/face_recognition_sface_2021dec.onnx
+    python benchmarks/cascade_study.py --smoke              # tests/data, no cache, seconds
 
 The set is every identity of `faces/identities` and `faces/more/identities` plus each
 distractor as an identity of its own (86 photos, 3,655 pairs). Each photo is detected
@@ -20,6 +21,7 @@ Embeddings are cached in an .npz (`--cache`), so the analysis reruns in a second
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -36,7 +38,7 @@ from facecrm.vision.detect import YuNetDetector
 from facecrm.vision.embed import OnnxEmbedder, SFaceEmbedder, dlib_resnet_onnx, sface_onnx
 from facecrm.vision.image import read_image
 
-from common import faces_dir, identity_tree_with_distractors, machine
+from common import faces_dir, identity_tree_with_distractors, machine, smoke_faces
 
 VARIANTS = ("dlib", "sface", "sface_cv", "sface_fp32")
 
@@ -91,14 +93,22 @@ def embed_set(root: Path, cache_dir: Path, fp32_model: Path | None) -> dict[str,
     return result
 
 
-def load_or_embed(cache: Path, fp32_model: Path | None) -> dict[str, np.ndarray]:
-    if cache.is_file():
+def load_or_embed(
+    cache: Path, fp32_model: Path | None, smoke: bool = False, model_cache: Path | None = None
+) -> dict[str, np.ndarray]:
+    if cache.is_file() and not smoke:
         with np.load(cache) as data:
             return {k: data[k] for k in data.files}
-    root = identity_tree_with_distractors(faces_dir(), more=True)
+    faces = smoke_faces() if smoke else faces_dir()
+    root = identity_tree_with_distractors(faces, more=not smoke)
     cache_dir = cache.parent / "facecrm-cascade-models"
+    if model_cache is not None:  # cached_model() looks in cache_dir/models
+        cache_dir = Path(tempfile.mkdtemp(prefix="facecrm-cascade-models-"))
+        model_cache.mkdir(parents=True, exist_ok=True)
+        (cache_dir / "models").symlink_to(model_cache.resolve(), target_is_directory=True)
     data = embed_set(root, cache_dir, fp32_model)
-    np.savez(cache, **data)
+    if not smoke:  # the smoke set must never stand in for the full set's cached embeddings
+        np.savez(cache, **data)
     return data
 
 
@@ -108,8 +118,12 @@ def main() -> None:
     parser.add_argument("--fp32-model", type=Path, default=None)
     parser.add_argument("--write", action="store_true", help="write the shipped calibration")
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--smoke", action="store_true", help="tests/data, no cache, no --write")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
-    data = load_or_embed(args.cache, args.fp32_model)
+    if args.smoke and args.write:
+        parser.error("--smoke cannot --write: the shipped calibration comes from the full set")
+    data = load_or_embed(args.cache, args.fp32_model, args.smoke, args.model_cache)
     print(f"machine: {machine()}\n")
     paths, identities = list(data["paths"]), list(data["identities"])
     print(
@@ -130,7 +144,11 @@ def main() -> None:
             "sface (onnxruntime) against OpenCV: largest score difference "
             f"{np.abs(scores['sface'] - scores['sface_cv']).max():.1e}"
         )
-    source = "../shared/faces identities + more/identities + distractors"
+    source = (
+        "tests/data identities + distractors (smoke)"
+        if args.smoke
+        else "../shared/faces identities + more/identities + distractors"
+    )
     cascade = fit_cascade(
         identities, data["dlib"], data["sface"], ("dlib-resnet-v1", "sface-2021dec"), source
     )

@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: where the face data is, machine info, a server."""
+"""Shared helpers for the benchmark scripts: face data, model cache, machine info, a server,
+synthetic galleries."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,6 +26,52 @@ def faces_dir() -> Path:
     if not (path / "identities").is_dir():
         sys.exit(f"face data not found at {path}; set FACECRM_FACES_DIR")
     return path
+
+
+def smoke_faces() -> Path:
+    """`tests/data`: the photos every clone has, for `--smoke` runs (no ../shared needed)."""
+    return REPO / "tests" / "data"
+
+
+def link_model_cache(data_dir: Path, cache: Path | None) -> None:
+    """Make `data_dir` reuse converted models from `cache` (created if new): the smoke runs
+    share the test session's cache instead of converting dlib's ResNet again each time."""
+    if cache is None or (data_dir / "cache" / "models").exists():
+        return
+    (data_dir / "cache").mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)  # a new cache: built on first use
+    (data_dir / "cache" / "models").symlink_to(cache.resolve(), target_is_directory=True)
+
+
+def clustered_templates(
+    rng: np.random.Generator,
+    count: int,
+    per_person: int,
+    center: np.ndarray,
+    impostor_mean: float,
+    genuine_mean: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` synthetic unit templates of `ceil(count / per_person)` people: (vectors, person).
+
+    Real embeddings are not uniform on the sphere: dlib's templates of different people sit
+    in a narrow cone (impostor cosine ~0.83) and a person's templates close together (~0.96).
+    Each template is `center + person offset + noise` (isotropic Gaussians, norms s_p and
+    s_n); in high dimension the expected cosines are 1 / (1 + s_p² + s_n²) between people
+    and (1 + s_p²) / (1 + s_p² + s_n²) within one, solved here for the measured means (the
+    shipped calibration's). `center` is the real templates' mean direction, so real probes
+    meet synthetic people at impostor similarity, as strangers do.
+    """
+    dim = len(center)
+    total = 1 / impostor_mean
+    person_sd = np.sqrt(max(genuine_mean * total - 1, 0.0) / dim)
+    noise_sd = np.sqrt(max(total - genuine_mean * total, 0.0) / dim)
+    people = -(-count // per_person)
+    person = np.repeat(np.arange(people), per_person)[:count]
+    offsets = rng.standard_normal((people, dim)).astype(np.float32) * person_sd
+    vectors = center / np.linalg.norm(center) + offsets[person]
+    vectors += rng.standard_normal((count, dim)).astype(np.float32) * noise_sd
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors.astype(np.float32), person
 
 
 def identity_tree_with_distractors(faces: Path, more: bool = False) -> Path:

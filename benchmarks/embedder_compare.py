@@ -1,6 +1,7 @@
 """Choose the embedder by measurement: dlib ResNet, SFace, and their fused score.
 
     python benchmarks/embedder_compare.py
+    python benchmarks/embedder_compare.py --smoke    # tests/data, every 25th frame, seconds
 
 Genuine pairs: every same-person pair of `identities/`, plus Lin-Manuel
 Miranda's portrait against his face in every 5th frame of the video (a store
@@ -16,6 +17,7 @@ The fused score is the mean of the two embedders' impostor z-scores.
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import tempfile
 from pathlib import Path
@@ -28,7 +30,13 @@ from facecrm.eval.runner import embed_set
 from facecrm.gallery.threshold import Calibration
 from facecrm.vision.pipeline import build_pipeline
 
-from common import faces_dir, identity_tree_with_distractors, machine
+from common import (
+    faces_dir,
+    identity_tree_with_distractors,
+    link_model_cache,
+    machine,
+    smoke_faces,
+)
 
 
 def video_frames(path: Path, every: int = 5) -> list[np.ndarray]:
@@ -45,10 +53,15 @@ def video_frames(path: Path, every: int = 5) -> list[np.ndarray]:
 
 
 def main() -> None:
-    faces = faces_dir()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tests/data, few frames, seconds")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
+    args = parser.parse_args()
+    faces = smoke_faces() if args.smoke else faces_dir()
     root = identity_tree_with_distractors(faces)
-    frames = video_frames(faces / "video" / "short_hamilton_clip.mp4")
+    frames = video_frames(faces / "video" / "short_hamilton_clip.mp4", 25 if args.smoke else 5)
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-bench-"))
+    link_model_cache(data_dir, args.model_cache)
     scores: dict[str, dict[str, np.ndarray]] = {}
     for embedder in ("dlib", "sface"):
         settings = configure(data_dir=data_dir, embedder=embedder)

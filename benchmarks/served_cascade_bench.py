@@ -4,6 +4,7 @@ the gallery search, the SFace templates read and decrypted, the audit events and
 commit), on SQLite, against dlib alone on the same gallery.
 
     python benchmarks/served_cascade_bench.py [--repeat 3]
+    python benchmarks/served_cascade_bench.py --smoke    # tests/data, once, seconds
 
 Customers: every identity of identities/ + more/identities/ enrolled with its first
 photo; probes are their other photos (customers), and the distractors and the group
@@ -27,15 +28,21 @@ from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 
-from common import faces_dir, machine
+from common import faces_dir, link_model_cache, machine, smoke_faces
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tests/data, once, seconds")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
-    faces = faces_dir()
-    settings = configure(data_dir=Path(tempfile.mkdtemp(prefix="facecrm-served-")), threads=1)
+    if args.smoke:
+        args.repeat = 1
+    faces = smoke_faces() if args.smoke else faces_dir()
+    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-served-"))
+    link_model_cache(data_dir, args.model_cache)
+    settings = configure(data_dir=data_dir, threads=1)
     crm = FaceCRM(settings, migrate=True)
     folders = sorted(
         f

@@ -1,6 +1,7 @@
 """Per-stage latency of the face pipeline, one core, on `../shared/faces`.
 
     python benchmarks/stages_bench.py
+    python benchmarks/stages_bench.py --smoke    # tests/data, 2 repeats, 10k search, seconds
 
 * decode, detect, align, quality, embed per image/face on every photo;
 * detection of a 640x480 frame: YuNet on onnxruntime (facecrm), YuNet in
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 import time
 from collections.abc import Callable
@@ -28,10 +30,13 @@ from facecrm.vision.image import read_image
 from facecrm.vision.models import yunet_path
 from facecrm.vision.pipeline import build_pipeline
 
-from common import faces_dir, machine
+from common import faces_dir, link_model_cache, machine, smoke_faces
+
+REPEATS = {"scale": 1.0}  # --smoke times every call twice
 
 
 def per_call_ms(fn: Callable[[], object], repeat: int = 20) -> float:
+    repeat = max(1, round(repeat * REPEATS["scale"]))
     fn()
     start = time.perf_counter()
     for _ in range(repeat):
@@ -40,10 +45,18 @@ def per_call_ms(fn: Callable[[], object], repeat: int = 20) -> float:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tests/data, few repeats, seconds")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
+    args = parser.parse_args()
+    if args.smoke:
+        REPEATS["scale"] = 0.1
     cv2.setNumThreads(1)
-    settings = configure(data_dir=Path(tempfile.mkdtemp(prefix="facecrm-bench-")), threads=1)
+    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-bench-"))
+    link_model_cache(data_dir, args.model_cache)
+    settings = configure(data_dir=data_dir, threads=1)
     pipeline = build_pipeline(settings)
-    faces = faces_dir()
+    faces = smoke_faces() if args.smoke else faces_dir()
     paths = sorted(p for p in faces.rglob("*") if p.suffix.lower() in {".jpg", ".png"})
     print(f"machine: {machine()}; one thread\n")
 
@@ -108,7 +121,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     query = onnx_resnet.embed(batch[:1])
     searches = {}
-    for size in (1_000, 100_000):
+    for size in (1_000, 10_000) if args.smoke else (1_000, 100_000):
         vectors = rng.standard_normal((size, 128)).astype(np.float32)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         gallery = Gallery(128, ann_min_size=10**9)

@@ -1,6 +1,7 @@
 """End-to-end images/second: facecrm against the face_recognition-style pipeline.
 
     python benchmarks/throughput_bench.py [--repeat 3]
+    python benchmarks/throughput_bench.py --smoke    # the 6 smallest identity photos of tests/data
 
 Both pipelines run on the same images (every photo of `../shared/faces`:
 identities, distractors, scenes), each in a fresh Python process that is timed
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import REPO, faces_dir, machine
+from common import REPO, faces_dir, link_model_cache, machine, smoke_faces
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 
@@ -143,15 +144,23 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--data-dir", default="")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tests/data identities, once")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     parser.add_argument("files", nargs="*")
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.processes, args.files, args.data_dir)
         return
-    faces = faces_dir()
+    faces = smoke_faces() / "identities" if args.smoke else faces_dir()
     images = sorted(str(p) for p in faces.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if args.smoke:  # HOG is slow on large photos; these have genuine and impostor pairs
+        from PIL import Image
+
+        images = sorted(images, key=lambda f: Image.open(f).size[0] * Image.open(f).size[1])[:6]
+        args.repeat = 1
     files = images * args.repeat
     data_dir = tempfile.mkdtemp(prefix="facecrm-bench-")
+    link_model_cache(Path(data_dir), args.model_cache)
     _, _ = run("facecrm", 1, images[:1], data_dir)  # build the derived models once
     print(f"machine: {machine()}")
     print(f"{len(images)} images x {args.repeat} = {len(files)} per run\n")

@@ -368,27 +368,3 @@ def test_eval_reports_cascade_and_writes_a_calibration(
         load_calibration("dlib-resnet-v1", path=written).threshold(1e-3)
     )
     assert threshold != pytest.approx(shipped.threshold(1e-3))
-
-
-def test_cascade_bench_smoke(model_cache: Path, pipeline: FacePipeline) -> None:
-    """The benchmark runs end to end on tests/data and prints both tables."""
-    import subprocess
-    import sys
-
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "benchmarks" / "cascade_bench.py"),
-            "--smoke",
-            "--model-cache",
-            str(model_cache),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "| cascade (dlib → SFace, margin) |" in run.stdout
-    assert "cascade, customers (mated probes)" in run.stdout and "FAILED" not in run.stdout

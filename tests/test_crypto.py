@@ -6,12 +6,12 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from facecrm.config import Settings
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import CustomerKey, CustomerPhoto, FaceTemplate, Purpose
+from facecrm.crm.models import Customer, CustomerKey, CustomerPhoto, FaceTemplate, Purpose
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.crypto import CryptoError, add_master_key, drop_master_keys, key_file
 from facecrm.vision.pipeline import FacePipeline
@@ -80,3 +80,36 @@ def test_online_rotation(settings: Settings, pipeline: FacePipeline, load: Load)
     fresh = FaceCRM(settings, pipeline=pipeline)
     (found,) = fresh.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert found.match is not None and found.match.customer_id == rose
+
+
+def test_bulk_sealing_opens_like_one_by_one(crm: FaceCRM) -> None:
+    """`seal_new_customers` (benchmark galleries, imports): one new key per customer, written
+    at once; what it seals opens with each customer's own key, and an existing key is never
+    replaced (that would shred the data it sealed)."""
+    rng = np.random.default_rng(0)
+    vectors = {
+        f"bulk{i}": list(rng.standard_normal((i + 1, 128)).astype(np.float32)) for i in range(3)
+    }
+    with crm.sessions() as session, session.begin():
+        session.add_all(Customer(id=c, name=c) for c in [*vectors, "rose"])
+        session.flush()
+        crm.vault.seal_templates(session, "rose", [vectors["bulk0"][0]])  # rose has a key
+        sealed = crm.vault.seal_new_customers(session, vectors)
+        session.add_all(
+            FaceTemplate(customer_id=c, model_id=crm.model_id, vector=v, quality={}, source="t")
+            for c, blobs in sealed.items()
+            for v in blobs
+        )
+    with crm.sessions() as session:
+        opened = {c: [] for c in vectors}
+        for _, owner, vector in crm.plain_templates(session):
+            opened.setdefault(owner, []).append(vector)
+        assert session.scalar(select(func.count()).select_from(CustomerKey)) == 4
+    for customer, expected in vectors.items():
+        np.testing.assert_array_equal(np.stack(opened[customer]), np.stack(expected))
+    with crm.sessions() as session, session.begin():
+        keys = {k.customer_id: k.wrapped for k in session.scalars(select(CustomerKey))}
+        with pytest.raises(ValueError, match="rose already has a data key"):
+            crm.vault.seal_new_customers(session, {"new": [], "rose": []})
+    with crm.sessions() as session:
+        assert {k.customer_id: k.wrapped for k in session.scalars(select(CustomerKey))} == keys
