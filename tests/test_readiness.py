@@ -192,3 +192,21 @@ def test_console_banner_and_confirmation(site: Site) -> None:
         expect(alice.locator("#readiness-banner")).to_have_count(0)
         context.close()
         browser.close()
+
+
+def test_a_new_operating_point_makes_agents_fetch_the_gallery_again(site: Site) -> None:
+    """The ETag covers what agents decide with, not only the templates: a server restarted
+    with another target FMR or calibration is not answered 304 by an old gallery."""
+    _confirm_all(site)
+    fmr = site.crm.settings.target_fmr
+    with site.client("agent") as agent:
+        first = agent.get("/agent/gallery")
+        etag = {"If-None-Match": first.headers["ETag"]}
+        assert agent.get("/agent/gallery", headers=etag).status_code == 304
+        try:
+            site.crm.settings.target_fmr = fmr / 10
+            again = agent.get("/agent/gallery", headers=etag)
+        finally:
+            site.crm.settings.target_fmr = fmr
+        assert again.status_code == 200 and again.json()["target_fmr"] == fmr / 10
+        assert again.headers["ETag"] != first.headers["ETag"]

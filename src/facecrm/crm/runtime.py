@@ -9,6 +9,8 @@ cheap: it checks that the schema is at head and never upgrades an existing datab
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from functools import cached_property
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
@@ -125,6 +127,15 @@ class Runtime:
 
             self._second = default_second_opinion(self.settings)
         return self._second
+
+    @property
+    def decision_version(self) -> str:
+        """A short digest of what an agent decides with besides the templates (threshold,
+        target FMR, cascade calibration): part of the gallery's ETag, so a server restarted
+        with another calibration makes every agent fetch it, not only after a gallery change."""
+        cascade = None if self.cascade is None else self.cascade.to_json()
+        rule = {"threshold": self.threshold, "fmr": self.settings.target_fmr, "cascade": cascade}
+        return hashlib.sha256(json.dumps(rule, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def first_threshold(self) -> float:

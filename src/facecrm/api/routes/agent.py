@@ -129,7 +129,8 @@ def agent_gallery(
     """Templates of opted-in customers for local decisions; 304 while unchanged."""
     store_id = next(iter(principal.stores or []), None)
     paused = not readiness.allows_recognition(session, crm.settings, store_id)
-    etag = f'"{crm.model_id}-{crm.generation(session)}{"-paused" if paused else ""}"'
+    version = f"{crm.model_id}-{crm.generation(session)}-{crm.runtime.decision_version}"
+    etag = f'"{version}{"-paused" if paused else ""}"'
     if if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag})
     body = crm.gallery_export(principal=principal)
