@@ -3,8 +3,9 @@
 The core (vision, settings, the CLI) is what both a store box and a server need:
 `facecrm[agent]` adds the agent's HTTP client, `facecrm[server]` the API, the console and
 the database, `facecrm[postgres]` the PostgreSQL driver and pgvector, `facecrm[eval]`
-plots. Server-only modules are imported inside the code that needs them, so that an
-agent-only install runs `facecrm agent`; anything else says which extra to add.
+plots, `facecrm[attributes]` the face-attribute stage. Server-only modules are imported
+inside the code that needs them, so that an agent-only install runs `facecrm agent`;
+anything else says which extra to add.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ EXTRA_OF: dict[str, str] = {
     "psycopg": "postgres",
     "pgvector": "postgres",
     "matplotlib": "eval",
+    "h5py": "attributes",
 }
 
 
