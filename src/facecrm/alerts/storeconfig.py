@@ -17,19 +17,26 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Text, cast, delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from facecrm.alerts import rules, webhooks
+from facecrm.alerts import rules, webhooks, zones
 from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.errors import ConflictError
-from facecrm.crm.models import StoreConfig, WebhookDelivery, new_id, utcnow
+from facecrm.crm.errors import ConflictError, InvalidError
+from facecrm.crm.models import (
+    CameraHealth,
+    StoreAnalytics,
+    StoreConfig,
+    WebhookDelivery,
+    new_id,
+    utcnow,
+)
 
 log = logging.getLogger("facecrm.webhooks")
 
@@ -59,6 +66,10 @@ class EffectiveConfig:
     webhook_url: str | None
     webhook_secret_set: bool
     problems: list[str]
+    # anonymous analytics (issue 13): zones per camera, and the two switches (off by default)
+    zones: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    demographics_enabled: bool = False
+    sentiment_enabled: bool = False
 
 
 def _require(principal: Principal, store_id: str) -> None:
@@ -105,7 +116,17 @@ def effective(session: Session, principal: Principal, store_id: str) -> Effectiv
     ]
     url = hook.webhook_url if hook is not None else None
     has_secret = bool(hook is not None and hook.webhook_secret)
-    return EffectiveConfig(store_id, views, url, has_secret, problems)
+    analytics = session.get(StoreAnalytics, store_id)
+    return EffectiveConfig(
+        store_id,
+        views,
+        url,
+        has_secret,
+        problems,
+        zones=dict(analytics.zones) if analytics is not None else {},  # type: ignore[arg-type]
+        demographics_enabled=bool(analytics and analytics.demographics_enabled),
+        sentiment_enabled=bool(analytics and analytics.sentiment_enabled),
+    )
 
 
 def write(session: Session, store_id: str, **values: object) -> None:
@@ -258,3 +279,86 @@ def recorder(sessions: sessionmaker[Session], store_id: str, event_id: str) -> w
             log.warning("webhook delivery not logged: %s", type(exc).__name__)
 
     return report
+
+
+# --------------------------------------------------------------------------------------
+# Anonymous analytics (issue 13): zones per camera and the demographics/sentiment switches.
+
+
+def _analytics_row(session: Session, store_id: str) -> StoreAnalytics:
+    row = session.get(StoreAnalytics, store_id, with_for_update=True)
+    if row is None:
+        row = StoreAnalytics(
+            store_id=store_id, zones={}, demographics_enabled=False, sentiment_enabled=False
+        )
+        session.add(row)
+    return row
+
+
+def set_zones(
+    session: Session,
+    principal: Principal,
+    store_id: str,
+    camera: str,
+    raw_zones: Sequence[Mapping[str, Any]],
+) -> EffectiveConfig:
+    """Replace one camera's zones (an empty list removes them).
+
+    The camera must be one the store's agent has reported (its masked name, as in the
+    camera-health list), and every zone must pass `zones.checked`; otherwise an
+    `InvalidError` (422) with the reason, and nothing is written.
+    """
+    _require(principal, store_id)
+    accounts.get_store(session, store_id)
+    printable = camera.isprintable()  # a NUL is refused by PostgreSQL before any lookup
+    known = printable and session.scalar(
+        select(CameraHealth.camera)
+        .where(CameraHealth.store_id == store_id, CameraHealth.camera == camera)
+        .limit(1)
+    )
+    if not known:
+        raise InvalidError(
+            f"camera {camera[:100]!r} has not been reported by this store's agent",
+            reason="unknown_camera",
+        )
+    checked = [z.as_json() for z in zones.checked(raw_zones)]
+    row = _analytics_row(session, store_id)
+    current = dict(row.zones or {})
+    if checked:
+        current[camera] = checked
+    else:
+        current.pop(camera, None)
+    row.zones = current  # a new dict: the JSON column sees the change
+    session.flush()
+    audit.record(
+        session, principal, "store_config", None, store_id, changed="zones", camera=camera[:100]
+    )
+    return effective(session, principal, store_id)
+
+
+def set_analytics(
+    session: Session,
+    principal: Principal,
+    store_id: str,
+    *,
+    demographics_enabled: bool,
+    sentiment_enabled: bool,
+) -> EffectiveConfig:
+    """Turn the store's demographics (age band x gender) and sentiment counters on or off."""
+    _require(principal, store_id)
+    accounts.get_store(session, store_id)
+    row = _analytics_row(session, store_id)
+    row.demographics_enabled = demographics_enabled
+    row.sentiment_enabled = sentiment_enabled
+    session.flush()
+    audit.record(
+        session,
+        principal,
+        "store_config",
+        None,
+        store_id,
+        changed="analytics",
+        demographics=demographics_enabled,
+        sentiment=sentiment_enabled,
+    )
+    return effective(session, principal, store_id)

@@ -610,6 +610,29 @@ class RuleOut(Out):
     overridden: bool
 
 
+class ZoneOut(BaseModel):
+    name: str  # entrance, floor or checkout_queue:<n>
+    points: list[list[float]]  # [x, y] in 0..1 of the camera's picture
+
+
+class ZoneIn(Strict):
+    """One zone; the rules (name pattern, 3..64 points in 0..1, no self-crossing) are
+    `alerts.zones`'; the bounds here only cap what a body may hold."""
+
+    name: str = Field(max_length=40)
+    points: list[Annotated[list[float], Field(max_length=4)]] = Field(max_length=256)
+
+
+class ZonesIn(Strict):
+    camera: str = Field(min_length=1, max_length=100)  # the agent's masked camera name
+    zones: list[ZoneIn] = Field(max_length=64)
+
+
+class AnalyticsIn(Strict):
+    demographics_enabled: bool
+    sentiment_enabled: bool
+
+
 class EffectiveConfigOut(Out):
     """Every rule in force in the store with its value, default and description, and
     the webhook URL (never its secret); `problems`: stored settings not applied."""
@@ -619,6 +642,9 @@ class EffectiveConfigOut(Out):
     webhook_url: str | None
     webhook_secret_set: bool
     problems: list[str]
+    zones: dict[str, list[ZoneOut]] = {}  # camera (masked name) -> its zones
+    demographics_enabled: bool = False
+    sentiment_enabled: bool = False
 
 
 class WebhookIn(Strict):

@@ -665,3 +665,24 @@ class ThrottleCounter(Base):
     started_at: Mapped[float] = mapped_column(Double)
     last_at: Mapped[float] = mapped_column(Double)
     expires_at: Mapped[float] = mapped_column(Double, index=True)
+
+
+class StoreAnalytics(Base):
+    """A store's anonymous-analytics settings (issue 13): the zones drawn on each camera and
+    the switches for demographics and sentiment (both off by default: README, "Anonymous
+    analytics"). Kept apart from `StoreConfig` (the alert rules and webhook).
+
+    `zones` maps a camera's masked name to its zones, each `{"name", "points"}` in
+    normalised coordinates, validated by `alerts.zones` before it is written.
+    """
+
+    __tablename__ = "store_analytics"
+
+    store_id: Mapped[str] = mapped_column(
+        ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    zones: Mapped[dict[str, object]] = mapped_column(JSON, default=dict)
+    demographics_enabled: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=false()
+    )
+    sentiment_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

@@ -16,11 +16,13 @@ from facecrm.alerts.rules import RuleSettings
 from facecrm.api.deps import CrmDep, DeviceManager, SessionDep
 from facecrm.api.schemas import (
     PROBLEMS,
+    AnalyticsIn,
     EffectiveConfigOut,
     WebhookDeliveryOut,
     WebhookIn,
     WebhookSecretOut,
     WebhookTestOut,
+    ZonesIn,
 )
 
 router = APIRouter(tags=["store configuration"], responses=PROBLEMS)
@@ -87,3 +89,30 @@ def webhook_deliveries(
     """The latest delivery attempts, newest first: event id, attempt, status, error."""
     rows = storeconfig.deliveries(session, principal, store_id, limit)
     return [WebhookDeliveryOut.model_validate(r) for r in rows]
+
+
+@router.put("/stores/{store_id}/zones", response_model=EffectiveConfigOut)
+def set_zones(
+    store_id: str, body: ZonesIn, session: SessionDep, principal: DeviceManager
+) -> EffectiveConfigOut:
+    """Replace one camera's zones (`entrance`, `floor`, `checkout_queue:<n>`; polygons in
+    0..1 coordinates). An unknown camera or an invalid polygon is a 422 with its reason
+    and changes nothing; an empty list removes the camera's zones."""
+    raw = [z.model_dump() for z in body.zones]
+    view = storeconfig.set_zones(session, principal, store_id, body.camera, raw)
+    return EffectiveConfigOut.model_validate(view)
+
+
+@router.put("/stores/{store_id}/analytics", response_model=EffectiveConfigOut)
+def set_analytics(
+    store_id: str, body: AnalyticsIn, session: SessionDep, principal: DeviceManager
+) -> EffectiveConfigOut:
+    """Turn the store's anonymous demographics and sentiment counters on or off."""
+    view = storeconfig.set_analytics(
+        session,
+        principal,
+        store_id,
+        demographics_enabled=body.demographics_enabled,
+        sentiment_enabled=body.sentiment_enabled,
+    )
+    return EffectiveConfigOut.model_validate(view)
