@@ -256,3 +256,84 @@ def test_missing_h5py_names_the_extra_when_the_model_is_not_converted_yet(
 
 def test_one_stage_per_process(settings: Settings) -> None:
     assert default_attribute_stage(settings) is default_attribute_stage(settings)
+
+
+# ---------------------------------------------------------------------------------------
+# `facecrm eval --attributes`
+
+
+@pytest.fixture()
+def labelled(tmp_path: Path, faces_dir: Path) -> Path:
+    """A labelled folder from the face set: smiling/neutral notes, every identity's gender,
+    and an age CSV with two rows."""
+    root = tmp_path / "labelled"
+    for row in csv.DictReader((faces_dir / "more" / "labels.csv").open()):
+        for label in ("smiling", "neutral"):
+            if f"expression: {label}" in row["notes"]:
+                target = root / "expression" / label / row["path"].replace("/", "_")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(faces_dir / "more" / row["path"])
+    for photo in sorted((faces_dir / "identities").glob("*/*")):
+        target = root / "gender" / GENDERS[photo.parent.name] / f"{photo.parent.name}_{photo.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(photo)
+    (root / "age.csv").write_text(
+        "path,age\n"
+        f"{faces_dir / 'identities/barack_obama/1.jpg'},47\n"
+        f"{faces_dir / 'identities/rose_leslie/1.jpg'},30\n"
+    )
+    return root
+
+
+def test_eval_attributes_reports_accuracy_confusion_and_age_error(
+    cli: Any,
+    tmp_path: Path,
+    model_cache: Path,
+    labelled: Path,
+    stage: AttributeStage,
+    pipeline: FacePipeline,
+    load: Any,
+) -> None:
+    data = tmp_path / "data"
+    (data / "cache").mkdir(parents=True)
+    (data / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
+    plot = tmp_path / "confusion.png"
+    result = cli(
+        data, "eval", str(labelled), "--attributes", "--format", "json", "--plot", str(plot)
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    gender = report["gender"]
+    photos = list((labelled / "gender").rglob("*.*"))
+    assert gender["n"] == len(photos) and gender["accuracy"] == 1.0
+    assert sum(map(sum, gender["confusion"]["matrix"])) == len(photos)
+    expression = report["expression"]
+    assert expression["granularity"] == "sentiment"
+    assert expression["per_class"]["smiling"]["accuracy"] == 1.0
+    # the age error is the model's estimate against the CSV's label, photo by photo
+    expected = []
+    for relative, age in (
+        ("identities/barack_obama/1.jpg", 47),
+        ("identities/rose_leslie/1.jpg", 30),
+    ):
+        image = load(relative)
+        _, large = stage.dlib_chips(image, pipeline.faces(image, embed=False)[:1])
+        expected.append(abs(float(stage.age_years(large)[0]) - age))
+    assert report["age"]["mae_years"] == pytest.approx(sum(expected) / 2, abs=1e-3)
+    assert report["age"]["band"]["n"] == 2
+    assert plot.stat().st_size > 1000 and plot.read_bytes()[:4] == b"\x89PNG"
+
+    text = cli(data, "eval", str(labelled), "--attributes")
+    assert text.returncode == 0, text.stderr
+    assert "truth \\ predicted" in text.stdout and "mean absolute error" in text.stdout
+
+
+def test_eval_attributes_refuses_unknown_labels(cli: Any, tmp_path: Path, labelled: Path) -> None:
+    (labelled / "gender" / "unknown").mkdir()
+    (labelled / "gender" / "unknown" / "x.jpg").write_bytes(b"")
+    result = cli(tmp_path / "data", "eval", str(labelled), "--attributes")
+    assert result.returncode != 0 and "female or male" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = cli(tmp_path / "data", "eval", str(empty), "--attributes")
+    assert result.returncode != 0 and "no expression/, gender/ or age.csv" in result.stderr

@@ -30,6 +30,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "2 bursts: 2 known tracks, 2 alerts",  # every known track reached the console
     ),
     "api_bench.py": ("| backend | templates |", "| sqlite | 300 |", "| postgresql | 300 |"),
+    "attributes_bench.py": (
+        "| attribute step, 640x480 frame | ms per face, 1 face |",
+        "| age model (64 px) |",
+        "| gender of every identity photo | gender |",
+    ),
     "cascade_bench.py": ("| cascade (dlib → SFace, margin) |", "cascade, customers (mated probes)"),
     "cascade_study.py": ("| scorer | impostor mean / sd / max |", "| cascade |", "| FNIR | FPIR |"),
     "decode_bench.py": ("| idle RSS MB | peak above idle MB |", "| float-6300.tiff | 422"),

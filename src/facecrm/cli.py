@@ -432,6 +432,14 @@ def customers_delete(
 def eval_(
     directory: Annotated[Path, typer.Argument(help="One folder per identity (LFW layout).")],
     fmt: Annotated[str, typer.Option("--format", help="text or json.")] = "text",
+    attributes: Annotated[
+        bool,
+        typer.Option(
+            "--attributes",
+            help="Score the face-attribute models instead: DIR/expression/<label>/*, "
+            "DIR/gender/<label>/*, DIR/age.csv (path,age); --plot draws the confusion matrices.",
+        ),
+    ] = False,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -473,6 +481,9 @@ def eval_(
 
     if fmt not in {"text", "json"}:
         raise typer.BadParameter("must be text or json", param_hint="--format")
+    if attributes:
+        _eval_attributes(directory, fmt, plot)
+        return
     if scores is not None and pairs is None:
         raise typer.BadParameter("needs --pairs", param_hint="--scores")
     settings: Settings = get_settings()
@@ -570,6 +581,31 @@ def eval_(
         report_mod.print_text(report, console)
         if isinstance(report.get("disputes"), dict):
             eval_disputes.print_text(report["disputes"], console)  # type: ignore[arg-type]
+
+
+def _eval_attributes(directory: Path, fmt: str, plot: Path | None) -> None:
+    """`facecrm eval --attributes`: see `facecrm.eval.attributes`."""
+    from facecrm.eval import attributes as attribute_eval
+    from facecrm.vision.attributes import default_attribute_stage
+    from facecrm.vision.pipeline import default_pipeline
+
+    settings: Settings = get_settings()
+    try:
+        expressions, genders, ages = attribute_eval.scan(directory)
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from exc
+    stage = default_attribute_stage(settings)
+    with _progress() as progress:
+        task = progress.add_task("scoring", total=len(expressions) + len(genders) + len(ages))
+        report = attribute_eval.evaluate(
+            directory, default_pipeline(settings), stage, lambda: progress.advance(task)
+        )
+    if plot is not None:
+        attribute_eval.plot_confusion(report, plot)
+    if fmt == "json":
+        print(json.dumps(report, indent=2))
+    else:
+        attribute_eval.print_text(report, console)
 
 
 @admin_app.command("create")
