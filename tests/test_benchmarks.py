@@ -31,7 +31,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     ),
     "api_bench.py": ("| backend | templates |", "| sqlite | 300 |", "| postgresql | 300 |"),
     "attributes_bench.py": (
-        "| attribute step, 640x480 frame | ms per face, 1 face |",
+        "| attribute step, 640x480 frame | ms per face, 1 face (best / median) |",
         "| age model (64 px) |",
         "| gender of every identity photo | gender |",
     ),
