@@ -133,7 +133,7 @@ def test_the_extras_match_pyproject() -> None:
         (dist,) = {d.lower() for d in distributions[module]}
         assert dist in names(extras[extra]), f"{module} ({dist}) is not in facecrm[{extra}]"
         assert dist not in core, f"{module} ({dist}) is a core dependency"
-    parts = {"agent", "server", "postgres", "eval"}
+    parts = {"agent", "server", "postgres", "eval", "attributes"}
     assert names(extras["all"]) == {"facecrm"} and parts <= set(extras)
     assert Requirement(extras["all"][0]).extras == parts
     assert "all" in Requirement(next(r for r in extras["dev"] if r.startswith("facecrm"))).extras
