@@ -41,6 +41,7 @@ from facecrm.errors import (
     NotFoundError,
     SchemaOutdatedError,
 )
+from facecrm.vision.attributes import MissingAttributeModelsError
 from facecrm.vision.image import DecoderBusy, ImageError
 from facecrm.vision.models import ModelNotFoundError
 from facecrm.vision.pipeline import QualityError
@@ -73,6 +74,7 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (ConfigError(f"invalid settings: {SECRET}"), 500, "misconfigured"),
     (ModelNotFoundError(f"model {SECRET} is missing"), 500, "model_missing"),
     (MissingExtraError("server", "sqlalchemy"), 500, "missing_extra"),
+    (MissingAttributeModelsError("fer"), 500, "missing_extra"),
     (SchemaOutdatedError("schema 0006; run `facecrm migrate`"), 503, "schema_outdated"),
     (CameraError("camera 7: no camera at device index 7"), 422, "camera_unavailable"),
     (RateLimitedError(3.2), 429, "rate_limited"),
