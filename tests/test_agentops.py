@@ -25,7 +25,8 @@ from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.alerts.cameras import CameraHealthService, CameraReport
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Principal
+from facecrm.crm.errors import ConflictError
 from facecrm.crm.models import AuditEvent, CameraAlert, CameraHealth, Device, Visit
 from facecrm.crm.service import FaceCRM
 from facecrm.logs import configure_logging, mask_secrets
@@ -299,6 +300,24 @@ def _silence(crm: FaceCRM, store_id: str, minutes: float) -> None:
     AlertService(crm).configure_store(
         SYSTEM, store_id, {"camera_silent": {"minutes": minutes}}, None, None
     )
+
+
+def test_one_helper_gives_a_device_its_store(crm: FaceCRM, shop: tuple[str, Device]) -> None:
+    """`accounts.device_store` is what visits and heartbeats both use: same store, same
+    refusal for a principal without one."""
+    from facecrm.alerts.service import AlertService
+
+    store_id, device = shop
+    assert accounts.device_store(accounts.device_principal(device)) == store_id
+    nowhere = Principal("device", "d0", "lost", "agent", frozenset())
+    with pytest.raises(ConflictError, match="no store"):
+        accounts.device_store(nowhere)
+    with pytest.raises(ConflictError, match="no store"):
+        CameraHealthService(crm).heartbeat(nowhere, [CameraReport("door", None)])
+    with pytest.raises(ConflictError, match="no store"):
+        AlertService(crm).ingest(nowhere, [])
+    with crm.sessions() as session:
+        assert session.scalars(select(CameraHealth)).all() == []
 
 
 def test_camera_silent_is_raised_once_and_cleared(crm: FaceCRM, shop: tuple[str, Device]) -> None:

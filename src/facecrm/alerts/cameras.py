@@ -32,9 +32,8 @@ from sqlalchemy.orm import Session
 
 from facecrm.alerts import rules
 from facecrm.alerts.bus import AlertBus
-from facecrm.crm import audit, db
+from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
-from facecrm.crm.errors import ConflictError
 from facecrm.crm.models import CameraAlert, CameraHealth, StoreConfig, utcnow
 from facecrm.crm.service import FaceCRM
 from facecrm.metrics import Registry
@@ -117,9 +116,7 @@ class CameraHealthService:
     ) -> list[CameraView]:
         """Record the device's cameras' last frame times, then check its store."""
         device.require(Permission.AGENT)
-        store_id = next(iter(device.stores or []), None)
-        if store_id is None:
-            raise ConflictError("the device has no store")
+        store_id = accounts.device_store(device)
         now = now or utcnow()
         for attempt in (1, 2):  # a first heartbeat racing another one inserts twice
             try:

@@ -220,9 +220,7 @@ class AlertService:
         are duplicates then); anything else about one event is that event's outcome only.
         """
         device.require(Permission.AGENT)
-        store_id = next(iter(device.stores or []), None)
-        if store_id is None:
-            raise ConflictError("the device has no store")
+        store_id = accounts.device_store(device)
         outcomes = []
         for index, event in enumerate(events):
             published: list[tuple[str, dict[str, object]]] = []

@@ -500,6 +500,19 @@ def device_principal(device: Device) -> Principal:
     return Principal("device", device.id, device.name, device.kind, frozenset({device.store_id}))
 
 
+def device_store(principal: Principal) -> str:
+    """The one store a device acts in (`device_principal` gives it exactly one).
+
+    The single place that turns "this device" into "its store", for everything a device
+    reports (visits, camera health, gallery syncs). A principal with no store (a staff
+    user of none) is `ConflictError`: there is no store to put its report in.
+    """
+    store_id = next(iter(principal.stores or ()), None)
+    if store_id is None:
+        raise ConflictError("the device has no store")
+    return store_id
+
+
 def list_devices(session: Session, principal: Principal | None) -> list[Device]:
     """The devices of the principal's stores (every device for a chain-wide principal or
     for None, the operator's `facecrm devices list`)."""

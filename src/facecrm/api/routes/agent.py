@@ -40,7 +40,7 @@ from facecrm.api.schemas import (
     ShiftOut,
     StoreConfigOut,
 )
-from facecrm.crm import readiness
+from facecrm.crm import accounts, readiness
 from facecrm.crm.authz import Principal
 
 router = APIRouter(tags=["store agents and alerts"], responses=PROBLEMS)
@@ -127,7 +127,7 @@ def agent_gallery(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Templates of opted-in customers for local decisions; 304 while unchanged."""
-    store_id = next(iter(principal.stores or []), None)
+    store_id = None if principal.stores is None else accounts.device_store(principal)
     paused = not readiness.allows_recognition(session, crm.settings, store_id)
     version = f"{crm.model_id}-{crm.generation(session)}-{crm.runtime.decision_version}"
     etag = f'"{version}{"-paused" if paused else ""}"'
