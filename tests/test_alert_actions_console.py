@@ -123,15 +123,16 @@ def test_history_pages(page: Page, shop: dict) -> None:
     with db.transaction(shop["crm"].sessions) as session:
         store = accounts.list_stores(session, SYSTEM)[0].id
     for n in range(27):
-        alert = service.raise_alert(SYSTEM, store, "camera_silent", f"Camera {n} is silent")
+        # not a camera alert: those are for managers, and Alice is an associate
+        alert = service.raise_alert(SYSTEM, store, "till_offline", f"Till {n} is offline")
         service.dismiss(SYSTEM, alert.id)
     page.goto("/console/alerts/history")
     expect(page.locator("#history li.alert")).to_have_count(25)
-    expect(page.locator("#history li.alert").first).to_contain_text("Camera 26 is silent")
+    expect(page.locator("#history li.alert").first).to_contain_text("Till 26 is offline")
     expect(page.locator("#history a.card-link")).to_have_count(0)  # not about a customer
     page.click("#older")
     expect(page.locator("#history li.alert")).to_have_count(2)
-    expect(page.locator("#history li.alert").last).to_contain_text("Camera 0 is silent")
+    expect(page.locator("#history li.alert").last).to_contain_text("Till 0 is offline")
     expect(page.locator("#older")).to_have_count(0)
     page.click("#newer")
     expect(page.locator("#history li.alert")).to_have_count(25)

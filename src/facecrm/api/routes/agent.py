@@ -31,7 +31,6 @@ from facecrm.api.schemas import (
     PROBLEMS,
     AcknowledgedOut,
     AlertOut,
-    CameraAlertOut,
     CameraOut,
     EventStreamResponse,
     GalleryOut,
@@ -167,14 +166,6 @@ def agent_heartbeat(
 def store_cameras(store_id: str, cameras: CamerasDep, principal: DeviceManager) -> list[CameraOut]:
     """The store's agent cameras: last frame time and whether a silence alert is open."""
     return [CameraOut.model_validate(v) for v in cameras.cameras(principal, store_id)]
-
-
-@router.get("/stores/{store_id}/camera-alerts", response_model=list[CameraAlertOut])
-def store_camera_alerts(
-    store_id: str, cameras: CamerasDep, principal: DeviceManager
-) -> list[CameraAlertOut]:
-    """The store's `camera_silent` alerts, newest first (open and cleared)."""
-    return [CameraAlertOut.model_validate(a) for a in cameras.alerts(principal, store_id)]
 
 
 @router.get("/alerts", response_model=list[AlertOut])
