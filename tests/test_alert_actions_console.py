@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import new_context
 from facecrm.alerts.service import AlertService
 from facecrm.crm import accounts, customers, db
 from facecrm.crm.authz import SYSTEM
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from conftest import VipStore
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 PASSWORD = "correct horse battery"
 
@@ -51,23 +51,17 @@ def shop(vip_store: VipStore, faces_dir: Path) -> Iterator[dict]:
 
 
 @pytest.fixture()
-def page(shop: dict) -> Iterator[Page]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(base_url=shop["url"])
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        page.on("dialog", lambda dialog: dialog.accept())  # "Not this person?" confirmation
-        page.goto("/console/login")
-        page.fill("input[name=username]", "alice")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        expect(page.locator("h1")).to_have_text("Customers")
-        yield page
-        context.close()
-        browser.close()
+def page(browser: Browser, shop: dict) -> Iterator[Page]:
+    context = new_context(browser, shop["url"])
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # "Not this person?" confirmation
+    page.goto("/console/login")
+    page.fill("input[name=username]", "alice")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("h1")).to_have_text("Customers")
+    yield page
+    context.close()
 
 
 def arrive(shop: dict, key: str, at: datetime) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from browser import browser_with_camera
+from browser import new_context
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
@@ -79,17 +79,9 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
     crm.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
-    photo = faces_dir / "identities/kit_harington/1.jpg"
-    with browser_with_camera(photo, tmp_path_factory.mktemp("camera")) as launched:
-        yield launched
-
-
 @pytest.fixture()
 def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
-    context = browser.new_context(base_url=site.url, permissions=["camera"])
-    context.set_default_timeout(20_000)
+    context = new_context(browser, site.url)
     yield context
     context.close()
 

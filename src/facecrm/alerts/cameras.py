@@ -1,6 +1,7 @@
 """Camera health: each agent camera's last frame time, and `camera_silent` alerts.
 
-Agents send a heartbeat with every camera's last frame time (`heartbeat`). The server
+Agents send a heartbeat with every camera's last frame time (`heartbeat`; with the
+agent's version and outbox depth, for the devices page). The server
 decides silence, not the agent: an agent that died, hung or lost its network sends
 nothing at all, and "no news" can only be noticed by the side that waits for it. So the
 check runs on the server, on two occasions:
@@ -101,15 +102,23 @@ class CameraHealthService:
     # -- agents ----------------------------------------------------------------------
 
     def heartbeat(
-        self, device: Principal, cameras: list[CameraReport], now: datetime | None = None
+        self,
+        device: Principal,
+        cameras: list[CameraReport],
+        now: datetime | None = None,
+        *,
+        version: str | None = None,
+        queue_depth: int | None = None,
     ) -> list[CameraView]:
-        """Record the device's cameras' last frame times, then check its store."""
+        """Record the device's cameras' last frame times and its own state (version, outbox
+        depth: the devices page), then check its store."""
         device.require(Permission.AGENT)
         store_id = accounts.device_store(device)
         now = now or utcnow()
         for attempt in (1, 2):  # a first heartbeat racing another one inserts twice
             try:
                 with db.transaction(self.crm.sessions) as session:
+                    accounts.device_reported(session, device, version, queue_depth, now)
                     for report in cameras:
                         row = session.get(CameraHealth, (device.id, report.camera))
                         if row is None:

@@ -83,10 +83,11 @@ class CameraIn(BaseModel):
 
 
 class HeartbeatIn(BaseModel):
-    """An agent's periodic report: its cameras' last frame times (and its own state)."""
+    """An agent's periodic report: its cameras' last frame times and its own state (the
+    devices page shows the version and outbox depth; left out: unchanged)."""
 
-    version: str = Field(default="", max_length=40)
-    queue_depth: int = Field(default=0, ge=0)
+    version: str | None = Field(default=None, max_length=40, pattern=r"^[!-~][ -~]*$")
+    queue_depth: int | None = Field(default=None, ge=0, lt=2**31)
     cameras: list[CameraIn] = Field(default_factory=list, max_length=64)
 
 
@@ -156,10 +157,14 @@ def agent_events(body: EventsIn, alerts: AlertsDep, principal: StoreAgent) -> Ev
 def agent_heartbeat(
     body: HeartbeatIn, cameras: CamerasDep, principal: StoreAgent
 ) -> list[CameraOut]:
-    """Each camera's last frame time; the server raises `camera_silent` for the store's
-    managers when one stays silent longer than the store's `camera_silent.minutes`."""
+    """Each camera's last frame time, and the agent's version and outbox depth; the server
+    raises `camera_silent` for the store's managers when one stays silent longer than the
+    store's `camera_silent.minutes`."""
     reports = [CameraReport(c.camera, c.last_frame_at) for c in body.cameras]
-    return [CameraOut.model_validate(v) for v in cameras.heartbeat(principal, reports)]
+    views = cameras.heartbeat(
+        principal, reports, version=body.version, queue_depth=body.queue_depth
+    )
+    return [CameraOut.model_validate(v) for v in views]
 
 
 @router.get("/stores/{store_id}/cameras", response_model=list[CameraOut])
