@@ -17,7 +17,7 @@ from facecrm.config import load
 from facecrm.vision.image import read_image
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, BrowserContext
+    from playwright.sync_api import Browser, BrowserContext, Page
 
 CAMERA_PHOTO = "identities/kit_harington/1.jpg"  # what the `browser` fixture's camera shows
 
@@ -89,3 +89,11 @@ def new_context(browser: Browser, base_url: str, timeout_ms: float = 20_000) -> 
     context = browser.new_context(base_url=base_url, permissions=["camera"])
     context.set_default_timeout(timeout_ms)
     return context
+
+
+def log_in(page: Page, username: str, password: str) -> None:
+    """Fill and send the console's log-in form (the caller checks where it lands)."""
+    page.goto("/console/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from browser import new_context
+from browser import log_in, new_context
 from facecrm.alerts.service import AlertService
 from facecrm.crm import accounts, customers, db
 from facecrm.crm.authz import SYSTEM
@@ -55,10 +55,7 @@ def page(browser: Browser, shop: dict) -> Iterator[Page]:
     context = new_context(browser, shop["url"])
     page = context.new_page()
     page.on("dialog", lambda dialog: dialog.accept())  # "Not this person?" confirmation
-    page.goto("/console/login")
-    page.fill("input[name=username]", "alice")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    log_in(page, "alice", PASSWORD)
     expect(page.locator("h1")).to_have_text("Customers")
     yield page
     context.close()

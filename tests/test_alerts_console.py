@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import select
 
-from browser import new_context
+from browser import log_in, new_context
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
@@ -45,10 +45,7 @@ def shop(vip_store: VipStore) -> Iterator[dict]:
 def page(browser: Browser, shop: dict) -> Iterator[Page]:
     context = new_context(browser, shop["url"])
     page = context.new_page()
-    page.goto("/console/login")
-    page.fill("input[name=username]", "alice")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    log_in(page, "alice", PASSWORD)
     expect(page.locator("h1")).to_have_text("Customers")
     yield page
     context.close()

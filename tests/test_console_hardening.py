@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from browser import log_in as send_log_in
 from browser import new_context
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
@@ -120,10 +121,7 @@ def page(context: BrowserContext) -> Iterator[Page]:
 
 
 def log_in(page: Page, username: str = "alice") -> None:
-    page.goto("/console/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    send_log_in(page, username, PASSWORD)
     expect(page.locator("header .who")).to_contain_text(username)
 
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from browser import new_context
+from browser import log_in, new_context
 from facecrm.crm import accounts, consent_text, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
@@ -150,15 +150,9 @@ def test_required_readiness_switches_recognition_off(site: Site, faces_dir: Path
 def test_console_banner_and_confirmation(site: Site, browser: Browser) -> None:
     from playwright.sync_api import expect
 
-    def log_in(page, username: str) -> None:  # type: ignore[no-untyped-def]
-        page.goto("/console/login")
-        page.fill("input[name=username]", username)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-
     context = new_context(browser, site.url)
     alice = context.new_page()
-    log_in(alice, "alice")
+    log_in(alice, "alice", PASSWORD)
     expect(alice).to_have_url("/console/customers")
     banner = alice.locator("#readiness-banner")
     expect(banner).to_contain_text("Not ready for face recognition: PAR1")
@@ -170,7 +164,7 @@ def test_console_banner_and_confirmation(site: Site, browser: Browser) -> None:
 
     context = new_context(browser, site.url)
     root = context.new_page()
-    log_in(root, "root")
+    log_in(root, "root", PASSWORD)
     root.goto("/console/readiness")
     expect(root.locator("#readiness-banner")).to_contain_text("LYO1, PAR1")
     root.get_by_role("link", name="PAR1").click()
@@ -184,7 +178,7 @@ def test_console_banner_and_confirmation(site: Site, browser: Browser) -> None:
 
     context = new_context(browser, site.url)
     alice = context.new_page()
-    log_in(alice, "alice")
+    log_in(alice, "alice", PASSWORD)
     expect(alice).to_have_url("/console/customers")
     expect(alice.locator("#readiness-banner")).to_have_count(0)
     context.close()
