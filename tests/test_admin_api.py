@@ -17,14 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from facecrm import __version__
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.alerts import rules, webhooks
 from facecrm.crm import accounts, customers, db
 from facecrm.crm.authz import SYSTEM
-from facecrm.crm.models import AuditEvent, StaffUser, WebhookDelivery
+from facecrm.crm.models import AuditEvent, DeviceStatus, StaffUser, WebhookDelivery
 from facecrm.crm.service import FaceCRM
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
@@ -334,6 +334,38 @@ def test_webhook_secret_rotation_test_event_and_delivery_log(chain: Chain) -> No
     assert ma.put(f"/api/v1/stores/{a}/webhook", json={"url": ""}).json()["secret"] is None
     assert ma.get(f"/api/v1/stores/{a}/config").json()["webhook_url"] is None
     hook.server.shutdown()
+
+
+def test_last_seen_costs_no_database_work_between_writes(crm: FaceCRM) -> None:
+    """A device's requests keep its "last seen" (a till sends no heartbeat) without a
+    database round trip per request: one write per device every `SEEN_EVERY`, nothing
+    at all in between."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "S1", "Store", SYSTEM)
+        device, _ = accounts.create_device(session, store.id, "pos", principal=SYSTEM)
+        device_id = device.id
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    t0 = datetime.now(UTC)
+    event.listen(crm.engine, "before_cursor_execute", count)
+    try:
+        accounts.device_seen(crm.sessions, device_id, now=t0)
+        written = len(statements)
+        assert written > 0
+        for second in range(1, 15):
+            accounts.device_seen(crm.sessions, device_id, now=t0 + timedelta(seconds=second))
+        assert len(statements) == written, statements[written:]
+        accounts.device_seen(crm.sessions, device_id, now=t0 + timedelta(seconds=16))
+        assert len(statements) > written
+    finally:
+        event.remove(crm.engine, "before_cursor_execute", count)
+    with crm.sessions() as session:
+        status = session.get(DeviceStatus, device_id)
+    assert status is not None and status.last_seen_at == t0 + timedelta(seconds=16)
+    assert (status.agent_version, status.queue_depth) == (None, None)
 
 
 def test_the_store_agent_reports_its_version_and_queue_depth(
