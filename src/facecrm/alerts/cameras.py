@@ -90,7 +90,7 @@ def _message(camera: str, device: str | None, last_frame_at: datetime | None) ->
 
 
 class CameraHealthService:
-    """Heartbeats in, silence checks, camera alerts out (live stream and audit trail)."""
+    """Heartbeats in, silence checks, `camera_silent` alerts out (through `AlertService`)."""
 
     def __init__(
         self, crm: FaceCRM, alerts: AlertService | None = None, metrics: Registry | None = None
