@@ -120,8 +120,8 @@ def upgrade() -> None:
             )
             .returning(alerts.c.id)
         ).scalar_one()
-    for row in health:
-        row["silent_alert_id"] = moved.get(row["silent_alert_id"])
+    for camera in health:
+        camera["silent_alert_id"] = moved.get(camera["silent_alert_id"])
     _rebuild_camera_health(health, "alerts")
     op.drop_index("ix_camera_alerts_raised_at", table_name="camera_alerts")
     op.drop_index("ix_camera_alerts_store_id", table_name="camera_alerts")
