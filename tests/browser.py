@@ -17,7 +17,9 @@ from facecrm.config import load
 from facecrm.vision.image import read_image
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, BrowserContext, Page
+
+CAMERA_PHOTO = "identities/kit_harington/1.jpg"  # what the `browser` fixture's camera shows
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -60,7 +62,11 @@ def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
 
 @contextmanager
 def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
-    """Headless Chromium whose fake camera shows `photo` (for the enrollment page)."""
+    """Headless Chromium whose fake camera shows `photo` (for the enrollment pages).
+
+    The conftest's `browser` fixture is this, one per test module: a page that never asks
+    for the camera does not notice it.
+    """
     from playwright.sync_api import sync_playwright
 
     camera = workdir / "camera.y4m"
@@ -71,5 +77,23 @@ def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
             headless=True,
             args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
         )
-        yield browser
-        browser.close()
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def new_context(browser: Browser, base_url: str, timeout_ms: float = 20_000) -> BrowserContext:
+    """A fresh browser profile (no cookies) on the test server, allowed the fake camera,
+    with a timeout that suits a loaded 2-core machine. The caller closes it."""
+    context = browser.new_context(base_url=base_url, permissions=["camera"])
+    context.set_default_timeout(timeout_ms)
+    return context
+
+
+def log_in(page: Page, username: str, password: str) -> None:
+    """Fill and send the console's log-in form (the caller checks where it lands)."""
+    page.goto("/console/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")

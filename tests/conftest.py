@@ -24,6 +24,8 @@ from facecrm.vision.pipeline import FacePipeline, build_pipeline
 from facecrm.vision.types import Image
 
 if TYPE_CHECKING:
+    from playwright.sync_api import Browser
+
     from pgserver import PgServer
 
 TESTS = Path(__file__).resolve().parent
@@ -40,6 +42,19 @@ def faces_dir() -> Path:
             "laid out like tests/data (identities/, distractors/, scenes/, video/)"
         )
     return FACES
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
+    """Headless Chromium for a module's page tests (`browser.new_context` opens a profile);
+    its fake camera shows a face, for the enrollment pages. One per module, not per session:
+    Playwright's sync API runs one instance at a time."""
+    pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra")
+    from browser import CAMERA_PHOTO, browser_with_camera
+
+    workdir = tmp_path_factory.mktemp("camera")
+    with browser_with_camera(faces_dir / CAMERA_PHOTO, workdir) as launched:
+        yield launched
 
 
 @pytest.fixture(scope="session")

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from facecrm import __version__
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.alerts import rules, webhooks
 from facecrm.crm import accounts, customers, db
 from facecrm.crm.authz import SYSTEM
-from facecrm.crm.models import AuditEvent, StaffUser, WebhookDelivery
+from facecrm.crm.models import AuditEvent, DeviceStatus, StaffUser, WebhookDelivery
 from facecrm.crm.service import FaceCRM
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
@@ -189,16 +189,26 @@ def test_devices_rotate_keys_and_report_their_heartbeat(chain: Chain) -> None:
     device, key = made.json()["id"], made.json()["api_key"]
     (listed,) = ma.get("/api/v1/devices").json()
     assert listed["last_seen_at"] is None and listed["agent_version"] is None
-    headers = {"X-API-Key": key, "X-Facecrm-Agent-Version": "9.9.9", "X-Facecrm-Queue-Depth": "3"}
-    assert httpx.get(f"{chain.url}/api/v1/agent/gallery", headers=headers).status_code == 200
+    # any request of the device: last seen; the old per-request headers are not read
+    stale = {"X-API-Key": key, "X-Facecrm-Agent-Version": "0.0.1", "X-Facecrm-Queue-Depth": "9"}
+    assert httpx.get(f"{chain.url}/api/v1/agent/gallery", headers=stale).status_code == 200
     (listed,) = ma.get("/api/v1/devices").json()
-    assert (listed["agent_version"], listed["queue_depth"]) == ("9.9.9", 3)
+    assert (listed["agent_version"], listed["queue_depth"]) == (None, None)
     seen = datetime.fromisoformat(listed["last_seen_at"])
     assert datetime.now(UTC) - seen < timedelta(minutes=1)
-    # a hostile header is dropped, not stored, and not an error
-    bad = {"X-API-Key": key, "X-Facecrm-Agent-Version": "x" * 80, "X-Facecrm-Queue-Depth": "-1"}
-    assert httpx.get(f"{chain.url}/api/v1/agent/gallery", headers=bad).status_code == 200
-    assert ma.get("/api/v1/devices").json()[0]["agent_version"] == "9.9.9"
+    # the heartbeat: version and outbox depth
+    beat = f"{chain.url}/api/v1/agent/heartbeat"
+    agent = {"X-API-Key": key}
+    body = {"version": "9.9.9", "queue_depth": 3, "cameras": []}
+    assert httpx.post(beat, headers=agent, json=body).status_code == 200
+    (listed,) = ma.get("/api/v1/devices").json()
+    assert (listed["agent_version"], listed["queue_depth"]) == ("9.9.9", 3)
+    # a hostile report is a 422 and changes nothing
+    for bad in ({"version": "x" * 80}, {"version": "9\n9"}, {"queue_depth": 2**31}):
+        assert httpx.post(beat, headers=agent, json=bad).status_code == 422
+    assert httpx.post(beat, headers=agent, json={}).status_code == 200  # left out: unchanged
+    (listed,) = ma.get("/api/v1/devices").json()
+    assert (listed["agent_version"], listed["queue_depth"]) == ("9.9.9", 3)
 
     assert chain.as_("mb").get("/api/v1/devices").json() == []  # B's manager sees none
     assert chain.as_("mb").post(f"/api/v1/devices/{device}/rotate").status_code == 404
@@ -326,17 +336,49 @@ def test_webhook_secret_rotation_test_event_and_delivery_log(chain: Chain) -> No
     hook.server.shutdown()
 
 
+def test_last_seen_costs_no_database_work_between_writes(crm: FaceCRM) -> None:
+    """A device's requests keep its "last seen" (a till sends no heartbeat) without a
+    database round trip per request: one write per device every `SEEN_EVERY`, nothing
+    at all in between."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "S1", "Store", SYSTEM)
+        device, _ = accounts.create_device(session, store.id, "pos", principal=SYSTEM)
+        device_id = device.id
+    statements: list[str] = []
+
+    def count(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    t0 = datetime.now(UTC)
+    event.listen(crm.engine, "before_cursor_execute", count)
+    try:
+        accounts.device_seen(crm.sessions, device_id, now=t0)
+        written = len(statements)
+        assert written > 0
+        for second in range(1, 15):
+            accounts.device_seen(crm.sessions, device_id, now=t0 + timedelta(seconds=second))
+        assert len(statements) == written, statements[written:]
+        accounts.device_seen(crm.sessions, device_id, now=t0 + timedelta(seconds=16))
+        assert len(statements) > written
+    finally:
+        event.remove(crm.engine, "before_cursor_execute", count)
+    with crm.sessions() as session:
+        status = session.get(DeviceStatus, device_id)
+    assert status is not None and status.last_seen_at == t0 + timedelta(seconds=16)
+    assert (status.agent_version, status.queue_depth) == (None, None)
+
+
 def test_the_store_agent_reports_its_version_and_queue_depth(
     chain: Chain, pipeline: FacePipeline, tmp_path: Path
 ) -> None:
-    """The real agent's requests carry the headers the devices page shows."""
+    """The real agent's heartbeat carries what the devices page shows."""
     with db.transaction(chain.crm.sessions) as session:
         _, key = accounts.create_device(session, chain.ids["A"], "agent", principal=SYSTEM)
     agent = Agent(AgentConfig(chain.url, key, (), tmp_path / "agent"), pipeline)
     try:
         for n in range(3):
             agent.outbox.put(f"visit-{n:04d}", {"n": n})
-        agent.gallery.sync(agent._client)
+        assert agent.heartbeat()
     finally:
         agent._client.close()
         agent.outbox.close()

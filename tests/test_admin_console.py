@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import new_context
 from facecrm.alerts import storeconfig, webhooks
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
@@ -33,7 +33,7 @@ from receiver import Receiver
 from server import serve
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
 PASSWORD = "correct horse battery"
 RECORD_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => {
@@ -74,16 +74,6 @@ def site(module_settings: Settings, pipeline: FacePipeline) -> Iterator[Site]:
     crm.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
-
-
 Checked = tuple[Browser, list[str]]
 
 
@@ -97,9 +87,7 @@ def checked(browser: Browser, site: Site) -> Iterator[Checked]:
 
 def open_as(checked: Checked, site: Site, username: str, password: str) -> Page:
     browser, errors = checked
-    context = browser.new_context(base_url=site.url)
-    context.set_default_timeout(20_000)
-    page = context.new_page()
+    page = new_context(browser, site.url).new_page()
     page.add_init_script(RECORD_VIOLATIONS)
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on(
@@ -257,8 +245,9 @@ def test_the_manager_creates_rotates_and_revokes_a_device(checked: Checked, site
     assert key.startswith("fcd_")
     row = page.locator("#devices tr[data-name=entrance]")
     expect(row.locator(".seen")).to_have_text("never")
-    agent = {"X-API-Key": key, "X-Facecrm-Agent-Version": "0.1.0", "X-Facecrm-Queue-Depth": "7"}
-    assert httpx.get(f"{site.url}/api/v1/agent/gallery", headers=agent).status_code == 200
+    beat = {"version": "0.1.0", "queue_depth": 7, "cameras": []}
+    agent = httpx.post(f"{site.url}/api/v1/agent/heartbeat", headers={"X-API-Key": key}, json=beat)
+    assert agent.status_code == 200
     page.goto("/console/devices")  # the key is not shown again
     expect(page.locator("#device-key")).to_have_count(0)
     expect(row.locator(".version")).to_have_text("0.1.0")
@@ -373,7 +362,7 @@ def test_an_associate_has_no_admin_pages(checked: Checked, site: Site) -> None:
 
 
 def test_pages_need_a_login(browser: Browser, site: Site) -> None:
-    context = browser.new_context(base_url=site.url)
+    context = new_context(browser, site.url)
     page = context.new_page()
     for path in ("/console/staff", "/console/devices", "/console/stores"):
         page.goto(path)

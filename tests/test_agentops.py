@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import logging
 import os
 import re
@@ -25,12 +26,14 @@ from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.alerts.cameras import CameraHealthService, CameraReport
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
-from facecrm.crm.authz import SYSTEM
-from facecrm.crm.models import AuditEvent, CameraAlert, CameraHealth, Device, Visit
+from facecrm.crm.authz import SYSTEM, Principal
+from facecrm.crm.errors import ConflictError
+from facecrm.crm.models import Alert, AuditEvent, CameraHealth, Device, Visit
 from facecrm.crm.service import FaceCRM
 from facecrm.logs import configure_logging, mask_secrets
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
+from receiver import Receiver
 
 from server import serve
 
@@ -301,7 +304,34 @@ def _silence(crm: FaceCRM, store_id: str, minutes: float) -> None:
     )
 
 
+def test_one_helper_gives_a_device_its_store(crm: FaceCRM, shop: tuple[str, Device]) -> None:
+    """`accounts.device_store` is what visits and heartbeats both use: same store, same
+    refusal for a principal without one."""
+    from facecrm.alerts.service import AlertService
+
+    store_id, device = shop
+    assert accounts.device_store(accounts.device_principal(device)) == store_id
+    nowhere = Principal("device", "d0", "lost", "agent", frozenset())
+    with pytest.raises(ConflictError, match="no store"):
+        accounts.device_store(nowhere)
+    with pytest.raises(ConflictError, match="no store"):
+        CameraHealthService(crm).heartbeat(nowhere, [CameraReport("door", None)])
+    with pytest.raises(ConflictError, match="no store"):
+        AlertService(crm).ingest(nowhere, [])
+    with crm.sessions() as session:
+        assert session.scalars(select(CameraHealth)).all() == []
+
+
+def _camera_alerts(crm: FaceCRM) -> list[Alert]:
+    with crm.sessions() as session:
+        return list(
+            session.scalars(select(Alert).where(Alert.kind == "camera_silent").order_by(Alert.id))
+        )
+
+
 def test_camera_silent_is_raised_once_and_cleared(crm: FaceCRM, shop: tuple[str, Device]) -> None:
+    from facecrm.alerts.service import AlertService
+
     store_id, device = shop
     _silence(crm, store_id, 1)
     agent = accounts.device_principal(device)
@@ -325,34 +355,74 @@ def test_camera_silent_is_raised_once_and_cleared(crm: FaceCRM, shop: tuple[str,
     assert sum(results) == 1
     views = service.heartbeat(agent, [CameraReport("door", t0)], now=later)  # still old frames
     assert [(v.camera, v.silent) for v in views] == [("door", True)]
-    with crm.sessions() as session:
-        (alert,) = session.scalars(select(CameraAlert)).all()
-    assert (alert.kind, alert.camera, alert.cleared_at) == ("camera_silent", "door", None)
+    (alert,) = _camera_alerts(crm)
+    assert (alert.camera, alert.customer_id, alert.closed_at) == ("door", None, None)
+    assert alert.store_id == store_id and "camera door" in alert.message
+    # an ordinary alert: in the live list of the store's alerts
+    (listed,) = AlertService(crm).open_alerts(SYSTEM)
+    assert (listed.id, listed.kind, listed.camera) == (alert.id, "camera_silent", "door")
 
-    # frames return: cleared (once), and the next silence is a new alert
+    # frames return: resolved (once), and the next silence is a new alert
     back = later + timedelta(seconds=5)
     views = service.heartbeat(agent, [CameraReport("door", back)], now=back)
     assert [v.silent for v in views] == [False]
     assert other.check(back).cleared == 0
+    (alert,) = _camera_alerts(crm)
+    assert alert.closed_at is not None and alert.outcome == "resolved"
+    assert alert.closed_by is None  # the server, not a staff member
     with crm.sessions() as session:
-        (alert,) = session.scalars(select(CameraAlert)).all()
-        assert alert.cleared_at is not None
         actions = session.scalars(
             select(AuditEvent.action).where(AuditEvent.action.like("camera_%"))
         ).all()
     assert sorted(actions) == ["camera_back", "camera_silent"]
+    assert AlertService(crm).open_alerts(SYSTEM) == []
+    assert [a.outcome for a in AlertService(crm).history(SYSTEM)] == ["resolved"]
     assert service.check(back + timedelta(minutes=2)).raised == 1
-    assert len(service.alerts(SYSTEM, store_id)) == 2
+    assert len(_camera_alerts(crm)) == 2
+
+
+def test_staff_closing_a_camera_alert_keeps_it_raised_once(
+    crm: FaceCRM, shop: tuple[str, Device]
+) -> None:
+    """A manager who dismisses the alert while the camera is still silent gets no second
+    alert for the same silence; the camera coming back does not reopen or re-close it."""
+    from facecrm.alerts.service import AlertService
+
+    store_id, device = shop
+    _silence(crm, store_id, 1)
+    agent = accounts.device_principal(device)
+    service = CameraHealthService(crm)
+    t0 = datetime.now(UTC)
+    service.heartbeat(agent, [CameraReport("door", t0)], now=t0)
+    assert service.check(t0 + timedelta(minutes=2)).raised == 1
+    (alert,) = _camera_alerts(crm)
+    alerts = AlertService(crm)
+    assert alerts.dismiss(SYSTEM, alert.id).outcome == "dismissed"
+    assert service.check(t0 + timedelta(minutes=3)).raised == 0
+    back = t0 + timedelta(minutes=4)
+    assert [v.silent for v in service.heartbeat(agent, [CameraReport("door", back)], now=back)] == [
+        False
+    ]
+    (alert,) = _camera_alerts(crm)
+    assert alert.outcome == "dismissed"
 
 
 def test_a_dead_agent_is_noticed_by_the_server_and_only_managers_hear(
     vip_store: VipStore, settings: Settings
 ) -> None:
-    """No heartbeat at all: the server's own checker raises the alert; the live stream
-    gives it to the store's managers, not to associates."""
+    """No heartbeat at all: the server's own checker raises the alert; the live stream, the
+    alert list and the store's webhook give it to the store's managers, not to associates,
+    and managers claim and acknowledge it like any alert."""
     crm = vip_store.crm
     crm.settings.camera_check_seconds = 0.2
-    _silence(crm, vip_store.store_id, 0.05)  # 3 s
+    crm.settings.webhook_allow_hosts = ["127.0.0.1"]
+    crm.settings.webhook_allow_http = True
+    hook = Receiver()
+    from facecrm.alerts.service import AlertService
+
+    AlertService(crm).configure_store(
+        SYSTEM, vip_store.store_id, {"camera_silent": {"minutes": 0.05}}, hook.url, "s" * 32
+    )  # 3 s
     with db.transaction(crm.sessions) as session:
         accounts.create_staff(
             session, "mgr", "manager-pass-1", "manager", [vip_store.store_id], principal=SYSTEM
@@ -396,13 +466,24 @@ def test_a_dead_agent_is_noticed_by_the_server_and_only_managers_hear(
         for t in listeners:
             t.join(timeout=30)
         cams = client.get(f"/api/v1/stores/{vip_store.store_id}/cameras", headers=manager)
-        alerts = client.get(f"/api/v1/stores/{vip_store.store_id}/camera-alerts", headers=manager)
-        denied = client.get(f"/api/v1/stores/{vip_store.store_id}/camera-alerts", headers=associate)
-    assert "event: camera_silent" in heard["mgr"] and '"camera": "door"' in heard["mgr"]
+        (alert,) = client.get("/api/v1/alerts", headers=manager).json()
+        hidden = client.get("/api/v1/alerts", headers=associate).json()
+        refused = client.post(f"/api/v1/alerts/{alert['id']}/claim", headers=associate)
+        claimed = client.post(f"/api/v1/alerts/{alert['id']}/claim", headers=manager)
+        acked = client.post(f"/api/v1/alerts/{alert['id']}/ack", headers=manager)
+        gone = client.get(f"/api/v1/stores/{vip_store.store_id}/camera-alerts", headers=manager)
+    assert "event: alert" in heard["mgr"] and '"kind": "camera_silent"' in heard["mgr"]
+    assert '"camera": "door"' in heard["mgr"] and '"customer_id": null' in heard["mgr"]
     assert "camera_silent" not in heard["asc"]
     assert [(c["camera"], c["silent"]) for c in cams.json()] == [("door", True)]
-    assert [(a["kind"], a["cleared_at"]) for a in alerts.json()] == [("camera_silent", None)]
-    assert denied.status_code == 403
+    assert (alert["kind"], alert["camera"], alert["customer_id"]) == ("camera_silent", "door", None)
+    assert hidden == [] and refused.status_code == 404
+    assert claimed.status_code == 200 and claimed.json()["claimed_by"] is not None
+    assert acked.status_code == 200 and acked.json()["outcome"] == "greeted"
+    assert gone.status_code == 404  # no separate camera alert list any more
+    ((_, body),) = hook.wait(1)
+    assert json.loads(body)["kind"] == "camera_silent" and json.loads(body)["id"] == alert["id"]
+    hook.server.shutdown()
 
 
 def test_heartbeat_input_is_bounded(live: tuple[VipStore, str]) -> None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import pytest
 from sqlalchemy import select
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import log_in, new_context
 from facecrm.agent.runner import Agent, AgentConfig
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from conftest import VipStore
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 PASSWORD = "correct horse battery"
 
@@ -42,22 +42,13 @@ def shop(vip_store: VipStore) -> Iterator[dict]:
 
 
 @pytest.fixture()
-def page(shop: dict) -> Iterator[Page]:
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(base_url=shop["url"])
-        context.set_default_timeout(20_000)
-        page = context.new_page()
-        page.goto("/console/login")
-        page.fill("input[name=username]", "alice")
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        expect(page.locator("h1")).to_have_text("Customers")
-        yield page
-        context.close()
-        browser.close()
+def page(browser: Browser, shop: dict) -> Iterator[Page]:
+    context = new_context(browser, shop["url"])
+    page = context.new_page()
+    log_in(page, "alice", PASSWORD)
+    expect(page.locator("h1")).to_have_text("Customers")
+    yield page
+    context.close()
 
 
 def test_live_alert_is_shown_and_claimed(

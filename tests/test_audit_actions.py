@@ -33,7 +33,7 @@ from sqlalchemy import delete, func, select
 
 import facecrm
 from facecrm.config import Settings
-from facecrm.crm import authz
+from facecrm.crm import authz, db
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import AuditEvent, FaceTemplate
 from facecrm.crm.retention import purge
@@ -141,6 +141,7 @@ TABLE: dict[str, Row] = {
     "templates_backfill": Row("cli facecrm templates backfill", SYSTEM, "rose"),
     "templates_backfill_summary": Row("cli facecrm templates backfill", SYSTEM),
     "audit_checkpoint": Row("service retention.purge", SYSTEM),
+    "schema_migrated": Row("cli facecrm migrate (from the previous revision)", SYSTEM),
 }
 
 
@@ -440,6 +441,15 @@ def cli(settings: Settings, *args: str) -> None:
     assert done.returncode == 0, f"facecrm {' '.join(args)}: {done.stderr[-500:]}"
 
 
+def _previous_revision() -> str:
+    """The revision before head (Alembic's own graph)."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(db._alembic_config()).get_revision(db.head_revision())
+    assert script is not None and isinstance(script.down_revision, str)
+    return script.down_revision
+
+
 def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
     """One scenario through every path of TABLE (and the setup they need)."""
     ids = run.ids
@@ -468,6 +478,9 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         def csrf() -> str:
             return str(console.cookies.get("facecrm_csrf", ""))
 
+        with run.path("cli facecrm migrate (from the previous revision)"):
+            db.downgrade(run.crm.engine, _previous_revision())
+            cli(settings, "migrate")
         with run.path("cli facecrm admin create"):
             cli(settings, "admin", "create", "--username", "admin", "--password", PASSWORD)
         with run.path("console POST /console/login (wrong password)"):

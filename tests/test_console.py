@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from browser import browser_with_camera
+from browser import new_context
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
@@ -51,17 +51,9 @@ def site(
     crm.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
-    photo = faces_dir / "identities/kit_harington/1.jpg"
-    with browser_with_camera(photo, tmp_path_factory.mktemp("camera")) as launched:
-        yield launched
-
-
 @pytest.fixture()
 def page(browser: Browser, site: tuple[str, FaceCRM]) -> Iterator[Page]:
-    context = browser.new_context(base_url=site[0], permissions=["camera"])
-    context.set_default_timeout(20_000)
+    context = new_context(browser, site[0])
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -11,7 +11,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from browser import browser_with_camera
+from browser import log_in as send_log_in
+from browser import new_context
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
@@ -79,17 +80,9 @@ def site(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> 
     crm.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
-    photo = faces_dir / "identities/kit_harington/1.jpg"
-    with browser_with_camera(photo, tmp_path_factory.mktemp("camera")) as launched:
-        yield launched
-
-
 @pytest.fixture()
 def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
-    context = browser.new_context(base_url=site.url, permissions=["camera"])
-    context.set_default_timeout(20_000)
+    context = new_context(browser, site.url)
     yield context
     context.close()
 
@@ -128,10 +121,7 @@ def page(context: BrowserContext) -> Iterator[Page]:
 
 
 def log_in(page: Page, username: str = "alice") -> None:
-    page.goto("/console/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    send_log_in(page, username, PASSWORD)
     expect(page.locator("header .who")).to_contain_text(username)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from browser import browser_with_camera
+from browser import new_context
 from facecrm.config import Settings
 from facecrm.crm import accounts, db, enrollment
 from facecrm.crm.authz import SYSTEM
@@ -57,17 +57,9 @@ def site(module_settings: Settings, pipeline: FacePipeline) -> Iterator[Site]:
     crm.engine.dispose()
 
 
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory, faces_dir: Path) -> Iterator[Browser]:
-    photo = faces_dir / "identities/kit_harington/1.jpg"
-    with browser_with_camera(photo, tmp_path_factory.mktemp("camera")) as launched:
-        yield launched
-
-
 @pytest.fixture()
 def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
-    context = browser.new_context(base_url=site.url, permissions=["camera"])
-    context.set_default_timeout(20_000)
+    context = new_context(browser, site.url)
     yield context
     context.close()
 

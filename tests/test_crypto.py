@@ -9,9 +9,17 @@ import pytest
 from sqlalchemy import func, select
 
 from facecrm.config import Settings
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Forbidden, Principal
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import Customer, CustomerKey, CustomerPhoto, FaceTemplate, Purpose
+from facecrm.crm.models import (
+    AuditEvent,
+    Customer,
+    CustomerKey,
+    CustomerPhoto,
+    FaceTemplate,
+    Purpose,
+    Role,
+)
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.crypto import CryptoError, add_master_key, drop_master_keys, key_file
 from facecrm.vision.pipeline import FacePipeline
@@ -113,3 +121,28 @@ def test_bulk_sealing_opens_like_one_by_one(crm: FaceCRM) -> None:
             crm.vault.seal_new_customers(session, {"new": [], "rose": []})
     with crm.sessions() as session:
         assert {k.customer_id: k.wrapped for k in session.scalars(select(CustomerKey))} == keys
+
+
+def test_only_an_administrator_rotates_keys(crm: FaceCRM, load: Load) -> None:
+    """A manager (or a device) is refused before anything is re-wrapped or audited; an
+    administrator (the CLI's SYSTEM is one) rotates."""
+    rose = _enroll(crm, load)
+    add_master_key(crm.settings)
+
+    def state() -> tuple[str | None, int]:
+        with crm.sessions() as session:
+            key = session.get(CustomerKey, rose)
+            audited = session.scalar(select(func.count()).where(AuditEvent.action == "keys_rotate"))
+            return (key.key_id if key else None), int(audited or 0)
+
+    before = state()
+    manager = Principal("staff", "m1", "maria", Role.MANAGER, frozenset({"store-1"}))
+    device = Principal("device", "d1", "door", "agent", frozenset({"store-1"}))
+    for refused in (manager, device):
+        with pytest.raises(Forbidden):
+            crm.rotate_keys(refused)
+    assert state() == before and before[1] == 0
+    admin = Principal("staff", "a1", "ada", Role.ADMIN, None)
+    assert crm.rotate_keys(admin) == 1
+    after = state()
+    assert after[0] != before[0] and after[1] == 1

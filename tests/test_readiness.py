@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 from sqlalchemy import select
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import log_in, new_context
 from facecrm.crm import accounts, consent_text, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
@@ -20,6 +21,9 @@ from facecrm.crm.service import FaceCRM, Photo
 from facecrm.server import create_app
 
 from server import serve
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser
 
 PASSWORD = "correct horse battery"
 
@@ -143,55 +147,41 @@ def test_required_readiness_switches_recognition_off(site: Site, faces_dir: Path
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_console_banner_and_confirmation(site: Site) -> None:
-    pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra")
-    from playwright.sync_api import expect, sync_playwright
+def test_console_banner_and_confirmation(site: Site, browser: Browser) -> None:
+    from playwright.sync_api import expect
 
-    def log_in(page, username: str) -> None:  # type: ignore[no-untyped-def]
-        page.goto("/console/login")
-        page.fill("input[name=username]", username)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
+    context = new_context(browser, site.url)
+    alice = context.new_page()
+    log_in(alice, "alice", PASSWORD)
+    expect(alice).to_have_url("/console/customers")
+    banner = alice.locator("#readiness-banner")
+    expect(banner).to_contain_text("Not ready for face recognition: PAR1")
+    expect(banner).not_to_contain_text("LYO1")  # not one of her stores
+    alice.goto(f"/console/stores/{site.store}/readiness")
+    expect(alice.locator("#state")).to_contain_text("Not ready")
+    expect(alice.get_by_role("button", name="Confirm")).to_have_count(0)  # admins only
+    context.close()
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
-        context = browser.new_context(base_url=site.url)
-        context.set_default_timeout(20_000)
-        alice = context.new_page()
-        log_in(alice, "alice")
-        expect(alice).to_have_url("/console/customers")
-        banner = alice.locator("#readiness-banner")
-        expect(banner).to_contain_text("Not ready for face recognition: PAR1")
-        expect(banner).not_to_contain_text("LYO1")  # not one of her stores
-        alice.goto(f"/console/stores/{site.store}/readiness")
-        expect(alice.locator("#state")).to_contain_text("Not ready")
-        expect(alice.get_by_role("button", name="Confirm")).to_have_count(0)  # admins only
-        context.close()
+    context = new_context(browser, site.url)
+    root = context.new_page()
+    log_in(root, "root", PASSWORD)
+    root.goto("/console/readiness")
+    expect(root.locator("#readiness-banner")).to_contain_text("LYO1, PAR1")
+    root.get_by_role("link", name="PAR1").click()
+    for item in ("signage", "consent_text", "retention"):
+        root.locator(f"#item-{item} button").click()
+        expect(root.locator(f"#item-{item}")).to_contain_text("confirmed by staff:root")
+    expect(root.locator("#state")).to_contain_text("Ready")
+    expect(root.locator("#readiness-banner")).to_contain_text("LYO1")
+    expect(root.locator("#readiness-banner")).not_to_contain_text("PAR1")
+    context.close()
 
-        context = browser.new_context(base_url=site.url)
-        context.set_default_timeout(20_000)
-        root = context.new_page()
-        log_in(root, "root")
-        root.goto("/console/readiness")
-        expect(root.locator("#readiness-banner")).to_contain_text("LYO1, PAR1")
-        root.get_by_role("link", name="PAR1").click()
-        for item in ("signage", "consent_text", "retention"):
-            root.locator(f"#item-{item} button").click()
-            expect(root.locator(f"#item-{item}")).to_contain_text("confirmed by staff:root")
-        expect(root.locator("#state")).to_contain_text("Ready")
-        expect(root.locator("#readiness-banner")).to_contain_text("LYO1")
-        expect(root.locator("#readiness-banner")).not_to_contain_text("PAR1")
-        context.close()
-
-        context = browser.new_context(base_url=site.url)
-        alice = context.new_page()
-        log_in(alice, "alice")
-        expect(alice).to_have_url("/console/customers")
-        expect(alice.locator("#readiness-banner")).to_have_count(0)
-        context.close()
-        browser.close()
+    context = new_context(browser, site.url)
+    alice = context.new_page()
+    log_in(alice, "alice", PASSWORD)
+    expect(alice).to_have_url("/console/customers")
+    expect(alice.locator("#readiness-banner")).to_have_count(0)
+    context.close()
 
 
 def test_a_new_operating_point_makes_agents_fetch_the_gallery_again(site: Site) -> None:

@@ -29,7 +29,7 @@ from facecrm.config import Settings
 from facecrm.crm import db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import CustomerKey, FaceTemplate
+from facecrm.crm.models import AuditEvent, CustomerKey, FaceTemplate
 from facecrm.crm.runtime import Runtime
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.crm.vault import TemplateVault
@@ -131,9 +131,24 @@ def test_an_outdated_schema_is_refused_until_facecrm_migrate(
     assert plain.tobytes() not in sealed  # sealed by the migration
     (face,) = crm.identify(load("identities/rose_leslie/2.jpg"), SYSTEM)
     assert face.match is not None and face.match.customer_id == rose
+    assert _migrations(crm) == [(previous, db.head_revision())]  # audited, as the CLI
     crm.close()
     again = cli(settings.data_dir, "migrate", env=env)
     assert again.returncode == 0 and "up to date" in again.stdout
+    reopened = FaceCRM(settings, pipeline=pipeline, migrate=True)  # a server's start
+    assert _migrations(reopened) == [(previous, db.head_revision())]  # at head: no event
+    assert reopened.verify_audit().ok
+    reopened.close()
+
+
+def _migrations(crm: FaceCRM) -> list[tuple[object, object]]:
+    """The `schema_migrated` events: (from, to) revisions, by the operator."""
+    with crm.sessions() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "schema_migrated")
+        ).all()
+    assert all(e.actor == SYSTEM.label for e in events)
+    return [(e.detail["from_revision"], e.detail["to_revision"]) for e in events]
 
 
 def test_cli_commands_without_faces_start_without_alembic_or_the_models(tmp_path: Path) -> None:

@@ -835,13 +835,10 @@ def serve(
     if workers == 1:
         uvicorn.Server(server_config(host, port, forwarded_allow_ips)).run()
         return
-    from facecrm.crm import db
+    from facecrm.crm.runtime import Runtime
 
-    engine = db.make_engine(settings.resolved_database_url)
-    try:  # once, here: not N workers racing to upgrade the schema
-        db.migrate(engine)
-    finally:
-        engine.dispose()
+    # once, here (and audited): not N workers racing to upgrade the schema
+    Runtime(settings, migrate=True).close()
     os.environ["FACECRM_DATA_DIR"] = str(settings.data_dir)  # the workers' settings too
     from uvicorn.supervisors import Multiprocess
 

@@ -78,7 +78,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.state.crm = crm
     app.state.metrics = Registry()
     app.state.alerts = AlertService(crm, relay.bus_for(crm), metrics=app.state.metrics)
-    app.state.cameras = CameraHealthService(crm, app.state.alerts.bus, app.state.metrics)
+    app.state.cameras = CameraHealthService(crm, app.state.alerts, app.state.metrics)
     # limits in the database: every server process on it counts against the same budget
     counters = database_counters(crm.engine, settings)
     app.state.lookup_limiter = RateLimiter(

@@ -235,8 +235,7 @@ class Agent:
         self._client = httpx.Client(
             base_url=config.server,
             timeout=10,
-            headers={"X-API-Key": config.api_key, "X-Facecrm-Agent-Version": __version__},
-            event_hooks={"request": [self._report_depth]},
+            headers={"X-API-Key": config.api_key},
         )
         self.metrics.gauge(
             "facecrm_agent_queue_depth", self.outbox.depth, "events waiting for delivery"
@@ -246,10 +245,6 @@ class Agent:
             self.outbox.oldest_age,
             "age of the oldest undelivered event",
         )
-
-    def _report_depth(self, request: httpx.Request) -> None:
-        """Every request tells the server how many events wait here (its devices page)."""
-        request.headers["X-Facecrm-Queue-Depth"] = str(self.outbox.depth())
 
     # -- decisions -----------------------------------------------------------------
 
@@ -488,7 +483,8 @@ class Agent:
         )
 
     def heartbeat(self) -> bool:
-        """Tell the server each camera's last frame time (it alerts on silent cameras)."""
+        """Tell the server each camera's last frame time (it alerts on silent cameras), this
+        agent's version and how many events wait in its outbox (its devices page)."""
         cameras = [
             {
                 "camera": c,

@@ -1,6 +1,7 @@
 """Camera health: each agent camera's last frame time, and `camera_silent` alerts.
 
-Agents send a heartbeat with every camera's last frame time (`heartbeat`). The server
+Agents send a heartbeat with every camera's last frame time (`heartbeat`; with the
+agent's version and outbox depth, for the devices page). The server
 decides silence, not the agent: an agent that died, hung or lost its network sends
 nothing at all, and "no news" can only be noticed by the side that waits for it. So the
 check runs on the server, on two occasions:
@@ -14,6 +15,11 @@ conditional update (`silent_alert_id IS NULL` and still silent) in the transacti
 inserts the alert: exactly one transaction matches the row, the others update nothing
 and roll their alert back. Clearing is the same update the other way round. The store's
 rule `camera_silent` (`enabled`, `minutes`, default 5) sets the window.
+
+The alert is an ordinary alert (`AlertService.add_alert`, kind `camera_silent`, no
+customer, the camera's name): the same live list, history, stream, webhook, claim and
+acknowledgement as an arrival's, for the store's managers and admins (`service.AUDIENCE`).
+Frames coming back close it as `resolved` (unless staff closed it first).
 
 Camera names are the agent's masked names (`agent.runner.camera_name`): no password.
 """
@@ -31,16 +37,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from facecrm.alerts import rules
-from facecrm.alerts.bus import AlertBus
-from facecrm.crm import audit, db
+from facecrm.alerts.service import AlertService, AlertView
+from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import SYSTEM, Permission, Principal
-from facecrm.crm.errors import ConflictError
-from facecrm.crm.models import CameraAlert, CameraHealth, StoreConfig, utcnow
+from facecrm.crm.models import Alert, CameraHealth, Device, StoreConfig, utcnow
 from facecrm.crm.service import FaceCRM
 from facecrm.metrics import Registry
 
 log = logging.getLogger("facecrm.alerts.cameras")
-AUDIENCE = ("admin", "manager")  # who receives camera alerts on the live stream
+KIND = "camera_silent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,52 +83,42 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
-def _payload(kind: str, alert: CameraAlert) -> dict[str, object]:
-    """Live-stream event: `roles` limits it to the store's managers (and admins)."""
-    since = alert.last_frame_at.isoformat() if alert.last_frame_at else None
-    message = (
-        f"camera {alert.camera} has sent no frame since {since or 'it was reported'}"
-        if kind == "camera_silent"
-        else f"camera {alert.camera} is sending frames again"
-    )
-    return {
-        "type": kind,
-        "id": alert.id,
-        "store_id": alert.store_id,
-        "device_id": alert.device_id,
-        "camera": alert.camera,
-        "last_frame_at": since,
-        "raised_at": _aware(alert.raised_at).isoformat(),
-        "cleared_at": _aware(alert.cleared_at).isoformat() if alert.cleared_at else None,
-        "message": message,
-        "roles": list(AUDIENCE),
-    }
+def _message(camera: str, device: str | None, last_frame_at: datetime | None) -> str:
+    since = _aware(last_frame_at).isoformat(timespec="seconds") if last_frame_at else None
+    where = f" ({device})" if device else ""
+    return f"camera {camera}{where} has sent no frame since {since or 'it was reported'}"
 
 
 class CameraHealthService:
-    """Heartbeats in, silence checks, camera alerts out (live stream and audit trail)."""
+    """Heartbeats in, silence checks, `camera_silent` alerts out (through `AlertService`)."""
 
     def __init__(
-        self, crm: FaceCRM, bus: AlertBus | None = None, metrics: Registry | None = None
+        self, crm: FaceCRM, alerts: AlertService | None = None, metrics: Registry | None = None
     ) -> None:
         self.crm = crm
-        self.bus = bus or AlertBus()
         self.metrics = metrics or Registry()
+        self.alerts = alerts or AlertService(crm, metrics=self.metrics)
 
     # -- agents ----------------------------------------------------------------------
 
     def heartbeat(
-        self, device: Principal, cameras: list[CameraReport], now: datetime | None = None
+        self,
+        device: Principal,
+        cameras: list[CameraReport],
+        now: datetime | None = None,
+        *,
+        version: str | None = None,
+        queue_depth: int | None = None,
     ) -> list[CameraView]:
-        """Record the device's cameras' last frame times, then check its store."""
+        """Record the device's cameras' last frame times and its own state (version, outbox
+        depth: the devices page), then check its store."""
         device.require(Permission.AGENT)
-        store_id = next(iter(device.stores or []), None)
-        if store_id is None:
-            raise ConflictError("the device has no store")
+        store_id = accounts.device_store(device)
         now = now or utcnow()
         for attempt in (1, 2):  # a first heartbeat racing another one inserts twice
             try:
                 with db.transaction(self.crm.sessions) as session:
+                    accounts.device_reported(session, device, version, queue_depth, now)
                     for report in cameras:
                         row = session.get(CameraHealth, (device.id, report.camera))
                         if row is None:
@@ -155,8 +150,8 @@ class CameraHealthService:
         principal.require_store(store_id)
         with self.crm.sessions() as session:
             stmt = (
-                select(CameraHealth, CameraAlert.raised_at)
-                .outerjoin(CameraAlert, CameraAlert.id == CameraHealth.silent_alert_id)
+                select(CameraHealth, Alert.created_at)
+                .outerjoin(Alert, Alert.id == CameraHealth.silent_alert_id)
                 .where(CameraHealth.store_id == store_id)
                 .order_by(CameraHealth.device_id, CameraHealth.camera)
             )
@@ -174,20 +169,6 @@ class CameraHealthService:
                 )
                 for row, raised in session.execute(stmt)
             ]
-
-    def alerts(self, principal: Principal, store_id: str, limit: int = 50) -> list[CameraAlert]:
-        """The store's camera alerts, newest first (open and cleared)."""
-        principal.require(Permission.DEVICES_MANAGE)
-        principal.require_store(store_id)
-        with self.crm.sessions() as session:
-            return list(
-                session.scalars(
-                    select(CameraAlert)
-                    .where(CameraAlert.store_id == store_id)
-                    .order_by(CameraAlert.raised_at.desc(), CameraAlert.id.desc())
-                    .limit(limit)
-                )
-            )
 
     # -- the check -------------------------------------------------------------------
 
@@ -220,26 +201,25 @@ class CameraHealthService:
 
     def _raise(self, row: CameraHealth, cutoff: datetime, principal: Principal) -> int:
         try:
-            payload = self._raise_in_db(row, cutoff, principal)
+            view = self._raise_in_db(row, cutoff, principal)
         except _Lost:
             return 0
         log.warning("store %s: camera %s is silent", row.store_id, row.camera)
         self.metrics.inc("facecrm_camera_alerts_total", help="camera_silent alerts raised")
-        self.bus.publish(row.store_id, payload)
+        self.alerts.publish(row.store_id, view.payload())
         return 1
 
-    def _raise_in_db(
-        self, row: CameraHealth, cutoff: datetime, principal: Principal
-    ) -> dict[str, object]:
+    def _raise_in_db(self, row: CameraHealth, cutoff: datetime, principal: Principal) -> AlertView:
         with db.transaction(self.crm.sessions) as session:
-            alert = CameraAlert(
-                store_id=row.store_id,
-                device_id=row.device_id,
+            device = session.get(Device, row.device_id)
+            view = self.alerts.add_alert(
+                session,
+                principal,
+                row.store_id,
+                KIND,
+                _message(row.camera, device.name if device else None, row.last_frame_at),
                 camera=row.camera,
-                last_frame_at=row.last_frame_at,
             )
-            session.add(alert)
-            session.flush()
             won = session.execute(
                 update(CameraHealth)
                 .where(
@@ -249,13 +229,13 @@ class CameraHealthService:
                     func.coalesce(CameraHealth.last_frame_at, CameraHealth.first_reported_at)
                     <= cutoff,
                 )
-                .values(silent_alert_id=alert.id)
+                .values(silent_alert_id=view.id)
                 .execution_options(synchronize_session=False)
             )
             if not won.rowcount:  # type: ignore[attr-defined]
                 raise _Lost  # another process raised it (or frames came back): no alert
             audit.record(session, principal, "camera_silent", None, row.store_id, camera=row.camera)
-            return _payload("camera_silent", alert)
+            return view
 
     def _clear(self, row: CameraHealth, alert_id: int, now: datetime, principal: Principal) -> int:
         with db.transaction(self.crm.sessions) as session:
@@ -271,15 +251,10 @@ class CameraHealthService:
             )
             if not won.rowcount:  # type: ignore[attr-defined]
                 return 0
-            alert = session.get(CameraAlert, alert_id)
-            if alert is None:
-                return 0
-            alert.cleared_at = now
-            alert.last_frame_at = row.last_frame_at
+            view = self.alerts.resolve(session, principal, alert_id, now)
             audit.record(session, principal, "camera_back", None, row.store_id, camera=row.camera)
-            session.flush()
-            payload = _payload("camera_back", alert)
-        self.bus.publish(row.store_id, payload)
+        if view is not None:  # still open: it leaves the live lists
+            self.alerts.bus.publish(row.store_id, {"type": "closed", **view.payload()})
         return 1
 
     def _window(self, session: Session, store_id: str) -> timedelta | None:

@@ -2,35 +2,27 @@
 
 On PostgreSQL every event published on the bus is announced to the other server
 processes by type and row id only (`bus.PostgresAlertBus`); the loaders here rebuild the
-payload from the database exactly as the raising process built it (`AlertView`, the
-camera alerts' `_payload`). A new event type that must reach other processes needs a
-loader here; one without stays in its own process.
+payload from the database exactly as the raising process built it (`alert_view`, for
+arrivals and silent cameras alike). A new event type that must reach other processes
+needs a loader here; one without stays in its own process.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facecrm.alerts.bus import AlertBus, Loader, PostgresAlertBus
-from facecrm.alerts.cameras import _payload as camera_payload
-from facecrm.alerts.service import AlertView, _aware
-from facecrm.crm.models import Alert, CameraAlert, Customer
+from facecrm.alerts.service import _aware, alert_view
+from facecrm.crm.models import Alert
 from facecrm.crm.service import FaceCRM
 
 
-def _alert(session: Session, alert_id: int) -> dict[str, object] | None:
-    row = session.execute(
-        select(Alert, Customer.name)
-        .join(Customer, Customer.id == Alert.customer_id)
-        .where(Alert.id == alert_id)
-    ).first()
-    return None if row is None else {"type": "alert", **AlertView.of(row[0], row[1]).payload()}
+def _event(kind: str) -> Loader:
+    def load(session: Session, alert_id: int) -> dict[str, object] | None:
+        view = alert_view(session, alert_id)
+        return None if view is None else {"type": kind, **view.payload()}
 
-
-def _claimed(session: Session, alert_id: int) -> dict[str, object] | None:
-    alert = session.get(Alert, alert_id)
-    return None if alert is None else {"type": "claimed", **AlertView.of(alert).payload()}
+    return load
 
 
 def _acknowledged(session: Session, alert_id: int) -> dict[str, object] | None:
@@ -38,24 +30,15 @@ def _acknowledged(session: Session, alert_id: int) -> dict[str, object] | None:
     if alert is None or alert.acknowledged_at is None:
         return None
     seconds = (_aware(alert.acknowledged_at) - _aware(alert.created_at)).total_seconds()
-    view = AlertView.of(alert, greeted=round(seconds, 1))
-    return {"type": "acknowledged", **view.payload()}
-
-
-def _camera(kind: str) -> Loader:
-    def load(session: Session, alert_id: int) -> dict[str, object] | None:
-        alert = session.get(CameraAlert, alert_id)
-        return None if alert is None else camera_payload(kind, alert)
-
-    return load
+    view = alert_view(session, alert_id, greeted=round(seconds, 1))
+    return None if view is None else {"type": "acknowledged", **view.payload()}
 
 
 LOADERS: dict[str, Loader] = {
-    "alert": _alert,
-    "claimed": _claimed,
+    "alert": _event("alert"),
+    "claimed": _event("claimed"),
     "acknowledged": _acknowledged,
-    "camera_silent": _camera("camera_silent"),
-    "camera_back": _camera("camera_back"),
+    "closed": _event("closed"),  # dismissed, disputed, or resolved (a camera is back)
 }
 
 

@@ -17,7 +17,11 @@
   the window the same visit (the look-alike is still in the store), but it is no visit of
   the customer's for the rules: neither their last visit nor one of their visit count.
 * Staff close an alert as greeted, dismissed or disputed; closed alerts are the history.
-* `raise_alert` is the API for alerts that are not about an arrival (e.g. a silent camera).
+* `raise_alert` is the API for alerts that are not about an arrival; a silent camera's
+  (`alerts.cameras`) is stored with `add_alert` in the transaction that notices it, and
+  closed as `resolved` when its frames return. Some kinds are for some roles only
+  (`AUDIENCE`: camera alerts go to the store's managers and admins): the others neither
+  list, stream nor act on them.
 """
 
 from __future__ import annotations
@@ -72,6 +76,15 @@ class VisitEvent:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# alert kinds only some roles receive (the others never see them): kind -> roles
+AUDIENCE: dict[str, tuple[str, ...]] = {"camera_silent": ("admin", "manager")}
+
+
+def hidden_kinds(principal: Principal) -> list[str]:
+    """The alert kinds this principal's role does not receive."""
+    return [kind for kind, roles in AUDIENCE.items() if principal.role not in roles]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +145,8 @@ class AlertView:
         if self.time_to_greet_s is None:
             del data["time_to_greet_s"]
         data["reasons"] = list(self.reasons)
+        if self.kind in AUDIENCE:  # the live streams give it to these roles only
+            data["roles"] = list(AUDIENCE[self.kind])
         return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in data.items()}
 
 
@@ -180,12 +195,18 @@ def _view(row: Any, greeted: float | None = None) -> AlertView:
         alert,
         name,
         greeted,
-        camera=camera,
+        camera=camera or alert.camera,
         seen_at=seen_at,
         local_time=_aware(when).astimezone(zone(tz)).isoformat(),
         time_zone=zone(tz).key,
         has_photo=bool(photo),
     )
+
+
+def alert_view(session: Session, alert_id: int, greeted: float | None = None) -> AlertView | None:
+    """One alert as staff see it (the live streams' payload in every server process)."""
+    row = session.execute(_alert_rows().where(Alert.id == alert_id)).first()
+    return None if row is None else _view(row, greeted)
 
 
 KIND = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
@@ -220,9 +241,7 @@ class AlertService:
         are duplicates then); anything else about one event is that event's outcome only.
         """
         device.require(Permission.AGENT)
-        store_id = next(iter(device.stores or []), None)
-        if store_id is None:
-            raise ConflictError("the device has no store")
+        store_id = accounts.device_store(device)
         outcomes = []
         for index, event in enumerate(events):
             published: list[tuple[str, dict[str, object]]] = []
@@ -244,7 +263,7 @@ class AlertService:
                 help="visit events received from agents",
             )
             for store, payload in published:  # only once committed
-                self._publish(store, payload)
+                self.publish(store, payload)
         return outcomes
 
     def _ingest_one(
@@ -357,8 +376,10 @@ class AlertService:
         return recent is not None
 
     def _one(self, session: Session, alert_id: int, greeted: float | None = None) -> AlertView:
-        row = session.execute(_alert_rows().where(Alert.id == alert_id)).one()
-        return _view(row, greeted)
+        view = alert_view(session, alert_id, greeted)
+        if view is None:
+            raise NotFoundError(f"no alert with id {alert_id}")
+        return view
 
     def _context(
         self,
@@ -419,7 +440,8 @@ class AlertService:
             log.warning("store %s: invalid alert rule setting: %s", store_id, problem)
         return settings
 
-    def _publish(self, store_id: str, payload: dict[str, object]) -> None:
+    def publish(self, store_id: str, payload: dict[str, object]) -> None:
+        """A committed new alert to live consoles and to the store's webhook."""
         self.bus.publish(store_id, {"type": "alert", **payload})
         self.metrics.inc("facecrm_alerts_sent_total", help="alerts raised and published")
         with self.crm.sessions() as session:
@@ -451,6 +473,37 @@ class AlertService:
         Stored, audited, published to live consoles and sent to the store's webhook, like
         an arrival's. For store agents and the server's own checks (`SYSTEM`).
         """
+        with db.transaction(self.crm.sessions) as session:
+            view = self.add_alert(
+                session,
+                principal,
+                store_id,
+                kind,
+                message,
+                customer_id=customer_id,
+                reasons=reasons,
+                assignee_id=assignee_id,
+            )
+            audit.record(session, principal, "alert", customer_id, store_id, rules=[kind])
+        self.publish(store_id, view.payload())
+        return view
+
+    def add_alert(
+        self,
+        session: Session,
+        principal: Principal,
+        store_id: str,
+        kind: str,
+        message: str,
+        *,
+        customer_id: str | None = None,
+        reasons: Sequence[str] = (),
+        assignee_id: str | None = None,
+        camera: str | None = None,
+    ) -> AlertView:
+        """Store a non-arrival alert in the caller's transaction, which audits it and, once
+        committed, `publish`es the view (a silent camera's is raised in the transaction
+        that claims the camera, so it is stored once however many processes notice)."""
         principal.require(Permission.AGENT)
         principal.require_store(store_id)
         if not KIND.match(kind) or kind == "arrival":
@@ -458,23 +511,35 @@ class AlertService:
         message = message.strip()
         if not 0 < len(message) <= 1000 or len(reasons) > 10:
             raise InvalidError("an alert needs a message of at most 1000 characters")
-        with db.transaction(self.crm.sessions) as session:
-            accounts.get_store(session, store_id)
-            alert = Alert(
-                store_id=store_id,
-                customer_id=customer_id,
-                rule=kind,
-                message=message,
-                assignee_id=assignee_id,
-                kind=kind,
-                reasons=[r[:500] for r in reasons],
-            )
-            session.add(alert)
-            session.flush()
-            audit.record(session, principal, "alert", customer_id, store_id, rules=[kind])
-            view = self._one(session, alert.id)
-        self._publish(store_id, view.payload())
-        return view
+        accounts.get_store(session, store_id)
+        alert = Alert(
+            store_id=store_id,
+            customer_id=customer_id,
+            rule=kind,
+            message=message,
+            assignee_id=assignee_id,
+            kind=kind,
+            reasons=[r[:500] for r in reasons],
+            camera=camera,
+        )
+        session.add(alert)
+        session.flush()
+        return self._one(session, alert.id)
+
+    def resolve(
+        self, session: Session, principal: Principal, alert_id: int, at: datetime
+    ) -> AlertView | None:
+        """Close an alert whose cause ended by itself (a camera gives frames again), in the
+        caller's transaction; None when staff had closed it already. The caller audits it
+        and announces the view as `closed` once committed."""
+        principal.require(Permission.AGENT)
+        alert = session.get(Alert, alert_id)
+        if alert is None or alert.closed_at is not None:
+            return None
+        principal.require_store(alert.store_id)
+        self._close(alert, principal, AlertOutcome.RESOLVED, at)
+        session.flush()
+        return self._one(session, alert.id)
 
     def open_alerts(self, principal: Principal, limit: int = 50) -> list[AlertView]:
         """The live list: alerts not yet greeted, dismissed or disputed, newest first."""
@@ -488,6 +553,8 @@ class AlertService:
             )
             if principal.stores is not None:
                 stmt = stmt.where(Alert.store_id.in_(principal.stores))
+            if hidden := hidden_kinds(principal):
+                stmt = stmt.where(Alert.kind.not_in(hidden))
             return [_view(row) for row in session.execute(stmt)]
 
     def history(
@@ -513,6 +580,8 @@ class AlertService:
                 stmt = stmt.where(Alert.store_id.in_(principal.stores))
             if store_id is not None:
                 stmt = stmt.where(Alert.store_id == store_id)
+            if hidden := hidden_kinds(principal):
+                stmt = stmt.where(Alert.kind.not_in(hidden))
             return [_view(row) for row in session.execute(stmt)]
 
     def claim(self, principal: Principal, alert_id: int) -> AlertView:
@@ -594,7 +663,11 @@ class AlertService:
 
     def _alert(self, session: Session, principal: Principal, alert_id: int) -> Alert:
         alert = session.get(Alert, alert_id)
-        if alert is None or not principal.may_act_in(alert.store_id):
+        if (
+            alert is None
+            or not principal.may_act_in(alert.store_id)
+            or alert.kind in hidden_kinds(principal)
+        ):
             raise NotFoundError(f"no alert with id {alert_id}")
         return alert
 

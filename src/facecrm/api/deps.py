@@ -105,17 +105,7 @@ def still_valid(
     return check
 
 
-AGENT_VERSION_HEADER = "X-Facecrm-Agent-Version"
-QUEUE_DEPTH_HEADER = "X-Facecrm-Queue-Depth"
-
-
-def _reported_depth(request: Request) -> int | None:
-    raw = request.headers.get(QUEUE_DEPTH_HEADER, "")
-    return int(raw) if raw.isdigit() and len(raw) < 10 else None
-
-
 def current_principal(
-    request: Request,
     crm: CrmDep,
     session: SessionDep,
     settings: SettingsDep,
@@ -124,16 +114,16 @@ def current_principal(
 ) -> Principal:
     """The staff user (bearer token) or device (X-API-Key) making the request.
 
-    A device's request is its heartbeat too: last seen, and the agent version and outbox
-    depth its headers report (`accounts.device_seen`, shown on the devices page).
+    A device's request updates its "last seen" (`accounts.device_seen`: at most one write
+    per device every few seconds); what an agent reports about itself comes with its
+    heartbeat (`POST /agent/heartbeat`).
     """
     if key:
         device = accounts.key_principal(session, key)
         if device is not None and device.role == DeviceKind.KIOSK:
             raise ApiError(403, "a kiosk key opens the console's kiosk screen, not the API")
         if device is not None:
-            version = request.headers.get(AGENT_VERSION_HEADER)
-            accounts.device_seen(crm.sessions, device.id, version, _reported_depth(request))
+            accounts.device_seen(crm.sessions, device.id)
             return device
         raise ApiError(401, "the device key is not valid")
     if token:

@@ -555,7 +555,7 @@ class AlertOut(Out):
     local_time: str | None = None  # in the store's time zone, ISO 8601 with its offset
     time_zone: str = "UTC"
     has_photo: bool = False  # GET /customers/{id}/photo shows it (the customer agreed)
-    outcome: Literal["greeted", "dismissed", "disputed"] | None = None
+    outcome: Literal["greeted", "dismissed", "disputed", "resolved"] | None = None
     closed_at: Timestamp | None = None
     closed_by: str | None = None
 
@@ -803,19 +803,6 @@ class CameraOut(Out):
     last_frame_at: Timestamp | None
     silent: bool
     silent_since: Timestamp | None
-
-
-class CameraAlertOut(Out):
-    """A `camera_silent` alert: raised once per silence, cleared when frames return."""
-
-    id: int
-    store_id: str
-    device_id: str
-    camera: str
-    kind: str
-    last_frame_at: Timestamp | None
-    raised_at: Timestamp
-    cleared_at: Timestamp | None
 
 
 class ReadinessItemOut(BaseModel):

@@ -500,6 +500,19 @@ def device_principal(device: Device) -> Principal:
     return Principal("device", device.id, device.name, device.kind, frozenset({device.store_id}))
 
 
+def device_store(principal: Principal) -> str:
+    """The one store a device acts in (`device_principal` gives it exactly one).
+
+    The single place that turns "this device" into "its store", for everything a device
+    reports (visits, camera health, gallery syncs). A principal with no store (a staff
+    user of none) is `ConflictError`: there is no store to put its report in.
+    """
+    store_id = next(iter(principal.stores or ()), None)
+    if store_id is None:
+        raise ConflictError("the device has no store")
+    return store_id
+
+
 def list_devices(session: Session, principal: Principal | None) -> list[Device]:
     """The devices of the principal's stores (every device for a chain-wide principal or
     for None, the operator's `facecrm devices list`)."""
@@ -556,42 +569,53 @@ def device_views(session: Session, principal: Principal) -> list[DeviceView]:
     return views
 
 
-def device_seen(
-    sessions: sessionmaker[Session],
-    device_id: str,
-    agent_version: str | None = None,
-    queue_depth: int | None = None,
-) -> None:
-    """Record that a device made a request, with the version and outbox depth it sent.
+# device id -> when this process last wrote its last_seen_at (see `device_seen`)
+_seen_written: dict[str, datetime] = {}
 
-    Not an audited action (a device saying "I am here"). Written in its own short
-    transaction, at most every `SEEN_EVERY` unless what it reports changed, so a busy
-    agent costs no write per request and holds no write lock through the request.
-    Values a device cannot have meant are dropped, not stored.
+
+def device_seen(
+    sessions: sessionmaker[Session], device_id: str, now: datetime | None = None
+) -> None:
+    """Record that a device made an authenticated request: its "last seen", nothing else.
+
+    Kept because a till sends no heartbeat, and its page would say "never" otherwise. Cheap
+    by construction: each process writes a device's row at most every `SEEN_EVERY` and does
+    no database work at all in between (not even a read), in its own short transaction so
+    no request holds the write lock. Not an audited action (a device saying "I am here").
+    What an agent reports about itself comes with its heartbeat (`device_reported`).
     """
-    if agent_version is not None and (
-        len(agent_version) > 40 or not agent_version.isprintable() or not agent_version.strip()
-    ):
-        agent_version = None
-    if queue_depth is not None and not 0 <= queue_depth < 2**31:
-        queue_depth = None
-    now = utcnow()
+    now = now or utcnow()
+    last = _seen_written.get(device_id)
+    if last is not None and timedelta(0) <= now - last < SEEN_EVERY:
+        return
+    _seen_written[device_id] = now
     try:
         with db.transaction(sessions) as session:
             status = session.get(DeviceStatus, device_id)
             if status is None:
-                status = DeviceStatus(device_id=device_id, last_seen_at=now)
-                session.add(status)
-            elif (
-                now - status.last_seen_at < SEEN_EVERY
-                and agent_version in (None, status.agent_version)
-                and queue_depth in (None, status.queue_depth)
-            ):
-                return
-            status.last_seen_at = now
-            if agent_version is not None:
-                status.agent_version = agent_version
-            if queue_depth is not None:
-                status.queue_depth = queue_depth
+                session.add(DeviceStatus(device_id=device_id, last_seen_at=now))
+            elif status.last_seen_at < now:
+                status.last_seen_at = now
     except IntegrityError:  # a concurrent first request of the same device wrote it
         return
+
+
+def device_reported(
+    session: Session,
+    device: Principal,
+    agent_version: str | None,
+    queue_depth: int | None,
+    now: datetime,
+) -> None:
+    """Store what an agent's heartbeat says about itself (version, outbox depth), in the
+    heartbeat's transaction: the devices page shows it. None leaves a value as it was."""
+    device.require(Permission.AGENT)
+    status = session.get(DeviceStatus, device.id)
+    if status is None:
+        status = DeviceStatus(device_id=device.id, last_seen_at=now)
+        session.add(status)
+    status.last_seen_at = max(now, status.last_seen_at)
+    if agent_version is not None:
+        status.agent_version = agent_version
+    if queue_depth is not None:
+        status.queue_depth = queue_depth

@@ -46,6 +46,7 @@ class Permission(StrEnum):
     CONSENT_TEXTS_READ = "consent_texts:read"
     CONSENT_TEXTS_WRITE = "consent_texts:write"  # a new version of a text: admins only
     ENROLLMENT_CONFIG = "enrollment:config"  # a store's enrollment options (chain's: admins)
+    KEYS_ROTATE = "keys:rotate"  # re-wrap every data key under a new master key: admins
 
 
 P = Permission

@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.exc import SAWarning
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -144,8 +144,12 @@ def _alembic_config() -> Config:
 _MIGRATION_LOCK = 7354202  # next to auditchain's lock number
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to `revision` (default: the latest)."""
+def migrate(engine: Engine, revision: str = "head") -> str | None:
+    """Bring the schema to `revision` (default: the latest); returns the revision found.
+
+    The revision is read under the migration lock, so of several processes starting at
+    once only the one that upgraded sees the old revision (and audits the migration).
+    """
     from alembic import command
 
     config = _alembic_config()
@@ -155,8 +159,10 @@ def migrate(engine: Engine, revision: str = "head") -> None:
         warnings.filterwarnings("ignore", "Skipped unsupported reflection", SAWarning)
         if engine.dialect.name == "postgresql":  # server processes starting at once: in turn
             connection.execute(text(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})"))
+        found = _revision(connection)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
+    return found
 
 
 def downgrade(engine: Engine, revision: str) -> None:
@@ -193,10 +199,14 @@ def head_revision() -> str:
 def current_revision(engine: Engine) -> str | None:
     """The database's schema revision; None for a database facecrm never migrated."""
     with engine.connect() as connection:
-        if not inspect(connection).has_table(VERSION_TABLE):
-            return None
-        revision = connection.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
-        return None if revision is None else str(revision)
+        return _revision(connection)
+
+
+def _revision(connection: Connection) -> str | None:
+    if not inspect(connection).has_table(VERSION_TABLE):
+        return None
+    revision = connection.scalar(text(f"SELECT version_num FROM {VERSION_TABLE}"))
+    return None if revision is None else str(revision)
 
 
 def is_current(engine: Engine) -> bool:

@@ -448,6 +448,8 @@ class Alert(Base):
         ForeignKey("staff_users.id", ondelete="SET NULL"), default=None
     )
     outcome: Mapped[str | None] = mapped_column(String(20), default=None)  # see AlertOutcome
+    # 0016: the camera a camera_silent alert is about (an arrival's is its visit's camera)
+    camera: Mapped[str | None] = mapped_column(String(100), default=None)
 
 
 class CustomerKey(Base):
@@ -467,8 +469,9 @@ class CameraHealth(Base):
     """When a store agent's camera last gave a frame, as the agent's heartbeat reports it.
 
     `camera` is the agent's masked name for it (a URL's password never reaches the server).
-    `silent_alert_id` is set while a `camera_silent` alert is open: the conditional update
-    that sets it is what makes the alert raised once however many server processes look.
+    `silent_alert_id` is set while the camera is silent (its `camera_silent` alert, 0016):
+    the conditional update that sets it is what makes the alert raised once however many
+    server processes look.
     """
 
     __tablename__ = "camera_health"
@@ -482,24 +485,8 @@ class CameraHealth(Base):
     reported_at: Mapped[datetime] = mapped_column(default=utcnow)  # the last heartbeat
     last_frame_at: Mapped[datetime | None] = mapped_column(default=None)
     silent_alert_id: Mapped[int | None] = mapped_column(
-        ForeignKey("camera_alerts.id", ondelete="SET NULL"), default=None
+        ForeignKey("alerts.id", ondelete="SET NULL"), default=None
     )
-
-
-class CameraAlert(Base):
-    """A `camera_silent` alert to the store's managers: raised once per silence, cleared
-    when frames return (a camera is not a customer, so this is not an `Alert`)."""
-
-    __tablename__ = "camera_alerts"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
-    camera: Mapped[str] = mapped_column(String(100))
-    kind: Mapped[str] = mapped_column(String(20), default="camera_silent")
-    last_frame_at: Mapped[datetime | None] = mapped_column(default=None)
-    raised_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-    cleared_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ErasureLog(Base):
@@ -539,6 +526,7 @@ class AlertOutcome(StrEnum):
     GREETED = "greeted"
     DISMISSED = "dismissed"
     DISPUTED = "disputed"  # "not this person": the match was wrong
+    RESOLVED = "resolved"  # what it was about ended by itself (a silent camera gives frames)
 
 
 class MatchDispute(Base):

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from facecrm import private
 from facecrm.config import Settings
 from facecrm.crm import audit, auditchain, db
+from facecrm.crm.authz import SYSTEM
 from facecrm.crypto import KeyProvider, key_provider
 from facecrm.keys import derived_key
 
@@ -64,8 +65,7 @@ class Runtime:
         # the revision found on opening (None: a database facecrm never migrated)
         self.migrated_from: str | None = None
         if migrate:
-            self.migrated_from = db.current_revision(self.engine)
-            db.migrate(self.engine)
+            self.migrated_from = db.migrate(self.engine)
         else:
             db.require_current(self.engine)
         self.sessions = db.session_factory(self.engine)
@@ -81,6 +81,24 @@ class Runtime:
             self.audit_head,
             derived_key(self.settings, audit.QUERY_KEY_PURPOSE),
         )
+        if migrate:
+            self._audit_migration()
+
+    def _audit_migration(self) -> None:
+        """Audit a schema change this process made (`facecrm migrate`, the server's start);
+        nothing when the schema was at head already. A schema change alters what the trail
+        and every record mean, so the trail says when it happened and from what."""
+        head = db.current_revision(self.engine)
+        if head == self.migrated_from:
+            return
+        with db.transaction(self.sessions) as session:
+            audit.record(
+                session,
+                SYSTEM,
+                "schema_migrated",
+                from_revision=self.migrated_from,
+                to_revision=head,
+            )
 
     @property
     def pipeline(self) -> FacePipeline:

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm.config import Settings
-from facecrm.crm import audit, auditchain, customers, db, erasures, readiness
+from facecrm.crm import accounts, audit, auditchain, customers, db, erasures, readiness
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import (
@@ -754,7 +754,8 @@ class FaceCRM:
         """
         principal.require(Permission.AGENT)
         cascade = self.cascade
-        store_id = next(iter(principal.stores or []), None)
+        # None: a chain-wide call (the CLI's SYSTEM), not a store's agent
+        store_id = None if principal.stores is None else accounts.device_store(principal)
         with db.transaction(self.sessions) as session:
             generation = self.generation(session)
             # a store that is not ready (when required) recognises no one

@@ -16,7 +16,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from facecrm.crm import audit, db
-from facecrm.crm.authz import Principal
+from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.gallery_store import Row
 from facecrm.crm.models import CustomerKey, FaceTemplate
 from facecrm.crm.runtime import Runtime
@@ -144,8 +144,10 @@ class TemplateVault:
         """Re-wrap every customer's data key under the current master key (online).
 
         Works in small transactions, so the server keeps serving; each batch is audited
-        under `principal`. Returns how many keys were re-wrapped.
+        under `principal`. Returns how many keys were re-wrapped. Administrators only (the
+        CLI's `SYSTEM` is one): it touches every customer's key, chain-wide.
         """
+        principal.require(Permission.KEYS_ROTATE)
         self.keys.refresh()  # the CLI may just have added a key (to the file, or the KMS)
         current = self.keys.current_id
         done = 0

@@ -31,7 +31,6 @@ from facecrm.api.schemas import (
     PROBLEMS,
     AcknowledgedOut,
     AlertOut,
-    CameraAlertOut,
     CameraOut,
     EventStreamResponse,
     GalleryOut,
@@ -40,7 +39,7 @@ from facecrm.api.schemas import (
     ShiftOut,
     StoreConfigOut,
 )
-from facecrm.crm import readiness
+from facecrm.crm import accounts, readiness
 from facecrm.crm.authz import Principal
 
 router = APIRouter(tags=["store agents and alerts"], responses=PROBLEMS)
@@ -84,10 +83,11 @@ class CameraIn(BaseModel):
 
 
 class HeartbeatIn(BaseModel):
-    """An agent's periodic report: its cameras' last frame times (and its own state)."""
+    """An agent's periodic report: its cameras' last frame times and its own state (the
+    devices page shows the version and outbox depth; left out: unchanged)."""
 
-    version: str = Field(default="", max_length=40)
-    queue_depth: int = Field(default=0, ge=0)
+    version: str | None = Field(default=None, max_length=40, pattern=r"^[!-~][ -~]*$")
+    queue_depth: int | None = Field(default=None, ge=0, lt=2**31)
     cameras: list[CameraIn] = Field(default_factory=list, max_length=64)
 
 
@@ -127,7 +127,7 @@ def agent_gallery(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Templates of opted-in customers for local decisions; 304 while unchanged."""
-    store_id = next(iter(principal.stores or []), None)
+    store_id = None if principal.stores is None else accounts.device_store(principal)
     paused = not readiness.allows_recognition(session, crm.settings, store_id)
     version = f"{crm.model_id}-{crm.generation(session)}-{crm.runtime.decision_version}"
     etag = f'"{version}{"-paused" if paused else ""}"'
@@ -157,24 +157,20 @@ def agent_events(body: EventsIn, alerts: AlertsDep, principal: StoreAgent) -> Ev
 def agent_heartbeat(
     body: HeartbeatIn, cameras: CamerasDep, principal: StoreAgent
 ) -> list[CameraOut]:
-    """Each camera's last frame time; the server raises `camera_silent` for the store's
-    managers when one stays silent longer than the store's `camera_silent.minutes`."""
+    """Each camera's last frame time, and the agent's version and outbox depth; the server
+    raises `camera_silent` for the store's managers when one stays silent longer than the
+    store's `camera_silent.minutes`."""
     reports = [CameraReport(c.camera, c.last_frame_at) for c in body.cameras]
-    return [CameraOut.model_validate(v) for v in cameras.heartbeat(principal, reports)]
+    views = cameras.heartbeat(
+        principal, reports, version=body.version, queue_depth=body.queue_depth
+    )
+    return [CameraOut.model_validate(v) for v in views]
 
 
 @router.get("/stores/{store_id}/cameras", response_model=list[CameraOut])
 def store_cameras(store_id: str, cameras: CamerasDep, principal: DeviceManager) -> list[CameraOut]:
     """The store's agent cameras: last frame time and whether a silence alert is open."""
     return [CameraOut.model_validate(v) for v in cameras.cameras(principal, store_id)]
-
-
-@router.get("/stores/{store_id}/camera-alerts", response_model=list[CameraAlertOut])
-def store_camera_alerts(
-    store_id: str, cameras: CamerasDep, principal: DeviceManager
-) -> list[CameraAlertOut]:
-    """The store's `camera_silent` alerts, newest first (open and cleared)."""
-    return [CameraAlertOut.model_validate(a) for a in cameras.alerts(principal, store_id)]
 
 
 @router.get("/alerts", response_model=list[AlertOut])
