@@ -73,3 +73,16 @@ def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
         )
         yield browser
         browser.close()
+
+
+@contextmanager
+def headless_chromium() -> Iterator[Browser]:
+    """Headless Chromium without a camera (a module-scoped `browser` fixture yields this)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+        )
+        yield browser
+        browser.close()

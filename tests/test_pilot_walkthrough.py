@@ -37,12 +37,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import headless_chromium
 
 from server import free_port
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Pilot in three stores"
@@ -279,12 +279,8 @@ def walk(tmp_path: Path, model_cache: Path) -> Iterator[Walk]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
+    with headless_chromium() as launched:
         yield launched
-        launched.close()
 
 
 def test_the_pilot_in_three_stores_runs_as_written(walk: Walk, browser: Browser) -> None:
