@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from browser import CHROMIUM_ARGS, chromium_path
+from browser import headless_chromium
 from facecrm.alerts import storeconfig, webhooks
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
@@ -33,7 +33,7 @@ from receiver import Receiver
 from server import serve
 
 pytest.importorskip("playwright.sync_api", reason="browser tests need the dev extra (playwright)")
-from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
 PASSWORD = "correct horse battery"
 RECORD_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) => {
@@ -76,12 +76,8 @@ def site(module_settings: Settings, pipeline: FacePipeline) -> Iterator[Site]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as pw:
-        launched = pw.chromium.launch(
-            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
-        )
+    with headless_chromium() as launched:
         yield launched
-        launched.close()
 
 
 Checked = tuple[Browser, list[str]]
