@@ -183,7 +183,7 @@ def test_the_store_language_and_minimum_age(world: World) -> None:
         True,
         False,
     )
-    with pytest.raises(InvalidError), db.transaction(world.crm.sessions) as session:
+    with pytest.raises(Forbidden), db.transaction(world.crm.sessions) as session:
         enrollment.configure(session, manager, enrollment.CHAIN, {"min_age": 16})
     with pytest.raises(InvalidError), db.transaction(world.crm.sessions) as session:
         enrollment.configure(session, SYSTEM, world.a, {"kiosk_idle_seconds": 0})

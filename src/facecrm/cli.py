@@ -300,6 +300,7 @@ def identify(
 AsJson = Annotated[
     bool, typer.Option("--json", help="Print one JSON document (a list) instead of a table.")
 ]
+AsJsonObject = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 
 
 def _id_column() -> Column:
@@ -701,12 +702,15 @@ def admin_delete(
 
 
 @stores_app.command("add")
-def stores_add(code: str, name: str) -> None:
-    """Add a store; prints its id."""
+def stores_add(code: str, name: str, as_json: AsJsonObject = False) -> None:
+    """Add a store; prints its id (--json: {"id", "code", "name"}, for scripts)."""
     from facecrm.crm import accounts
     from facecrm.crm.authz import SYSTEM
 
     store = _runtime().run(accounts.create_store, code, name, SYSTEM)
+    if as_json:
+        print(json.dumps({"id": store.id, "code": store.code, "name": store.name}))
+        return
     console.print(f"Store [bold]{store.code}[/] {store.name}: id [cyan]{store.id}[/]")
 
 
@@ -745,12 +749,18 @@ def devices_add(
     store: Annotated[str, typer.Option(help="The store id.")],
     kind: Annotated[str, typer.Option(help="agent, pos or kiosk.")],
     name: Annotated[str, typer.Option(help="A label.")] = "",
+    as_json: AsJsonObject = False,
 ) -> None:
-    """Register a device; its API key is printed once and never stored."""
+    """Register a device; its API key is printed once and never stored (--json:
+    {"id", "store_id", "kind", "name", "key"}, for scripts)."""
     from facecrm.crm import accounts
     from facecrm.crm.authz import SYSTEM
 
     device, key = _runtime().run(accounts.create_device, store, kind, name, principal=SYSTEM)
+    if as_json:
+        fields = {"id": device.id, "store_id": device.store_id, "kind": device.kind}
+        print(json.dumps({**fields, "name": device.name, "key": key}))
+        return
     console.print(f"Device {device.name} ({device.id}). API key (shown once, keep it safe):")
     print(key)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 from typing import Final, Literal
 
 import platformdirs
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from facecrm.errors import ConfigError
 
@@ -192,6 +193,12 @@ def load(**overrides: object) -> Settings:
             for e in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:  # a list or dict setting that is not JSON
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"FACECRM_{field.group(1).upper()}" if field else "a FACECRM_ setting"
+        raise ConfigError(
+            f'invalid settings: {name}: not valid JSON (a list is written ["a", "b"])'
+        ) from None
 
 
 def get_settings() -> Settings:

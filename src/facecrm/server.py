@@ -28,7 +28,7 @@ from facecrm.errors import ConfigError
 from facecrm.logs import configure_logging
 from facecrm.metrics import Registry
 from facecrm.web import admin as admin_pages
-from facecrm.web import consent_texts, console, kiosk, readiness
+from facecrm.web import consent_texts, console, enrollment_options, kiosk, readiness
 
 
 def check_workers(settings: Settings, workers: int) -> None:
@@ -96,6 +96,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.include_router(readiness.router)
     app.include_router(kiosk.router)
     app.include_router(consent_texts.router)
+    app.include_router(enrollment_options.router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from facecrm.crm import accounts, audit, consent_text
 from facecrm.crm.authz import Permission, Principal
-from facecrm.crm.errors import InvalidError
+from facecrm.crm.errors import Forbidden, InvalidError
 from facecrm.crm.models import EnrollmentSettings, utcnow
 
 CHAIN = "*"
@@ -61,7 +61,7 @@ def overrides(session: Session, principal: Principal, scope: str) -> dict[str, o
 def _check_scope(session: Session, principal: Principal, scope: str) -> None:
     if scope == CHAIN:
         if principal.stores is not None:
-            raise InvalidError("only a chain-wide administrator sets the chain's options")
+            raise Forbidden("only a chain-wide administrator sets the chain's options")
         return
     principal.require_store(scope)
     accounts.get_store(session, scope)
