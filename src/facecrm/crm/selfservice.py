@@ -70,9 +70,9 @@ from facecrm.crm.models import (
     Visit,
     utcnow,
 )
+from facecrm.crm.pos import RateLimitedError
 from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
 from facecrm.crm.throttle import Counters, RateLimiter
-from facecrm.errors import FacecrmError
 from facecrm.keys import derived_key
 from facecrm.vision.pipeline import QualityError
 from facecrm.vision.types import Image
@@ -88,18 +88,20 @@ PHONE = re.compile(r"^\+?[0-9]{8,15}$")
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
 
 
-class RateLimitedError(FacecrmError):
-    """Too many self-service requests from one address or to one destination (429)."""
+class TooManyRequestsError(RateLimitedError):
+    """Too many self-service requests from one address or codes to one destination: the
+    POS limit's 429, reason `rate_limited` and `Retry-After`, in the flow's own words."""
 
-    status = 429
-    reason = "rate_limited"
+    def __init__(self, what: str, retry_after: float) -> None:
+        super().__init__(retry_after)
+        self.what = what
 
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = max(1, int(retry_after + 0.999))
+    @property
+    def detail(self) -> str:
+        return f"too many {self.what}; try again in {self.retry_after} s"
 
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+    def __str__(self) -> str:
+        return self.detail
 
 
 def principal(store_id: str, customer_id: str | None = None) -> Principal:
@@ -403,7 +405,7 @@ class SelfService:
 
     def _charge(self, limiter: RateLimiter, key: str, what: str) -> None:
         if not limiter.allow(key):
-            raise RateLimitedError(f"too many {what}; try again later", limiter.retry_after(key))
+            raise TooManyRequestsError(what, limiter.retry_after(key))
 
     def request(self, address: str) -> None:
         """Count one request of the flow from `address` (photo checks, enrollments,
