@@ -31,8 +31,8 @@ from facecrm.crm.models import Purpose
 from facecrm.crm.selfservice import SelfEnrollment, SelfService, SelfSession
 from facecrm.keys import derived_key
 from facecrm.vision.quality import REASONS
+from facecrm.web import enrollment_form
 from facecrm.web.console import templates
-from facecrm.web.enrollment_form import LANGUAGE_NAMES
 
 COOKIE = "facecrm_self"
 router = APIRouter(prefix="/self", include_in_schema=False)
@@ -216,16 +216,7 @@ def bye(request: Request) -> Response:
 def landing(request: Request, token: str, svc: Service, lang: str | None = None) -> Response:
     """Consent text in the customer's language, the incentive, the selfie and the code."""
     page = svc.landing(token[:80], request.headers.get("accept-language", "")[:500], lang)
-    texts = [
-        {
-            "id": t.id,
-            "language": t.language,
-            "name": LANGUAGE_NAMES.get(t.language, t.language),
-            "version": t.version,
-            "body": t.body,
-        }
-        for t in page.texts
-    ]
+    texts = enrollment_form.text_rows(page.texts)
     return _page(
         request,
         "self_enroll.html",
