@@ -75,6 +75,7 @@ def site(module_settings: Settings, pipeline: FacePipeline) -> Iterator[Site]:
         store = accounts.create_store(session, "S1", "Rue de Rivoli", SYSTEM).id
         other = accounts.create_store(session, "S2", "Other", SYSTEM).id
         accounts.create_staff(session, "alice", PASSWORD, "associate", [store], principal=SYSTEM)
+        accounts.create_staff(session, "boss", PASSWORD, "admin", principal=SYSTEM)
         _, token = selfservice.link(session, SYSTEM, store)
         _, other_token = selfservice.link(session, SYSTEM, "S2")
         french = consent_text.active_for(session, Purpose.IN_STORE_RECOGNITION, "fr")
@@ -539,3 +540,19 @@ def test_the_cli_prints_the_link_and_writes_the_qr_code(
     assert again.stdout.splitlines()[0] == url
     rotated = cli(settings.data_dir, "stores", "qr", "Q1", "--rotate")
     assert rotated.stdout.splitlines()[0].rsplit("/", 1)[1] != url.rsplit("/", 1)[1]
+
+
+def test_the_console_draws_the_stores_qr_code_for_admins(site: Site) -> None:
+    def as_user(name: str) -> httpx.Response:
+        login = {"username": name, "password": PASSWORD}
+        token = httpx.post(f"{site.url}/api/v1/auth/token", data=login).json()["access_token"]
+        path = f"{site.url}/console/stores/{site.store}/self-service.svg"
+        return httpx.get(path, cookies={"facecrm_session": token}, follow_redirects=False)
+
+    drawn = as_user("boss")
+    assert drawn.status_code == 200 and drawn.headers["content-type"] == "image/svg+xml"
+    assert "<svg" in drawn.text
+    assert as_user("alice").status_code == 403  # an associate prints no door codes
+    with site.db() as session:  # the link it encodes is the store's, unchanged
+        _, token = selfservice.link(session, SYSTEM, site.store)
+    assert token == site.token

@@ -100,6 +100,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.include_router(kiosk.router)
     app.include_router(consent_texts.router)
     app.include_router(self_pages.router)
+    app.include_router(self_pages.console_router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)

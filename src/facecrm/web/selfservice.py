@@ -22,6 +22,7 @@ import qrcode.image.svg
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from facecrm.api.deps import SessionDep
 from facecrm.api.problems import ApiError
 from facecrm.api.schemas import ExportOut
 from facecrm.api.uploads import read_image_upload
@@ -32,10 +33,11 @@ from facecrm.crm.selfservice import SelfEnrollment, SelfService, SelfSession
 from facecrm.keys import derived_key
 from facecrm.vision.quality import REASONS
 from facecrm.web import enrollment_form
-from facecrm.web.console import templates
+from facecrm.web.console import Staff, templates
 
 COOKIE = "facecrm_self"
 router = APIRouter(prefix="/self", include_in_schema=False)
+console_router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 class SelfLoginRequired(Exception):
@@ -304,6 +306,15 @@ def signin(
     me = svc.sign_in(_address(request), token[:80], contact, challenge, code, nonce)
     response = JSONResponse({"url": "/self/me"})
     return _with_session(response, request, svc, me)
+
+
+@console_router.get("/stores/{store_id}/self-service.svg")
+def store_qr(request: Request, store_id: str, session: SessionDep, principal: Staff) -> Response:
+    """The store's self-enrollment QR code, to print for its entrance (admins; the link
+    is made on first use and audited)."""
+    _, token = selfservice.link(session, principal, store_id)
+    url = str(request.base_url).rstrip("/") + f"/self/{token}"
+    return Response(qr_svg(url), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
 
 
 def qr_svg(url: str) -> bytes:
