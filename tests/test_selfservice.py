@@ -556,3 +556,21 @@ def test_the_console_draws_the_stores_qr_code_for_admins(site: Site) -> None:
     with site.db() as session:  # the link it encodes is the store's, unchanged
         _, token = selfservice.link(session, SYSTEM, site.store)
     assert token == site.token
+
+
+def test_an_abandoned_code_is_deleted_at_expiry_without_any_request(
+    site: Site, phone: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's purger deletes an expired code and its destination on its own."""
+    monkeypatch.setattr(selfservice, "PURGE_SECONDS", 0.2)
+    form = nonce(phone, site.token)
+    ask_code(phone, site, "gone@example.org", form)
+    with serve(create_app(site.crm)):  # a second server process's purger, on the same data
+        with site.db() as session:
+            past = utcnow() - timedelta(seconds=1)
+            session.execute(update(OtpChallenge).values(expires_at=past))
+            session.execute(update(OtpOutbox).values(expires_at=past))
+        deadline = time.monotonic() + 10
+        while pending(site) != (0, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pending(site) == (0, 0)

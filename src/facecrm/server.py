@@ -62,6 +62,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         app.state.alerts.bus.start()  # PostgreSQL: other server processes' alerts
         retention.start_scheduler(crm, stop)  # hourly purge while the server runs
         start_checker(app.state.cameras, stop)  # silent cameras (idempotent across processes)
+        app.state.selfservice.start_purger(stop)  # expired one-time codes, even when idle
         yield
         stop.set()
         app.state.alerts.bus.stop()

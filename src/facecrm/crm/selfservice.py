@@ -39,8 +39,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib
+import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +88,8 @@ TAG_LENGTH = 16  # hex characters of the contact key carried in a personal sessi
 PURPOSES = ("enroll", "signin")
 PHONE = re.compile(r"^\+?[0-9]{8,15}$")
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+PURGE_SECONDS = 30.0  # how often the server deletes expired codes (and their destinations)
+log = logging.getLogger("facecrm.selfservice")
 
 
 class TooManyRequestsError(RateLimitedError):
@@ -701,6 +705,21 @@ class SelfService:
     def purge(self, now: datetime | None = None) -> int:
         with db.transaction(self.crm.sessions) as session:
             return purge_expired(session, now or utcnow())
+
+    def start_purger(self, stop: threading.Event) -> threading.Thread:
+        """Purge expired codes every `PURGE_SECONDS` while the server runs: a destination
+        outlives its code by at most that, even when no one comes by afterwards."""
+
+        def loop() -> None:
+            while not stop.wait(PURGE_SECONDS):
+                try:
+                    self.purge()
+                except Exception:  # the purger must survive a failed run (a busy database)
+                    log.exception("purging expired one-time codes failed")
+
+        thread = threading.Thread(target=loop, daemon=True, name="otp-purge")
+        thread.start()
+        return thread
 
 
 def _contact_enrolled() -> ConflictError:
