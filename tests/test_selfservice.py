@@ -37,6 +37,7 @@ from facecrm.crm.models import (
     utcnow,
 )
 from facecrm.crm.service import FaceCRM
+from facecrm.errors import ConfigError
 from facecrm.keys import derived_key, server_secret
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
@@ -574,3 +575,33 @@ def test_an_abandoned_code_is_deleted_at_expiry_without_any_request(
         while pending(site) != (0, 0) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pending(site) == (0, 0)
+
+
+class RecordingSender:
+    """A deployment's sender, as `FACECRM_OTP_SENDER=module:Class` names it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sent: list[selfservice.OtpMessage] = []
+
+    def send(self, session: object, message: selfservice.OtpMessage) -> None:
+        self.sent.append(message)
+
+
+def test_the_sender_is_pluggable(settings: Settings) -> None:
+    settings.otp_sender = f"{__name__}:RecordingSender"
+    assert isinstance(selfservice.sender_for(settings), RecordingSender)
+    settings.otp_sender = "outbox"
+    assert isinstance(selfservice.sender_for(settings), selfservice.OutboxSender)
+    settings.otp_sender = "no.such.module:Sender"
+    with pytest.raises(ConfigError, match="FACECRM_OTP_SENDER"):
+        selfservice.sender_for(settings)
+
+
+def test_language_choice() -> None:
+    choose = selfservice.choose_language
+    assert choose("fr-CA,fr;q=0.9,en;q=0.8", ["en", "fr"], "en") == "fr"
+    assert choose("de-DE,de;q=0.9,en;q=0.5", ["en", "fr"], "fr") == "en"
+    assert choose("es;q=0.1,fr;q=0.5", ["es", "fr"], "en") == "fr"
+    assert choose("", ["en", "fr"], "fr") == "fr"
+    assert choose("xx;q=bad, *", ["en"], "de") == "en"

@@ -75,6 +75,7 @@ from facecrm.crm.models import (
 from facecrm.crm.pos import RateLimitedError
 from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
 from facecrm.crm.throttle import Counters, RateLimiter
+from facecrm.errors import ConfigError
 from facecrm.keys import derived_key
 from facecrm.vision.pipeline import QualityError
 from facecrm.vision.types import Image
@@ -201,7 +202,7 @@ def sender_for(settings: Settings) -> OtpSender:
     try:
         factory: Callable[[Settings], OtpSender] = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise InvalidError(f"FACECRM_OTP_SENDER: cannot load {settings.otp_sender!r}") from exc
+        raise ConfigError(f"FACECRM_OTP_SENDER: cannot load {settings.otp_sender!r}") from exc
     return factory(settings)
 
 
