@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,7 +36,14 @@ import facecrm
 from facecrm.config import Settings
 from facecrm.crm import authz, db
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import AuditEvent, FaceTemplate
+from facecrm.crm.models import (
+    AuditEvent,
+    ConsentText,
+    Customer,
+    FaceTemplate,
+    OtpOutbox,
+    SelfServiceLink,
+)
 from facecrm.crm.retention import purge
 from facecrm.crm.service import FaceCRM
 from facecrm.crypto import add_master_key
@@ -60,6 +68,7 @@ class Row:
 
 SYSTEM = "system:cli"  # `authz.SYSTEM`: the CLI operator and the services
 STAFF = "staff:associate"
+SELF = "customer:self-service"  # `selfservice.principal`: a customer on their own phone
 
 TABLE: dict[str, Row] = {
     # accounts, stores and devices
@@ -142,6 +151,13 @@ TABLE: dict[str, Row] = {
     "templates_backfill_summary": Row("cli facecrm templates backfill", SYSTEM),
     "audit_checkpoint": Row("service retention.purge", SYSTEM),
     "schema_migrated": Row("cli facecrm migrate (from the previous revision)", SYSTEM),
+    # self-enrollment on the customer's own phone (the actor: the customer themself)
+    "self_service_link": Row("cli facecrm stores qr", SYSTEM, None, "A"),
+    "self_code_send": Row("self POST /self/{token}/code", SELF, None, "A"),
+    "self_code_failed": Row("self POST /self/{token}/enroll (a wrong code)", SELF, None, "A"),
+    "incentive_grant": Row("self POST /self/{token}/enroll", SELF, "joe", "A"),
+    "self_view": Row("self GET /self/me", SELF, "joe", "A"),
+    "self_sign_in": Row("self POST /self/{token}/signin", SELF, "joe", "A"),
 }
 
 
@@ -690,6 +706,67 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
                 )
             cli(settings, "templates", "backfill")
 
+        # a customer enrolls on their own phone through store A's QR link, then signs in
+        with run.path("cli facecrm stores qr"):
+            cli(settings, "stores", "qr", "A")
+        with run.crm.sessions() as session:
+            link = session.get(SelfServiceLink, ids.get("A", "-"))
+            qr = f"/self/{link.token if link else '-'}"
+        phone = client()
+
+        def self_code(contact: str, purpose: str) -> tuple[str, str, str]:
+            page = phone.get(qr)
+            ok(page, 200)
+            nonce = re.search(r'data-nonce="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+            body = {"contact": contact, "nonce": nonce, "purpose": purpose}
+            challenge = ok(phone.post(f"{qr}/code", data=body), 200)["challenge"]
+            with run.crm.sessions() as session:
+                sent = session.scalar(
+                    select(OtpOutbox.body).where(OtpOutbox.challenge_id == challenge)
+                )
+            return nonce, challenge, re.search(r"\d{6}", str(sent)).group(0)  # type: ignore[union-attr]
+
+        with run.path("self POST /self/{token}/code"):
+            nonce, challenge, code = self_code("joe@example.org", "enroll")
+        with run.crm.sessions() as session:
+            english = (ConsentText.language == "en") & ConsentText.active.is_(True)
+            text = session.scalar(select(ConsentText.id).where(english))
+        form = {
+            "name": "Joe",
+            "contact": "joe@example.org",
+            "challenge": challenge,
+            "text_id": str(text),
+            "consent": "true",
+            "nonce": nonce,
+        }
+        with run.path("self POST /self/{token}/enroll (a wrong code)"):
+            wrong = {**form, "code": f"{(int(code) + 1) % 1_000_000:06d}"}
+            ok(
+                phone.post(f"{qr}/enroll", data=wrong, files=photo("identities/joe_biden/1.jpg")),
+                422,
+            )
+        with run.path("self POST /self/{token}/enroll"):
+            done = phone.post(
+                f"{qr}/enroll",
+                data={**form, "code": code},
+                files=photo("identities/joe_biden/1.jpg"),
+            )
+            ok(done, 201)
+            with run.crm.sessions() as session:
+                ids["joe"] = str(session.scalar(select(Customer.id).where(Customer.name == "Joe")))
+        with run.path("self GET /self/me"):
+            ok(phone.get("/self/me"), 200)
+        with run.path("self POST /self/{token}/signin"):
+            phone.cookies.clear()
+            nonce, challenge, code = self_code("joe@example.org", "signin")
+            body = {
+                "contact": "joe@example.org",
+                "challenge": challenge,
+                "code": code,
+                "nonce": nonce,
+            }
+            ok(phone.post(f"{qr}/signin", data=body), 200)
+
         # the trail, withdrawal and erasure, log-out
         with run.path("GET /api/v1/audit"):
             ok(auditor.get("/api/v1/audit"), 200)
@@ -718,6 +795,8 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
 
 @pytest.fixture(scope="module")
 def run(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[Run]:
+    module_settings.self_min_fill_seconds = 0.0  # the scenario is no bot, only fast
+    module_settings.self_incentive_text = "A welcome coffee"
     crm = FaceCRM(module_settings, pipeline=pipeline)
     with serve(create_app(crm)) as url:
         done = Run(crm)

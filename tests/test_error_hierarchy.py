@@ -24,6 +24,7 @@ from facecrm.crm import authz, service
 from facecrm.crm import errors as crm_errors
 from facecrm.crm.pos import RateLimitedError
 from facecrm.crm.readiness import StoreNotReadyError
+from facecrm.crm.selfservice import TooManyRequestsError
 from facecrm.crm.service import EnrollmentError
 from facecrm.crypto import CryptoError
 from facecrm.errors import (
@@ -78,6 +79,7 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (SchemaOutdatedError("schema 0006; run `facecrm migrate`"), 503, "schema_outdated"),
     (CameraError("camera 7: no camera at device index 7"), 422, "camera_unavailable"),
     (RateLimitedError(3.2), 429, "rate_limited"),
+    (TooManyRequestsError("codes to this address or phone", 3.2), 429, "rate_limited"),
     (StoreNotReadyError("the store's set-up is not confirmed"), 409, "store_not_ready"),
 ]
 

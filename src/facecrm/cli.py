@@ -725,6 +725,33 @@ def stores_list(as_json: AsJson = False) -> None:
     _listing(rows, ("id", "code", "name"), as_json)
 
 
+@stores_app.command("qr")
+def stores_qr(
+    store: Annotated[str, typer.Argument(help="Store id or code.")],
+    base_url: Annotated[
+        str, typer.Option("--base-url", help="The server's address as customers' phones reach it.")
+    ] = "http://localhost:8000",
+    svg: Annotated[
+        Path | None, typer.Option("--svg", help="Write the QR code (SVG) to this file.")
+    ] = None,
+    rotate: Annotated[
+        bool, typer.Option("--rotate", help="A new link: QR codes printed so far stop working.")
+    ] = False,
+) -> None:
+    """The store's self-enrollment link (`/self/<token>`) and its QR code for the entrance."""
+    from facecrm.crm import selfservice
+    from facecrm.crm.authz import SYSTEM
+    from facecrm.web.selfservice import qr_svg
+
+    found, token = _runtime().run(selfservice.link, SYSTEM, store, rotate)
+    url = f"{base_url.rstrip('/')}/self/{token}"
+    if svg is not None:
+        svg.write_bytes(qr_svg(url))
+    print(url)
+    if svg is not None:
+        console.print(f"QR code of store {found.code} written to {svg}", highlight=False)
+
+
 @devices_app.command("list")
 def devices_list(as_json: AsJson = False) -> None:
     """All devices, revoked ones included (their keys no longer work)."""

@@ -106,6 +106,20 @@ class Settings(BaseSettings):
     agent_heartbeat_seconds: float = Field(30.0, gt=0)
     camera_check_seconds: float = Field(30.0, gt=0)
 
+    # Self-enrollment on the customer's own phone (crm.selfservice; README "Customers enroll
+    # on their own phone"). The sender of one-time codes: "outbox" (the embedded one: a
+    # table a test or a relay reads) or "package.module:Class" of a deployment's SMS/e-mail
+    # sender (built with the settings; see `selfservice.OtpSender`)
+    otp_sender: str = "outbox"
+    # the chain's opt-in incentive: shown in the flow, recorded once on the customer
+    self_incentive_text: str = Field("", max_length=200)
+    self_incentive_points: int = Field(0, ge=0)
+    self_codes_per_address_hour: int = Field(10, gt=0)  # codes asked from one address
+    self_codes_per_destination_hour: int = Field(5, gt=0)  # codes sent to one email/phone
+    self_requests_per_address_minute: int = Field(30, gt=0)  # photo checks, enrollments, sign-ins
+    self_min_fill_seconds: float = Field(3.0, ge=0)  # a form sent sooner is a bot's
+    self_session_minutes: int = Field(15, gt=0)  # a customer's personal page session
+
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
     retain_visits_days: int = Field(365, ge=0)
     # templates of customers not seen for this long

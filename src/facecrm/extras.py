@@ -27,6 +27,7 @@ EXTRA_OF: dict[str, str] = {
     "email_validator": "server",
     "sqlalchemy": "server",
     "alembic": "server",
+    "qrcode": "server",
     "psycopg": "postgres",
     "pgvector": "postgres",
     "matplotlib": "eval",

@@ -22,6 +22,7 @@ from facecrm.api import problems, router
 from facecrm.api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 from facecrm.config import Settings, get_settings
 from facecrm.crm import retention
+from facecrm.crm.selfservice import SelfService
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter, database_counters
 from facecrm.errors import ConfigError
@@ -29,6 +30,7 @@ from facecrm.logs import configure_logging
 from facecrm.metrics import Registry
 from facecrm.web import admin as admin_pages
 from facecrm.web import consent_texts, console, enrollment_options, kiosk, readiness
+from facecrm.web import selfservice as self_pages
 
 
 def check_workers(settings: Settings, workers: int) -> None:
@@ -60,6 +62,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         app.state.alerts.bus.start()  # PostgreSQL: other server processes' alerts
         retention.start_scheduler(crm, stop)  # hourly purge while the server runs
         start_checker(app.state.cameras, stop)  # silent cameras (idempotent across processes)
+        app.state.selfservice.start_purger(stop)  # expired one-time codes, even when idle
         yield
         stop.set()
         app.state.alerts.bus.stop()
@@ -88,6 +91,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         settings.pos_lookup_per_minute, 60.0, counters=counters, scope="pos_lookup"
     )
     app.state.login_guard = LoginGuard.from_settings(settings, counters=counters)
+    app.state.selfservice = SelfService(crm, counters)  # customers on their own phones
     problems.install(app)
     router.include(app)
 
@@ -97,6 +101,8 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.include_router(kiosk.router)
     app.include_router(consent_texts.router)
     app.include_router(enrollment_options.router)
+    app.include_router(self_pages.router)
+    app.include_router(self_pages.console_router)
     app.mount("/static", StaticFiles(directory=console.STATIC_DIR), name="static")
 
     @app.exception_handler(console.LoginRequired)
@@ -110,6 +116,13 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     @app.exception_handler(kiosk.KioskLoginRequired)
     async def _kiosk_login(_: Request, __: kiosk.KioskLoginRequired) -> Response:
         return RedirectResponse("/console/kiosk/login", status_code=303)
+
+    @app.exception_handler(self_pages.SelfLoginRequired)
+    async def _self_login(request: Request, __: self_pages.SelfLoginRequired) -> Response:
+        response = console.templates.TemplateResponse(request, "self_login.html", {})
+        response.status_code = 401
+        response.delete_cookie(self_pages.COOKIE, path="/self")
+        return response
 
     @app.get("/", include_in_schema=False)
     def root() -> Response:

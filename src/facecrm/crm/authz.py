@@ -50,6 +50,7 @@ class Permission(StrEnum):
 
 
 P = Permission
+SELF_SERVICE = "self_service"  # the role of a customer acting on their own data
 _STAFF = {
     P.STORES_READ,
     P.CUSTOMERS_READ,
@@ -82,6 +83,9 @@ GRANTS: dict[str, frozenset[Permission]] = {
     DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE, P.LOYALTY_LOOKUP}),
     # enrolls customers at the console's kiosk page, nothing else (its key opens no API)
     DeviceKind.KIOSK: frozenset({P.CUSTOMERS_WRITE, P.CONSENT_TEXTS_READ}),
+    # a customer on their own phone (crm.selfservice): never built from a request's word,
+    # only by selfservice for the one customer a verified code or personal session names
+    SELF_SERVICE: frozenset({P.CUSTOMERS_WRITE, P.CUSTOMERS_EXPORT, P.CUSTOMERS_ERASE}),
 }
 
 

@@ -674,3 +674,89 @@ class StoreAnalytics(Base):
         Boolean, default=False, server_default=false()
     )
     sentiment_enabled: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+# -- self-enrollment on the customer's own phone (crm.selfservice) -----------------------
+
+
+class SelfServiceLink(Base):
+    """A store's self-enrollment link: the unguessable token in the QR code at its door.
+
+    Not the store's id (which staff URLs show): a random value, replaced by a rotation
+    when a poster leaks somewhere it should not be. A store without a row has no link.
+    """
+
+    __tablename__ = "self_service_links"
+
+    store_id: Mapped[str] = mapped_column(
+        ForeignKey("stores.id", ondelete="CASCADE"), primary_key=True
+    )
+    token: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class OtpChallenge(Base):
+    """A one-time code sent to an e-mail address or phone, waiting to be typed in.
+
+    Holds only keyed hashes (of the destination and of the code), so a table dump tells
+    nothing; deleted when used, after the last allowed attempt, or at expiry.
+    """
+
+    __tablename__ = "otp_challenges"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    purpose: Mapped[str] = mapped_column(String(16))  # enroll or signin
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"))
+    destination_key: Mapped[str] = mapped_column(String(64))
+    code_hash: Mapped[str] = mapped_column(String(64))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class OtpOutbox(Base):
+    """A code for the embedded sender to deliver (the default `OtpSender`; a deployment
+    plugs in SMS or e-mail instead). The only place a destination is kept in clear, for
+    as long as its challenge lives."""
+
+    __tablename__ = "otp_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    challenge_id: Mapped[str] = mapped_column(
+        ForeignKey("otp_challenges.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[str] = mapped_column(String(10))  # email or sms
+    destination: Mapped[str] = mapped_column(String(320))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class VerifiedContact(Base):
+    """An e-mail address or phone a customer proved is theirs by a one-time code: the only
+    key to their personal page (a contact staff typed in opens nothing)."""
+
+    __tablename__ = "verified_contacts"
+
+    contact_key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(10))  # email or phone
+    verified_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class CustomerIncentive(Base):
+    """The chain's opt-in incentive as granted to a customer: once per customer."""
+
+    __tablename__ = "customer_incentives"
+
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    text: Mapped[str] = mapped_column(String(200))
+    points: Mapped[int] = mapped_column(Integer, default=0)
+    store_id: Mapped[str | None] = mapped_column(
+        ForeignKey("stores.id", ondelete="SET NULL"), default=None
+    )
+    granted_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -101,6 +101,8 @@ CUSTOMER_TABLES = (
     "visits",
     "alerts",
     "match_disputes",
+    "verified_contacts",
+    "customer_incentives",
 )
 FACE_TABLES = ("face_templates", "customer_photos", "customer_keys")
 
@@ -361,6 +363,7 @@ class FaceCRM:
         *,
         language: str | None = None,
         age_confirmed: int | None = None,
+        then: Callable[[Session, Customer], None] | None = None,
     ) -> Customer:
         """Create a customer with recognition consent and a template per photo, or nothing.
 
@@ -368,7 +371,9 @@ class FaceCRM:
         first photo is kept for the staff card. The photos must all be one person
         (`FaceMismatchError`) who is not already enrolled (`AlreadyEnrolledError`).
         The consent (`customers.ConsentGrant`: the text shown by id, a version or None for
-        the current one) is witnessed by `principal`, in its store.
+        the current one) is witnessed by `principal`, in its store. `then(session, customer)`
+        adds the caller's own rows in the same transaction (self-service: the verified
+        contact and the incentive), so they are written with the customer or not at all.
         """
         if not photos:
             raise InvalidError("enrollment needs at least one photo")
@@ -388,6 +393,8 @@ class FaceCRM:
             self._store(session, principal, customer, photos, faces, probes)
             if customer.show_photo:
                 self._keep_photo(session, customer, photos[0].image)
+            if then is not None:
+                then(session, customer)
         return customer
 
     def add_photos(

@@ -5,6 +5,7 @@ minimum age, store and witness from the principal) are the crm's."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -15,7 +16,7 @@ from facecrm.api.uploads import read_image_upload
 from facecrm.crm import consent_text, enrollment
 from facecrm.crm.authz import Principal
 from facecrm.crm.errors import InvalidError
-from facecrm.crm.models import Customer, Purpose
+from facecrm.crm.models import ConsentText, Customer, Purpose
 from facecrm.crm.service import FaceCRM, Photo
 
 LANGUAGE_NAMES = {"en": "English", "fr": "Français", "de": "Deutsch", "es": "Español"}
@@ -29,13 +30,9 @@ def store_of(principal: Principal, requested: str | None = None) -> str | None:
     return min(principal.stores) if principal.stores else None
 
 
-def context(session: Session, principal: Principal, store_id: str | None) -> dict[str, Any]:
-    """The form's texts (every active translation), first language and options."""
-    options = enrollment.effective(session, store_id)
-    found = consent_text.list_texts(
-        session, principal, Purpose.IN_STORE_RECOGNITION, active_only=True
-    )
-    texts = [
+def text_rows(found: Iterable[ConsentText]) -> list[dict[str, Any]]:
+    """Consent texts as the forms show them (by language, each with its language's name)."""
+    return [
         {
             "id": t.id,
             "language": t.language,
@@ -45,6 +42,15 @@ def context(session: Session, principal: Principal, store_id: str | None) -> dic
         }
         for t in sorted(found, key=lambda t: t.language)
     ]
+
+
+def context(session: Session, principal: Principal, store_id: str | None) -> dict[str, Any]:
+    """The form's texts (every active translation), first language and options."""
+    options = enrollment.effective(session, store_id)
+    found = consent_text.list_texts(
+        session, principal, Purpose.IN_STORE_RECOGNITION, active_only=True
+    )
+    texts = text_rows(found)
     languages = [t["language"] for t in texts]
     first = options.language if options.language in languages else "en"
     return {"texts": texts, "language": first, "options": options, "store_id": store_id}
