@@ -308,3 +308,24 @@ def test_a_running_agent_stops_recognising_an_erased_customer_within_seconds(
         loop.join(timeout=10)
     print(f"erasure reached the running agent in {took:.2f} s")
     assert took <= config.sync_seconds + 2.0
+
+
+def test_an_agent_older_than_the_pruned_log_syncs_in_full(chain: Chain, load: Load) -> None:
+    """The log is pruned after `sync_log_days` (by the retention run); an agent behind it
+    is told 410 and its `LocalGallery` starts over on its own."""
+    from datetime import UTC, datetime, timedelta
+
+    from facecrm.crm.retention import purge
+
+    crm = chain.crm
+    with chain.client() as client:
+        local = LocalGallery()
+        local.sync(client)
+        stale = local.cursor
+        enroll(crm, "Rose Leslie", load("identities/rose_leslie/1.jpg"), chain.stores["A"])
+        purge(crm, SYSTEM, now=datetime.now(UTC) + timedelta(days=crm.settings.sync_log_days + 1))
+        assert _count(crm, GalleryChange) == 0
+        response = sync(client, stale)
+        assert response.status_code == 410
+        assert response.json()["reason"] == "full_resync_required"
+        assert local.sync(client) and local.size() == (3, 3)
