@@ -406,7 +406,7 @@ class GallerySync:
                 target.ids.append(template_id)
                 target.customers.append(owner)
                 target.vectors.append(vector)
-            if rows or removed:  # polls that bring nothing are not audited (counts only)
+            if rows or removed or parsed is None:  # not the polls that bring nothing
                 audit.record(
                     session,
                     principal,
