@@ -43,8 +43,8 @@ from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
 
 from common import (
-    REPO,
     clustered_templates,
+    database_url,
     link_model_cache,
     machine,
     serve_subprocess,
@@ -150,12 +150,7 @@ def run(backend: str, size: int, changes: int, faces: Path, cache: Path | None) 
     data_dir = Path(tempfile.mkdtemp(prefix="facecrm-sync-bench-"))
     link_model_cache(data_dir, cache)
     with contextlib.ExitStack() as stack:
-        url_db = None
-        if backend == "postgresql":
-            sys.path.insert(0, str(REPO / "tests"))  # the tests' throwaway server
-            from pgserver import PgServer
-
-            url_db = stack.enter_context(PgServer()).url
+        url_db = database_url(stack, backend)
         settings = configure(data_dir=data_dir, database_url=url_db)
         crm = FaceCRM(settings, migrate=True)
         started = time.perf_counter()

@@ -196,14 +196,17 @@ class TemplateCache:
         if self._seen < 0:  # a new cache holds nothing yet: start from here
             self._seen = _mark(session, SEQ)
             return
-        removed = session.execute(
-            select(GalleryChange.seq, GalleryChange.customer_id)
-            .where(GalleryChange.seq > self._seen, GalleryChange.kind == "remove")
-            .order_by(GalleryChange.seq)
+        head = _mark(session, SEQ)  # first: every seq up to it has committed
+        removed = session.scalars(
+            select(GalleryChange.customer_id).where(
+                GalleryChange.seq > self._seen,
+                GalleryChange.seq <= head,
+                GalleryChange.kind == "remove",
+            )
         ).all()
-        for _, customer_id in removed:
+        for customer_id in removed:
             self.forget(customer_id)
-        self._seen = max(self._seen, _mark(session, SEQ), *(s for s, _ in removed))
+        self._seen = max(self._seen, head)
 
     def vectors(
         self, crm: FaceCRM, session: Session, rows: Sequence[Row]
@@ -510,9 +513,8 @@ class GallerySync:
             dim = self._dim(session, crm.model_id)
             if dim is None:  # nobody is enrolled
                 return None
-            if len(first) != dim or (
-                second is not None and len(second) != self._dim(session, cascade.second.model_id)  # type: ignore[union-attr]
-            ):
+            second_dim = None if cascade is None else self._dim(session, cascade.second.model_id)
+            if len(first) != dim or (second is not None and len(second) != second_dim):
                 raise InvalidError("a template of the wrong length", reason="bad_template")
             (candidates,) = crm.gallery.candidates(session, first[None, :])
             match: tuple[str, float] | None = None
