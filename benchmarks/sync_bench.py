@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import distinct, func, insert, select
 
 from api_bench import cpu_seconds
 from facecrm.agent.runner import LocalGallery
@@ -146,16 +146,40 @@ def row(backend: str, size: int, what: str, wall: float, nbytes: float, cpu: flo
     print(f"| {backend} | {size:,} | {what} | {figures} |", flush=True)
 
 
-def run(backend: str, size: int, changes: int, faces: Path, cache: Path | None) -> None:
-    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-sync-bench-"))
-    link_model_cache(data_dir, cache)
+def reuse(crm: FaceCRM, size: int) -> tuple[str, np.ndarray]:
+    """A new agent key on a gallery `fill` made before (`--data-dir`, SQLite)."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "BENCH2", "Bench store", SYSTEM)
+        _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+    spare = np.random.default_rng(1).standard_normal((1000, 128)).astype(np.float32)
+    return key, spare / np.linalg.norm(spare, axis=1, keepdims=True)
+
+
+def run(
+    backend: str,
+    size: int,
+    changes: int,
+    faces: Path,
+    cache: Path | None,
+    keep: Path | None = None,
+) -> None:
+    data_dir = keep or Path(tempfile.mkdtemp(prefix="facecrm-sync-bench-"))
+    filled = keep is not None and (keep / "facecrm.db").exists()
+    if not filled:
+        link_model_cache(data_dir, cache)
     with contextlib.ExitStack() as stack:
         url_db = database_url(stack, backend)
         settings = configure(data_dir=data_dir, database_url=url_db)
         crm = FaceCRM(settings, migrate=True)
         started = time.perf_counter()
-        key, spare = fill(crm, size, faces)
-        print(f"{backend}: filled {size:,} customers in {time.perf_counter() - started:.0f} s")
+        if filled:  # the previous run's `--size` customers, and its changes
+            key, spare = reuse(crm, size)
+            with crm.sessions() as session:
+                count = select(func.count(distinct(FaceTemplate.customer_id)))
+                size = int(session.scalar(count) or 0) - 1
+        else:
+            key, spare = fill(crm, size, faces)
+            print(f"{backend}: filled {size:,} customers in {time.perf_counter() - started:.0f} s")
         env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
         env.pop("FACECRM_DATABASE_URL", None)
         if url_db:
@@ -171,13 +195,17 @@ def run(backend: str, size: int, changes: int, faces: Path, cache: Path | None) 
                     raise SystemExit(f"FAILED: the agent holds {templates} of {size + 1}")
                 row(backend, size, f"{label} ({len(sizes)} pages)", wall, sum(sizes), cpu)
             totals = {"enroll": [0.0, 0.0, 0.0], "erase": [0.0, 0.0, 0.0]}
+            tag = f"{time.time_ns() // 1000 % 10**9:09d}"
+            with crm.sessions() as session:  # the highest synthetic id still enrolled
+                last = session.scalar(select(func.max(Customer.id)).where(Customer.id.like("syn%")))
+            top = int(last[3:])  # erased from the top down
             for k in range(changes):
                 kind = "enroll" if k % 2 == 0 else "erase"
                 if kind == "enroll":
-                    new = f"new{k:08d}"
+                    new = f"new{tag}{k:04d}"
                     add_customers(crm, [new], {new: spare[k]}, log=True)
-                else:
-                    crm.delete_customer(f"syn{k:08d}", SYSTEM)
+                else:  # a synthetic customer no earlier run (`--data-dir`) erased
+                    crm.delete_customer(f"syn{top - k // 2:08d}", SYSTEM)
                 sizes.clear()
                 cpu, wall = cpu_seconds(pid), time.perf_counter()
                 if not gallery.sync(client):
@@ -221,6 +249,7 @@ def main() -> None:
     parser.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"])
     parser.add_argument("--smoke", action="store_true", help="tests/data, 300 customers, seconds")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
+    parser.add_argument("--data-dir", type=Path, help="SQLite: keep the gallery here, reuse it")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     if args.smoke:
@@ -233,7 +262,7 @@ def main() -> None:
     print("| backend | customers | what | wall ms | bytes | server CPU ms |")
     print("| --- | ---: | --- | ---: | ---: | ---: |")
     for backend in args.backends:
-        run(backend, args.size, args.changes, smoke_faces(), args.model_cache)
+        run(backend, args.size, args.changes, smoke_faces(), args.model_cache, args.data_dir)
 
 
 if __name__ == "__main__":

@@ -161,8 +161,9 @@ class LocalGallery:
         self.second_model_id = ""
         self.cascade: CascadeCalibration | None = None
         self.target_fmr = 1e-3
-        self._second: dict[str, np.ndarray] = {}  # customer -> second-model templates
-        self._second_rows: dict[str, dict[int, np.ndarray]] = {}
+        self._second_rows: dict[str, dict[int, np.ndarray]] = {}  # customer -> id -> vector
+        self._second: dict[str, np.ndarray] = {}  # their stacks, made when first needed
+        self._pending: list[tuple[list[int], list[str], np.ndarray]] | None = None
         self._gallery = Gallery(128, ann_min_size=AGENT_ANN_MIN)
         self._lock = threading.Lock()
 
@@ -184,6 +185,7 @@ class LocalGallery:
             if body["reset"]:
                 staging = LocalGallery()
                 staging._rule(body["rule"], body["mode"])
+                staging._pending = []  # one index build at the end, not one per page
             target = staging if staging is not None else self
             changed = target._apply(body) or changed
             cursor = body["cursor"]
@@ -204,7 +206,20 @@ class LocalGallery:
         self.threshold, self.target_fmr = float(rule["threshold"]), float(rule["target_fmr"])
         self.cascade = CascadeCalibration.from_json(cascade) if cascade else None
 
+    def _flush(self) -> None:
+        """Add the pages a full sync collected to the search index at once."""
+        pending, self._pending = self._pending or [], None
+        if not pending:
+            return
+        vectors = np.concatenate([v for _, _, v in pending])
+        if self._gallery.dim != vectors.shape[1] and not len(self._gallery):
+            self._gallery = Gallery(vectors.shape[1], ann_min_size=AGENT_ANN_MIN)
+        ids = [i for page, _, _ in pending for i in page]
+        self._gallery.add(ids, [c for _, owners, _ in pending for c in owners], vectors)
+
     def _replace(self, other: LocalGallery) -> None:
+        with other._lock:
+            other._flush()
         with self._lock, other._lock:
             self.mode, self.model_id, self.second_model_id = (
                 other.mode,
@@ -221,6 +236,7 @@ class LocalGallery:
 
     def _apply(self, body: dict[str, Any]) -> bool:
         """Removed customers first, then the added templates (as they are now)."""
+        staging = self._pending is not None  # a full sync: the index is built at the end
         models = body["models"]
         first = models.get(self.model_id) or {"ids": []}
         second = models.get(self.second_model_id) or {"ids": []}
@@ -229,21 +245,29 @@ class LocalGallery:
                 self._gallery.remove_customer(customer_id)
                 self._second.pop(customer_id, None)
                 self._second_rows.pop(customer_id, None)
+            if body["removed"]:
+                self._flush()
             if first["ids"]:
-                vectors = _unpack(first)
-                if self._gallery.dim != vectors.shape[1] and not len(self._gallery):
-                    self._gallery = Gallery(vectors.shape[1], ann_min_size=AGENT_ANN_MIN)
-                self._gallery.add(first["ids"], first["customers"], vectors)
+                self._pending = [] if self._pending is None else self._pending
+                self._pending.append((first["ids"], first["customers"], _unpack(first)))
+                if not staging:
+                    self._flush()
             if second["ids"]:
-                touched = set()
+                rows = self._second_rows
                 for template_id, owner, vector in zip(
                     second["ids"], second["customers"], _unpack(second), strict=True
                 ):
-                    self._second_rows.setdefault(owner, {})[int(template_id)] = vector
-                    touched.add(owner)
-                for owner in touched:
-                    self._second[owner] = np.stack(list(self._second_rows[owner].values()))
+                    rows.setdefault(owner, {})[template_id] = vector
+                    self._second.pop(owner, None)
         return bool(body["removed"] or first["ids"] or second["ids"])
+
+    def _stack(self, customer_id: str) -> np.ndarray | None:
+        """The customer's second-model templates as one array (made once, when needed)."""
+        stack = self._second.get(customer_id)
+        if stack is None and customer_id in self._second_rows:
+            stack = np.stack(list(self._second_rows[customer_id].values()))
+            self._second[customer_id] = stack
+        return stack
 
     def size(self) -> tuple[int, int]:
         """(templates, customers) held."""
@@ -258,7 +282,7 @@ class LocalGallery:
         has second-model templates (None: the agent cannot run the second model)."""
         with self._lock:
             gallery, threshold, cascade = self._gallery, self.threshold, self.cascade
-            seconds, fmr = self._second, self.target_fmr
+            fmr = self.target_fmr
         if cascade is None:
             (decision,) = gallery.identify(template[None, :], threshold)
             match = decision.match
@@ -266,11 +290,12 @@ class LocalGallery:
         (candidates,) = gallery.candidates(template[None, :])
 
         def scores(ids: Sequence[str]) -> dict[str, float]:
-            have = [c for c in ids if c in seconds]
-            query = second() if have and second is not None else None
+            with self._lock:
+                seconds = {c: s for c in ids if (s := self._stack(c)) is not None}
+            query = second() if seconds and second is not None else None
             if query is None:
                 return {}
-            return {c: float(np.max(seconds[c] @ query)) for c in have}
+            return {c: float(np.max(s @ query)) for c, s in seconds.items()}
 
         first = {c.customer_id: c.similarity for c in candidates}
         outcome = decide(first, scores, cascade, fmr, threshold)

@@ -56,6 +56,7 @@ from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import FacecrmError, InvalidError
 from facecrm.crm.models import (
     Consent,
+    CustomerKey,
     FaceTemplate,
     GalleryChange,
     Purpose,
@@ -230,6 +231,12 @@ class TemplateCache:
                     .where(FaceTemplate.id.in_(chunk))
                     .order_by(FaceTemplate.customer_id)
                 ).all()
+                owners = {owner for _, owner, _, _ in sealed}
+                # their keys in one query: `cipher` then finds them in the session (held
+                # here, as the session's identity map keeps only weak references)
+                keys = session.scalars(
+                    select(CustomerKey).where(CustomerKey.customer_id.in_(owners))
+                ).all()
                 cipher = None
                 for template_id, owner, model_id, blob in sealed:
                     if cipher is None or cipher.customer_id != owner:
@@ -237,6 +244,7 @@ class TemplateCache:
                     plain = cipher.open(blob, template_label(model_id))
                     vector = np.frombuffer(plain, np.float32).astype(F16)
                     found[template_id] = (owner, vector)
+                del keys
             with self._lock:
                 for template_id, (owner, vector) in found.items():
                     self._rows[template_id] = (owner, vector)
