@@ -141,8 +141,10 @@ def measure(url: str, pid: int, key: str) -> tuple[LocalGallery, httpx.Client, l
     return LocalGallery(), client, sizes
 
 
-def row(backend: str, size: int, what: str, wall: float, nbytes: float, cpu: float) -> None:
-    figures = f"{wall * 1000:,.0f} | {nbytes:,.0f} | {cpu * 1000:,.0f}"
+def row(
+    backend: str, size: int, what: str, wall: float, nbytes: float, cpu: float, agent: float
+) -> None:
+    figures = f"{wall * 1000:,.0f} | {nbytes:,.0f} | {cpu * 1000:,.0f} | {agent * 1000:,.0f}"
     print(f"| {backend} | {size:,} | {what} | {figures} |", flush=True)
 
 
@@ -187,14 +189,16 @@ def run(
         with serve_subprocess(env) as (url, pid):
             for label in ("cold sync, cache cold", "cold sync, cache warm"):
                 gallery, client, sizes = measure(url, pid, key)
-                cpu, wall = cpu_seconds(pid), time.perf_counter()
+                cpu, wall, mine = cpu_seconds(pid), time.perf_counter(), time.process_time()
                 gallery.sync(client)
                 wall, cpu = time.perf_counter() - wall, cpu_seconds(pid) - cpu
+                mine = time.process_time() - mine
                 templates, _ = gallery.size()
                 if templates != size + 1:
                     raise SystemExit(f"FAILED: the agent holds {templates} of {size + 1}")
-                row(backend, size, f"{label} ({len(sizes)} pages)", wall, sum(sizes), cpu)
-            totals = {"enroll": [0.0, 0.0, 0.0], "erase": [0.0, 0.0, 0.0]}
+                what = f"{label} ({len(sizes)} pages)"
+                row(backend, size, what, wall, sum(sizes), cpu, mine)
+            totals = {"enroll": [0.0] * 4, "erase": [0.0] * 4}
             tag = f"{time.time_ns() // 1000 % 10**9:09d}"
             with crm.sessions() as session:  # the highest synthetic id still enrolled
                 last = session.scalar(select(func.max(Customer.id)).where(Customer.id.like("syn%")))
@@ -207,15 +211,16 @@ def run(
                 else:  # a synthetic customer no earlier run (`--data-dir`) erased
                     crm.delete_customer(f"syn{top - k // 2:08d}", SYSTEM)
                 sizes.clear()
-                cpu, wall = cpu_seconds(pid), time.perf_counter()
+                cpu, wall, mine = cpu_seconds(pid), time.perf_counter(), time.process_time()
                 if not gallery.sync(client):
                     raise SystemExit(f"FAILED: change {k} ({kind}) did not reach the agent")
                 t = totals[kind]
                 t[0] += time.perf_counter() - wall
                 t[1] += sum(sizes)
                 t[2] += cpu_seconds(pid) - cpu
+                t[3] += time.process_time() - mine
             n = max(changes // 2, 1)
-            for kind, (wall, nbytes, cpu) in totals.items():
+            for kind, (wall, nbytes, cpu, mine) in totals.items():
                 row(
                     backend,
                     size,
@@ -223,13 +228,15 @@ def run(
                     wall / n,
                     nbytes / n,
                     cpu / n,
+                    mine / n,
                 )
             polls = 50
             sizes.clear()
-            cpu, wall = cpu_seconds(pid), time.perf_counter()
+            cpu, wall, mine = cpu_seconds(pid), time.perf_counter(), time.process_time()
             for _ in range(polls):
                 gallery.sync(client)
             wall, cpu = time.perf_counter() - wall, cpu_seconds(pid) - cpu
+            mine = time.process_time() - mine
             row(
                 backend,
                 size,
@@ -237,6 +244,7 @@ def run(
                 wall / polls,
                 sum(sizes) / polls,
                 cpu / polls,
+                mine / polls,
             )
             client.close()
         crm.engine.dispose()
@@ -259,8 +267,8 @@ def main() -> None:
         f"{args.size:,} synthetic customers + 1 real, one template per cascade model each;"
         " bytes are response bodies (JSON, float16 vectors in base64)\n"
     )
-    print("| backend | customers | what | wall ms | bytes | server CPU ms |")
-    print("| --- | ---: | --- | ---: | ---: | ---: |")
+    print("| backend | customers | what | wall ms | bytes | server CPU ms | agent CPU ms |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
     for backend in args.backends:
         run(backend, args.size, args.changes, smoke_faces(), args.model_cache, args.data_dir)
 

@@ -38,7 +38,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
     "stages_bench.py": ("| stage | mean ms |", "| 10,000 templates |", "| SFace int8 in OpenCV |"),
     "sync_bench.py": (
-        "| backend | customers | what | wall ms | bytes | server CPU ms |",
+        "| backend | customers | what | wall ms | bytes | server CPU ms | agent CPU ms |",
         "| sqlite | 300 | cold sync, cache warm",
         "| postgresql | 300 | per change: erase",
     ),
