@@ -147,7 +147,9 @@ def agent_gallery(
 
 
 @router.get(
-    "/agent/sync", response_model=SyncPageOut, responses={410: {"description": "sync in full"}}
+    "/agent/sync",
+    response_model=SyncPageOut,
+    responses={410: {**PROBLEMS[409], "description": "sync in full (reason full_resync_required)"}},
 )
 def agent_sync(
     crm: CrmDep,
