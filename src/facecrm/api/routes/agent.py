@@ -135,7 +135,8 @@ def agent_gallery(
     principal: StoreAgent,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Templates of opted-in customers for local decisions; 304 while unchanged."""
+    """Templates of opted-in customers for local decisions; 304 while unchanged. For agents
+    from before incremental sync: the whole gallery at every change (see `/agent/sync`)."""
     store_id = next(iter(principal.stores or []), None)
     paused = not readiness.allows_recognition(session, crm.settings, store_id)
     version = f"{crm.model_id}-{crm.generation(session)}-{crm.runtime.decision_version}"
