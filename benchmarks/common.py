@@ -131,3 +131,14 @@ def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def database_url(stack: contextlib.ExitStack, backend: str) -> str | None:
+    """None for SQLite (the data directory's file); for PostgreSQL the URL of the tests'
+    throwaway embedded server, stopped when `stack` closes."""
+    if backend != "postgresql":
+        return None
+    sys.path.insert(0, str(REPO / "tests"))
+    from pgserver import PgServer
+
+    return str(stack.enter_context(PgServer()).url)

@@ -42,6 +42,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "served_cascade_bench.py": ("| path | photos | faces named |", "| cascade, strangers |"),
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
     "stages_bench.py": ("| stage | mean ms |", "| 10,000 templates |", "| SFace int8 in OpenCV |"),
+    "sync_bench.py": (
+        "| backend | customers | what | wall ms | bytes | server CPU ms | agent CPU ms |",
+        "| sqlite | 300 | cold sync, cache warm",
+        "| postgresql | 300 | per change: erase",
+    ),
     "throughput_bench.py": ("| facecrm | 2 |", "| face_recognition-style", "speed-up with 2"),
 }
 WITHOUT_MODELS = {"search_bench.py"}  # synthetic vectors only

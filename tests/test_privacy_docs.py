@@ -12,7 +12,7 @@ from facecrm.config import Settings
 from facecrm.crm.readiness import SIGNAGE_VERSION
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PRIVACY_DOCS = ("privacy.md", "dpia.md", "signage.md")
+PRIVACY_DOCS = ("privacy.md", "dpia.md", "signage.md", "agent-sync.md")
 
 
 @pytest.mark.parametrize("name", PRIVACY_DOCS)

@@ -105,6 +105,13 @@ class Settings(BaseSettings):
     agent_summary_seconds: float = Field(60.0, gt=0)
     agent_heartbeat_seconds: float = Field(30.0, gt=0)
     camera_check_seconds: float = Field(30.0, gt=0)
+    # How much of the chain's gallery a store's agent holds (docs/agent-sync.md): `full`
+    # every opted-in customer, `store` those enrolled in or seen at its store (then the
+    # server decides the rest), `server` none (the server decides every track)
+    agent_sync_mode: Literal["full", "store", "server"] = "full"
+    agent_sync_store_modes: dict[str, Literal["full", "store", "server"]] = {}  # by store id
+    sync_log_days: int = Field(30, gt=0)  # an agent offline longer than this syncs in full
+    agent_decide_per_minute: int = Field(600, gt=0)  # server-side decisions per agent
 
     # Self-enrollment on the customer's own phone (crm.selfservice; README "Customers enroll
     # on their own phone"). The sender of one-time codes: "outbox" (the embedded one: a

@@ -92,6 +92,9 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     )
     app.state.login_guard = LoginGuard.from_settings(settings, counters=counters)
     app.state.selfservice = SelfService(crm, counters)  # customers on their own phones
+    app.state.decide_limiter = RateLimiter(
+        settings.agent_decide_per_minute, 60.0, counters=counters, scope="agent_decide"
+    )
     problems.install(app)
     router.include(app)
 

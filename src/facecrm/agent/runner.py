@@ -126,59 +126,148 @@ class AgentConfig:
     heartbeat_seconds: float = 30.0  # cameras' last frame times to the server
 
 
-def _vectors(templates: Sequence[dict[str, Any]]) -> np.ndarray:
-    return np.stack([np.frombuffer(base64.b64decode(t["vector"]), np.float32) for t in templates])
+AGENT_ANN_MIN = 2_000_000  # exact search below: no HNSW build on a cold sync (docs/agent-sync.md)
+SYNC_PAGE = 5000  # templates (or log rows) per sync page
+
+
+def _unpack(model: dict[str, Any]) -> np.ndarray:
+    """A page's float16 rows of one model, as float32 (similarities move by ~1e-4)."""
+    data = np.frombuffer(base64.b64decode(model["vectors"]), "<f2")
+    return data.reshape(len(model["ids"]), int(model["dim"]) or 1).astype(np.float32)
 
 
 class LocalGallery:
-    """The opted-in customers' templates, kept in step with the server (ETag polling).
+    """The templates this store's agent holds, kept in step with the server's change log.
 
-    With the server's cascade (`cascade` and `second` in the sync payload) a track is
-    decided by the same rule as the server's identify (`gallery.cascade.decide`): the
-    first model's gallery, then the second model's templates of the few candidates, then
-    the margin rule; customers without second-model templates need the first model's
-    single-model `threshold`. A payload without them (an older server) is the single
-    model at `threshold`.
+    The agent asks `GET /agent/sync` for the changes since its cursor (removed customers,
+    added templates of both models, float16); a new agent, or one told 410 (the log was
+    pruned past it, or the model or decision rule changed), syncs in full, in pages, into
+    a new gallery that replaces the old one once complete. `mode` says how much of the
+    chain's gallery this store holds (full, store, server): in `store` and `server` modes
+    a track this gallery does not know is decided by the server (`Agent.decide`).
+
+    With the server's cascade (`cascade` in the rule) a track is decided by the same rule
+    as the server's identify (`gallery.cascade.decide`): the first model's gallery, then
+    the second model's templates of the few candidates, then the margin rule; customers
+    without second-model templates need the first model's single-model `threshold`.
     """
 
     def __init__(self) -> None:
-        self.etag: str | None = None
+        self.cursor: str | None = None
+        self.etag: str | None = None  # the cursor, for status lines ("synced")
+        self.mode = "full"
         self.threshold = 1.1  # nothing matches until the first sync
         self.model_id = ""
+        self.second_model_id = ""
         self.cascade: CascadeCalibration | None = None
         self.target_fmr = 1e-3
-        self._second: dict[str, np.ndarray] = {}  # customer -> second-model templates
-        self._gallery = Gallery(128)
+        self._second_rows: dict[str, dict[int, np.ndarray]] = {}  # customer -> id -> vector
+        self._second: dict[str, np.ndarray] = {}  # their stacks, made when first needed
+        self._pending: list[tuple[list[int], list[str], np.ndarray]] | None = None
+        self._gallery = Gallery(128, ann_min_size=AGENT_ANN_MIN)
         self._lock = threading.Lock()
 
-    def sync(self, client: httpx.Client) -> bool:
-        headers = {"If-None-Match": self.etag} if self.etag else {}
-        response = client.get(f"{API_PREFIX}/agent/gallery", headers=headers)
-        if response.status_code == 304:
-            return False
-        response.raise_for_status()
-        body = response.json()
-        templates = body["templates"]
-        dim = len(base64.b64decode(templates[0]["vector"])) // 4 if templates else 128
-        gallery = Gallery(dim)
-        if templates:
-            vectors = np.stack(
-                [np.frombuffer(base64.b64decode(t["vector"]), np.float32) for t in templates]
-            )
-            gallery.add(
-                [t["id"] for t in templates], [t["customer_id"] for t in templates], vectors
-            )
-        cascade, second = body.get("cascade"), body.get("second")
-        calibration = CascadeCalibration.from_json(cascade) if cascade and second else None
-        seconds: dict[str, list[dict[str, Any]]] = {}
-        for t in second["templates"] if calibration is not None and second else []:
-            seconds.setdefault(t["customer_id"], []).append(t)
+    def sync(self, client: httpx.Client, page: int = SYNC_PAGE) -> bool:
+        """Fetch and apply every page of changes; whether anything changed."""
+        changed = False
+        staging: LocalGallery | None = None  # a full sync builds here, then replaces
+        cursor = self.cursor
+        for _ in range(100_000):  # bounded: a server that always says "more" is a bug
+            params: dict[str, str | int] = {"limit": page}
+            if cursor is not None:
+                params["cursor"] = cursor
+            response = client.get(f"{API_PREFIX}/agent/sync", params=params)
+            if response.status_code == 410 and cursor is not None:
+                cursor, staging = None, None  # full_resync_required: start over
+                continue
+            response.raise_for_status()
+            body = response.json()
+            if body["reset"]:
+                staging = LocalGallery()
+                staging._rule(body["rule"], body["mode"])
+                staging._pending = []  # one index build at the end, not one per page
+            target = staging if staging is not None else self
+            changed = target._apply(body) or changed
+            cursor = body["cursor"]
+            if staging is not None and not cursor.startswith("f"):
+                self._replace(staging)  # the full pass is complete: swap in
+                staging, changed = None, True
+            if not body["more"]:
+                break
         with self._lock:
-            self._gallery, self.threshold = gallery, float(body["threshold"])
-            self.cascade, self.target_fmr = calibration, float(body.get("target_fmr", 1e-3))
-            self._second = {c: _vectors(ts) for c, ts in seconds.items()}
-            self.model_id, self.etag = body["model_id"], response.headers.get("ETag")
-        return True
+            self.cursor = self.etag = cursor if staging is None else self.cursor
+        return changed
+
+    def _rule(self, rule: dict[str, Any], mode: str) -> None:
+        models = list(rule.get("models") or [rule["model_id"]])
+        cascade = rule.get("cascade")
+        self.mode, self.model_id = mode, str(rule["model_id"])
+        self.second_model_id = models[1] if len(models) > 1 else ""
+        self.threshold, self.target_fmr = float(rule["threshold"]), float(rule["target_fmr"])
+        self.cascade = CascadeCalibration.from_json(cascade) if cascade else None
+
+    def _flush(self) -> None:
+        """Add the pages a full sync collected to the search index at once."""
+        pending, self._pending = self._pending or [], None
+        if not pending:
+            return
+        vectors = np.concatenate([v for _, _, v in pending])
+        if self._gallery.dim != vectors.shape[1] and not len(self._gallery):
+            self._gallery = Gallery(vectors.shape[1], ann_min_size=AGENT_ANN_MIN)
+        ids = [i for page, _, _ in pending for i in page]
+        self._gallery.add(ids, [c for _, owners, _ in pending for c in owners], vectors)
+
+    def _replace(self, other: LocalGallery) -> None:
+        with other._lock:
+            other._flush()
+        with self._lock, other._lock:
+            self.mode, self.model_id, self.second_model_id = (
+                other.mode,
+                other.model_id,
+                other.second_model_id,
+            )
+            self.threshold, self.target_fmr, self.cascade = (
+                other.threshold,
+                other.target_fmr,
+                other.cascade,
+            )
+            self._gallery, self._second = other._gallery, other._second
+            self._second_rows = other._second_rows
+
+    def _apply(self, body: dict[str, Any]) -> bool:
+        """Removed customers first, then the added templates (as they are now)."""
+        staging = self._pending is not None  # a full sync: the index is built at the end
+        models = body["models"]
+        first = models.get(self.model_id) or {"ids": []}
+        second = models.get(self.second_model_id) or {"ids": []}
+        with self._lock:
+            for customer_id in body["removed"]:
+                self._gallery.remove_customer(customer_id)
+                self._second.pop(customer_id, None)
+                self._second_rows.pop(customer_id, None)
+            if body["removed"]:
+                self._flush()
+            if first["ids"]:
+                self._pending = [] if self._pending is None else self._pending
+                self._pending.append((first["ids"], first["customers"], _unpack(first)))
+                if not staging:
+                    self._flush()
+            if second["ids"]:
+                rows = self._second_rows
+                for template_id, owner, vector in zip(
+                    second["ids"], second["customers"], _unpack(second), strict=True
+                ):
+                    rows.setdefault(owner, {})[template_id] = vector
+                    self._second.pop(owner, None)
+        return bool(body["removed"] or first["ids"] or second["ids"])
+
+    def _stack(self, customer_id: str) -> np.ndarray | None:
+        """The customer's second-model templates as one array (made once, when needed)."""
+        stack = self._second.get(customer_id)
+        if stack is None and customer_id in self._second_rows:
+            stack = np.stack(list(self._second_rows[customer_id].values()))
+            self._second[customer_id] = stack
+        return stack
 
     def size(self) -> tuple[int, int]:
         """(templates, customers) held."""
@@ -193,7 +282,7 @@ class LocalGallery:
         has second-model templates (None: the agent cannot run the second model)."""
         with self._lock:
             gallery, threshold, cascade = self._gallery, self.threshold, self.cascade
-            seconds, fmr = self._second, self.target_fmr
+            fmr = self.target_fmr
         if cascade is None:
             (decision,) = gallery.identify(template[None, :], threshold)
             match = decision.match
@@ -201,11 +290,12 @@ class LocalGallery:
         (candidates,) = gallery.candidates(template[None, :])
 
         def scores(ids: Sequence[str]) -> dict[str, float]:
-            have = [c for c in ids if c in seconds]
-            query = second() if have and second is not None else None
+            with self._lock:
+                seconds = {c: s for c in ids if (s := self._stack(c)) is not None}
+            query = second() if seconds and second is not None else None
             if query is None:
                 return {}
-            return {c: float(np.max(seconds[c] @ query)) for c in have}
+            return {c: float(np.max(s @ query)) for c, s in seconds.items()}
 
         first = {c.customer_id: c.similarity for c in candidates}
         outcome = decide(first, scores, cascade, fmr, threshold)
@@ -263,7 +353,16 @@ class Agent:
         vectors = self.pipeline.embedder.embed(chips)
         template = normalize(vectors.mean(axis=0, keepdims=True))[0]
         self.metrics.inc("facecrm_agent_faces_embedded_total", len(chips), "chips embedded")
-        match = self.gallery.decide(template, lambda: self._second_template(second_chips))
+        seconds: list[np.ndarray | None] = []  # the track's second-model template, once
+
+        def second() -> np.ndarray | None:
+            if not seconds:
+                seconds.append(self._second_template(second_chips))
+            return seconds[0]
+
+        match = self.gallery.decide(template, second)
+        if match is None and self.gallery.mode != "full":
+            match = self._ask_server(template, second if self.gallery.cascade else None)
         if match is None:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")
             return
@@ -279,6 +378,33 @@ class Agent:
         self.outbox.put(track.id, event)
         self._wake.set()  # deliver now, not at the next poll
         self.metrics.inc("facecrm_agent_known_tracks_total", help="tracks of opted-in customers")
+
+    def _ask_server(
+        self, template: np.ndarray, second: Callable[[], np.ndarray | None] | None
+    ) -> tuple[str, float] | None:
+        """The server's decision for a track this store's gallery does not hold (store
+        and server modes): its template(s) only, never a frame; unreachable: unknown."""
+        other = second() if second is not None else None
+        body = {
+            "model_id": self.gallery.model_id,
+            "template": base64.b64encode(template.astype("<f4").tobytes()).decode(),
+            "second": None
+            if other is None
+            else base64.b64encode(other.astype("<f4").tobytes()).decode(),
+        }
+        try:
+            response = self._client.post(f"{API_PREFIX}/agent/decide", json=body)
+            response.raise_for_status()
+            answer = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            log.warning(
+                "server decision failed (%s); the track counts as unknown", type(exc).__name__
+            )
+            return None
+        self.metrics.inc("facecrm_agent_server_decisions_total", help="tracks the server decided")
+        if not answer.get("known"):
+            return None
+        return str(answer["customer_id"]), float(answer["similarity"])
 
     def _second_template(self, chips: list[np.ndarray]) -> np.ndarray | None:
         """The track's mean second-model template (run once per track, only when asked)."""

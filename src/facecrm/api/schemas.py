@@ -828,3 +828,37 @@ class ReadinessOut(BaseModel):
     ready: bool
     enforced: bool
     items: list[ReadinessItemOut]
+
+
+class SyncModelOut(BaseModel):
+    """Templates of one model in a sync page: `vectors` is base64 of `len(ids)` float16
+    little-endian rows of `dim` values, in the order of `ids` and `customers`."""
+
+    dim: int
+    ids: list[int]
+    customers: list[str]
+    vectors: str
+
+
+class SyncPageOut(BaseModel):
+    """One page of an agent's gallery sync (`crm.sync`, docs/agent-sync.md).
+
+    Apply `removed` (customer ids) first, then `models`; ask again at once while `more`.
+    `reset`: the first page of a full sync (start from an empty gallery; `rule` holds the
+    decision rule then). `mode`: how much of the gallery this store's agent holds."""
+
+    mode: Literal["full", "store", "server"]
+    cursor: str
+    more: bool
+    reset: bool
+    rule: dict[str, Any] | None
+    removed: list[str]
+    models: dict[str, SyncModelOut]
+
+
+class DecideOut(BaseModel):
+    """The server's decision about one track: known (with the customer) or not."""
+
+    known: bool
+    customer_id: str | None = None
+    similarity: float | None = None

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Select, select
 from sqlalchemy.orm import Session, selectinload
 
-from facecrm.crm import accounts, audit
+from facecrm.crm import accounts, audit, sync
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import load
 from facecrm.crm.errors import InvalidError, NotFoundError
@@ -124,6 +124,7 @@ def record_visit(
     )
     session.add(visit)
     session.flush()
+    sync.record_visit(session, customer_id, store_id)  # a store-scoped agent learns them
     audit.record(session, principal, "visit", customer_id, store_id, source=source)
     return visit
 

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -760,3 +761,33 @@ class CustomerIncentive(Base):
         ForeignKey("stores.id", ondelete="SET NULL"), default=None
     )
     granted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GalleryChange(Base):
+    """One change of the agents' gallery, for incremental sync (`crm.sync`).
+
+    Ids only, never a template: `add` names a template (either model), `remove` a
+    customer whose templates all went (withdrawal, erasure, retention), `scope` a customer
+    who entered a store's scope (first visit there: store-scoped agents fetch them).
+    An erased customer's `add` and `scope` rows are deleted with the erasure, so what is
+    left of them is one `remove` row holding the opaque customer id, pruned with the log.
+    `seq` is allocated under a row lock (`SyncMark` "seq"), so commit order is seq order.
+    """
+
+    __tablename__ = "gallery_changes"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(String(8))
+    customer_id: Mapped[str] = mapped_column(String(32), index=True)
+    template_id: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    store_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class SyncMark(Base):
+    """Counters of the sync log: "seq" (last allocated) and "pruned" (log starts after)."""
+
+    __tablename__ = "sync_marks"
+
+    name: Mapped[str] = mapped_column(String(16), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import Session
 
-from facecrm.crm import audit, auditchain, db, erasures
+from facecrm.crm import audit, auditchain, db, erasures, sync
 from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.models import (
     Alert,
@@ -127,6 +127,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
         if audit_cutoff is not None:
             pruned = _prune_audit(session, principal, audit_cutoff)
         entries = erasures.prune(session, settings, now)
+        sync.prune(session, settings.sync_log_days, now)  # older agents sync in full
         if visits or expired or unseen or entries or alerts:
             audit.record(
                 session,

@@ -63,6 +63,7 @@ from facecrm.crm.models import (
     Purpose,
 )
 from facecrm.crm.runtime import Runtime
+from facecrm.crm.sync import GallerySync, record_added, record_removed
 from facecrm.crm.vault import TemplateVault
 from facecrm.crypto import CustomerCipher, KeyProvider
 from facecrm.gallery.cascade import Accept, CascadeCalibration, Reason, decide
@@ -345,6 +346,11 @@ class FaceCRM:
             return PgVectorGalleryStore(self.model_id)
         return MemoryGalleryStore(self._load_gallery, self.model_id, self.settings)
 
+    @cached_property
+    def sync(self) -> GallerySync:
+        """Agents' incremental gallery sync and server-side decisions (`crm.sync`)."""
+        return GallerySync(self)
+
     def _load_gallery(self) -> tuple[list[Row], int | None]:
         with self.sessions() as session:
             return self.vault.plain_templates(session), self.generation(session)
@@ -621,7 +627,7 @@ class FaceCRM:
         returns the first model's."""
         if customer.active_consent(Purpose.IN_STORE_RECOGNITION) is None:
             raise ConsentError(f"customer {customer.id} has no active recognition consent")
-        templates = []
+        templates, seconds = [], []
         vectors = [p.first for p in probes]
         sealed = self.vault.seal_templates(session, customer.id, vectors)
         cascade = self.cascade
@@ -641,7 +647,7 @@ class FaceCRM:
             customer.templates.append(template)
             templates.append(template)
             if other is not None and cascade is not None:
-                customer.templates.append(
+                seconds.append(
                     FaceTemplate(
                         model_id=cascade.second.model_id,
                         vector=other,
@@ -649,11 +655,13 @@ class FaceCRM:
                         source=photo.source[:200],
                     )
                 )
+                customer.templates.append(seconds[-1])
         session.flush()
         self.gallery.added(
             session,
             [(t.id, customer.id, v) for t, v in zip(templates, vectors, strict=True)],
         )
+        record_added(session, customer.id, [t.id for t in [*templates, *seconds]])
         audit.record(session, principal, "enroll_faces", customer.id, templates=len(templates))
         return templates
 
@@ -862,16 +870,17 @@ class FaceCRM:
         )
         quality = dataclasses.asdict(faces[0].quality) if faces[0].quality else {}
         quality.pop("issues", None)
-        session.add(
-            FaceTemplate(
-                customer_id=customer_id,
-                model_id=cascade.second.model_id,
-                vector=sealed,
-                quality={k: round(float(v), 4) for k, v in quality.items()},
-                source="backfill: kept photo",
-            )
+        template = FaceTemplate(
+            customer_id=customer_id,
+            model_id=cascade.second.model_id,
+            vector=sealed,
+            quality={k: round(float(v), 4) for k, v in quality.items()},
+            source="backfill: kept photo",
         )
+        session.add(template)
+        session.flush()
         bump_generation(session, self.model_id)  # store agents fetch the new template
+        record_added(session, customer_id, [template.id])
         audit.record(session, principal, "templates_backfill", customer_id, templates=1)
         return True
 
@@ -902,6 +911,7 @@ class FaceCRM:
 
     def _forget_face(self, session: Session, customer_id: str) -> None:
         self.gallery.removed(session, customer_id)
+        self._unsync(session, customer_id)
         session.execute(delete(FaceTemplate).where(FaceTemplate.customer_id == customer_id))
         session.execute(delete(CustomerPhoto).where(CustomerPhoto.customer_id == customer_id))
         # nothing else is sealed under the data key: destroy it too
@@ -912,10 +922,16 @@ class FaceCRM:
         with db.transaction(self.sessions) as session:
             customer = customers.load(session, customer_id)
             self.gallery.removed(session, customer_id)
+            self._unsync(session, customer_id)
             session.delete(customer)
             audit.record(session, principal, "erase", customer_id)
             erasures.record(session, self.settings, customer_id)  # re-applied after a restore
         self.scrub_erased(CUSTOMER_TABLES)
+
+    def _unsync(self, session: Session, customer_id: str) -> None:
+        """Tell the agents (change log) and drop the decrypted copies (early: fail-safe)."""
+        record_removed(session, customer_id)
+        self.sync.cache.forget(customer_id)
 
     def scrub_erased(self, tables: Sequence[str] = CUSTOMER_TABLES) -> bool:
         """Once an erasure has committed, wipe the deleted rows from the database files.

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StrictFloat, ValidationError
@@ -27,20 +31,25 @@ from facecrm.api.deps import (
     TokenDep,
     still_valid,
 )
+from facecrm.api.problems import ApiError
 from facecrm.api.schemas import (
     PROBLEMS,
     AcknowledgedOut,
     AlertOut,
     CameraOut,
+    DecideOut,
     EventStreamResponse,
     GalleryOut,
     Moment,
     RowId,
     ShiftOut,
     StoreConfigOut,
+    SyncModelOut,
+    SyncPageOut,
 )
 from facecrm.crm import accounts, readiness
 from facecrm.crm.authz import Principal
+from facecrm.crm.sync import PAGE_MAX
 
 router = APIRouter(tags=["store agents and alerts"], responses=PROBLEMS)
 RECHECK_SECONDS = 5.0  # how soon a revoked principal's open alert stream is closed
@@ -126,7 +135,8 @@ def agent_gallery(
     principal: StoreAgent,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Templates of opted-in customers for local decisions; 304 while unchanged."""
+    """Templates of opted-in customers for local decisions; 304 while unchanged. For agents
+    from before incremental sync: the whole gallery at every change (see `/agent/sync`)."""
     store_id = None if principal.stores is None else accounts.device_store(principal)
     paused = not readiness.allows_recognition(session, crm.settings, store_id)
     version = f"{crm.model_id}-{crm.generation(session)}-{crm.runtime.decision_version}"
@@ -135,6 +145,67 @@ def agent_gallery(
         return Response(status_code=304, headers={"ETag": etag})
     body = crm.gallery_export(principal=principal)
     return Response(json.dumps(body), media_type="application/json", headers={"ETag": etag})
+
+
+@router.get(
+    "/agent/sync",
+    response_model=SyncPageOut,
+    responses={410: {**PROBLEMS[409], "description": "sync in full (reason full_resync_required)"}},
+)
+def agent_sync(
+    crm: CrmDep,
+    principal: StoreAgent,
+    cursor: Annotated[str | None, Query(min_length=14, max_length=60)] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 5000,
+) -> SyncPageOut:
+    """The gallery changes since `cursor` (none: a full sync), a page at a time; 410
+    `full_resync_required` when the cursor predates the log or the decision rule changed."""
+    page = crm.sync.page(principal, cursor, limit)
+    return SyncPageOut(
+        mode=page.mode,
+        cursor=page.cursor,
+        more=page.more,
+        reset=page.reset,
+        rule=page.rule,
+        removed=page.removed,
+        models={m: SyncModelOut.model_validate(p.wire()) for m, p in page.models.items()},
+    )
+
+
+TEMPLATE_B64 = 4 * 4096 * 4 // 3 + 4  # a float32 vector of up to 4,096 values, in base64
+
+
+class DecideIn(BaseModel):
+    """A track's mean template(s), base64 of little-endian float32; never an image."""
+
+    model_id: str = Field(max_length=64)
+    template: str = Field(min_length=4, max_length=TEMPLATE_B64)
+    second: str | None = Field(default=None, min_length=4, max_length=TEMPLATE_B64)
+
+
+def _vector(raw: str) -> npt.NDArray[np.float32]:
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(422, "a template must be base64", reason="bad_template") from None
+    if not data or len(data) % 4:
+        raise ApiError(422, "a template is whole float32 values", reason="bad_template")
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+@router.post("/agent/decide", response_model=DecideOut)
+def agent_decide(body: DecideIn, request: Request, crm: CrmDep, principal: StoreAgent) -> DecideOut:
+    """Server-side decision for agents that do not hold (all) the templates: known or
+    unknown by the same rule as a local decision. An unknown leaves nothing on the server."""
+    if body.model_id != crm.model_id:
+        raise ApiError(409, "the server runs another model; sync in full", reason="model_mismatch")
+    if not request.app.state.decide_limiter.allow(principal.id):
+        raise ApiError(429, "too many decisions; wait a minute", reason="rate_limited")
+    second = None if body.second is None else _vector(body.second)
+    match = crm.sync.decide(principal, _vector(body.template), second)
+    if match is None:
+        return DecideOut(known=False)
+    return DecideOut(known=True, customer_id=match[0], similarity=round(match[1], 4))
 
 
 @router.post("/agent/events", response_model=EventsOut)
