@@ -550,6 +550,8 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
                 )
                 - index_mb
             )
+            if args.ef_search:
+                crm.gallery.ef_search = args.ef_search  # type: ignore[attr-defined]
             s = search(crm, gallery, pop, args.queries)
             crm.engine.dispose()
             figures = serve_figures(settings, key, args.photos, size <= args.sync_max, crm)
@@ -564,6 +566,7 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
                 flush=True,
             )
             if (line := sync_row("postgresql", size, figures)) is not None:
+                print(f"agent sync {line}", flush=True)  # now: a time-boxed run may not end
                 sync_rows.append(line)
             if size != args.sizes[-1]:
                 drop_hnsw(crm)
@@ -622,6 +625,9 @@ def main() -> None:
     parser.add_argument("--maintenance-work-mem", default="3GB")
     parser.add_argument("--shared-buffers", default="1GB")
     parser.add_argument("--ann-min-size", type=int, default=20_000)
+    parser.add_argument(
+        "--ef-search", type=int, help="pgvector's hnsw.ef_search (default: the product's)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tests/data, 2,000 templates")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
@@ -636,8 +642,10 @@ def main() -> None:
     pop = calibrate(args.smoke, args.model_cache)
     sync_rows = []
     if args.sizes:
+        ef = args.ef_search or PgVectorGalleryStore("").ef_search
         print(
-            f"PostgreSQL + pgvector, {args.per_person} templates per synthetic person, "
+            f"PostgreSQL + pgvector (hnsw.ef_search {ef}), "
+            f"{args.per_person} templates per synthetic person, "
             f"{args.queries} mated and {args.queries} stranger queries, maintenance_work_mem "
             f"{args.maintenance_work_mem}, shared_buffers {args.shared_buffers}\n"
         )
