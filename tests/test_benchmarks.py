@@ -38,6 +38,7 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "million_bench.py": (
         "| dlib | synthetic, fitted |",
         "| 2,000 (667) |",  # a PostgreSQL and a SQLite row
+        "sqlite 2,000: server RSS MB",
         "| postgresql | 2,000 | 2,005 |",
     ),
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
