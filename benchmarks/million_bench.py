@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 
 from cascade_study import load_or_embed
 from facecrm.config import Settings, configure
@@ -58,11 +58,19 @@ from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.gallery_store import PgVectorGalleryStore, bump_generation
-from facecrm.crm.models import Consent, Customer, FaceTemplate
+from facecrm.crm.models import Consent
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 
-from common import REPO, faces_dir, link_model_cache, machine, serve_subprocess, smoke_faces
+from common import (
+    REPO,
+    faces_dir,
+    link_model_cache,
+    machine,
+    serve_subprocess,
+    smoke_faces,
+    write_synthetic_customers,
+)
 
 DIM = 128
 PEOPLE_PER_TRANSACTION = 5_000
@@ -288,26 +296,7 @@ def grow(crm: FaceCRM, gallery: Gallery, pop: Population, target: int, per_perso
         for p, v in zip(person, vectors, strict=True):
             mine[ids[p]].append(v)
         with db.transaction(crm.sessions) as session:
-            session.execute(
-                insert(Customer),
-                [{"id": i, "name": f"Synthetic {i}", "tier": "standard"} for i in ids],
-            )
-            session.execute(insert(Consent), [{"customer_id": i, **evidence} for i in ids])
-            sealed = crm.vault.seal_new_customers(session, mine)
-            template_ids = session.scalars(
-                insert(FaceTemplate).returning(FaceTemplate.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "customer_id": i,
-                        "model_id": crm.model_id,
-                        "vector": blob,
-                        "quality": {},
-                        "source": "synthetic",
-                    }
-                    for i in ids
-                    for blob in sealed[i]
-                ],
-            ).all()
+            template_ids = write_synthetic_customers(session, crm, mine, evidence)
             if postgres:
                 raw = session.connection().connection.driver_connection
                 copy_sql = (
