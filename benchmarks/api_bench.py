@@ -32,14 +32,14 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from facecrm.config import configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.gallery_store import bump_generation
-from facecrm.crm.models import Consent, Customer, FaceTemplate
+from facecrm.crm.models import Consent
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
@@ -52,6 +52,7 @@ from common import (
     machine,
     serve_subprocess,
     smoke_faces,
+    write_synthetic_customers,
 )
 
 
@@ -103,30 +104,8 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
         for r in rows:
             mine[ids[person[r] - first_person]].append(vectors[r])
         with db.transaction(crm.sessions) as session:
-            session.execute(
-                insert(Customer),
-                [{"id": i, "name": f"Synthetic {i}", "tier": "standard"} for i in ids],
-            )
-            session.execute(
-                insert(Consent),
-                [{"customer_id": i, **evidence} for i in ids],
-            )
-            sealed = crm.vault.seal_new_customers(session, mine)
-            owners = [i for i in ids for _ in sealed[i]]
-            template_ids = session.scalars(
-                insert(FaceTemplate).returning(FaceTemplate.id, sort_by_parameter_order=True),
-                [
-                    {
-                        "customer_id": i,
-                        "model_id": crm.model_id,
-                        "vector": blob,
-                        "quality": {},
-                        "source": "synthetic",
-                    }
-                    for i in ids
-                    for blob in sealed[i]
-                ],
-            ).all()
+            template_ids = write_synthetic_customers(session, crm, mine, evidence)
+            owners = [i for i in ids for _ in mine[i]]
             plain = [v for i in ids for v in mine[i]]
             if crm.engine.dialect.name == "postgresql":  # pgvector rows, as enrollment writes
                 crm.gallery.added(session, list(zip(template_ids, owners, plain, strict=True)))

@@ -13,6 +13,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -72,6 +73,37 @@ def clustered_templates(
     vectors += rng.standard_normal((count, dim)).astype(np.float32) * noise_sd
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return vectors.astype(np.float32), person
+
+
+def write_synthetic_customers(
+    session: Any, crm: Any, templates: dict[str, list[np.ndarray]], evidence: dict[str, object]
+) -> list[int]:
+    """Synthetic customers written as enrollment writes them: the customer, a consent (the
+    evidence of a real one), a data key each and their sealed templates (in `templates`'
+    order). Returns the template ids, in the same order."""
+    from sqlalchemy import insert
+
+    from facecrm.crm.models import Consent, Customer, FaceTemplate
+
+    ids = list(templates)
+    session.execute(
+        insert(Customer), [{"id": i, "name": f"Synthetic {i}", "tier": "standard"} for i in ids]
+    )
+    session.execute(insert(Consent), [{"customer_id": i, **evidence} for i in ids])
+    sealed = crm.vault.seal_new_customers(session, templates)
+    rows = [
+        {
+            "customer_id": i,
+            "model_id": crm.model_id,
+            "vector": blob,
+            "quality": {},
+            "source": "synthetic",
+        }
+        for i in ids
+        for blob in sealed[i]
+    ]
+    returning = insert(FaceTemplate).returning(FaceTemplate.id, sort_by_parameter_order=True)
+    return list(session.scalars(returning, rows).all())
 
 
 def identity_tree_with_distractors(faces: Path, more: bool = False) -> Path:

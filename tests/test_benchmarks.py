@@ -40,6 +40,12 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "decode_bench.py": ("| idle RSS MB | peak above idle MB |", "| float-6300.tiff | 422"),
     "embedder_compare.py": ("| embedder | genuine / impostor pairs |", "| fused (dlib + sface"),
     "served_cascade_bench.py": ("| path | photos | faces named |", "| cascade, strangers |"),
+    "million_bench.py": (
+        "| dlib | synthetic, fitted |",
+        "| 2,000 (667) |",  # a PostgreSQL and a SQLite row
+        "sqlite 2,000: server RSS MB",
+        "| postgresql | 2,000 | 2,005 |",
+    ),
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
     "stages_bench.py": ("| stage | mean ms |", "| 10,000 templates |", "| SFace int8 in OpenCV |"),
     "sync_bench.py": (

@@ -185,6 +185,8 @@ def migrate() -> None:
         console.print(f"Schema {before or 'none'} → {head}.")
     if crm.legacy_sealed:
         console.print(f"Encrypted {crm.legacy_sealed} template(s) stored before encryption.")
+    if crm.search_rows_restored:  # a restored dump without gallery_vectors (docs/deploy.md)
+        console.print(f"Rebuilt {crm.search_rows_restored} search row(s) from the templates.")
 
 
 @templates_app.command("backfill")

@@ -156,9 +156,14 @@ class PgVectorGalleryStore:
     have no fixed dimension, so the index is on `embedding::vector(dim)`); it is
     created the first time the process sees the model, which on an existing
     large table takes a while once.
+
+    `ef_search` 512: on 100k synthetic templates calibrated on real dlib distributions
+    (benchmarks/million_bench.py), pgvector's index (m 16, ef_construction 64) put the
+    exact search's customer first for 97.4% of returning customers at 256 and 99.0% at
+    512 (target: 99%); larger galleries need 1,000. Small beside embedding a face.
     """
 
-    def __init__(self, model_id: str, ef_search: int = 256) -> None:
+    def __init__(self, model_id: str, ef_search: int = 512) -> None:
         self.model_id = model_id
         self.ef_search = ef_search
         self._indexed: set[int] = set()

@@ -32,7 +32,7 @@ from functools import cached_property
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import Engine, delete, func, select
+from sqlalchemy import Engine, delete, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -267,6 +267,8 @@ class FaceCRM:
         self.vault = TemplateVault(self.runtime)
         # templates from before encryption at rest: a full-table pass, so migrations only
         self.legacy_sealed = self.vault.seal_legacy() if migrate else 0
+        # a restored dump without the plaintext search table: its rows rebuilt, migrations only
+        self.search_rows_restored = self._restore_search_rows() if migrate else 0
 
     # -- the runtime's resources, as before the split (the API and tests use these) --
 
@@ -350,6 +352,31 @@ class FaceCRM:
     def sync(self) -> GallerySync:
         """Agents' incremental gallery sync and server-side decisions (`crm.sync`)."""
         return GallerySync(self)
+    def _restore_search_rows(self, chunk: int = 2_000) -> int:
+        """PostgreSQL: the pgvector rows of templates that have none, decrypted from the
+        templates. A backup taken with `pg_dump --exclude-table-data=gallery_vectors` (the
+        plaintext search table; docs/deploy.md) restores without them, and would otherwise
+        recognise nobody. Returns how many rows were written."""
+        if self.engine.dialect.name != "postgresql":
+            return 0
+        with self.sessions() as session:
+            missing = session.execute(
+                text(
+                    "SELECT t.customer_id, t.id FROM face_templates t"
+                    " LEFT JOIN gallery_vectors g ON g.template_id = t.id"
+                    " WHERE t.model_id = :m AND g.template_id IS NULL"
+                ),
+                {"m": self.model_id},
+            ).all()
+        wanted = {template_id for _, template_id in missing}
+        owners = sorted({owner for owner, _ in missing})
+        for start in range(0, len(owners), chunk):
+            with db.transaction(self.sessions) as session:
+                rows = self.vault.plain_templates(
+                    session, customer_ids=owners[start : start + chunk]
+                )
+                self.gallery.added(session, [r for r in rows if r[0] in wanted])
+        return len(wanted)
 
     def _load_gallery(self) -> tuple[list[Row], int | None]:
         with self.sessions() as session:
