@@ -189,6 +189,7 @@ class Analytics:
         self._alerts: deque[dict[str, object]] = deque(maxlen=100)
         self._unsent: list[dict[str, object]] = []  # rows the server was unreachable for
         self._lock = threading.Lock()
+        self._sending = threading.Lock()  # the analytics thread and the final flush
 
     # -- settings ------------------------------------------------------------------
 
@@ -420,6 +421,10 @@ class Analytics:
 
     def send(self, client: httpx.Client, final: bool = False) -> None:
         """Post waiting alerts, then the closed hours' aggregates (refused ones dropped)."""
+        with self._sending:
+            self._send(client, final)
+
+    def _send(self, client: httpx.Client, final: bool) -> None:
         while self._alerts:
             alert = self._alerts[0]
             try:
