@@ -248,6 +248,11 @@ def test_a_customer_who_waited_and_looks_unhappy_raises_one_queue_alert(
         "Checkout 2: a customer has waited 1 min and looks unhappy — open a till / send someone"
     )
     assert alert.customer_id == (ada.id if consents else None)
+    # zone, length, wait and confidence, in words for staff; never a face or a box
+    assert alert.reasons[0] == f"Zone checkout_queue:2 on camera {CAMERA}: 2 in the queue," + (
+        " the longest wait 1 min."
+    )
+    assert alert.reasons[1].startswith("Confidence ")
     (report,) = bodies(sent, "agent/queue-alerts")
     assert report["trigger"] == "unhappy" and report["zone"] == "checkout_queue:2"
     assert report["queue_length"] == 2 and 60 <= report["waiting_seconds"] < 62
