@@ -31,6 +31,7 @@ import httpx
 import numpy as np
 
 from facecrm import __version__
+from facecrm.agent.analytics import Analytics, default_models
 from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
 from facecrm.config import API_PREFIX
@@ -317,6 +318,8 @@ class Agent:
         self.gallery = LocalGallery()
         self.metrics = Registry()
         self.stop = threading.Event()
+        # issue 13: anonymous queue/footfall analytics (agent.analytics); models load lazily
+        self.analytics = Analytics(default_models, self.metrics)
         self._wake = threading.Event()
         # each camera's masked name, and the time of its last frame (None: none yet)
         self.names = camera_names(config.cameras)
@@ -367,6 +370,7 @@ class Agent:
             self.metrics.inc("facecrm_agent_unknown_tracks_total", help="tracks not opted in")
             return
         customer_id, similarity = match
+        track.customer_id = customer_id  # queue alerts may name a consenting customer
         event = {
             "key": track.id,  # a random uuid: the server applies each key once
             "type": "visit",
@@ -476,6 +480,7 @@ class Agent:
         for track in tracker.tracks:
             if not track.decided and len(track.best) >= self.config.decide_after:
                 self.decide(track)
+        self.analytics.observe(camera, frame, faces, tracker.tracks, at)  # issue 13
 
     # -- delivery and sync ---------------------------------------------------------
 
@@ -533,7 +538,11 @@ class Agent:
         except httpx.HTTPError as exc:
             log.warning("first gallery sync failed (%s); will retry", type(exc).__name__)
         status_log.info(self.startup_line())
+        self.analytics.refresh(self._client)  # issue 13: zones and switches before frames
         workers = [
+            threading.Thread(
+                target=self.analytics.run, args=(self._client, self.stop), daemon=True
+            ),
             threading.Thread(
                 target=self._loop, args=("sync", self.config.sync_seconds), daemon=True
             ),
@@ -559,6 +568,8 @@ class Agent:
                 self.stop.wait()
         finally:
             self.stop.set()
+            self.analytics.finish()  # issue 13: the last counters and alerts leave
+            self.analytics.send(self._client, final=True)
             status_log.info(self.status_line())
             self.heartbeat()
 

@@ -43,6 +43,7 @@ class Track:
     frames: int = 0
     best: list[tuple[float, Face]] = field(default_factory=list)
     decided: bool = False
+    customer_id: str | None = None  # the opted-in customer it was decided to be (issue 13)
 
     def add(self, face: Face, at: float, keep: int) -> None:
         self.frames += 1

@@ -51,6 +51,17 @@ class CameraSilent(Rule):
     minutes: Annotated[float, Field(strict=True, gt=0, le=24 * 60)] = 5.0
 
 
+class CheckoutQueue(Rule):
+    """Checkout queues (issue 13; applied on the store agent, `agent.analytics`): alert when
+    someone has waited `wait_minutes` and looked unhappy for `unhappy_seconds`, or when
+    `max_length` people are in the queue. The unhappy half needs the sentiment switch."""
+
+    wait_minutes: Annotated[float, Field(strict=True, gt=0, le=240)] = 5.0
+    unhappy_seconds: Annotated[float, Field(strict=True, ge=0, le=3600)] = 30.0
+    max_length: Annotated[int, Field(strict=True, ge=2, le=100)] = 6
+    cooldown_minutes: Annotated[float, Field(strict=True, ge=0, le=240)] = 5.0
+
+
 class RuleSettings(BaseModel):
     """A store's rule overrides; a rule or key left out keeps its default."""
 
@@ -63,6 +74,7 @@ class RuleSettings(BaseModel):
     preferred_advisor: Rule = Rule()
     camera_silent: CameraSilent = CameraSilent()
     any_arrival: OffRule = OffRule()  # every opted-in customer: for small stores, off by default
+    checkout_queue: CheckoutQueue = CheckoutQueue()
 
 
 DEFAULT_RULES: dict[str, dict[str, object]] = RuleSettings().model_dump(mode="json")
@@ -209,6 +221,11 @@ DESCRIPTIONS: dict[str, str] = {
     "camera_silent": (
         "A camera of the store's agent has given no frame for `minutes`: the store's "
         "managers are alerted (once per silence)."
+    ),
+    "checkout_queue": (
+        "A checkout queue needs a till or a colleague: someone has waited `wait_minutes` and "
+        "looked unhappy for `unhappy_seconds` (needs the sentiment switch), or `max_length` "
+        "people queue. Once per queue per `cooldown_minutes`; no face, no identity."
     ),
 }
 """What each rule of `RuleSettings` does, in the words the console and the API show

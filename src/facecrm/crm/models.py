@@ -791,3 +791,26 @@ class SyncMark(Base):
 
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
     value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class FootfallAggregate(Base):
+    """One anonymous counter (issue 13): store x hour x zone x metric x bucket.
+
+    Written only by `crm.analytics.ingest` from agents' hourly aggregates, which are
+    k-anonymous before they leave the agent (no bucket below `MIN_COUNT`): nothing here is
+    about one person. A later report for the same key adds to `count`.
+    """
+
+    __tablename__ = "footfall_aggregates"
+    __table_args__ = (
+        UniqueConstraint("store_id", "hour", "zone", "metric", "bucket", name="uq_footfall_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"))
+    hour: Mapped[datetime] = mapped_column(index=True)  # UTC, on the hour
+    zone: Mapped[str] = mapped_column(String(20))
+    metric: Mapped[str] = mapped_column(String(20))
+    bucket: Mapped[str] = mapped_column(String(20))
+    count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -352,6 +352,7 @@ class FaceCRM:
     def sync(self) -> GallerySync:
         """Agents' incremental gallery sync and server-side decisions (`crm.sync`)."""
         return GallerySync(self)
+
     def _restore_search_rows(self, chunk: int = 2_000) -> int:
         """PostgreSQL: the pgvector rows of templates that have none, decrypted from the
         templates. A backup taken with `pg_dump --exclude-table-data=gallery_vectors` (the

@@ -1,0 +1,67 @@
+"""The vocabulary of anonymous footfall aggregates, shared by the agent and the server.
+
+A row is (hour, zone, metric, bucket, count): one counter of one store's zone for one UTC
+hour. The agent builds the rows (`agent.analytics`), the server checks them against this
+vocabulary (`crm.analytics.ingest`): an unknown metric or bucket is refused, not stored.
+
+k-anonymity: no row leaves the agent with a count below `MIN_COUNT`. `k_anonymous` merges
+the small buckets of one (hour, zone, metric) into `other`; if `other` is still too small
+the smallest real bucket is folded into it too, and a group whose total is below
+`MIN_COUNT` is dropped whole. A quiet hour therefore reports nothing rather than a count
+that could single someone out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from facecrm.vision.attributes import AGE_BANDS, GENDERS, SENTIMENTS
+
+MIN_COUNT = 5
+OTHER = "other"
+# dwell time in a zone, in seconds: (upper bound, bucket)
+DWELL_BUCKETS: tuple[tuple[float, str], ...] = (
+    (30, "<30s"),
+    (120, "30s-2m"),
+    (300, "2-5m"),
+    (900, "5-15m"),
+    (float("inf"), "15m+"),
+)
+METRICS: dict[str, frozenset[str]] = {
+    "entries": frozenset({"all"}),  # tracks that crossed into `entrance`
+    "dwell": frozenset(label for _, label in DWELL_BUCKETS),
+    "demographics": frozenset(f"{band}|{g}" for _, band in AGE_BANDS for g in GENDERS),
+    "sentiment": frozenset(SENTIMENTS),
+}
+DEMOGRAPHIC_METRICS = frozenset({"demographics"})  # need the store's demographics switch
+SENTIMENT_METRICS = frozenset({"sentiment"})  # need its sentiment switch
+
+Key = tuple[datetime, str, str]  # (hour, zone, metric)
+
+
+def dwell_bucket(seconds: float) -> str:
+    return next(label for upper, label in DWELL_BUCKETS if seconds < upper)
+
+
+def known_bucket(metric: str, bucket: str) -> bool:
+    return metric in METRICS and (bucket in METRICS[metric] or bucket == OTHER)
+
+
+def k_anonymous(
+    groups: Mapping[Key, Mapping[str, int]], k: int = MIN_COUNT
+) -> list[tuple[datetime, str, str, str, int]]:
+    """Rows (hour, zone, metric, bucket, count), every count >= k (see the module doc)."""
+    rows: list[tuple[datetime, str, str, str, int]] = []
+    for (hour, zone, metric), buckets in sorted(groups.items()):
+        kept = {b: n for b, n in buckets.items() if n >= k and b != OTHER}
+        other = sum(n for b, n in buckets.items() if b not in kept)
+        while 0 < other < k and kept:  # fold the smallest real bucket in
+            smallest = min(kept, key=lambda b: (kept[b], b))
+            other += kept.pop(smallest)
+        if 0 < other < k:
+            continue  # the whole group is below k: nothing leaves
+        rows.extend((hour, zone, metric, b, n) for b, n in sorted(kept.items()))
+        if other:
+            rows.append((hour, zone, metric, OTHER, other))
+    return rows
