@@ -167,6 +167,7 @@ def start(shop: Shop, pipeline: FacePipeline, data_dir: Path) -> tuple[Agent, li
             server=shop.url, api_key=shop.key, cameras=(), data_dir=data_dir, realtime=False
         ),
         pipeline,
+        attributes=lambda: default_attribute_stage(shop.crm.settings),
     )
     sent: list[httpx.Request] = []
     agent._client.event_hooks["request"].append(sent.append)
@@ -399,7 +400,7 @@ def test_footfall_leaves_the_agent_as_k_anonymous_hourly_counters(
     # the server received only these, for the device's store
     assert {(z, m, b, n) for h, z, m, b, n in stored_rows(shop)} == expected
     paths = {r.url.path for r in sent}
-    assert paths <= {"/api/v1/agent/gallery", "/api/v1/agent/analytics", "/api/v1/agent/aggregates"}
+    assert paths <= {"/api/v1/agent/sync", "/api/v1/agent/analytics", "/api/v1/agent/aggregates"}
 
 
 def test_with_the_switches_off_no_attribute_is_computed(
@@ -446,7 +447,7 @@ def test_the_agent_on_the_real_video(
         realtime=False,
         exit_when_done=True,
     )
-    agent = Agent(config, pipeline)
+    agent = Agent(config, pipeline, attributes=lambda: default_attribute_stage(shop.crm.settings))
     sent: list[httpx.Request] = []
     agent._client.event_hooks["request"].append(sent.append)
     agent.run()

@@ -949,9 +949,15 @@ def agent(
         summary_seconds=summary_seconds or settings.agent_summary_seconds,
         heartbeat_seconds=heartbeat_seconds or settings.agent_heartbeat_seconds,
     )
+    from facecrm.vision.attributes import default_attribute_stage
     from facecrm.vision.second import build_second_opinion
 
-    Agent(config, build_pipeline(settings), build_second_opinion(settings)).run()
+    Agent(
+        config,
+        build_pipeline(settings),
+        build_second_opinion(settings),
+        attributes=lambda: default_attribute_stage(settings),
+    ).run()
 
 
 @audit_app.command("verify")

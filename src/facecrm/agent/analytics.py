@@ -43,6 +43,7 @@ import numpy.typing as npt
 from facecrm.agent.tracker import Track
 from facecrm.alerts import footfall
 from facecrm.config import API_PREFIX
+from facecrm.errors import ConfigError
 from facecrm.metrics import Registry
 from facecrm.vision.types import Face, Image
 
@@ -78,12 +79,10 @@ class AttributeModels(Protocol):
     def age_years(self, chips: Sequence[npt.NDArray[np.uint8]]) -> npt.NDArray[Any]: ...
 
 
-def default_models() -> AttributeModels:
-    """The process's attribute stage, loaded only once a store switches analytics on."""
-    from facecrm.config import get_settings
-    from facecrm.vision.attributes import default_attribute_stage
-
-    return default_attribute_stage(get_settings())
+def no_models() -> AttributeModels:
+    """The factory of an agent built without attribute models: analytics switched on for its
+    store is a deployment error, said plainly (the CLI passes the settings' models)."""
+    raise ConfigError("this agent was started without the attribute models (vision.attributes)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 
 from facecrm import __version__
-from facecrm.agent.analytics import Analytics, default_models
+from facecrm.agent.analytics import Analytics, AttributeModels, no_models
 from facecrm.agent.queue import Outbox
 from facecrm.agent.tracker import Track, Tracker
 from facecrm.config import API_PREFIX
@@ -307,8 +307,14 @@ class Agent:
     """One process next to a store's cameras."""
 
     def __init__(
-        self, config: AgentConfig, pipeline: FacePipeline, second: SecondOpinion | None = None
+        self,
+        config: AgentConfig,
+        pipeline: FacePipeline,
+        second: SecondOpinion | None = None,
+        attributes: Callable[[], AttributeModels] = no_models,
     ) -> None:
+        """`attributes` loads the attribute models the first time a store turns analytics
+        on (never before: most stores never do)."""
         self.config = config
         self.pipeline = pipeline
         # the cascade's second model; without it a cascade server's gallery is decided by
@@ -319,7 +325,7 @@ class Agent:
         self.metrics = Registry()
         self.stop = threading.Event()
         # issue 13: anonymous queue/footfall analytics (agent.analytics); models load lazily
-        self.analytics = Analytics(default_models, self.metrics)
+        self.analytics = Analytics(attributes, self.metrics)
         self._wake = threading.Event()
         # each camera's masked name, and the time of its last frame (None: none yet)
         self.names = camera_names(config.cameras)
