@@ -109,11 +109,15 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid)."""
+def serve_subprocess(env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, int]]:
+    """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid).
+
+    With `workers` > 1 the pid is uvicorn's supervisor; its worker processes are children.
+    """
     port = free_port()
+    command = [sys.executable, "-m", "facecrm", "serve", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
+        command + (["--workers", str(workers)] if workers > 1 else []),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -130,4 +134,8 @@ def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
         yield url, proc.pid
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a starved machine: do not leave it running
+            proc.kill()
+            proc.wait(timeout=30)
