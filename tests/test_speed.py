@@ -22,6 +22,7 @@ from facecrm.gallery.cascade import Accept, decide
 from facecrm.gallery.threshold import load_cascade
 from facecrm.server import create_app
 from facecrm.vision import detect
+from facecrm.vision import image as image_module
 from facecrm.vision.align import FivePointAligner
 from facecrm.vision.embed import OnnxEmbedder, sface_onnx
 from facecrm.vision.image import read_image
@@ -176,3 +177,30 @@ def test_cheap_detector_downscale_keeps_every_face_and_decision(
     assert now[0] == before[0]  # names (or no_match / ambiguous), probe by probe
     named = [n for n in now[0].values() if n not in {"no_match", "ambiguous"}]
     assert len(named) >= 80  # the set's returning customers (86 photos; 80 named before)
+
+
+def test_identify_holds_a_photo_slot_until_its_decisions(
+    crm: FaceCRM, faces_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode slot is held from the upload to the decisions, not only while decoding:
+    at most `max_concurrent_decodes` requests hold a decoded photo and run the pipeline."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+    held: list[bool] = []
+    identify = crm.identify
+
+    def watched(*args: object, **kwargs: object) -> object:
+        held.append(bool(getattr(image_module._held, "slot", False)))
+        return identify(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(crm, "identify", watched)
+    with serve(create_app(crm)) as url:
+        r = httpx.post(
+            f"{url}/api/v1/identify",
+            files={"image": ("1.jpg", (faces_dir / "identities/barack_obama/1.jpg").read_bytes())},
+            headers={"X-API-Key": key},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    assert held == [True]
