@@ -26,6 +26,7 @@ from facecrm.crm.pos import RateLimitedError
 from facecrm.crm.readiness import StoreNotReadyError
 from facecrm.crm.selfservice import TooManyRequestsError
 from facecrm.crm.service import EnrollmentError
+from facecrm.crm.sync import FullResyncRequired
 from facecrm.crypto import CryptoError
 from facecrm.errors import (
     AlreadyEnrolledError,
@@ -80,6 +81,7 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (CameraError("camera 7: no camera at device index 7"), 422, "camera_unavailable"),
     (RateLimitedError(3.2), 429, "rate_limited"),
     (TooManyRequestsError("codes to this address or phone", 3.2), 429, "rate_limited"),
+    (FullResyncRequired("the cursor is older than the log"), 410, "full_resync_required"),
     (StoreNotReadyError("the store's set-up is not confirmed"), 409, "store_not_ready"),
 ]
 
