@@ -13,23 +13,11 @@
   const result = document.getElementById("result");
   const upload = document.getElementById("upload");
   const takeButton = document.getElementById("take-photo");
-  const language = document.getElementById("language");
-  const textId = document.getElementById("text-id");
   const csrf = document.querySelector('meta[name="csrf-token"]').content;
   let captured = null; // a Blob from the camera
   let stream = null;
 
-  function showLanguage() {
-    const wanted = language ? language.value : null;
-    for (const text of document.querySelectorAll(".consent-text")) {
-      const shown = wanted === null || text.dataset.language === wanted;
-      text.hidden = !shown;
-      if (shown) textId.value = text.dataset.textId;
-    }
-    if (wanted) document.documentElement.lang = wanted;
-  }
-  if (language) language.addEventListener("change", showLanguage);
-  showLanguage();
+  const showLanguage = wireConsentLanguage(); // consent.js
 
   function showPreview(source, width, height) {
     preview.width = width;

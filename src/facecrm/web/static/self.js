@@ -30,19 +30,7 @@
   form.addEventListener("change", update);
 
   if (enrolling) {
-    const language = document.getElementById("language");
-    const textId = document.getElementById("text-id");
-    const showLanguage = () => {
-      const wanted = language ? language.value : null;
-      for (const text of document.querySelectorAll(".consent-text")) {
-        const shown = wanted === null || text.dataset.language === wanted;
-        text.hidden = !shown;
-        if (shown) textId.value = text.dataset.textId;
-      }
-      if (wanted) document.documentElement.lang = wanted;
-    };
-    if (language) language.addEventListener("change", showLanguage);
-    showLanguage();
+    wireConsentLanguage(); // consent.js
 
     const selfie = document.getElementById("selfie");
     const preview = document.getElementById("preview");
