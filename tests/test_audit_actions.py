@@ -158,6 +158,7 @@ TABLE: dict[str, Row] = {
     "incentive_grant": Row("self POST /self/{token}/enroll", SELF, "joe", "A"),
     "self_view": Row("self GET /self/me", SELF, "joe", "A"),
     "self_sign_in": Row("self POST /self/{token}/signin", SELF, "joe", "A"),
+    "otp_outbox_read": Row("cli facecrm otp outbox", SYSTEM),
 }
 
 
@@ -728,6 +729,8 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
 
         with run.path("self POST /self/{token}/code"):
             nonce, challenge, code = self_code("joe@example.org", "enroll")
+        with run.path("cli facecrm otp outbox"):
+            cli(settings, "otp", "outbox", "--to", "joe@example.org")
         with run.crm.sessions() as session:
             english = (ConsentText.language == "en") & ConsentText.active.is_(True)
             text = session.scalar(select(ConsentText.id).where(english))

@@ -13,6 +13,10 @@ The section's fenced blocks are the steps, in order, told apart by their info st
   VALUE`, `select LABEL = OPTION`, `check LABEL`, `upload LABEL = FILE`, `click BUTTON OR
   LINK`, `see TEXT`, `reload`. Labels, buttons and texts are found the way a person finds
   them (by their visible words), so a renamed button breaks the walkthrough here.
+  `wait SECONDS` is a person's pace, where the product refuses a faster one (bots).
+* ```` ```text pilot-phone ````: the same language on a customer's phone (a phone-sized,
+  touch Chromium page), one phone for every such block: the page stays open between them
+  (the selfie stays in the phone while the operator reads the code in the terminal).
 
 One block only is not run: the installation (`pip install`), since this is the installed
 product. The ports 8000 (server) and 9000 (webhook receiver) become free ports; the steps
@@ -45,15 +49,21 @@ from playwright.sync_api import Browser, Page, expect
 ROOT = Path(__file__).resolve().parents[1]
 SECTION = "## Pilot in three stores"
 FENCE = re.compile(r"^```(\w*)(?:[ \t]+([\w-]+))?[ \t]*\n(.*?)^```[ \t]*$", re.M | re.S)
-KINDS = {"pilot": "shell", "pilot-serve": "serve", "pilot-console": "console"}
-VERBS = {"open", "fill", "select", "check", "upload", "click", "see", "reload"}
+KINDS = {
+    "pilot": "shell",
+    "pilot-serve": "serve",
+    "pilot-console": "console",
+    "pilot-phone": "phone",
+}
+VERBS = {"open", "fill", "select", "check", "upload", "click", "see", "reload", "wait"}
+PHONE = {"width": 390, "height": 844}
 DATA_DIR = "pilot-data"  # the README's FACECRM_DATA_DIR=$PWD/pilot-data
 pytestmark = pytest.mark.slow
 
 
 @dataclass(frozen=True)
 class Step:
-    kind: str  # shell, serve, console or manual
+    kind: str  # shell, serve, console, phone or manual
     text: str
     line: int  # in README.md, for the failure message
 
@@ -82,7 +92,7 @@ def test_the_section_is_made_of_steps_the_walkthrough_runs() -> None:
     assert len(manual) == 1 and "pip install" in manual[0].text, manual
     assert sum(s.kind == "serve" for s in steps) == 1
     for step in steps:
-        if step.kind == "console":
+        if step.kind in ("console", "phone"):
             for line in step.text.strip().splitlines():
                 assert line.split(maxsplit=1)[0] in VERBS, (step.line, line)
     shell = "\n".join(s.text for s in steps if s.kind in ("shell", "serve"))
@@ -106,11 +116,17 @@ def test_the_section_is_made_of_steps_the_walkthrough_runs() -> None:
         "-X DELETE $API/customers/",
         "facecrm eval",
         "/webhook",
+        "facecrm stores qr",
+        "--svg",
+        "facecrm otp outbox",
     ):
         assert needed in shell, needed
     console = "\n".join(s.text for s in steps if s.kind == "console")
     for needed in ("/console/kiosk", "Confirm", "Claim", "Greeted", "Not this person", "204"):
         assert needed in console, needed
+    phone = "\n".join(s.text for s in steps if s.kind == "phone")
+    for needed in ("$SELF_URL", "Take a selfie", "Send me a code", "$CODE", "Join", "/self/me"):
+        assert needed in phone, needed
 
 
 # -- running it ------------------------------------------------------------------------
@@ -123,6 +139,8 @@ class Walk:
     ports: dict[str, int]
     server: subprocess.Popen[bytes] | None = None
     server_log: Path | None = None
+    phone: Page | None = None  # the customer's phone: one page, kept from block to block
+    phone_errors: list[str] = field(default_factory=list)
     outputs: dict[str, str] = field(default_factory=dict)  # a shell block's text: its stdout
     finished: bool = False  # every step ran
 
@@ -182,26 +200,46 @@ def start_server(walk: Walk, step: Step) -> None:
         time.sleep(0.2)
 
 
-def run_console(walk: Walk, step: Step, browser: Browser) -> None:
-    context = browser.new_context()
+def new_page(browser: Browser, **options: object) -> tuple[Page, list[str]]:
+    """A page in a fresh browser context, and the script errors it will collect."""
+    context = browser.new_context(**options)  # type: ignore[arg-type]
     context.set_default_timeout(60_000)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("dialog", lambda d: d.accept())
-    previous = ""
+    return page, errors
+
+
+def run_console(walk: Walk, step: Step, browser: Browser) -> None:
+    page, errors = new_page(browser)
     try:
-        for line in step.text.strip().splitlines():
-            verb, _, rest = line.strip().partition(" ")
-            argument = expand(substitute(rest.strip(), walk.ports), walk.env)
-            try:
-                console_action(page, walk, verb, argument, previous)
-            except (AssertionError, Exception) as exc:
-                raise AssertionError(f"README line {step.line}, `{line.strip()}`: {exc}") from exc
-            previous = verb
+        run_lines(walk, step, page)
         assert not errors, errors
     finally:
-        context.close()
+        page.context.close()
+
+
+def run_phone(walk: Walk, step: Step, browser: Browser) -> None:
+    """A block on the customer's phone: the page the previous phone block left open."""
+    if walk.phone is None:
+        walk.phone, walk.phone_errors = new_page(
+            browser, viewport=PHONE, is_mobile=True, has_touch=True
+        )
+    run_lines(walk, step, walk.phone)
+    assert not walk.phone_errors, walk.phone_errors
+
+
+def run_lines(walk: Walk, step: Step, page: Page) -> None:
+    previous = ""
+    for line in step.text.strip().splitlines():
+        verb, _, rest = line.strip().partition(" ")
+        argument = expand(substitute(rest.strip(), walk.ports), walk.env)
+        try:
+            console_action(page, walk, verb, argument, previous)
+        except (AssertionError, Exception) as exc:
+            raise AssertionError(f"README line {step.line}, `{line.strip()}`: {exc}") from exc
+        previous = verb
 
 
 def labelled(page: Page, label: str):  # type: ignore[no-untyped-def]
@@ -230,6 +268,8 @@ def console_action(page: Page, walk: Walk, verb: str, argument: str, previous: s
         page.wait_for_load_state()
     elif verb == "reload":
         page.reload()
+    elif verb == "wait":
+        time.sleep(float(argument))
     elif verb == "see":
         text = page.get_by_text(re.compile(re.escape(argument))).first
         if previous == "reload":  # what an operator does: reload until it is there
@@ -263,6 +303,8 @@ def walk(tmp_path: Path, model_cache: Path) -> Iterator[Walk]:
     assert shutil.which("facecrm", path=env["PATH"]), "the facecrm command is not installed"
     walk = Walk(tmp_path, env, {"8000": free_port(), "9000": free_port()})
     yield walk
+    if walk.phone is not None:
+        walk.phone.context.close()
     if walk.server is not None:
         os.killpg(walk.server.pid, signal.SIGTERM)
         try:
@@ -285,6 +327,8 @@ def test_the_pilot_in_three_stores_runs_as_written(walk: Walk, browser: Browser)
             start_server(walk, step)
         elif step.kind == "console":
             run_console(walk, step, browser)
+        elif step.kind == "phone":
+            run_phone(walk, step, browser)
         print(f"README line {step.line} ({step.kind}): {time.monotonic() - started:.1f} s")
 
     walk.finished = True
@@ -295,6 +339,10 @@ def test_the_pilot_in_three_stores_runs_as_written(walk: Walk, browser: Browser)
         return found
 
     assert all(code in output("facecrm stores list") for code in ("PAR1", "LYO1", "MRS1"))
+    self_url = output("facecrm stores qr").strip()  # the link printed, the QR code written
+    assert re.fullmatch(rf"http://127\.0\.0\.1:{walk.ports['8000']}/self/[\w-]{{32}}", self_url)
+    assert "<svg" in (walk.cwd / "par1-door.svg").read_text()
+    assert re.fullmatch(r"[0-9]{6}", walk.env["CODE"])  # read from the outbox
     assert '"Kit Harington"' in output("/pos/customer?loyalty_id=")  # the till found him
     after_erasure = output("-X DELETE $API/customers/").splitlines()
     assert after_erasure[0] == "Kit Harington"  # the export, read before the erasure

@@ -22,7 +22,8 @@ from sqlalchemy import delete, func, select, update
 from conftest import Cli
 from facecrm.config import Settings
 from facecrm.crm import accounts, consent_text, db, selfservice
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Principal
+from facecrm.crm.errors import Forbidden, InvalidError
 from facecrm.crm.models import (
     AuditEvent,
     Consent,
@@ -32,6 +33,7 @@ from facecrm.crm.models import (
     OtpChallenge,
     OtpOutbox,
     Purpose,
+    Role,
     ThrottleCounter,
     VerifiedContact,
     utcnow,
@@ -557,6 +559,51 @@ def test_the_console_draws_the_stores_qr_code_for_admins(site: Site) -> None:
     with site.db() as session:  # the link it encodes is the store's, unchanged
         _, token = selfservice.link(session, SYSTEM, site.store)
     assert token == site.token
+
+
+def test_an_administrator_reads_the_codes_waiting_for_the_embedded_sender(
+    site: Site, phone: httpx.Client
+) -> None:
+    """`facecrm otp outbox`'s rule: the codes still waiting, newest first, or those to one
+    contact as typed; an expired one is gone; audited without any destination; refused to
+    staff below administrator (the destinations are in clear)."""
+    form = nonce(phone, site.token)
+    _, first = ask_code(phone, site, "ann@example.org", form)
+    _, second = ask_code(phone, site, "+33 6 00 00 00 01", form)
+    _, third = ask_code(phone, site, "bob@example.org", form)
+    with site.db() as session:
+        waiting = selfservice.pending_codes(session, SYSTEM)
+        anns = selfservice.pending_codes(session, SYSTEM, " Ann@Example.ORG ")
+    assert [c.code for c in waiting] == [third, second, first]
+    assert [(c.channel, c.destination, c.code) for c in anns] == [
+        ("email", "ann@example.org", first)
+    ]
+    with site.db() as session:  # Bob's code expires: it is not handed over
+        past = utcnow() - timedelta(seconds=1)
+        session.execute(
+            update(OtpOutbox)
+            .where(OtpOutbox.destination == "bob@example.org")
+            .values(expires_at=past)
+        )
+    with site.db() as session:
+        assert [c.code for c in selfservice.pending_codes(session, SYSTEM)] == [second, first]
+    with site.db() as session:
+        reads = session.scalars(
+            select(AuditEvent).where(AuditEvent.action == "otp_outbox_read")
+        ).all()
+        assert [e.detail for e in reads][-3:] == [{"codes": 3}, {"codes": 1}, {"codes": 2}]
+        assert not any("example.org" in json.dumps(e.detail) + e.note for e in reads)
+        count = len(reads)
+    manager = Principal("staff", "m", "maria", Role.MANAGER, frozenset({site.store}))
+    with pytest.raises(Forbidden), site.db() as session:
+        selfservice.pending_codes(session, manager)
+    with pytest.raises(InvalidError), site.db() as session:
+        selfservice.pending_codes(session, SYSTEM, "not a contact")
+    with site.db() as session:
+        assert (
+            session.scalar(select(func.count()).where(AuditEvent.action == "otp_outbox_read"))
+            == count
+        )
 
 
 def test_an_abandoned_code_is_deleted_at_expiry_without_any_request(

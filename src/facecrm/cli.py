@@ -121,6 +121,8 @@ disputes_app = typer.Typer(
     help='Matches staff said were wrong ("not this person").', no_args_is_help=True
 )
 app.add_typer(disputes_app, name="disputes")
+otp_app = typer.Typer(help="One-time codes of self-enrollment.", no_args_is_help=True)
+app.add_typer(otp_app, name="otp")
 
 
 @app.callback()
@@ -751,7 +753,32 @@ def stores_qr(
         svg.write_bytes(qr_svg(url))
     print(url)
     if svg is not None:
-        console.print(f"QR code of store {found.code} written to {svg}", highlight=False)
+        err.print(f"QR code of store {found.code} written to {svg}", highlight=False)
+
+
+@otp_app.command("outbox")
+def otp_outbox(
+    to: Annotated[
+        str | None, typer.Option("--to", help="Only the codes to this e-mail address or phone.")
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """The one-time codes waiting for the embedded sender (FACECRM_OTP_SENDER=outbox),
+    newest first: a pilot's or a test's way to hand a customer their code before an SMS or
+    e-mail sender is plugged in. Destinations are shown in clear; each read is audited."""
+    from facecrm.crm import selfservice
+    from facecrm.crm.authz import SYSTEM
+
+    codes = _runtime().run(selfservice.pending_codes, SYSTEM, to)
+    if as_json:
+        keys = ("channel", "destination", "code", "expires_at", "body")
+        rows = [{k: getattr(c, k) for k in keys} for c in codes]
+        print(json.dumps(rows, indent=2, default=lambda at: at.isoformat()))
+        return
+    table = Table("destination", "code", "expires at (UTC)", "message")
+    for c in codes:
+        table.add_row(c.destination, c.code or "", f"{c.expires_at:%Y-%m-%d %H:%M:%S}", c.body)
+    console.print(table)
 
 
 @devices_app.command("list")

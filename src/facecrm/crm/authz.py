@@ -47,6 +47,7 @@ class Permission(StrEnum):
     CONSENT_TEXTS_WRITE = "consent_texts:write"  # a new version of a text: admins only
     ENROLLMENT_CONFIG = "enrollment:config"  # a store's enrollment options (chain's: admins)
     KEYS_ROTATE = "keys:rotate"  # re-wrap every data key under a new master key: admins
+    OTP_OUTBOX_READ = "otp_outbox:read"  # codes waiting for the embedded sender: admins
 
 
 P = Permission

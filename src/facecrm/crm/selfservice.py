@@ -30,8 +30,9 @@ The rules, and why:
   enumeration), and nothing is sent or stored for it.
 * Everything is audited by the crm operations themselves (`customer_create`,
   `consent_give`, `enroll_faces`, `customer_export`, `consent_withdraw`, `erase`) and by
-  `self_service_link`, `self_code_send`, `self_code_failed`, `self_sign_in`, `self_view`
-  and `incentive_grant` here; the actor is `customer:self-service`, the customer by id.
+  `self_service_link`, `self_code_send`, `self_code_failed`, `self_sign_in`, `self_view`,
+  `incentive_grant` here (the actor `customer:self-service`, the customer by id), and
+  `otp_outbox_read` by an operator reading the embedded sender's codes.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ TAG_LENGTH = 16  # hex characters of the contact key carried in a personal sessi
 PURPOSES = ("enroll", "signin")
 PHONE = re.compile(r"^\+?[0-9]{8,15}$")
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+BODY = "Your {store} code is {code}. It expires in 10 minutes."  # what the sender delivers
+CODE_IN_BODY = re.compile(rf"code is ([0-9]{{{CODE_DIGITS}}})\. It expires in 10 minutes\.$")
 PURGE_SECONDS = 30.0  # how often the server deletes expired codes (and their destinations)
 log = logging.getLogger("facecrm.selfservice")
 
@@ -192,6 +195,44 @@ class OutboxSender:
                 expires_at=message.expires_at,
             )
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingCode:
+    """A code waiting in the embedded sender's outbox, as an operator delivers it."""
+
+    channel: str  # email or sms
+    destination: str
+    code: str | None  # read from the message (None: a body this module did not write)
+    body: str
+    expires_at: datetime
+
+
+def pending_codes(
+    session: Session, who: Principal, destination: str | None = None
+) -> list[PendingCode]:
+    """The embedded sender's codes still waiting (newest first), optionally to one
+    `destination` (an e-mail address or phone as typed). A pilot's or a test's way to
+    deliver codes by hand before an SMS or e-mail sender is plugged in; other senders keep
+    nothing here. Admins and the CLI only (destinations are in clear); audited
+    (`otp_outbox_read`: how many, never to whom)."""
+    who.require(Permission.OTP_OUTBOX_READ)
+    purge_expired(session, utcnow())
+    query = select(OtpOutbox).order_by(OtpOutbox.id.desc())
+    if destination is not None:
+        query = query.where(OtpOutbox.destination == parse_contact(destination).value)
+    rows = session.scalars(query).all()
+    audit.record(session, who, "otp_outbox_read", None, None, codes=len(rows))
+    return [
+        PendingCode(
+            row.channel,
+            row.destination,
+            found.group(1) if (found := CODE_IN_BODY.search(row.body)) else None,
+            row.body,
+            row.expires_at,
+        )
+        for row in rows
+    ]
 
 
 def sender_for(settings: Settings) -> OtpSender:
@@ -479,7 +520,7 @@ class SelfService:
                     )
                 )
                 session.flush()
-                body = f"Your {store.name} code is {code}. It expires in 10 minutes."
+                body = BODY.format(store=store.name, code=code)
                 self.sender.send(
                     session,
                     OtpMessage(challenge_id, contact.channel, contact.value, code, body, expires),
