@@ -47,6 +47,7 @@ class Permission(StrEnum):
     CONSENT_TEXTS_WRITE = "consent_texts:write"  # a new version of a text: admins only
     ENROLLMENT_CONFIG = "enrollment:config"  # a store's enrollment options (chain's: admins)
     KEYS_ROTATE = "keys:rotate"  # re-wrap every data key under a new master key: admins
+    ANALYTICS_READ = "analytics:read"  # anonymous footfall/queue dashboard (crm.dashboard)
 
 
 P = Permission
@@ -75,6 +76,7 @@ GRANTS: dict[str, frozenset[Permission]] = {
             P.ENROLLMENT_CONFIG,
             P.DISPUTES_READ,
             P.STAFF_MANAGE,
+            P.ANALYTICS_READ,
         }
     ),
     Role.ASSOCIATE: frozenset(_STAFF),
