@@ -14,20 +14,25 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 from sqlalchemy import select
 
 from facecrm.alerts import storeconfig
+from facecrm.config import Settings
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.models import Alert
 from facecrm.crm.service import FaceCRM
 from facecrm.server import create_app
+from facecrm.vision.pipeline import FacePipeline
 
 from server import serve
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 PASSWORD = "correct horse battery"
 CAMERA = "till-cam"
@@ -282,3 +287,74 @@ def test_a_window_at_the_bounds_is_accepted(world: World) -> None:
     for params in (day, hour):
         r = admin.get("/api/v1/analytics/footfall", params=params)
         assert r.status_code == 200, r.text
+
+
+@pytest.fixture()
+def local_world(settings: Settings, pipeline: FacePipeline) -> Iterator[World]:
+    """SQLite only: the page test (the browser is the cost, not the database)."""
+    crm = FaceCRM(settings, pipeline=pipeline)
+    yield from open_world(crm)
+    crm.engine.dispose()
+
+
+def series_values(page: Page, chart: str, name: str) -> list[float]:
+    values = page.locator(f"#{chart} svg g[data-series='{name}'] [data-value]")
+    return [float(v) for v in values.evaluate_all("els => els.map(e => e.dataset.value)")]
+
+
+def test_the_manager_sees_the_charts_in_the_browser(browser: Browser, local_world: World) -> None:
+    from playwright.sync_api import expect
+
+    from browser import log_in, new_context
+
+    world = local_world
+    context = new_context(browser, world.url)
+    errors: list[str] = []
+    page = context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on(  # CSP reports and the like; a missing favicon is no error of this page
+        "console",
+        lambda m: (
+            errors.append(m.text)
+            if m.type == "error" and "favicon" not in str(m.location.get("url"))
+            else None
+        ),
+    )
+    log_in(page, "mt", PASSWORD)
+    expect(page.locator("header .who")).to_contain_text("mt")
+    page.click("header nav >> text=Analytics")
+    page.select_option("#scope select[name=store_id]", world.stores["T"])
+    page.click("#scope button[type=submit]")
+    expect(page.locator("h1")).to_contain_text("Store <T>")  # escaped, shown as text
+
+    hour = NOW_HOUR.hour
+    today = [0.0] * (hour + 1)
+    today[hour] = 7
+    if hour >= 1:
+        today[hour - 1] = 8  # the hour before, when it is still today
+    week_ago = [0.0] * 24
+    week_ago[hour] = 9
+    assert series_values(page, "chart-footfall", "today") == today
+    assert series_values(page, "chart-footfall", "1 week ago") == week_ago
+    assert series_values(page, "chart-footfall", "2 weeks ago") == [0.0] * 24
+    # waits at the checkouts over 28 days: <30s, 30s-2m, 2-5m, 5-15m, 15m+, other
+    assert series_values(page, "chart-queue-waits", "people") == [0, 0, 21, 15, 0, 0]
+    assert series_values(page, "chart-demographics", "people") == [21]
+    smiling = series_values(page, "chart-sentiment", "smiling")
+    assert smiling and all(0 < v < 100 for v in smiling)
+    # the other store's counters (100 more entries an hour) are not in the manager's charts
+    assert max(series_values(page, "chart-footfall", "today")) < 100
+    assert not errors, errors
+
+    page.goto(f"/console/analytics?store_id={world.stores['O']}")
+    assert "not one of yours" in page.content()
+    context.close()
+
+    associate = new_context(browser, world.url)
+    page = associate.new_page()
+    log_in(page, "asc", PASSWORD)
+    expect(page.locator("header .who")).to_contain_text("asc")
+    response = page.goto("/console/analytics")
+    assert response is not None and response.status == 403
+    assert page.locator("svg").count() == 0
+    associate.close()
