@@ -133,13 +133,14 @@ def _counters(
 
 
 def footfall(session: Session, principal: Principal, window: Window) -> list[Point]:
-    """Entries and dwell per zone and period (module doc)."""
+    """Entries and dwell-time buckets per zone and period (k-anonymous counters)."""
     check(window)
     return _counters(session, scope(session, principal, window.store_id), window, FOOTFALL_METRICS)
 
 
 def demographics(session: Session, principal: Principal, window: Window) -> list[Point]:
-    """Age band x gender and sentiment per zone and period (module doc)."""
+    """Age band x gender and sentiment per zone and period (k-anonymous counters; only
+    where the store switched them on)."""
     check(window)
     stores = scope(session, principal, window.store_id)
     return _counters(session, stores, window, DEMOGRAPHIC_METRICS)
@@ -175,7 +176,8 @@ def _alert_series(
 
 
 def queues(session: Session, principal: Principal, window: Window) -> list[Point]:
-    """Waiting times in the checkout zones and alert response times (module doc)."""
+    """Waiting-time buckets in the checkout zones, and per alert kind: alerts raised and
+    the median seconds to claim and to greet."""
     check(window)
     stores = scope(session, principal, window.store_id)
     waits = [
