@@ -30,6 +30,7 @@ from facecrm.logs import configure_logging
 from facecrm.metrics import Registry
 from facecrm.web import admin as admin_pages
 from facecrm.web import consent_texts, console, enrollment_options, kiosk, readiness
+from facecrm.web import dashboard as dashboard_pages
 from facecrm.web import selfservice as self_pages
 
 
@@ -101,6 +102,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.include_router(console.router)
     app.include_router(admin_pages.router)
     app.include_router(readiness.router)
+    app.include_router(dashboard_pages.router)
     app.include_router(kiosk.router)
     app.include_router(consent_texts.router)
     app.include_router(enrollment_options.router)

@@ -208,4 +208,5 @@ PurchaseWriter = Annotated[Principal, Depends(allow(Permission.PURCHASES_WRITE))
 Auditor = Annotated[Principal, Depends(allow(Permission.AUDIT_READ))]
 AlertHandler = Annotated[Principal, Depends(allow(Permission.ALERTS))]
 StoreAgent = Annotated[Principal, Depends(allow(Permission.AGENT))]
+AnalyticsReader = Annotated[Principal, Depends(allow(Permission.ANALYTICS_READ))]
 Multipart = Annotated[None, Depends(multipart)]  # last parameter: after the permission

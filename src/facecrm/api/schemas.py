@@ -862,3 +862,23 @@ class DecideOut(BaseModel):
     known: bool
     customer_id: str | None = None
     similarity: float | None = None
+
+
+class AnalyticsPointOut(BaseModel):
+    """One value of an analytics series (`crm.dashboard.Point`): counters about no one."""
+
+    period: datetime  # UTC start of the hour or day
+    zone: str  # a zone, or the alert kind for `alerts` / `time_to_*` rows
+    metric: str
+    bucket: str
+    value: float
+
+
+class AnalyticsOut(BaseModel):
+    """A dashboard series over [since, until) for one store or the caller's whole scope."""
+
+    store_id: str | None
+    since: datetime
+    until: datetime
+    bucket: Literal["hour", "day"]
+    points: list[AnalyticsPointOut]

@@ -48,6 +48,7 @@ class Permission(StrEnum):
     ENROLLMENT_CONFIG = "enrollment:config"  # a store's enrollment options (chain's: admins)
     KEYS_ROTATE = "keys:rotate"  # re-wrap every data key under a new master key: admins
     OTP_OUTBOX_READ = "otp_outbox:read"  # codes waiting for the embedded sender: admins
+    ANALYTICS_READ = "analytics:read"  # anonymous footfall/queue dashboard (crm.dashboard)
 
 
 P = Permission
@@ -76,6 +77,7 @@ GRANTS: dict[str, frozenset[Permission]] = {
             P.ENROLLMENT_CONFIG,
             P.DISPUTES_READ,
             P.STAFF_MANAGE,
+            P.ANALYTICS_READ,
         }
     ),
     Role.ASSOCIATE: frozenset(_STAFF),
