@@ -417,6 +417,12 @@ class SelfService:
             )
             return Landing(store.id, store.name, texts, language, options, self.incentive())
 
+    def store(self, token: str) -> tuple[str, str]:
+        """(id, name) of the store a link token names; `NotFoundError` for any other token."""
+        with self.crm.sessions() as session:
+            store = store_for(session, token)
+            return store.id, store.name
+
     def incentive(self) -> Incentive | None:
         text = self.settings.self_incentive_text.strip()
         return Incentive(text, self.settings.self_incentive_points) if text else None

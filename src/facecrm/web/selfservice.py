@@ -231,9 +231,7 @@ def landing(request: Request, token: str, svc: Service, lang: str | None = None)
 
 @router.get("/{token}/signin", response_class=HTMLResponse)
 def signin_page(request: Request, token: str, svc: Service) -> Response:
-    with svc.crm.sessions() as session:
-        store = selfservice.store_for(session, token[:80])
-        store_id, store_name = store.id, store.name
+    store_id, store_name = svc.store(token[:80])
     return _page(
         request,
         "self_signin.html",
@@ -248,8 +246,7 @@ def check_photo(
     request: Request, token: str, svc: Service, image: Annotated[UploadFile, File()]
 ) -> dict[str, object]:
     """Live feedback on a selfie: whether it passes the kiosk's quality gate, and why not."""
-    with svc.crm.sessions() as session:
-        selfservice.store_for(session, token[:80])
+    svc.store(token[:80])  # an unknown link is a 404 before any photo is read
     reason = svc.check_photo(_address(request), lambda: read_image_upload(image, svc.settings))
     return {"ok": reason is None, "reason": reason, "message": REASONS.get(reason or "", "")}
 
