@@ -14,6 +14,7 @@ from facecrm.api.routes import (
     consents,
     customers,
     disputes,
+    payments,
     readiness,
     recognition,
     stores,
@@ -33,6 +34,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     readiness.router,
     disputes.router,
     stores.router,
+    payments.router,
 )
 
 
