@@ -103,10 +103,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # the shipped text goes unless a consent points at it (consents are evidence: kept)
     op.execute(
-        consent_texts.delete().where(
-            (consent_texts.c.purpose == PURPOSE) & (consent_texts.c.version == VERSION)
-        )
+        sa.text(
+            "DELETE FROM consent_texts WHERE purpose = :purpose AND version = :version"
+            " AND id NOT IN (SELECT text_id FROM consents WHERE text_id IS NOT NULL)"
+        ).bindparams(purpose=PURPOSE, version=VERSION)
     )
     op.drop_index("ix_pay_sessions_expires_at", table_name="pay_sessions")
     op.drop_index("ix_pay_sessions_store_id", table_name="pay_sessions")
