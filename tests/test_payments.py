@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,24 @@ def test_api_sessions(api: dict[str, Any]) -> None:
     assert (expired["state"], expired["decline_reason"]) == ("declined", "expired")
     again = till.post("/api/v1/pay/sessions", json=body, headers={"Idempotency-Key": "k-1"})
     assert again.status_code == 200 and again.json()["state"] == "declined"
+
+
+def test_api_racing_retries_make_one_session(api: dict[str, Any]) -> None:
+    """A till that retries before the first answer came: both requests in flight at once
+    with one key make one session (the loser of the insert reads the winner's)."""
+    till: httpx.Client = api["till"]
+    body = {"amount": 990, "currency": "EUR", "till": "till-9"}
+    before = _count(api["crm"], PaySession)
+    headers = {"Idempotency-Key": "race-1"}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(
+            pool.map(
+                lambda _: till.post("/api/v1/pay/sessions", json=body, headers=headers), range(4)
+            )
+        )
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 201], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert _count(api["crm"], PaySession) == before + 1
 
 
 @pytest.mark.parametrize(
