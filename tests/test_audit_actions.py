@@ -768,6 +768,7 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             nonce, challenge, code = self_code("joe@example.org", "enroll")
         with run.crm.sessions() as session:
             english = (ConsentText.language == "en") & ConsentText.active.is_(True)
+            english &= ConsentText.purpose == "in_store_recognition"
             text = session.scalar(select(ConsentText.id).where(english))
         form = {
             "name": "Joe",
