@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 import facecrm
 from facecrm.config import Settings
@@ -42,6 +42,7 @@ from facecrm.crm.models import (
     Customer,
     FaceTemplate,
     OtpOutbox,
+    PaySession,
     SelfServiceLink,
 )
 from facecrm.crm.retention import purge
@@ -135,6 +136,14 @@ TABLE: dict[str, Row] = {
     "match_dispute": Row("console POST /console/alerts/{id}/dispute", STAFF, "rose", "A"),
     "dispute_report": Row("GET /api/v1/stores/{id}/disputes", "staff:manager", None, "A"),
     "pos_lookup": Row("GET /api/v1/pos/customer", "device:till", "lou", "A"),
+    # face payment (issue 14)
+    "payment_enroll": Row("POST /api/v1/customers/{id}/payment", STAFF, "rose", "A"),
+    "payment_update": Row("PATCH /api/v1/customers/{id}/payment", STAFF, "rose", "A"),
+    "payment_remove": Row("DELETE /api/v1/customers/{id}/payment", STAFF, "rose", "A"),
+    "pay_session_create": Row("POST /api/v1/pay/sessions", "device:till", None, "A"),
+    "pay_session_expired": Row(
+        "GET /api/v1/pay/sessions/{id} (a minute later)", "device:till", None, "A"
+    ),
     "shift_start": Row("POST /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "shift_end": Row("DELETE /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "purchase": Row("POST /api/v1/customers/{id}/purchases", STAFF, "rose", "A"),
@@ -692,6 +701,35 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         with run.path("GET /api/v1/pos/customer"):
             found = ok(till.get("/api/v1/pos/customer", params={"loyalty_id": "L-77"}), 200)
             ids["lou"] = found["id"]
+        with run.path("setup: POST /api/v1/customers/{id}/consents (face_payment)"):
+            body = {"purpose": "face_payment", "channel": "kiosk", "store_id": ids["A"]}
+            ok(associate.post(f"{rose}/consents", json=body), 201)
+        with run.path("POST /api/v1/customers/{id}/payment"):
+            body = {
+                "token": "wlt_rose_0001",
+                "provider": "examplepay",
+                "phone_last4": "0412",
+                "currency": "EUR",
+                "limit_per_transaction": 5000,
+                "limit_per_day": 20000,
+                "customer_present": True,
+            }
+            ok(associate.post(f"{rose}/payment", json=body), 201)
+        with run.path("PATCH /api/v1/customers/{id}/payment"):
+            body = {"limit_per_day": 10000, "customer_present": True}
+            ok(associate.patch(f"{rose}/payment", json=body), 200)
+        with run.path("DELETE /api/v1/customers/{id}/payment"):
+            ok(associate.delete(f"{rose}/payment"), 204)
+        with run.path("POST /api/v1/pay/sessions"):
+            body = {"amount": 1250, "currency": "EUR", "till": "till-1"}
+            ids["pay session"] = ok(till.post("/api/v1/pay/sessions", json=body), 201)["id"]
+        with run.path("GET /api/v1/pay/sessions/{id} (a minute later)"):
+            with run.crm.sessions.begin() as session:
+                gone = datetime.now(UTC) - timedelta(seconds=1)
+                made = PaySession.id == ids["pay session"]
+                session.execute(update(PaySession).where(made).values(expires_at=gone))
+            r = till.get(f"/api/v1/pay/sessions/{ids['pay session']}")
+            assert ok(r, 200)["decline_reason"] == "expired"
         with run.path("DELETE /api/v1/shifts/{store_id}"):
             ok(associate.delete(f"/api/v1/shifts/{ids['A']}"), 204)
 
@@ -733,6 +771,7 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             cli(settings, "otp", "outbox", "--to", "joe@example.org")
         with run.crm.sessions() as session:
             english = (ConsentText.language == "en") & ConsentText.active.is_(True)
+            english &= ConsentText.purpose == "in_store_recognition"
             text = session.scalar(select(ConsentText.id).where(english))
         form = {
             "name": "Joe",

@@ -288,7 +288,10 @@ def api(
 def test_consent_texts_and_evidence_over_the_api(api: Api) -> None:
     with api.client("admin") as admin, api.client("alice") as alice, api.client("bob") as bob:
         texts = alice.get("/consent-texts", params={"active": "true"}).json()
-        assert {(t["language"], t["version"]) for t in texts} == {("en", CURRENT), ("fr", CURRENT)}
+        shipped = {(t["purpose"], t["language"], t["version"]) for t in texts}
+        recognition = {("in_store_recognition", lang, CURRENT) for lang in ("en", "fr")}
+        assert shipped == recognition | {("face_payment", "en", "2026-12-v1")}  # 0019
+        texts = [t for t in texts if t["purpose"] == "in_store_recognition"]
         fr = next(t for t in texts if t["language"] == "fr")
         assert alice.get(f"/consent-texts/{fr['id']}").json()["body"] == fr["body"]
         new = {"purpose": "marketing", "language": "en", "body": "Offers by e-mail."}

@@ -22,6 +22,7 @@ from facecrm.api import problems
 from facecrm.api.problems import ApiError
 from facecrm.crm import authz, service
 from facecrm.crm import errors as crm_errors
+from facecrm.crm.payments import CardNumberRefused, IdempotencyKeyReused, PaymentConsentError
 from facecrm.crm.pos import RateLimitedError
 from facecrm.crm.readiness import StoreNotReadyError
 from facecrm.crm.selfservice import TooManyRequestsError
@@ -83,6 +84,9 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (TooManyRequestsError("codes to this address or phone", 3.2), 429, "rate_limited"),
     (FullResyncRequired("the cursor is older than the log"), 410, "full_resync_required"),
     (StoreNotReadyError("the store's set-up is not confirmed"), 409, "store_not_ready"),
+    (CardNumberRefused("this looks like a card number"), 422, "card_number_refused"),
+    (IdempotencyKeyReused("the key was used for another payment"), 409, "idempotency_key_reused"),
+    (PaymentConsentError("face payment needs both consents"), 409, "payment_consent_required"),
 ]
 
 

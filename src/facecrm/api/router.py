@@ -15,6 +15,7 @@ from facecrm.api.routes import (
     customers,
     dashboard,
     disputes,
+    payments,
     readiness,
     recognition,
     stores,
@@ -35,6 +36,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     readiness.router,
     disputes.router,
     stores.router,
+    payments.router,
 )
 
 

@@ -882,3 +882,72 @@ class AnalyticsOut(BaseModel):
     until: datetime
     bucket: Literal["hour", "day"]
     points: list[AnalyticsPointOut]
+
+
+# -- face payment (crm.payments) -------------------------------------------------------------
+
+# amounts and limits: whole minor units; the crm layer checks the range (reason `bad_amount`)
+MinorUnits = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)]
+CurrencyCode = Annotated[str, Field(min_length=1, max_length=8)]  # crm: ISO 4217 it accepts
+
+
+class PaymentSetupIn(Strict):
+    """Set a customer up for face payment. `token`: the wallet provider's opaque reference
+    (never a card number: refused with `card_number_refused`). `customer_present`: staff
+    confirm the customer is at the counter (required of staff)."""
+
+    token: str = Field(min_length=1, max_length=400)
+    provider: str = Field(min_length=1, max_length=40)
+    phone_last4: str = Field(min_length=1, max_length=8)
+    currency: CurrencyCode
+    limit_per_transaction: MinorUnits
+    limit_per_day: MinorUnits
+    customer_present: StrictBool = False
+
+
+class PaymentUpdateIn(Strict):
+    """Change the fields sent; the others stay."""
+
+    token: str | None = Field(default=None, min_length=1, max_length=400)
+    provider: str | None = Field(default=None, min_length=1, max_length=40)
+    phone_last4: str | None = Field(default=None, min_length=1, max_length=8)
+    currency: CurrencyCode | None = None
+    limit_per_transaction: MinorUnits | None = None
+    limit_per_day: MinorUnits | None = None
+    customer_present: StrictBool = False
+
+
+class PaymentProfileOut(Out):
+    """A customer's payment set-up: never the token in full, never the digits."""
+
+    customer_id: str
+    provider: str
+    token_hint: str  # the token's last 4 characters, to tell two wallets apart
+    currency: str
+    limit_per_transaction: int
+    limit_per_day: int
+    payable: bool  # both consents active and set up: a till may take their face now
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class PaySessionIn(Strict):
+    """A till's payment: `amount` in `currency`'s minor units (1250 EUR cents = 12.50)."""
+
+    amount: MinorUnits
+    currency: CurrencyCode
+    till: str = Field(min_length=1, max_length=40)
+
+
+class PaySessionOut(Out):
+    """A payment session: `looking` until a decision; `declined` with a reason."""
+
+    id: str
+    store_id: str
+    till: str
+    amount: int
+    currency: str
+    state: str
+    decline_reason: str | None
+    created_at: Timestamp
+    expires_at: Timestamp

@@ -49,6 +49,8 @@ class Permission(StrEnum):
     KEYS_ROTATE = "keys:rotate"  # re-wrap every data key under a new master key: admins
     OTP_OUTBOX_READ = "otp_outbox:read"  # codes waiting for the embedded sender: admins
     ANALYTICS_READ = "analytics:read"  # anonymous footfall/queue dashboard (crm.dashboard)
+    PAYMENTS_ENROLL = "payments:enroll"  # set a customer up for face payment (crm.payments)
+    PAY = "pay"  # open and follow face-payment sessions at a till: POS devices only
 
 
 P = Permission
@@ -67,7 +69,7 @@ _STAFF = {
 }
 
 GRANTS: dict[str, frozenset[Permission]] = {
-    Role.ADMIN: frozenset(Permission) - {P.LOYALTY_LOOKUP},
+    Role.ADMIN: frozenset(Permission) - {P.LOYALTY_LOOKUP, P.PAY},
     Role.MANAGER: frozenset(
         _STAFF
         | {
@@ -78,17 +80,22 @@ GRANTS: dict[str, frozenset[Permission]] = {
             P.DISPUTES_READ,
             P.STAFF_MANAGE,
             P.ANALYTICS_READ,
+            P.PAYMENTS_ENROLL,
         }
     ),
-    Role.ASSOCIATE: frozenset(_STAFF),
+    Role.ASSOCIATE: frozenset(_STAFF | {P.PAYMENTS_ENROLL}),
     Role.AUDITOR: frozenset({P.STORES_READ, P.AUDIT_READ, P.CONSENT_TEXTS_READ}),
     DeviceKind.AGENT: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.AGENT}),
-    DeviceKind.POS: frozenset({P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE, P.LOYALTY_LOOKUP}),
+    DeviceKind.POS: frozenset(
+        {P.IDENTIFY, P.VISITS_WRITE, P.PURCHASES_WRITE, P.LOYALTY_LOOKUP, P.PAY}
+    ),
     # enrolls customers at the console's kiosk page, nothing else (its key opens no API)
     DeviceKind.KIOSK: frozenset({P.CUSTOMERS_WRITE, P.CONSENT_TEXTS_READ}),
     # a customer on their own phone (crm.selfservice): never built from a request's word,
     # only by selfservice for the one customer a verified code or personal session names
-    SELF_SERVICE: frozenset({P.CUSTOMERS_WRITE, P.CUSTOMERS_EXPORT, P.CUSTOMERS_ERASE}),
+    SELF_SERVICE: frozenset(
+        {P.CUSTOMERS_WRITE, P.CUSTOMERS_EXPORT, P.CUSTOMERS_ERASE, P.PAYMENTS_ENROLL}
+    ),
 }
 
 

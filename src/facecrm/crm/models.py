@@ -814,3 +814,59 @@ class FootfallAggregate(Base):
     bucket: Mapped[str] = mapped_column(String(20))
     count: Mapped[int] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PaymentProfile(Base):
+    """A customer set up for face payment (issue 14): what the till needs besides the face.
+
+    Never a card number: `token` is the opaque reference the payment provider's wallet
+    issued (`crm.payments` refuses anything that looks like a PAN). The last 4 digits of
+    the customer's phone, asked at step-up, are kept only as an HMAC under a key derived
+    from the server secret (`phone_last4_mac`). Limits are in the currency's minor units.
+    Deleted with the `face_payment` consent's withdrawal and with the customer.
+    """
+
+    __tablename__ = "payment_profiles"
+
+    customer_id: Mapped[str] = mapped_column(
+        ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    provider: Mapped[str] = mapped_column(String(40))
+    token: Mapped[str] = mapped_column(String(200))
+    phone_last4_mac: Mapped[str] = mapped_column(String(64))
+    currency: Mapped[str] = mapped_column(String(3))
+    limit_per_transaction: Mapped[int] = mapped_column(BigInteger)
+    limit_per_day: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class PaySession(Base):
+    """One payment attempt at a till (`crm.payments`): amount, state, expiry.
+
+    `idempotency_key` is the POS's key for retries of the same creation (unique per
+    device); `request_mac` a digest of what was asked, so a reused key with another
+    amount is refused rather than answered with the wrong session.
+    """
+
+    __tablename__ = "pay_sessions"
+    __table_args__ = (
+        UniqueConstraint("device_id", "idempotency_key", name="uq_pay_sessions_idempotency"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    store_id: Mapped[str] = mapped_column(ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id", ondelete="CASCADE"))
+    till: Mapped[str] = mapped_column(String(40))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    state: Mapped[str] = mapped_column(String(20))
+    decline_reason: Mapped[str | None] = mapped_column(String(40), default=None)
+    customer_id: Mapped[str | None] = mapped_column(
+        ForeignKey("customers.id", ondelete="SET NULL"), default=None
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(100), default=None)
+    request_mac: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -37,7 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from facecrm.config import Settings
-from facecrm.crm import accounts, audit, auditchain, customers, db, erasures, readiness
+from facecrm.crm import accounts, audit, auditchain, customers, db, erasures, payments, readiness
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import (
@@ -104,6 +104,8 @@ CUSTOMER_TABLES = (
     "match_disputes",
     "verified_contacts",
     "customer_incentives",
+    "payment_profiles",
+    "pay_sessions",
 )
 FACE_TABLES = ("face_templates", "customer_photos", "customer_keys")
 
@@ -931,13 +933,18 @@ class FaceCRM:
         channel: str = "api",
         store_id: str | None = None,
     ) -> None:
-        """Withdraw one consent; for recognition, delete templates and photo at once."""
+        """Withdraw one consent; for recognition, delete templates and photo at once; for
+        payment, the payment set-up (`crm.payments`)."""
         with db.transaction(self.sessions) as session:
             customers.withdraw_consent(session, principal, customer_id, purpose, channel, store_id)
             if purpose == Purpose.IN_STORE_RECOGNITION:
                 self._forget_face(session, customer_id)
+            if purpose == Purpose.FACE_PAYMENT:
+                payments.forget(session, customer_id)
         if purpose == Purpose.IN_STORE_RECOGNITION:
             self.scrub_erased(FACE_TABLES)
+        if purpose == Purpose.FACE_PAYMENT:
+            self.scrub_erased(("payment_profiles",))
 
     def forget_face(self, customer_id: str, reason: str, principal: Principal) -> None:
         """Delete a customer's templates, photo and data key (e.g. for retention)."""
