@@ -144,25 +144,29 @@ def free_port() -> int:
 def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(1200):
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited: {proc.stderr.read().decode()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
-        yield url, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    # the log goes to a file: a pipe nobody reads fills up (~400 requests of access log)
+    # and then blocks the server in the middle of a run
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for _ in range(1200):
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"the server exited: {log.read().decode()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                time.sleep(0.1)
+            yield url, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def database_url(stack: contextlib.ExitStack, backend: str) -> str | None:
