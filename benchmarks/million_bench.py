@@ -26,10 +26,10 @@
    template of a gallery person: a returning customer) and strangers; index build time and
    size; `facecrm serve` started on the database: its RSS after start-up and after
    identifications, and PostgreSQL's memory (PSS of its processes).
-4. Agent sync: the *current* endpoint (`GET /api/v1/agent/gallery`, every template as
-   JSON) up to `--sync-max` templates: seconds, bytes, server CPU, server peak RSS.
-   `incremental_sync()` is the hook for the incremental protocol of issue 12 item 1: it
-   reports "—" until that lands (the current endpoint re-sends everything on any change).
+4. Agent sync (`GET /api/v1/agent/sync`, the store agent's own `LocalGallery`) up to
+   `--sync-max` templates: a new agent's cold sync (seconds, bytes, server CPU, server
+   peak RSS), then the mean of `CHANGES` single changes (an enrollment, its erasure)
+   followed by that agent: bytes, seconds and server CPU per change.
 5. SQLite (`--sqlite-sizes`): the same gallery in SQLite with the in-process HNSW
    (hnswlib): load + graph build, search p50/p95 and agreement, server RSS, sync.
 """
@@ -53,6 +53,7 @@ import psutil
 from sqlalchemy import select, text
 
 from cascade_study import load_or_embed
+from facecrm.agent.runner import LocalGallery
 from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
@@ -61,6 +62,7 @@ from facecrm.crm.gallery_store import PgVectorGalleryStore, bump_generation
 from facecrm.crm.models import Consent
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
+from sync_bench import add_customers
 
 from common import (
     REPO,
@@ -412,30 +414,74 @@ class SyncFigures:
     templates: int
 
 
-def cold_sync(url: str, pid: int, key: str) -> SyncFigures:
-    """A new agent's first sync through the CURRENT endpoint: every template, as JSON."""
-    cpu = cpu_seconds(pid)
-    t = time.perf_counter()
-    with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=3600) as c:
-        r = c.get("/api/v1/agent/gallery")
-    r.raise_for_status()
+class Counted:
+    """An agent's HTTP client that counts response bytes (the bodies, as sent)."""
+
+    def __init__(self, url: str, key: str) -> None:
+        self.bytes = 0
+
+        def count(response: httpx.Response) -> None:
+            response.read()
+            self.bytes += len(response.content)
+
+        self.client = httpx.Client(
+            base_url=url,
+            headers={"X-API-Key": key},
+            timeout=3600,
+            event_hooks={"response": [count]},
+        )
+
+
+def _timed_sync(agent: LocalGallery, http: Counted, pid: int) -> tuple[SyncFigures, bool]:
+    http.bytes = 0
+    cpu, t = cpu_seconds(pid), time.perf_counter()
+    changed = agent.sync(http.client)
     seconds = time.perf_counter() - t
-    return SyncFigures(
-        seconds,
-        len(r.content) / 1e6,
-        cpu_seconds(pid) - cpu,
-        vm(pid, "VmHWM"),
-        len(r.json()["templates"]),
+    figures = SyncFigures(
+        seconds, http.bytes / 1e6, cpu_seconds(pid) - cpu, vm(pid, "VmHWM"), agent.size()[0]
     )
+    return figures, changed
 
 
-def incremental_sync(url: str, pid: int, key: str, crm: FaceCRM) -> SyncFigures | None:
-    """HOOK for issue 12 item 1 (incremental agent sync, being written on another branch):
-    one change (an enrollment, a withdrawal) and the bytes / time / server CPU of the sync
-    that follows, for an agent that already holds the gallery. Returns None on the current
-    code, which has no incremental form: after any change an agent re-downloads everything,
-    i.e. the cost of `cold_sync`. The lead fills this in after merging item 1."""
-    return None
+def cold_sync(url: str, pid: int, key: str) -> tuple[SyncFigures, LocalGallery, Counted]:
+    """A new agent's first sync (`GET /api/v1/agent/sync`, paged, compact): the agent's own
+    `LocalGallery`, from nothing to every template of the chain."""
+    agent, http = LocalGallery(), Counted(url, key)
+    figures, _ = _timed_sync(agent, http, pid)
+    return figures, agent, http
+
+
+CHANGES = 6  # single changes followed after the cold sync: half enrollments, half erasures
+
+
+def incremental_sync(pid: int, crm: FaceCRM, agent: LocalGallery, http: Counted) -> SyncFigures:
+    """The mean sync an agent holding the gallery makes after one change anywhere in the
+    chain (an enrollment with both models' templates, or the erasure of that customer, so
+    the synthetic gallery the search figures use stays as it was): bytes, wall time and
+    the server's CPU. Each change must reach the agent, or the run fails."""
+    spare = np.random.default_rng(7).standard_normal((CHANGES, 128)).astype(np.float32)
+    spare /= np.linalg.norm(spare, axis=1, keepdims=True)
+    tag = f"{time.time_ns() // 1000 % 10**9:09d}"
+    total = [0.0, 0.0, 0.0]
+    for k in range(CHANGES):
+        new = f"new{tag}{k - k % 2:04d}"
+        if k % 2 == 0:
+            add_customers(crm, [new], {new: spare[k]}, log=True)
+        else:
+            crm.delete_customer(new, SYSTEM)
+        figures, changed = _timed_sync(agent, http, pid)
+        if not changed:
+            raise SystemExit(f"FAILED: change {k} did not reach the agent")
+        total[0] += figures.seconds
+        total[1] += figures.megabytes
+        total[2] += figures.server_cpu_s
+    return SyncFigures(
+        total[0] / CHANGES,
+        total[1] / CHANGES,
+        total[2] / CHANGES,
+        vm(pid, "VmHWM"),
+        agent.size()[0],
+    )
 
 
 @contextlib.contextmanager
@@ -453,7 +499,11 @@ def server(settings: Settings) -> Iterator[tuple[str, int]]:
 
 
 def serve_figures(
-    settings: Settings, key: str, photos: list[tuple[str, bytes]], sync: bool, crm: FaceCRM
+    settings: Settings,
+    key: str,
+    photos: list[tuple[str, bytes]],
+    sync: bool,
+    crm: FaceCRM,
 ) -> dict[str, object]:
     """Server RSS after start-up, after identifications (gallery loaded), and the sync."""
     out: dict[str, object] = {}
@@ -465,8 +515,11 @@ def serve_figures(
                 c.post("/api/v1/identify", files={"image": (name, data, "image/jpeg")})
         out["identify_s"] = time.perf_counter() - t
         out["rss_identify"] = vm(pid, "VmRSS")
-        out["cold"] = cold_sync(url, pid, key) if sync else None
-        out["incremental"] = incremental_sync(url, pid, key, crm) if sync else None
+        out["cold"] = out["incremental"] = None
+        if sync:
+            out["cold"], agent, http = cold_sync(url, pid, key)
+            out["incremental"] = incremental_sync(pid, crm, agent, http)
+            http.client.close()
     return out
 
 
@@ -479,7 +532,7 @@ def sync_row(backend: str, size: int, figures: dict[str, object]) -> str | None:
         f"{inc.megabytes * 1000:.1f} KB, {inc.seconds * 1000:.0f} ms, "
         f"CPU {inc.server_cpu_s * 1000:.0f} ms"
         if isinstance(inc, SyncFigures)
-        else "— (no incremental sync: a full sync again)"
+        else "—"
     )
     return (
         f"| {backend} | {size:,} | {cold.templates:,} | {cold.seconds:.1f} | "
@@ -617,7 +670,7 @@ def main() -> None:
         "--sync-max",
         type=int,
         default=300_000,
-        help="largest size at which the current full agent sync is measured",
+        help="largest size at which the agent sync is measured",
     )
     parser.add_argument("--maintenance-work-mem", default="3GB")
     parser.add_argument("--shared-buffers", default="1GB")
@@ -659,9 +712,9 @@ def main() -> None:
         print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
         for size in args.sqlite_sizes:
             sync_rows += run_sqlite(args, pop, faces, size)
-    print("\nAgent sync through the current endpoint (GET /api/v1/agent/gallery)\n")
+    print("\nAgent sync (GET /api/v1/agent/sync, the agent's LocalGallery)\n")
     print(
-        "| backend | synthetic templates | templates sent | cold sync s | MB | server CPU s "
+        "| backend | synthetic templates | templates held | cold sync s | MB | server CPU s "
         "| server peak RSS MB | incremental, per change |"
     )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
