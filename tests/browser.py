@@ -61,26 +61,34 @@ def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
 
 
 @contextmanager
+def chromium(*extra_args: str) -> Iterator[Browser]:
+    """Headless Chromium with a fake camera that needs no permission prompt, plus
+    `extra_args` for this one browser (Chromium reads its camera file at launch, so a test
+    that wants another clip, `--use-file-for-fake-video-capture=<clip.y4m>`, launches its
+    own). Playwright's sync API runs one at a time: not inside the `browser` fixture's."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=[*CHROMIUM_ARGS, *extra_args]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
 def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
     """Headless Chromium whose fake camera shows `photo` (for the enrollment pages).
 
     The conftest's `browser` fixture is this, one per test module: a page that never asks
     for the camera does not notice it.
     """
-    from playwright.sync_api import sync_playwright
-
     camera = workdir / "camera.y4m"
     write_y4m(read_image(photo, load()), camera)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium(f"--use-file-for-fake-video-capture={camera}") as browser:
+        yield browser
 
 
 def new_context(browser: Browser, base_url: str, timeout_ms: float = 20_000) -> BrowserContext:
