@@ -99,6 +99,18 @@ def new_context(browser: Browser, base_url: str, timeout_ms: float = 20_000) -> 
     return context
 
 
+def page_errors(page: Page) -> list[str]:
+    """The page's script errors and Content Security Policy refusals, as they happen (a
+    test asserts the list is empty at its end)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return errors
+
+
 def log_in(page: Page, username: str, password: str) -> None:
     """Fill and send the console's log-in form (the caller checks where it lands)."""
     page.goto("/console/login")

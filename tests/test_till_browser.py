@@ -36,7 +36,7 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 
-from browser import chromium, log_in, new_context
+from browser import chromium, log_in, new_context, page_errors
 from clips import write_y4m
 from facecrm.api.routes import payments as payment_routes
 from facecrm.config import Settings, load
@@ -235,12 +235,7 @@ def till(site: Site, clip: Path, *, log_in: bool = True) -> Iterator[Page]:
     with chromium(f"--use-file-for-fake-video-capture={clip}") as browser:
         context = new_context(browser, site.url, timeout_ms=TIMEOUT_MS)
         page = context.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
-        page.on(
-            "console",
-            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-        )
+        errors = page_errors(page)
         if log_in:
             start_till(page, site.till_key)
         yield page
@@ -451,6 +446,13 @@ def test_the_till_films_the_customer_and_posts_frames(site: Site, clips: Clips) 
 # -- end to end: run once the payment flow is merged -------------------------------------
 
 
+def pay(page: Page, amount: str) -> str:
+    """Start a payment on the screen; the session's id."""
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/pay/sessions")) as made:
+        ask_for(page, amount)
+    return str(made.value.json()["id"])
+
+
 def outcome(page: Page) -> None:
     page.wait_for_selector("#result:not([hidden]), #keypad:not([hidden])")
 
@@ -458,9 +460,7 @@ def outcome(page: Page) -> None:
 @needs_payflow
 def test_a_still_photo_is_declined(site: Site, clips: Clips) -> None:
     with till(site, clips.still) as page:
-        with page.expect_response(lambda r: r.url.endswith("/api/v1/pay/sessions")) as made:
-            ask_for(page, "9.90")
-        session_id = made.value.json()["id"]
+        session_id = pay(page, "9.90")
         expect(page.locator("#prompt")).to_have_text(message(page, "smile"))  # Amy matched
         other_way_shown(page)
         outcome(page)
@@ -475,9 +475,7 @@ def test_a_still_photo_is_declined(site: Site, clips: Clips) -> None:
 def test_an_enrolled_customer_smiles_and_pays(site: Site, clips: Clips) -> None:
     with till(site, clips.smiling) as page:
         time_the_smile(page, [])
-        with page.expect_response(lambda r: r.url.endswith("/api/v1/pay/sessions")) as made:
-            ask_for(page, "12.50")
-        session_id = made.value.json()["id"]
+        session_id = pay(page, "12.50")
         expect(page.locator("#prompt")).to_have_text(message(page, "smile"))
         other_way_shown(page)
         outcome(page)
@@ -503,9 +501,7 @@ def test_an_enrolled_customer_smiles_and_pays(site: Site, clips: Clips) -> None:
 @needs_payflow
 def test_a_stranger_is_declined(site: Site, clips: Clips) -> None:
     with till(site, clips.stranger) as page:
-        with page.expect_response(lambda r: r.url.endswith("/api/v1/pay/sessions")) as made:
-            ask_for(page, "4.20")
-        session_id = made.value.json()["id"]
+        session_id = pay(page, "4.20")
         outcome(page)
         expect(page.locator("#result-text")).to_have_text(
             message(page, "declined.not_enrolled_for_payment")

@@ -111,28 +111,30 @@ def log_in(
     return response
 
 
+def add_login_routes(router: APIRouter, screen: DeviceScreen) -> None:
+    """`GET` and `POST` `/login` on the screen's router: its log-in page and form."""
+
+    @router.get("/login", response_class=HTMLResponse)
+    def device_login_page(request: Request) -> Response:
+        return login_page(screen, request)
+
+    @router.post("/login")
+    def device_login(
+        request: Request,
+        key: Annotated[str, Form(max_length=200)],
+        session: SessionDep,
+        settings: SettingsDep,
+        csrf: Annotated[str, Form(max_length=100)] = "",
+    ) -> Response:
+        return log_in(screen, request, key, csrf, session, settings)
+
+
 def kiosk_device(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
     return screen_session(KIOSK, request, session, settings)[0]
 
 
 Kiosk = Annotated[Principal, Depends(kiosk_device)]
-
-
-@router.get("/login", response_class=HTMLResponse)
-def kiosk_login_page(request: Request) -> Response:
-    return login_page(KIOSK, request)
-
-
-@router.post("/login")
-def login(
-    request: Request,
-    key: Annotated[str, Form(max_length=200)],
-    session: SessionDep,
-    settings: SettingsDep,
-    csrf: Annotated[str, Form(max_length=100)] = "",
-) -> Response:
-    """A kiosk key → a kiosk session in this browser (audited as `kiosk_login`)."""
-    return log_in(KIOSK, request, key, csrf, session, settings)
+add_login_routes(router, KIOSK)  # audited as `kiosk_login`
 
 
 @router.get("", response_class=HTMLResponse)

@@ -10,37 +10,19 @@ faces the queue, and the payment API answers no name to a till anyway.
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from facecrm.api.deps import SessionDep, SettingsDep
 from facecrm.api.device_session import TILL_COOKIE
 from facecrm.crm.models import DeviceKind
 from facecrm.web.console import render
-from facecrm.web.kiosk import DeviceScreen, log_in, login_page, screen_session
+from facecrm.web.kiosk import DeviceScreen, add_login_routes, screen_session
 
 TILL = DeviceScreen(DeviceKind.POS, "till", "/console/till", TILL_COOKIE, "/", True)
 DEFAULT_CURRENCY = "EUR"  # what the amount field starts with; the cashier may change it
 router = APIRouter(prefix=TILL.home, include_in_schema=False)
-
-
-@router.get("/login", response_class=HTMLResponse)
-def till_login_page(request: Request) -> Response:
-    return login_page(TILL, request)
-
-
-@router.post("/login")
-def till_login(
-    request: Request,
-    key: Annotated[str, Form(max_length=200)],
-    session: SessionDep,
-    settings: SettingsDep,
-    csrf: Annotated[str, Form(max_length=100)] = "",
-) -> Response:
-    """A till (`pos`) key → a till session in this browser (audited as `till_login`)."""
-    return log_in(TILL, request, key, csrf, session, settings)
+add_login_routes(router, TILL)  # a `pos` key only; audited as `till_login`
 
 
 @router.get("", response_class=HTMLResponse)
