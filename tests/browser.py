@@ -61,26 +61,34 @@ def write_y4m(image: np.ndarray, path: Path, frames: int = 10) -> None:
 
 
 @contextmanager
+def chromium(*extra_args: str) -> Iterator[Browser]:
+    """Headless Chromium with a fake camera that needs no permission prompt, plus
+    `extra_args` for this one browser (Chromium reads its camera file at launch, so a test
+    that wants another clip, `--use-file-for-fake-video-capture=<clip.y4m>`, launches its
+    own). Playwright's sync API runs one at a time: not inside the `browser` fixture's."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=[*CHROMIUM_ARGS, *extra_args]
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextmanager
 def browser_with_camera(photo: Path, workdir: Path) -> Iterator[Browser]:
     """Headless Chromium whose fake camera shows `photo` (for the enrollment pages).
 
     The conftest's `browser` fixture is this, one per test module: a page that never asks
     for the camera does not notice it.
     """
-    from playwright.sync_api import sync_playwright
-
     camera = workdir / "camera.y4m"
     write_y4m(read_image(photo, load()), camera)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium_path(),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={camera}"],
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
+    with chromium(f"--use-file-for-fake-video-capture={camera}") as browser:
+        yield browser
 
 
 def new_context(browser: Browser, base_url: str, timeout_ms: float = 20_000) -> BrowserContext:
@@ -89,6 +97,18 @@ def new_context(browser: Browser, base_url: str, timeout_ms: float = 20_000) -> 
     context = browser.new_context(base_url=base_url, permissions=["camera"])
     context.set_default_timeout(timeout_ms)
     return context
+
+
+def page_errors(page: Page) -> list[str]:
+    """The page's script errors and Content Security Policy refusals, as they happen (a
+    test asserts the list is empty at its end)."""
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on(
+        "console",
+        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+    )
+    return errors
 
 
 def log_in(page: Page, username: str, password: str) -> None:

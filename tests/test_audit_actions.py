@@ -103,6 +103,7 @@ TABLE: dict[str, Row] = {
     "consent_text_create": Row("POST /api/v1/consent-texts", "staff:admin"),
     "enrollment_config": Row("PUT /api/v1/enrollment-options/{scope}", "staff:manager", None, "A"),
     "kiosk_login": Row("console POST /console/kiosk/login", "device:kiosk-1", None, "A"),
+    "till_login": Row("console POST /console/till/login", "device:till", None, "A"),
     "consent_withdraw": Row("DELETE /api/v1/customers/{id}/consents/{purpose}", STAFF, "rose", "A"),
     "enroll_faces": Row("POST /api/v1/customers/{id}/faces", STAFF, "rose"),
     "enroll_duplicate": Row(
@@ -186,6 +187,9 @@ DYNAMIC: dict[tuple[str, str, str], frozenset[str]] = {
         f"{p}_summary" for p in PURPOSES
     ),
     ("crm/service.py", "FaceCRM._refusals", "refused.action"): REFUSALS,
+    ("crm/kiosk.py", "open_session", "LOGIN_ACTIONS[kind]"): frozenset(
+        {"kiosk_login", "till_login"}
+    ),
 }
 
 
@@ -549,6 +553,11 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             kiosk.get("/console/kiosk/login")
             form = {"key": key, "csrf": str(kiosk.cookies.get("facecrm_csrf", ""))}
             ok(kiosk.post("/console/kiosk/login", data=form), 303)
+        with run.path("console POST /console/till/login"):
+            till = client()
+            till.get("/console/till/login")
+            form = {"key": ids["till key"], "csrf": str(till.cookies.get("facecrm_csrf", ""))}
+            ok(till.post("/console/till/login", data=form), 303)
         with run.path("cli facecrm admin disable"):
             cli(settings, "admin", "disable", "temp")
         with run.path("POST /api/v1/staff/{id}/enable"):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from browser import log_in as send_log_in
-from browser import new_context
+from browser import new_context, page_errors
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
@@ -97,13 +97,7 @@ RECORD_VIOLATIONS = """document.addEventListener("securitypolicyviolation", (e) 
 def watch(page: Page) -> list[str]:
     """Script errors and CSP reports of `page` (console and `securitypolicyviolation`)."""
     page.add_init_script(RECORD_VIOLATIONS)  # kept in the page, across navigations
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on(
-        "console",
-        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-    )
-    return errors
+    return page_errors(page)
 
 
 def violations(page: Page) -> list[str]:

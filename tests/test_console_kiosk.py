@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from browser import new_context
+from browser import new_context, page_errors
 from facecrm.config import Settings
 from facecrm.crm import accounts, db, enrollment
 from facecrm.crm.authz import SYSTEM
@@ -67,12 +67,7 @@ def context(browser: Browser, site: Site) -> Iterator[BrowserContext]:
 @pytest.fixture()
 def page(context: BrowserContext) -> Iterator[Page]:
     page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on(
-        "console",
-        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-    )
+    errors = page_errors(page)
     yield page
     assert not errors, errors
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from browser import browser_with_camera
+from browser import browser_with_camera, page_errors
 from facecrm.config import Settings
 from facecrm.crm import accounts, consent_text, db, selfservice
 from facecrm.crm.authz import SYSTEM
@@ -74,12 +74,7 @@ def page(browser: Browser, site: Site) -> Iterator[Page]:
     )
     context.set_default_timeout(30_000)
     page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on(
-        "console",
-        lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
-    )
+    errors = page_errors(page)
     yield page
     context.close()
     assert not errors, errors

@@ -29,7 +29,7 @@ from facecrm.errors import ConfigError
 from facecrm.logs import configure_logging
 from facecrm.metrics import Registry
 from facecrm.web import admin as admin_pages
-from facecrm.web import consent_texts, console, enrollment_options, kiosk, readiness
+from facecrm.web import consent_texts, console, enrollment_options, kiosk, readiness, till
 from facecrm.web import dashboard as dashboard_pages
 from facecrm.web import selfservice as self_pages
 
@@ -104,6 +104,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     app.include_router(readiness.router)
     app.include_router(dashboard_pages.router)
     app.include_router(kiosk.router)
+    app.include_router(till.router)
     app.include_router(consent_texts.router)
     app.include_router(enrollment_options.router)
     app.include_router(self_pages.router)
@@ -115,12 +116,12 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
         return RedirectResponse("/console/login", status_code=303)
 
     @app.exception_handler(console.KioskOnly)
-    async def _kiosk_only(_: Request, __: console.KioskOnly) -> Response:
-        return RedirectResponse("/console/kiosk", status_code=303)
+    async def _kiosk_only(_: Request, exc: console.KioskOnly) -> Response:
+        return RedirectResponse(exc.home, status_code=303)
 
-    @app.exception_handler(kiosk.KioskLoginRequired)
-    async def _kiosk_login(_: Request, __: kiosk.KioskLoginRequired) -> Response:
-        return RedirectResponse("/console/kiosk/login", status_code=303)
+    @app.exception_handler(kiosk.DeviceLoginRequired)
+    async def _device_login(_: Request, exc: kiosk.DeviceLoginRequired) -> Response:
+        return RedirectResponse(exc.login, status_code=303)
 
     @app.exception_handler(self_pages.SelfLoginRequired)
     async def _self_login(request: Request, __: self_pages.SelfLoginRequired) -> Response:

@@ -38,6 +38,7 @@ from fastapi.security import APIKeyHeader, OAuth2PasswordBearer
 from sqlalchemy.orm import Session
 
 from facecrm.alerts.service import AlertService
+from facecrm.api import device_session
 from facecrm.api.problems import ApiError
 from facecrm.api.security import read_token
 from facecrm.config import API_PREFIX, Settings
@@ -106,13 +107,15 @@ def still_valid(
 
 
 def current_principal(
+    request: Request,
     crm: CrmDep,
     session: SessionDep,
     settings: SettingsDep,
     token: TokenDep,
     key: KeyDep,
 ) -> Principal:
-    """The staff user (bearer token) or device (X-API-Key) making the request.
+    """The staff user (bearer token) or device (X-API-Key) making the request, or a till
+    through its page's browser session (payment routes only: `api.device_session`).
 
     A device's request updates its "last seen" (`accounts.device_seen`: at most one write
     per device every few seconds); what an agent reports about itself comes with its
@@ -131,6 +134,10 @@ def current_principal(
         if principal is not None:
             return principal
         raise ApiError(401, "the token is invalid or expired; log in again")
+    till = device_session.till_principal(request, session, settings)
+    if till is not None:
+        accounts.device_seen(crm.sessions, till.id)
+        return till
     raise ApiError(401, "log in (bearer token) or use a device key (X-API-Key)")
 
 

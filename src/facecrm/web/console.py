@@ -26,6 +26,7 @@ from facecrm.api.deps import (
     principal_for_token,
     still_valid,
 )
+from facecrm.api.device_session import TILL_COOKIE
 from facecrm.api.login import log_in, log_out
 from facecrm.api.problems import ApiError
 from facecrm.api.routes.agent import sse
@@ -56,12 +57,19 @@ class LoginRequired(Exception):
 
 
 class KioskOnly(Exception):
-    """A kiosk browser asked for another page: back to the kiosk screen (no navigation)."""
+    """A device screen's browser (kiosk, till) asked for another page: back to its screen
+    (no navigation)."""
+
+    def __init__(self, home: str = "/console/kiosk") -> None:
+        super().__init__(home)
+        self.home = home
 
 
 def staff(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
     if request.cookies.get(KIOSK_COOKIE):
         raise KioskOnly
+    if request.cookies.get(TILL_COOKIE):
+        raise KioskOnly("/console/till")
     token = request.cookies.get(SESSION_COOKIE)
     principal = principal_for_token(session, settings, token) if token else None
     if principal is None:

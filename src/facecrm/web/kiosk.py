@@ -1,8 +1,9 @@
-"""The kiosk: a `kiosk` device's key opens a kiosk session in this browser.
+"""Device screens: a `kiosk` or `pos` device's key opens its one screen in this browser.
 
-The session shows one screen -- welcome, then the enrollment form -- with no navigation;
-every other console page sends a kiosk browser back to it (`console.staff`). The cookie
-is a signed token naming the device and a tag of its key (`crm.kiosk`), HttpOnly and
+The kiosk shows one screen -- welcome, then the enrollment form -- with no navigation;
+every other console page sends a kiosk browser back to it (`console.staff`). The till
+(`web.till`) is the same kind of screen for face checkout. The cookie is a signed device
+session (`api.device_session`) naming the device and a tag of its key, HttpOnly and
 SameSite=Strict like the staff session; revoking the device or rotating its key ends it.
 Enrollments are charged to the device's identification budget (the duplicate check
 answers "is this face enrolled?").
@@ -10,105 +11,130 @@ answers "is this face enrolled?").
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import secrets
+from dataclasses import dataclass
 from typing import Annotated
 
-import jwt
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
+from facecrm.api import device_session
 from facecrm.api.deps import CrmDep, SessionDep, SettingsDep
+from facecrm.api.device_session import DeviceSession
 from facecrm.api.problems import ApiError
 from facecrm.config import Settings
 from facecrm.crm import kiosk
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import LoginFailedError
-from facecrm.keys import server_secret
+from facecrm.crm.models import DeviceKind
 from facecrm.web import enrollment_form
 from facecrm.web.console import KIOSK_COOKIE, check_csrf, render
 
-SESSION_DAYS = 30  # a kiosk stays set up; revoke the device to end it sooner
 router = APIRouter(prefix="/console/kiosk", include_in_schema=False)
 
 
-class KioskLoginRequired(Exception):
-    """The kiosk page needs a kiosk session: show the kiosk log-in."""
+class DeviceLoginRequired(Exception):
+    """A device screen needs its device session: show that screen's log-in."""
+
+    def __init__(self, login: str) -> None:
+        super().__init__(login)
+        self.login = login
 
 
-def _issue(settings: Settings, device_id: str, tag: str) -> str:
-    now = datetime.now(UTC)
-    claims = {
-        "sub": device_id,
-        "tag": tag,
-        "typ": "kiosk",
-        "iat": now,
-        "exp": now + timedelta(days=SESSION_DAYS),
-    }
-    return jwt.encode(claims, server_secret(settings), algorithm="HS256")
+@dataclass(frozen=True, slots=True)
+class DeviceScreen:
+    """What differs between the kiosk and the till: the kind of key, the cookie, the URL."""
+
+    kind: DeviceKind
+    name: str  # as the log-in page says it ("kiosk", "till")
+    home: str  # the screen's URL; its log-in is `home + "/login"`
+    cookie: str
+    cookie_path: str  # the kiosk's stays in the console; the till's reaches the payment API
+    csrf_bound: bool  # the session carries its own CSRF token (for the API: a till)
+
+    @property
+    def login(self) -> str:
+        return f"{self.home}/login"
 
 
-def _read(settings: Settings, token: str) -> tuple[str, str] | None:
-    try:
-        claims = jwt.decode(
-            token,
-            server_secret(settings),
-            algorithms=["HS256"],
-            options={"require": ["exp", "sub", "typ"]},
-        )
-    except jwt.PyJWTError:
-        return None
-    sub, tag = claims.get("sub"), claims.get("tag")
-    if claims.get("typ") != "kiosk" or not isinstance(sub, str) or not isinstance(tag, str):
-        return None
-    return sub, tag
+KIOSK = DeviceScreen(DeviceKind.KIOSK, "kiosk", "/console/kiosk", KIOSK_COOKIE, "/console", False)
 
 
-def kiosk_device(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
-    token = request.cookies.get(KIOSK_COOKIE)
-    found = _read(settings, token) if token else None
-    principal = kiosk.principal_for(session, *found) if found else None
-    if principal is None:
-        raise KioskLoginRequired
-    return principal
+def screen_session(
+    screen: DeviceScreen, request: Request, session: SessionDep, settings: Settings
+) -> tuple[Principal, DeviceSession]:
+    """The device and session of this browser's `screen` cookie, else its log-in page."""
+    token = request.cookies.get(screen.cookie)
+    found = device_session.read(settings, token, screen.kind) if token else None
+    principal = (
+        kiosk.principal_for(session, found.device_id, found.tag, screen.kind) if found else None
+    )
+    if found is None or principal is None:
+        raise DeviceLoginRequired(screen.login)
+    return principal, found
 
 
-Kiosk = Annotated[Principal, Depends(kiosk_device)]
-
-
-@router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request) -> Response:
-    response = render(request, "kiosk_login.html", None, error=None)
-    response.delete_cookie(KIOSK_COOKIE, path="/console")  # a session that no longer works
+def login_page(screen: DeviceScreen, request: Request) -> Response:
+    response = render(request, "kiosk_login.html", None, screen=screen, error=None)
+    response.delete_cookie(screen.cookie, path=screen.cookie_path)  # one that no longer works
     return response
 
 
-@router.post("/login")
-def login(
+def log_in(
+    screen: DeviceScreen,
     request: Request,
-    key: Annotated[str, Form(max_length=200)],
+    key: str,
+    csrf: str,
     session: SessionDep,
-    settings: SettingsDep,
-    csrf: Annotated[str, Form(max_length=100)] = "",
+    settings: Settings,
 ) -> Response:
-    """A kiosk key → a kiosk session in this browser (audited as `kiosk_login`)."""
+    """A device key → a device session in this browser (audited by `crm.kiosk`)."""
     check_csrf(request, csrf)
     try:
-        principal, tag = kiosk.open_session(session, key.strip())
+        principal, tag = kiosk.open_session(session, key.strip(), screen.kind)
     except LoginFailedError as exc:
-        response = render(request, "kiosk_login.html", None, error="Not a valid kiosk key.")
+        error = f"Not a valid {screen.name} key."
+        response = render(request, "kiosk_login.html", None, screen=screen, error=error)
         response.status_code = exc.status
         return response
-    response = RedirectResponse("/console/kiosk", status_code=303)
+    bound = secrets.token_urlsafe(24) if screen.csrf_bound else ""
+    response = RedirectResponse(screen.home, status_code=303)
     response.set_cookie(
-        KIOSK_COOKIE,
-        _issue(settings, principal.id, tag),
+        screen.cookie,
+        device_session.issue(settings, screen.kind, principal.id, tag, bound),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",
-        max_age=SESSION_DAYS * 86400,
-        path="/console",
+        max_age=device_session.SESSION_DAYS * 86400,
+        path=screen.cookie_path,
     )
     return response
+
+
+def add_login_routes(router: APIRouter, screen: DeviceScreen) -> None:
+    """`GET` and `POST` `/login` on the screen's router: its log-in page and form."""
+
+    @router.get("/login", response_class=HTMLResponse)
+    def device_login_page(request: Request) -> Response:
+        return login_page(screen, request)
+
+    @router.post("/login")
+    def device_login(
+        request: Request,
+        key: Annotated[str, Form(max_length=200)],
+        session: SessionDep,
+        settings: SettingsDep,
+        csrf: Annotated[str, Form(max_length=100)] = "",
+    ) -> Response:
+        return log_in(screen, request, key, csrf, session, settings)
+
+
+def kiosk_device(request: Request, session: SessionDep, settings: SettingsDep) -> Principal:
+    return screen_session(KIOSK, request, session, settings)[0]
+
+
+Kiosk = Annotated[Principal, Depends(kiosk_device)]
+add_login_routes(router, KIOSK)  # audited as `kiosk_login`
 
 
 @router.get("", response_class=HTMLResponse)
