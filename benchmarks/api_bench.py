@@ -22,7 +22,6 @@ import argparse
 import collections
 import contextlib
 import itertools
-import os
 import signal
 import sys
 import tempfile
@@ -45,12 +44,14 @@ from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
 
 from common import (
-    REPO,
     clustered_templates,
+    cpu_seconds,
+    database_url,
     faces_dir,
     link_model_cache,
     machine,
     serve_subprocess,
+    server_env,
     smoke_faces,
     write_synthetic_customers,
 )
@@ -112,12 +113,6 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
             else:  # the server loads SQLite's gallery from the templates when it starts
                 bump_generation(session, crm.model_id)
     return key
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_test(
@@ -206,23 +201,14 @@ def main() -> None:
             data_dir = Path(tempfile.mkdtemp(prefix="facecrm-api-bench-"))
             link_model_cache(data_dir, args.model_cache)
             with contextlib.ExitStack() as stack:
-                url_db = None
-                if backend == "postgresql":
-                    sys.path.insert(0, str(REPO / "tests"))  # the tests' throwaway server
-                    from pgserver import PgServer
-
-                    url_db = stack.enter_context(PgServer()).url
+                url_db = database_url(stack, backend)
                 settings = configure(data_dir=data_dir, database_url=url_db)
                 started = time.perf_counter()
                 crm = FaceCRM(settings, migrate=True)
                 key = fill(crm, size, faces, args.per_person)
                 filled = time.perf_counter() - started
                 crm.engine.dispose()
-                env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
-                env.pop("FACECRM_DATABASE_URL", None)
-                if url_db:
-                    env["FACECRM_DATABASE_URL"] = url_db
-                with serve_subprocess(env) as (url, pid):
+                with serve_subprocess(server_env(data_dir, url_db)) as (url, pid):
                     r = load_test(url, pid, key, photos, args.requests, args.clients)
             print(
                 f"| {backend} | {size:,} | {r['p50']:.0f} | {r['p95']:.0f} | "

@@ -140,6 +140,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+    """This process's environment for a `facecrm serve` of `data_dir` and `database_url`
+    (None: the data directory's SQLite), whatever FACECRM_DATABASE_URL the caller had."""
+    env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
+    env.pop("FACECRM_DATABASE_URL", None)
+    if database_url:
+        env["FACECRM_DATABASE_URL"] = database_url
+    return env
+
+
 @contextlib.contextmanager
 def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
     """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid)."""

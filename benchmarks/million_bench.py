@@ -64,6 +64,7 @@ from facecrm.vision.image import read_image
 
 from common import (
     REPO,
+    cpu_seconds,
     faces_dir,
     link_model_cache,
     machine,
@@ -396,11 +397,6 @@ def vm(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
