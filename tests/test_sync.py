@@ -268,7 +268,8 @@ def test_a_scoped_agent_without_a_store_gets_no_gallery(
         crm.sync.decide(stray, face, None)
     everyone = crm.sync.page(SYSTEM, None, 100)
     assert {chain.obama, chain.kit} <= set(everyone.models[crm.model_id].customers)
-    assert crm.sync.decide(SYSTEM, face, None) is not None
+    known = crm.sync.decide(SYSTEM, face, None)
+    assert known is not None and known[0] == chain.obama
 
 
 @pytest.mark.parametrize(
