@@ -31,20 +31,19 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import select
 
 from facecrm.config import configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.gallery_store import bump_generation
-from facecrm.crm.models import Consent
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
 
 from common import (
     clustered_templates,
+    consent_evidence,
     cpu_seconds,
     database_url,
     faces_dir,
@@ -78,15 +77,7 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
         )
     with crm.sessions() as session:
         real = np.stack([v for _, _, v in crm.plain_templates(session)])
-        shown = session.scalars(select(Consent).limit(1)).one()  # the evidence, as enrolled
-        evidence = {
-            "purpose": shown.purpose,
-            "text_version": shown.text_version,
-            "text_id": shown.text_id,
-            "channel": shown.channel,
-            "witness_id": shown.witness_id,
-            "age_confirmed": shown.age_confirmed,
-        }
+        evidence = consent_evidence(session)  # as enrolled
     calibration = load_calibration(crm.model_id)
     vectors, person = clustered_templates(
         np.random.default_rng(0),

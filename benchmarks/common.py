@@ -75,6 +75,18 @@ def clustered_templates(
     return vectors.astype(np.float32), person
 
 
+def consent_evidence(session: Any) -> dict[str, object]:
+    """The consent of a customer enrolled for real (the text shown, the channel, the
+    witness), for synthetic customers to carry as their own."""
+    from sqlalchemy import select
+
+    from facecrm.crm.models import Consent
+
+    shown = session.scalars(select(Consent).limit(1)).one()
+    keys = ("purpose", "text_version", "text_id", "channel", "witness_id", "age_confirmed")
+    return {k: getattr(shown, k) for k in keys}
+
+
 def write_synthetic_customers(
     session: Any, crm: Any, templates: dict[str, list[np.ndarray]], evidence: dict[str, object]
 ) -> list[int]:

@@ -42,6 +42,7 @@ from facecrm.vision.image import read_image
 
 from common import (
     clustered_templates,
+    consent_evidence,
     cpu_seconds,
     database_url,
     link_model_cache,
@@ -59,13 +60,7 @@ def add_customers(
     what is measured here, not decisions), sealed like enrollment seals them."""
     models = crm.sync.models()
     with crm.sessions() as session:
-        shown = session.scalars(select(Consent).limit(1)).one()
-        evidence = {
-            "purpose": shown.purpose,
-            "text_version": shown.text_version,
-            "text_id": shown.text_id,
-            "channel": shown.channel,
-        }
+        evidence = consent_evidence(session)
     with db.transaction(crm.sessions) as session:
         session.execute(insert(Customer), [{"id": i, "name": i, "tier": "standard"} for i in ids])
         session.execute(insert(Consent), [{"customer_id": i, **evidence} for i in ids])
