@@ -22,7 +22,6 @@ import argparse
 import collections
 import contextlib
 import itertools
-import os
 import signal
 import sys
 import tempfile
@@ -32,25 +31,26 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from sqlalchemy import select
 
 from facecrm.config import configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.gallery_store import bump_generation
-from facecrm.crm.models import Consent
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
 
 from common import (
-    REPO,
     clustered_templates,
+    consent_evidence,
+    cpu_seconds,
+    database_url,
     faces_dir,
     link_model_cache,
     machine,
     serve_subprocess,
+    server_env,
     smoke_faces,
     write_synthetic_customers,
 )
@@ -77,15 +77,7 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
         )
     with crm.sessions() as session:
         real = np.stack([v for _, _, v in crm.plain_templates(session)])
-        shown = session.scalars(select(Consent).limit(1)).one()  # the evidence, as enrolled
-        evidence = {
-            "purpose": shown.purpose,
-            "text_version": shown.text_version,
-            "text_id": shown.text_id,
-            "channel": shown.channel,
-            "witness_id": shown.witness_id,
-            "age_confirmed": shown.age_confirmed,
-        }
+        evidence = consent_evidence(session)  # as enrolled
     calibration = load_calibration(crm.model_id)
     vectors, person = clustered_templates(
         np.random.default_rng(0),
@@ -112,12 +104,6 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
             else:  # the server loads SQLite's gallery from the templates when it starts
                 bump_generation(session, crm.model_id)
     return key
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def load_test(
@@ -206,23 +192,14 @@ def main() -> None:
             data_dir = Path(tempfile.mkdtemp(prefix="facecrm-api-bench-"))
             link_model_cache(data_dir, args.model_cache)
             with contextlib.ExitStack() as stack:
-                url_db = None
-                if backend == "postgresql":
-                    sys.path.insert(0, str(REPO / "tests"))  # the tests' throwaway server
-                    from pgserver import PgServer
-
-                    url_db = stack.enter_context(PgServer()).url
+                url_db = database_url(stack, backend)
                 settings = configure(data_dir=data_dir, database_url=url_db)
                 started = time.perf_counter()
                 crm = FaceCRM(settings, migrate=True)
                 key = fill(crm, size, faces, args.per_person)
                 filled = time.perf_counter() - started
                 crm.engine.dispose()
-                env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
-                env.pop("FACECRM_DATABASE_URL", None)
-                if url_db:
-                    env["FACECRM_DATABASE_URL"] = url_db
-                with serve_subprocess(env) as (url, pid):
+                with serve_subprocess(server_env(data_dir, url_db)) as (url, pid):
                     r = load_test(url, pid, key, photos, args.requests, args.clients)
             print(
                 f"| {backend} | {size:,} | {r['p50']:.0f} | {r['p95']:.0f} | "

@@ -75,6 +75,18 @@ def clustered_templates(
     return vectors.astype(np.float32), person
 
 
+def consent_evidence(session: Any) -> dict[str, object]:
+    """The consent of a customer enrolled for real (the text shown, the channel, the
+    witness), for synthetic customers to carry as their own."""
+    from sqlalchemy import select
+
+    from facecrm.crm.models import Consent
+
+    shown = session.scalars(select(Consent).limit(1)).one()
+    keys = ("purpose", "text_version", "text_id", "channel", "witness_id", "age_confirmed")
+    return {k: getattr(shown, k) for k in keys}
+
+
 def write_synthetic_customers(
     session: Any, crm: Any, templates: dict[str, list[np.ndarray]], evidence: dict[str, object]
 ) -> list[int]:
@@ -138,6 +150,22 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
+    """This process's environment for a `facecrm serve` of `data_dir` and `database_url`
+    (None: the data directory's SQLite), whatever FACECRM_DATABASE_URL the caller had."""
+    env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
+    env.pop("FACECRM_DATABASE_URL", None)
+    if database_url:
+        env["FACECRM_DATABASE_URL"] = database_url
+    return env
 
 
 @contextlib.contextmanager

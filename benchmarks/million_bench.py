@@ -50,7 +50,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from sqlalchemy import select, text
+from sqlalchemy import text
 
 from cascade_study import load_or_embed
 from facecrm.agent.runner import LocalGallery
@@ -59,13 +59,14 @@ from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.gallery_store import PgVectorGalleryStore, bump_generation
-from facecrm.crm.models import Consent
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from sync_bench import add_customers
 
 from common import (
     REPO,
+    consent_evidence,
+    cpu_seconds,
     faces_dir,
     link_model_cache,
     machine,
@@ -258,19 +259,6 @@ def start(crm: FaceCRM, faces: Path, pop: Population) -> tuple[str, Gallery]:
     return key, gallery
 
 
-def consent_evidence(crm: FaceCRM) -> dict[str, object]:
-    with crm.sessions() as session:
-        shown = session.scalars(select(Consent).limit(1)).one()
-        return {
-            "purpose": shown.purpose,
-            "text_version": shown.text_version,
-            "text_id": shown.text_id,
-            "channel": shown.channel,
-            "witness_id": shown.witness_id,
-            "age_confirmed": shown.age_confirmed,
-        }
-
-
 def drop_hnsw(crm: FaceCRM) -> None:
     """Bulk loads go faster without the graph: it is rebuilt once, after the load."""
     with db.transaction(crm.sessions) as session:
@@ -283,7 +271,8 @@ def drop_hnsw(crm: FaceCRM) -> None:
 def grow(crm: FaceCRM, gallery: Gallery, pop: Population, target: int, per_person: int) -> None:
     """Add synthetic customers until the gallery holds `target` synthetic templates,
     written as enrollment writes them (PostgreSQL's pgvector rows by COPY)."""
-    evidence = consent_evidence(crm)
+    with crm.sessions() as session:
+        evidence = consent_evidence(session)
     postgres = crm.engine.dialect.name == "postgresql"
     rng = np.random.default_rng((pop.seed, len(gallery.offsets)))
     have = sum(len(i) for i in gallery.ids[1:])
@@ -398,11 +387,6 @@ def vm(pid: int, field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import tempfile
@@ -30,7 +29,6 @@ import httpx
 import numpy as np
 from sqlalchemy import distinct, func, insert, select
 
-from api_bench import cpu_seconds
 from facecrm.agent.runner import LocalGallery
 from facecrm.config import configure
 from facecrm.crm import accounts, db, sync
@@ -44,10 +42,13 @@ from facecrm.vision.image import read_image
 
 from common import (
     clustered_templates,
+    consent_evidence,
+    cpu_seconds,
     database_url,
     link_model_cache,
     machine,
     serve_subprocess,
+    server_env,
     smoke_faces,
 )
 
@@ -59,13 +60,7 @@ def add_customers(
     what is measured here, not decisions), sealed like enrollment seals them."""
     models = crm.sync.models()
     with crm.sessions() as session:
-        shown = session.scalars(select(Consent).limit(1)).one()
-        evidence = {
-            "purpose": shown.purpose,
-            "text_version": shown.text_version,
-            "text_id": shown.text_id,
-            "channel": shown.channel,
-        }
+        evidence = consent_evidence(session)
     with db.transaction(crm.sessions) as session:
         session.execute(insert(Customer), [{"id": i, "name": i, "tier": "standard"} for i in ids])
         session.execute(insert(Consent), [{"customer_id": i, **evidence} for i in ids])
@@ -182,11 +177,7 @@ def run(
         else:
             key, spare = fill(crm, size, faces)
             print(f"{backend}: filled {size:,} customers in {time.perf_counter() - started:.0f} s")
-        env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir)}
-        env.pop("FACECRM_DATABASE_URL", None)
-        if url_db:
-            env["FACECRM_DATABASE_URL"] = url_db
-        with serve_subprocess(env) as (url, pid):
+        with serve_subprocess(server_env(data_dir, url_db)) as (url, pid):
             for label in ("cold sync, cache cold", "cold sync, cache warm"):
                 gallery, client, sizes = measure(url, pid, key)
                 cpu, wall, mine = cpu_seconds(pid), time.perf_counter(), time.process_time()

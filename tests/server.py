@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -38,3 +39,11 @@ def serve(app: FastAPI, port: int | None = None) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def staff_client(url: str, username: str, password: str) -> httpx.Client:
+    """A client of the API at `url` that carries `username`'s bearer token."""
+    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": username, "password": password})
+    assert r.status_code == 200, r.text
+    headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
+    return httpx.Client(base_url=url, headers=headers, timeout=30)

@@ -186,6 +186,39 @@ def test_admin_store_and_device_commands(cli: Cli, data_dir: Path) -> None:
     assert bad.returncode == 1 and "no store" in bad.stderr
 
 
+LIST_MODULES = """
+import atexit, os, runpy, sys
+atexit.register(lambda: open(os.environ["MODULES_OUT"], "w").write("\\n".join(sys.modules)))
+sys.argv[0] = "facecrm"
+runpy.run_module("facecrm", run_name="__main__")
+"""
+HEAVY = {"onnxruntime", "cv2", "fastapi", "facecrm.vision.pipeline", "facecrm.crm.service"}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("stores", "qr", "Q1", "--svg", "{tmp}/qr.svg"), ("otp", "outbox", "--json")],
+    ids=["help", "stores-qr", "otp-outbox"],
+)
+def test_quick_commands_load_no_models(
+    cli: Cli, data_dir: Path, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    """The CLI itself, `stores qr` and `otp outbox` start without the face models, OpenCV or
+    the web app (they once took seconds to import them): what the process has loaded when
+    it exits is checked, in a process of its own."""
+    assert cli(data_dir, "stores", "add", "Q1", "Quick store").returncode == 0
+    out = tmp_path / "modules.txt"
+    env = {**os.environ, "FACECRM_DATA_DIR": str(data_dir), "MODULES_OUT": str(out)}
+    argv = [a.format(tmp=tmp_path) for a in args]
+    run = subprocess.run(
+        [sys.executable, "-c", LIST_MODULES, *argv], capture_output=True, text=True, env=env
+    )
+    assert run.returncode == 0, run.stderr
+    loaded = set(out.read_text().split())
+    assert "facecrm.cli" in loaded  # the list is the command's
+    assert not loaded & HEAVY
+
+
 def test_audit_verify_and_export(cli: Cli, data_dir: Path) -> None:
     import sqlite3
 

@@ -37,7 +37,7 @@ from facecrm.vision.attributes import default_attribute_stage
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline
 
-from server import serve
+from server import serve, staff_client
 
 PASSWORD = "correct horse battery"
 CAMERA = "till-cam"
@@ -60,12 +60,7 @@ class Shop:
     key: str
 
     def staff(self, username: str) -> httpx.Client:
-        r = httpx.post(
-            f"{self.url}/api/v1/auth/token", data={"username": username, "password": PASSWORD}
-        )
-        assert r.status_code == 200, r.text
-        headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return staff_client(self.url, username, PASSWORD)
 
     def agent_client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": self.key}, timeout=30)

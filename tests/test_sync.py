@@ -18,9 +18,16 @@ from sqlalchemy import func, select
 from facecrm.agent.runner import Agent, AgentConfig, LocalGallery
 from facecrm.config import API_PREFIX
 from facecrm.crm import accounts, activity, db
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.models import AuditEvent, GalleryChange, Purpose, ThrottleCounter
+from facecrm.crm.errors import ConflictError
+from facecrm.crm.models import (
+    AuditEvent,
+    DeviceKind,
+    GalleryChange,
+    Purpose,
+    ThrottleCounter,
+)
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.server import create_app
 from facecrm.vision.pipeline import FacePipeline
@@ -245,6 +252,24 @@ def test_server_side_decision_known_and_unknown(
         assert unknown.json() == {"known": False, "customer_id": None, "similarity": None}
         assert _count(crm, AuditEvent) == events  # not stored, not logged, not counted
         assert _count(crm, ThrottleCounter) <= counters  # the device's budget, not a person's
+
+
+def test_a_scoped_agent_without_a_store_gets_no_gallery(
+    chain: Chain, pipeline: FacePipeline, load: Load
+) -> None:
+    """Only a chain-wide caller (stores None) syncs and decides across stores: an agent
+    principal scoped to no store is refused, not treated as chain-wide."""
+    crm = chain.crm
+    stray = Principal("device", "stray", "stray", DeviceKind.AGENT, frozenset())
+    face = template(pipeline, load("identities/barack_obama/3.jpg"))
+    with pytest.raises(ConflictError):
+        crm.sync.page(stray, None, 100)
+    with pytest.raises(ConflictError):
+        crm.sync.decide(stray, face, None)
+    everyone = crm.sync.page(SYSTEM, None, 100)
+    assert {chain.obama, chain.kit} <= set(everyone.models[crm.model_id].customers)
+    known = crm.sync.decide(SYSTEM, face, None)
+    assert known is not None and known[0] == chain.obama
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from facecrm.crm.service import FaceCRM
 from facecrm.errors import InvalidError
 from facecrm.server import create_app
 
-from server import serve
+from server import serve, staff_client
 
 PASSWORD = "correct horse battery"
 CAMERA = "rtsp://door-cam/stream"
@@ -35,12 +35,7 @@ class Shop:
     other: str
 
     def as_(self, username: str) -> httpx.Client:
-        r = httpx.post(
-            f"{self.url}/api/v1/auth/token", data={"username": username, "password": PASSWORD}
-        )
-        assert r.status_code == 200, r.text
-        headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        return staff_client(self.url, username, PASSWORD)
 
 
 @pytest.fixture()

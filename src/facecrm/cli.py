@@ -745,7 +745,7 @@ def stores_qr(
     """The store's self-enrollment link (`/self/<token>`) and its QR code for the entrance."""
     from facecrm.crm import selfservice
     from facecrm.crm.authz import SYSTEM
-    from facecrm.web.selfservice import qr_svg
+    from facecrm.web.qr import qr_svg
 
     found, token = _runtime().run(selfservice.link, SYSTEM, store, rotate)
     url = f"{base_url.rstrip('/')}/self/{token}"

@@ -18,6 +18,7 @@ their stores, and nobody else's. Deleting accounts stays with administrators.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import unicodedata
@@ -54,7 +55,6 @@ from facecrm.crm.models import (
 from facecrm.crm.throttle import LoginGuard
 
 _hasher = PasswordHasher()
-_DUMMY_HASH = _hasher.hash("timing-equaliser")
 DEVICE_KEY_PREFIX = "fcd_"
 CHAIN_WIDE = frozenset({Role.ADMIN, Role.AUDITOR})
 MIN_PASSWORD = 8
@@ -192,15 +192,24 @@ def create_staff(
     return user
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    """What an unknown username's password is checked against, so that it costs what a
+    known one's does. Made on first use, not at import: every CLI command imports this
+    module, and an argon2 hash is a noticeable part of a quick command's start."""
+    return _hasher.hash("timing-equaliser")
+
+
 def authenticate(session: Session, username: str, password: str) -> StaffUser | None:
     """The active user with this password, else None (same work either way)."""
+    dummy = _dummy_hash()  # before the lookup: a process's first login costs the same for all
     user = session.scalar(
         select(StaffUser)
         .where(StaffUser.username == username)
         .options(selectinload(StaffUser.stores))
     )
     try:
-        _hasher.verify(user.password_hash if user else _DUMMY_HASH, password)
+        _hasher.verify(user.password_hash if user else dummy, password)
     except (VerificationError, InvalidHashError):
         return None
     if user is None or not user.active:

@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jwt
 from email_validator import EmailNotValidError, validate_email
@@ -74,12 +74,13 @@ from facecrm.crm.models import (
     utcnow,
 )
 from facecrm.crm.pos import RateLimitedError
-from facecrm.crm.service import EnrollmentError, FaceCRM, Photo
 from facecrm.crm.throttle import Counters, RateLimiter
 from facecrm.errors import ConfigError
 from facecrm.keys import derived_key
-from facecrm.vision.pipeline import QualityError
-from facecrm.vision.types import Image
+
+if TYPE_CHECKING:  # the face service and its models: `facecrm stores qr`, `otp outbox` need none
+    from facecrm.crm.service import FaceCRM
+    from facecrm.vision.types import Image
 
 CHANNEL = "self_service"
 CODE_DIGITS = 6
@@ -470,6 +471,8 @@ class SelfService:
         """The live feedback on a selfie (`load` decodes it, once the request is counted):
         None when it passes the kiosk's quality gate, else the gate's reason. Nothing is
         kept, identified or audited: the photo is not compared with anyone."""
+        from facecrm.vision.pipeline import QualityError  # loaded with `crm.pipeline`
+
         self.request(address)
         try:
             self.crm.pipeline.enrollment_face(load())
@@ -591,6 +594,9 @@ class SelfService:
         retaken, not a new code); the contact then becomes the customer's, verified, and
         the incentive is granted, in the enrollment's own transaction.
         """
+        from facecrm.crm.service import EnrollmentError, Photo  # loaded with `self.crm`
+        from facecrm.vision.pipeline import QualityError
+
         self.request(address)
         if not form.consent:
             raise InvalidError("agree to the consent text first", reason="no_consent")

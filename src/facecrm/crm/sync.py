@@ -51,7 +51,7 @@ from sqlalchemy import ColumnElement, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from facecrm.crm import audit, db, readiness
+from facecrm.crm import accounts, audit, db, readiness
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import FacecrmError, InvalidError
 from facecrm.crm.models import (
@@ -259,6 +259,15 @@ class TemplateCache:
         return out
 
 
+def _store(principal: Principal) -> str | None:
+    """The agent's store, or None for a chain-wide caller (the CLI's SYSTEM, an admin).
+
+    A scoped principal with no store is refused by `accounts.device_store`: read as "no
+    store" it would get the chain-wide gallery and skip its store's readiness.
+    """
+    return None if principal.stores is None else accounts.device_store(principal)
+
+
 def _unit(vector: npt.NDArray[np.float32], name: str) -> npt.NDArray[np.float32]:
     """A finite, non-zero vector scaled to unit length (what templates are)."""
     vector = np.asarray(vector, dtype=np.float32).reshape(-1)
@@ -360,7 +369,7 @@ class GallerySync:
         if not 1 <= limit <= PAGE_MAX:
             raise InvalidError(f"limit must be 1..{PAGE_MAX}", reason="bad_limit")
         parsed = Cursor.parse(cursor) if cursor is not None else None
-        store_id = next(iter(principal.stores or []), None)
+        store_id = _store(principal)
         mode = self.mode(store_id)
         with db.transaction(self.crm.sessions) as session:
             paused = not readiness.allows_recognition(session, self.crm.settings, store_id)
@@ -512,7 +521,7 @@ class GallerySync:
         principal.require(Permission.AGENT)
         crm = self.crm
         cascade = crm.cascade
-        store_id = next(iter(principal.stores or []), None)
+        store_id = _store(principal)
         first = _unit(first, "template")
         second = None if second is None or cascade is None else _unit(second, "second")
         with db.transaction(crm.sessions) as session:

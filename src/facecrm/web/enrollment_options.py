@@ -21,8 +21,8 @@ from facecrm.api.schemas import StoreOut
 from facecrm.crm import accounts, consent_text, enrollment
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import Purpose
-from facecrm.errors import FacecrmError
-from facecrm.web.console import Staff, _json, check_csrf, render
+from facecrm.web.admin import _change, _page, _stores
+from facecrm.web.console import Staff, _json, check_csrf
 
 router = APIRouter(prefix="/console/enrollment-options", include_in_schema=False)
 CHAIN_PATH = "chain"  # `*` is the API's name for the chain; a plain word reads better in a URL
@@ -54,17 +54,11 @@ def options_list(request: Request, session: SessionDep, principal: Staff) -> Res
                 "options": enrollment.effective(session, None),
             }
         )
-    for store in accounts.list_stores(session, principal):
-        if principal.may_act_in(store.id):
-            rows.append(
-                {
-                    "path": store.id,
-                    "code": store.code,
-                    "name": store.name,
-                    "options": enrollment.effective(session, store.id),
-                }
-            )
-    return render(request, "enrollment_options.html", principal, rows=rows)
+    rows += (
+        {**store, "path": store["id"], "options": enrollment.effective(session, store["id"])}
+        for store in _stores(session, principal)
+    )
+    return _page(request, "enrollment_options.html", principal, rows=rows)
 
 
 def _edit_page(
@@ -89,10 +83,11 @@ def _edit_page(
         }
         | ({str(set_here["language"])} if set_here["language"] else set())
     )
-    response = render(
+    return _page(
         request,
         "enrollment_options_edit.html",
         principal,
+        status,
         path=path,
         store=store,
         set_here=set_here,
@@ -103,8 +98,6 @@ def _edit_page(
         idle_bounds=enrollment.IDLE_BOUNDS,
         **outcome,
     )
-    response.status_code = status
-    return response
 
 
 @router.get("/{path}", response_class=HTMLResponse)
@@ -153,10 +146,11 @@ def save(
         "kiosk_idle_seconds": kiosk_idle_seconds,
     }
     values = {name: _form_value(name, raw) for name, raw in typed.items()}
-    try:
-        enrollment.configure(session, principal, _scope(path), values)
-    except FacecrmError as exc:
-        if not session.is_active or exc.status != 422:  # another store, unknown store: as usual
-            raise
-        return _edit_page(request, session, principal, path, exc.status, error=str(exc.detail))
+    _, error, status = _change(
+        session, lambda s: enrollment.configure(s, principal, _scope(path), values)
+    )
+    if error is not None:
+        # only a refused value (422) reaches the form again: `_edit_page` repeats the
+        # permission and scope checks, so another store or an unknown one is a problem as usual
+        return _edit_page(request, session, principal, path, status, error=error)
     return _edit_page(request, session, principal, path, notice="Enrollment options saved.")

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import jwt
-import qrcode
-import qrcode.image.svg
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
@@ -34,6 +31,7 @@ from facecrm.keys import derived_key
 from facecrm.vision.quality import REASONS
 from facecrm.web import enrollment_form
 from facecrm.web.console import Staff, templates
+from facecrm.web.qr import qr_svg
 
 COOKIE = "facecrm_self"
 router = APIRouter(prefix="/self", include_in_schema=False)
@@ -312,11 +310,3 @@ def store_qr(request: Request, store_id: str, session: SessionDep, principal: St
     _, token = selfservice.link(session, principal, store_id)
     url = str(request.base_url).rstrip("/") + f"/self/{token}"
     return Response(qr_svg(url), media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
-
-
-def qr_svg(url: str) -> bytes:
-    """The QR code of `url` as SVG (for the console, the CLI and a printed poster)."""
-    image = qrcode.make(url, image_factory=qrcode.image.svg.SvgPathImage, box_size=10, border=4)
-    buffer = io.BytesIO()
-    image.save(buffer)
-    return buffer.getvalue()
