@@ -243,6 +243,8 @@ def test_smile_to_pay_authorises_once_and_records_the_purchase(world: World) -> 
             w.store,
         )
         assert [(i.sku, i.quantity) for i in purchase.items] == [("A1", 2)]
+    card = w.clerk.get(f"/api/v1/customers/{amy}").json()  # the staff card shows it
+    assert [(p["id"], p["paid_by"]) for p in card["purchases"]] == [(purchase.id, "face")]
     listed = w.clerk.get(f"/api/v1/customers/{amy}/face-payments")
     assert listed.status_code == 200, listed.text
     assert [p["id"] for p in listed.json()][:1] == [session_id]
