@@ -942,8 +942,8 @@ class PaySessionIn(Strict):
     till: str = Field(min_length=1, max_length=40)
 
 
-class PaySessionOut(Out):
-    """A payment session: `looking` until a decision; `declined` with a reason."""
+class PaySessionBase(Out):
+    """What every view of a payment session shows."""
 
     id: str
     store_id: str
@@ -953,6 +953,11 @@ class PaySessionOut(Out):
     state: str
     decline_reason: str | None
     created_at: Timestamp
+
+
+class PaySessionOut(PaySessionBase):
+    """A payment session: `looking` until a decision; `declined` with a reason."""
+
     expires_at: Timestamp
     smile_after_ms: int | None = None  # in `challenge`: when the till shows "smile now"
     step_up_attempts_left: int | None = None  # in `step_up`
@@ -1014,17 +1019,9 @@ class PaymentExportOut(Out):
     created_at: Timestamp
 
 
-class FacePaymentOut(Out):
-    """One face payment session of a customer (card, API and export)."""
+class FacePaymentOut(PaySessionBase):
+    """One face payment session of a customer (staff API and export)."""
 
-    id: str
-    store_id: str
-    till: str
-    amount: int
-    currency: str
-    state: str
-    decline_reason: str | None
-    created_at: Timestamp
     authorised_at: Timestamp | None
     confirmed_at: Timestamp | None
     purchase_id: int | None

@@ -287,11 +287,11 @@ class PayFlow:
                 timed.append(TimedFace(frame.at_ms, image, self.crm.pipeline.embed(faces)[0]))
         try:
             with db.transaction(self.crm.sessions) as session:
+                row = self._lock(session, principal, snapshot, now)  # first: one lock order
                 if snapshot.state == S.LOOKING:
                     outcome = self._looking(session, timed)
                 else:
-                    outcome = self._challenge(session, snapshot, timed, now)
-                row = self._lock(session, principal, snapshot, now)
+                    outcome = self._challenge(session, row, timed, now)
                 self._apply(session, row, outcome, now)
                 audit.record(
                     session,
