@@ -489,6 +489,17 @@ def _previous_revision() -> str:
     return script.down_revision
 
 
+ROSE_PAYMENT = {  # Rose's face payment set-up, at the counter
+    "token": "wlt_rose_0001",
+    "provider": "examplepay",
+    "phone_last4": "0412",
+    "currency": "EUR",
+    "limit_per_transaction": 5000,
+    "limit_per_day": 20000,
+    "customer_present": True,
+}
+
+
 def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
     """One scenario through every path of TABLE (and the setup they need)."""
     ids = run.ids
@@ -718,16 +729,7 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             body = {"purpose": "face_payment", "channel": "kiosk", "store_id": ids["A"]}
             ok(associate.post(f"{rose}/consents", json=body), 201)
         with run.path("POST /api/v1/customers/{id}/payment"):
-            body = {
-                "token": "wlt_rose_0001",
-                "provider": "examplepay",
-                "phone_last4": "0412",
-                "currency": "EUR",
-                "limit_per_transaction": 5000,
-                "limit_per_day": 20000,
-                "customer_present": True,
-            }
-            ok(associate.post(f"{rose}/payment", json=body), 201)
+            ok(associate.post(f"{rose}/payment", json=ROSE_PAYMENT), 201)
         with run.path("PATCH /api/v1/customers/{id}/payment"):
             body = {"limit_per_day": 10000, "customer_present": True}
             ok(associate.patch(f"{rose}/payment", json=body), 200)
@@ -864,15 +866,7 @@ def drive_face_checkout(
     lock her; a third session is cancelled ("pay another way")."""
     ids = run.ids
     with run.path("setup: POST /api/v1/customers/{id}/payment (again)"):
-        body = {
-            "token": "wlt_rose_0002",
-            "provider": "examplepay",
-            "phone_last4": "0412",
-            "currency": "EUR",
-            "limit_per_transaction": 5000,
-            "limit_per_day": 20000,
-            "customer_present": True,
-        }
+        body = {**ROSE_PAYMENT, "token": "wlt_rose_0002"}
         ok(associate.post(f"{rose}/payment", json=body), 201)
     neutral = (faces / "identities/rose_leslie/2.jpg").read_bytes()
 
