@@ -21,7 +21,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -49,6 +49,7 @@ from facecrm.crm.retention import purge
 from facecrm.crm.service import FaceCRM
 from facecrm.crypto import add_master_key
 from facecrm.server import create_app
+from facecrm.vision.liveness import LivenessVerdict, TimedFace
 from facecrm.vision.pipeline import FacePipeline
 
 from server import free_port, serve
@@ -145,6 +146,18 @@ TABLE: dict[str, Row] = {
     "pay_session_expired": Row(
         "GET /api/v1/pay/sessions/{id} (a minute later)", "device:till", None, "A"
     ),
+    "pay_session_frames": Row("POST /api/v1/pay/sessions/{id}/frames", "device:till", "rose", "A"),
+    "pay_session_step_up": Row(
+        "POST /api/v1/pay/sessions/{id}/step-up", "device:till", "rose", "A"
+    ),
+    "payment_locked": Row(
+        "POST /api/v1/pay/sessions/{id}/step-up (third wrong digits)", "device:till", "rose", "A"
+    ),
+    "pay_session_cancel": Row("POST /api/v1/pay/sessions/{id}/cancel", "device:till", None, "A"),
+    "pay_session_confirm": Row(
+        "POST /api/v1/pay/sessions/{id}/confirm", "device:till", "rose", "A"
+    ),
+    "face_payments_read": Row("GET /api/v1/customers/{id}/face-payments", STAFF, "rose"),
     "shift_start": Row("POST /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "shift_end": Row("DELETE /api/v1/shifts/{store_id}", STAFF, None, "A"),
     "purchase": Row("POST /api/v1/customers/{id}/purchases", STAFF, "rose", "A"),
@@ -480,6 +493,17 @@ def _previous_revision() -> str:
     return script.down_revision
 
 
+ROSE_PAYMENT = {  # Rose's face payment set-up, at the counter
+    "token": "wlt_rose_0001",
+    "provider": "examplepay",
+    "phone_last4": "0412",
+    "currency": "EUR",
+    "limit_per_transaction": 5000,
+    "limit_per_day": 20000,
+    "customer_present": True,
+}
+
+
 def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
     """One scenario through every path of TABLE (and the setup they need)."""
     ids = run.ids
@@ -714,16 +738,7 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
             body = {"purpose": "face_payment", "channel": "kiosk", "store_id": ids["A"]}
             ok(associate.post(f"{rose}/consents", json=body), 201)
         with run.path("POST /api/v1/customers/{id}/payment"):
-            body = {
-                "token": "wlt_rose_0001",
-                "provider": "examplepay",
-                "phone_last4": "0412",
-                "currency": "EUR",
-                "limit_per_transaction": 5000,
-                "limit_per_day": 20000,
-                "customer_present": True,
-            }
-            ok(associate.post(f"{rose}/payment", json=body), 201)
+            ok(associate.post(f"{rose}/payment", json=ROSE_PAYMENT), 201)
         with run.path("PATCH /api/v1/customers/{id}/payment"):
             body = {"limit_per_day": 10000, "customer_present": True}
             ok(associate.patch(f"{rose}/payment", json=body), 200)
@@ -739,6 +754,7 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
                 session.execute(update(PaySession).where(made).values(expires_at=gone))
             r = till.get(f"/api/v1/pay/sessions/{ids['pay session']}")
             assert ok(r, 200)["decline_reason"] == "expired"
+        drive_face_checkout(run, till, associate, rose, faces)
         with run.path("DELETE /api/v1/shifts/{store_id}"):
             ok(associate.delete(f"/api/v1/shifts/{ids['A']}"), 204)
 
@@ -844,12 +860,72 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
         assert report.visits >= 1 and report.expired_consents >= 1
 
 
+class AlwaysLive:
+    """TEST DOUBLE of `vision.liveness.LivenessStage`: every burst is live (the real stage
+    is tested in its own module; here only the audit events of the paths matter)."""
+
+    def assess(self, frames: Sequence[TimedFace], prompt_at_ms: int) -> LivenessVerdict:
+        return LivenessVerdict(None)
+
+
+def drive_face_checkout(
+    run: Run, till: httpx.Client, associate: httpx.Client, rose: str, faces: Path
+) -> None:
+    """Rose pays by face at till 1: frames, step-up, confirm; then three wrong digits
+    lock her; a third session is cancelled ("pay another way")."""
+    ids = run.ids
+    with run.path("setup: POST /api/v1/customers/{id}/payment (again)"):
+        body = {**ROSE_PAYMENT, "token": "wlt_rose_0002"}
+        ok(associate.post(f"{rose}/payment", json=body), 201)
+    neutral = (faces / "identities/rose_leslie/2.jpg").read_bytes()
+
+    def burst(session_id: str, n: int) -> Any:
+        files = [("frames", (f"{i}.jpg", neutral, "image/jpeg")) for i in range(n)]
+        data = {"at_ms": [str(i * 700) for i in range(n)]}
+        r = till.post(f"/api/v1/pay/sessions/{session_id}/frames", files=files, data=data)
+        return ok(r, 200)
+
+    def to_step_up() -> str:
+        body = {"amount": 1250, "currency": "EUR", "till": "till-1"}
+        session_id = str(ok(till.post("/api/v1/pay/sessions", json=body), 201)["id"])
+        assert burst(session_id, 1)["state"] == "challenge"
+        assert burst(session_id, 3)["state"] == "step_up"
+        return session_id
+
+    with run.path("POST /api/v1/pay/sessions/{id}/frames"):
+        ids["paying"] = to_step_up()
+    with run.path("POST /api/v1/pay/sessions/{id}/step-up"):
+        r = till.post(f"/api/v1/pay/sessions/{ids['paying']}/step-up", json={"digits": "0412"})
+        assert ok(r, 200)["state"] == "authorised"
+    with run.path("POST /api/v1/pay/sessions/{id}/confirm"):
+        item = {"sku": "C1", "name": "Coffee", "quantity": 1, "unit_price": 1250}
+        body = {"provider_reference": "ch_1", "items": [item]}
+        ok(till.post(f"/api/v1/pay/sessions/{ids['paying']}/confirm", json=body), 200)
+    with run.path("GET /api/v1/customers/{id}/face-payments"):
+        assert len(ok(associate.get(f"{rose}/face-payments"), 200)) >= 1
+    with run.path("setup: a payment session in step_up"):
+        locking = to_step_up()
+    for digits in ("1111", "2222"):
+        with run.path(f"setup: wrong digits {digits}"):
+            r = till.post(f"/api/v1/pay/sessions/{locking}/step-up", json={"digits": digits})
+            assert ok(r, 200)["state"] == "step_up"
+    with run.path("POST /api/v1/pay/sessions/{id}/step-up (third wrong digits)"):
+        r = till.post(f"/api/v1/pay/sessions/{locking}/step-up", json={"digits": "3333"})
+        assert ok(r, 200)["decline_reason"] == "step_up_failed"
+    with run.path("POST /api/v1/pay/sessions/{id}/cancel"):
+        body = {"amount": 990, "currency": "EUR", "till": "till-2"}
+        session_id = ok(till.post("/api/v1/pay/sessions", json=body), 201)["id"]
+        r = till.post(f"/api/v1/pay/sessions/{session_id}/cancel")
+        assert ok(r, 200)["decline_reason"] == "cancelled"
+
+
 @pytest.fixture(scope="module")
 def run(module_settings: Settings, pipeline: FacePipeline, faces_dir: Path) -> Iterator[Run]:
     module_settings.self_min_fill_seconds = 0.0  # the scenario is no bot, only fast
     module_settings.self_incentive_text = "A welcome coffee"
+    module_settings.pay_step_up_amount = 1000  # the scenario's 1250 asks for the digits
     crm = FaceCRM(module_settings, pipeline=pipeline)
-    with serve(create_app(crm)) as url:
+    with serve(create_app(crm, liveness=AlwaysLive)) as url:
         done = Run(crm)
         drive(done, url, faces_dir, module_settings)
         yield done

@@ -22,6 +22,7 @@ from facecrm.api import problems
 from facecrm.api.problems import ApiError
 from facecrm.crm import authz, service
 from facecrm.crm import errors as crm_errors
+from facecrm.crm.payflow import BurstTooLarge, SessionClosed
 from facecrm.crm.payments import CardNumberRefused, IdempotencyKeyReused, PaymentConsentError
 from facecrm.crm.pos import RateLimitedError
 from facecrm.crm.readiness import StoreNotReadyError
@@ -87,6 +88,9 @@ TABLE: list[tuple[FacecrmError, int, str | None]] = [
     (CardNumberRefused("this looks like a card number"), 422, "card_number_refused"),
     (IdempotencyKeyReused("the key was used for another payment"), 409, "idempotency_key_reused"),
     (PaymentConsentError("face payment needs both consents"), 409, "payment_consent_required"),
+    (BurstTooLarge("a burst has at most 12 frames"), 413, "burst_too_large"),
+    (SessionClosed("the session is declined"), 409, "session_final"),
+    (SessionClosed("the session expired", reason="session_expired"), 409, "session_expired"),
 ]
 
 

@@ -194,6 +194,7 @@ class Purchase(_Out):
     currency: str
     total_cents: int
     items: list[PurchaseItem] = []
+    paid_by: str | None = None  # "face": paid at a till by face
 
 
 class Interest(_Out):
@@ -254,6 +255,37 @@ class Export(_Out):
     purchases: list[Purchase] = []
     interests: list[Interest] = []
     feedback: list[Feedback] = []
+    payment: PaymentSummary | None = None
+    face_payments: list[FacePayment] = []
+
+
+class PaymentSummary(_Out):
+    """A face payment set-up in an export: the wallet token by its last 4 characters."""
+
+    provider: str
+    token_hint: str
+    currency: str
+    limit_per_transaction: int
+    limit_per_day: int
+    failed_step_ups: int = 0
+    locked_until: datetime | None = None
+    created_at: datetime
+
+
+class FacePayment(_Out):
+    """One face payment session of the customer."""
+
+    id: str
+    store_id: str
+    till: str
+    amount: int
+    currency: str
+    state: str
+    decline_reason: str | None = None
+    created_at: datetime
+    authorised_at: datetime | None = None
+    confirmed_at: datetime | None = None
+    purchase_id: int | None = None
 
 
 class FaceAdded(_Out):

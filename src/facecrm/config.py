@@ -127,6 +127,24 @@ class Settings(BaseSettings):
     self_min_fill_seconds: float = Field(3.0, ge=0)  # a form sent sooner is a bot's
     self_session_minutes: int = Field(15, gt=0)  # a customer's personal page session
 
+    # Face checkout (crm.payflow, docs/face-checkout.md). Operating point of the payment
+    # match: a modelled joint false-match rate of the cascade, far stricter than recognition
+    # (1e-5 -> g >= 3.15 impostor z with the shipped calibration; 1e-3 -> 2.66)
+    pay_target_fmr: float = Field(1e-5, gt=0, lt=1)
+    # step-up (the phone's last 4 digits) when the customer's lead over the next customer is
+    # below this (impostor z units of the cascade's score g; the calibration's ambiguity
+    # margin, ~0.37, already declines `ambiguous_match` below it) ...
+    pay_step_up_margin_z: float = Field(1.0, ge=0)
+    # ... when more customers than this are set up for face payment (1:N errors grow with N)
+    pay_step_up_gallery: int = Field(10_000, ge=0)
+    # ... or when the amount is above this, in the currency's minor units
+    pay_step_up_amount: int = Field(5_000, ge=0)
+    pay_step_up_attempts: int = Field(3, gt=0)  # wrong digits one session allows
+    pay_lock_failures: int = Field(3, gt=0)  # wrong digits in a row (any session) that lock
+    pay_lock_minutes: int = Field(15, gt=0)
+    pay_authorisation_seconds: int = Field(300, gt=0)  # how long the POS may charge
+    pay_retain_sessions_days: int = Field(90, ge=0)  # final payment sessions; 0: kept
+
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
     retain_visits_days: int = Field(365, ge=0)
     # templates of customers not seen for this long

@@ -17,11 +17,12 @@ from fastapi.staticfiles import StaticFiles
 from facecrm import __version__
 from facecrm.alerts import relay
 from facecrm.alerts.cameras import CameraHealthService, start_checker
-from facecrm.alerts.service import AlertService
+from facecrm.alerts.service import AlertService, payment_lock_alert
 from facecrm.api import problems, router
 from facecrm.api.middleware import FORM_OVERHEAD, BodyLimit, SecurityHeaders
 from facecrm.config import Settings, get_settings
 from facecrm.crm import retention
+from facecrm.crm.payflow import LivenessFactory, PayFlow
 from facecrm.crm.selfservice import SelfService
 from facecrm.crm.service import FaceCRM
 from facecrm.crm.throttle import LoginGuard, RateLimiter, database_counters
@@ -52,8 +53,14 @@ def worker_app() -> FastAPI:
     return create_app(FaceCRM(get_settings()))
 
 
-def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> FastAPI:
-    """The application over `crm` (default: a `FaceCRM` on the configured database)."""
+def create_app(
+    crm: FaceCRM | None = None,
+    settings: Settings | None = None,
+    *,
+    liveness: LivenessFactory | None = None,
+) -> FastAPI:
+    """The application over `crm` (default: a `FaceCRM` on the configured database);
+    `liveness` makes face checkout's liveness stage (default: the shipped one)."""
     settings = settings or (crm.settings if crm else get_settings())
     crm = crm or FaceCRM(settings, migrate=True)  # the server's start migrates (not workers)
 
@@ -93,6 +100,7 @@ def create_app(crm: FaceCRM | None = None, settings: Settings | None = None) -> 
     )
     app.state.login_guard = LoginGuard.from_settings(settings, counters=counters)
     app.state.selfservice = SelfService(crm, counters)  # customers on their own phones
+    app.state.payflow = PayFlow(crm, liveness, on_lock=payment_lock_alert(app.state.alerts))
     app.state.decide_limiter = RateLimiter(
         settings.agent_decide_per_minute, 60.0, counters=counters, scope="agent_decide"
     )

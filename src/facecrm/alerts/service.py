@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +42,7 @@ from sqlalchemy.orm import Session
 from facecrm.alerts import rules, storeconfig, webhooks
 from facecrm.alerts.bus import AlertBus
 from facecrm.crm import accounts, activity, audit, db, disputes
-from facecrm.crm.authz import Permission, Principal
+from facecrm.crm.authz import SYSTEM, Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
 from facecrm.crm.models import (
     AgentEvent,
@@ -79,7 +79,10 @@ def _aware(value: datetime) -> datetime:
 
 
 # alert kinds only some roles receive (the others never see them): kind -> roles
-AUDIENCE: dict[str, tuple[str, ...]] = {"camera_silent": ("admin", "manager")}
+AUDIENCE: dict[str, tuple[str, ...]] = {
+    "camera_silent": ("admin", "manager"),
+    "payment_locked": ("admin", "manager"),  # face checkout (crm.payflow): a security matter
+}
 
 
 def hidden_kinds(principal: Principal) -> list[str]:
@@ -738,3 +741,26 @@ class AlertService:
                 select(StoreConfig.time_zone).where(StoreConfig.store_id == store_id)
             )
         return StoreConfigView(store_id, rule_settings, webhook_url, zone_name or "UTC")
+
+
+def payment_lock_alert(alerts: AlertService) -> Callable[[str, str, str], None]:
+    """`crm.payflow`'s `on_lock`: tell the store's managers a customer's face payment was
+    locked after wrong step-up digits. The alert names the customer as any staff alert
+    does (its id; the console shows the card), carries the till and no image or digits."""
+
+    def alert(store_id: str, customer_id: str, till: str) -> None:
+        minutes = alerts.crm.settings.pay_lock_minutes
+        message = (
+            f"Face payment locked for {minutes} minutes after wrong phone digits at "
+            f"till {till}: the customer pays another way; check who was at the till."
+        )
+        alerts.raise_alert(
+            SYSTEM,
+            store_id,
+            "payment_locked",
+            message,
+            customer_id=customer_id,
+            reasons=["wrong step-up digits"],
+        )
+
+    return alert

@@ -409,6 +409,7 @@ class PurchaseOut(Out):
     currency: str
     total_cents: int
     items: list[ItemOut]
+    paid_by: str | None = None  # "face": paid at a till by face (issue 14)
 
 
 class InterestOut(Out):
@@ -475,6 +476,8 @@ class ExportOut(Out):
     purchases: list[PurchaseOut]
     interests: list[InterestOut]
     feedback: list[FeedbackOut]
+    payment: PaymentExportOut | None = None  # face payment set-up (no token, no digits)
+    face_payments: list[FacePaymentOut] = []
 
 
 class FaceAddedOut(BaseModel):
@@ -939,8 +942,8 @@ class PaySessionIn(Strict):
     till: str = Field(min_length=1, max_length=40)
 
 
-class PaySessionOut(Out):
-    """A payment session: `looking` until a decision; `declined` with a reason."""
+class PaySessionBase(Out):
+    """What every view of a payment session shows."""
 
     id: str
     store_id: str
@@ -950,4 +953,75 @@ class PaySessionOut(Out):
     state: str
     decline_reason: str | None
     created_at: Timestamp
+
+
+class PaySessionOut(PaySessionBase):
+    """A payment session: `looking` until a decision; `declined` with a reason."""
+
     expires_at: Timestamp
+    smile_after_ms: int | None = None  # in `challenge`: when the till shows "smile now"
+    step_up_attempts_left: int | None = None  # in `step_up`
+    authorisation: AuthorisationOut | None = None  # in `authorised`
+    confirmed: bool = False  # the POS confirmed the charge (the Purchase is recorded)
+
+
+class AuthorisationPayloadOut(BaseModel):
+    session_id: str
+    customer_ref: str
+    payment_token: str
+    provider: str
+    amount: int
+    currency: str
+    store_id: str
+    till: str
+    expires_at: str
+
+
+class AuthorisationOut(BaseModel):
+    """What the POS charges with: `signature` is base64 Ed25519 over the canonical JSON
+    of `payload` (sorted keys, no spaces, UTF-8); verify with /pay/authorisation-key."""
+
+    payload: AuthorisationPayloadOut
+    signature: str
+
+
+class AuthorisationKeyOut(BaseModel):
+    algorithm: str
+    public_key: str  # base64 of the raw 32-byte Ed25519 public key
+
+
+class StepUpIn(Strict):
+    digits: str = Field(max_length=10)
+
+
+class ConfirmItemIn(Strict):
+    sku: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=200)
+    quantity: int = Field(gt=0, le=10_000)
+    unit_price: int = Field(ge=0, le=100_000_000)
+
+
+class ConfirmIn(Strict):
+    provider_reference: str = Field(min_length=1, max_length=200)
+    items: list[ConfirmItemIn] = Field(min_length=1, max_length=100)
+
+
+class PaymentExportOut(Out):
+    """A customer's face payment set-up in their export: the token only by its hint."""
+
+    provider: str
+    token_hint: str
+    currency: str
+    limit_per_transaction: int
+    limit_per_day: int
+    failed_step_ups: int
+    locked_until: Timestamp | None
+    created_at: Timestamp
+
+
+class FacePaymentOut(PaySessionBase):
+    """One face payment session of a customer (staff API and export)."""
+
+    authorised_at: Timestamp | None
+    confirmed_at: Timestamp | None
+    purchase_id: int | None

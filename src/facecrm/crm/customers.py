@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import or_, select
@@ -20,6 +21,8 @@ from facecrm.crm.models import (
     FaceTemplate,
     Feedback,
     Interest,
+    PaymentProfile,
+    PaySession,
     Purchase,
     Purpose,
     StaffUser,
@@ -381,6 +384,49 @@ class Export:
     purchases: Sequence[Purchase]
     interests: Sequence[Interest]
     feedback: Sequence[Feedback]
+    payment: PaymentSummary | None = None
+    face_payments: Sequence[PaySession] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentSummary:
+    """A face payment set-up as the customer may see it: the wallet token only by its last
+    4 characters, the phone digits not at all (they are kept as a MAC)."""
+
+    provider: str
+    token_hint: str
+    currency: str
+    limit_per_transaction: int
+    limit_per_day: int
+    failed_step_ups: int
+    locked_until: datetime | None
+    created_at: datetime
+
+
+def payment_summary(profile: PaymentProfile | None) -> PaymentSummary | None:
+    if profile is None:
+        return None
+    return PaymentSummary(
+        profile.provider,
+        profile.token[-4:],
+        profile.currency,
+        profile.limit_per_transaction,
+        profile.limit_per_day,
+        profile.failed_step_ups,
+        profile.locked_until,
+        profile.created_at,
+    )
+
+
+def face_payments(session: Session, customer_id: str, limit: int | None = None) -> list[PaySession]:
+    """The customer's face payment sessions, newest first (the caller audits the read)."""
+    stmt = (
+        select(PaySession)
+        .where(PaySession.customer_id == customer_id)
+        .order_by(PaySession.created_at.desc())
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))
 
 
 def export(session: Session, principal: Principal, customer_id: str) -> Export:
@@ -406,6 +452,8 @@ def export(session: Session, principal: Principal, customer_id: str) -> Export:
         purchases,
         interests,
         feedback,
+        payment_summary(session.get(PaymentProfile, customer.id)),
+        face_payments(session, customer.id),
     )
 
 

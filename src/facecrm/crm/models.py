@@ -295,6 +295,7 @@ class Purchase(Base):
     at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     currency: Mapped[str] = mapped_column(String(3), default="EUR")
     total_cents: Mapped[int] = mapped_column(Integer)
+    paid_by: Mapped[str | None] = mapped_column(String(20), default=None)  # 0020: "face"
 
     items: Mapped[list[PurchaseItem]] = relationship(
         cascade="all, delete-orphan", order_by="PurchaseItem.id"
@@ -839,6 +840,9 @@ class PaymentProfile(Base):
     limit_per_day: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # 0020: wrong step-up digits in a row (any session); 3 lock face payment for 15 minutes
+    failed_step_ups: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class PaySession(Base):
@@ -863,10 +867,23 @@ class PaySession(Base):
     state: Mapped[str] = mapped_column(String(20))
     decline_reason: Mapped[str | None] = mapped_column(String(40), default=None)
     customer_id: Mapped[str | None] = mapped_column(
-        ForeignKey("customers.id", ondelete="SET NULL"), default=None
+        ForeignKey("customers.id", ondelete="SET NULL"), default=None, index=True
     )
     idempotency_key: Mapped[str | None] = mapped_column(String(100), default=None)
     request_mac: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    # 0020: the state machine's memory between calls (`crm.payflow`)
+    smile_after_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    no_face_bursts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    step_up_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    match_margin_z: Mapped[float | None] = mapped_column(Float, default=None)
+    authorisation: Mapped[str | None] = mapped_column(Text, default=None)  # signed JSON
+    authorised_at: Mapped[datetime | None] = mapped_column(default=None)
+    provider_reference: Mapped[str | None] = mapped_column(String(200), default=None)
+    purchase_id: Mapped[int | None] = mapped_column(
+        ForeignKey("purchases.id", ondelete="SET NULL", name="fk_pay_sessions_purchase_id"),
+        default=None,
+    )
+    confirmed_at: Mapped[datetime | None] = mapped_column(default=None)

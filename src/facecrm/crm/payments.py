@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -115,6 +115,7 @@ class DeclineReason(StrEnum):
     LIMIT_EXCEEDED = "limit_exceeded"
     AMBIGUOUS_MATCH = "ambiguous_match"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"  # "pay another way" (crm.payflow.cancel)
 
 
 S = SessionState
@@ -546,3 +547,17 @@ def expire(
     session.flush()
     audit.record(session, principal, "pay_session_expired", None, row.store_id, session_id=row.id)
     return True
+
+
+def erase_sessions(session: Session, customer_id: str) -> None:
+    """A customer's payment sessions go with them on erasure (their signed authorisation
+    names the wallet token; the foreign key alone would only unlink them)."""
+    session.execute(delete(PaySession).where(PaySession.customer_id == customer_id))
+
+
+def purge_sessions(session: Session, days: int, now: datetime) -> int:
+    """Delete payment sessions that expired more than `days` ago (retention; a session
+    is final by then). The purchases they confirmed stay with the customer."""
+    cutoff = now - timedelta(days=days)
+    result = session.execute(delete(PaySession).where(PaySession.expires_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -11,6 +11,8 @@
   from a chain that verifies (pruning must never destroy the evidence of tampering),
   leaving a sealed checkpoint that anchors the rest (see `auditchain`);
 * erasure-log entries older than `backup_retention_days` are forgotten (`erasures`);
+* payment sessions that expired more than `pay_retain_sessions_days` ago go (the
+  purchases they confirmed stay on the customer);
 * alerts older than `retain_alerts_days` go: who claimed each one and how fast the
   customer was greeted is data about staff, kept only as long as running the store needs.
 
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 from sqlalchemy import delete, func, select, union
 from sqlalchemy.orm import Session
 
-from facecrm.crm import audit, auditchain, db, erasures, sync
+from facecrm.crm import audit, auditchain, db, erasures, payments, sync
 from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.models import (
     Alert,
@@ -57,6 +59,7 @@ class PurgeReport:
     audit_events: int = 0  # pruned from the start of the audit trail
     alerts: int = 0
     erasure_entries: int = 0  # erasure-log entries older than the backups
+    pay_sessions: int = 0
 
 
 def _aware(value: datetime) -> datetime:
@@ -81,7 +84,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
     for the server's hourly run)."""
     settings = crm.settings
     now = now or datetime.now(UTC)
-    visits = expired = pruned = alerts = 0
+    visits = expired = pruned = alerts = pay = 0
     unseen: list[str] = []
     audit_cutoff = _audit_cutoff(crm, now)
     with db.transaction(crm.sessions) as session:
@@ -93,6 +96,8 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             cutoff = now - timedelta(days=settings.retain_alerts_days)
             deleted = session.execute(delete(Alert).where(Alert.created_at < cutoff))
             alerts = cast("CursorResult[Any]", deleted).rowcount or 0
+        if settings.pay_retain_sessions_days:
+            pay = payments.purge_sessions(session, settings.pay_retain_sessions_days, now)
         if settings.reconfirm_consent_months:
             cutoff = now - settings.reconfirm_consent_months * MONTH
             stale = session.scalars(
@@ -128,7 +133,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             pruned = _prune_audit(session, principal, audit_cutoff)
         entries = erasures.prune(session, settings, now)
         sync.prune(session, settings.sync_log_days, now)  # older agents sync in full
-        if visits or expired or unseen or entries or alerts:
+        if visits or expired or unseen or entries or alerts or pay:
             audit.record(
                 session,
                 principal,
@@ -138,15 +143,16 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
                 unseen_customers=len(unseen),
                 erasure_entries=entries,
                 alerts=alerts,
+                pay_sessions=pay,
             )
         # expired consents, and whoever else holds templates without consent
         forget = sorted(_without_consent(session) | set(unseen))
         for customer_id in forget:
             crm._forget_face(session, customer_id)
             audit.record(session, principal, "forget_face", customer_id, reason="retention")
-    if forget or visits:
+    if forget or visits or pay:
         crm.scrub_erased()
-    return PurgeReport(visits, len(unseen), expired, pruned, alerts, entries)
+    return PurgeReport(visits, len(unseen), expired, pruned, alerts, entries, pay)
 
 
 def _audit_cutoff(crm: FaceCRM, now: datetime) -> datetime | None:

@@ -958,6 +958,7 @@ class FaceCRM:
             customer = customers.load(session, customer_id)
             self.gallery.removed(session, customer_id)
             self._unsync(session, customer_id)
+            payments.erase_sessions(session, customer_id)
             session.delete(customer)
             audit.record(session, principal, "erase", customer_id)
             erasures.record(session, self.settings, customer_id)  # re-applied after a restore

@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path
+from fastapi import APIRouter, Depends, File, Form, Header, Path, Request, UploadFile
 from fastapi.responses import Response
 
 from facecrm.api.deps import CustomerReader, SessionDep, SettingsDep, allow
 from facecrm.api.schemas import (
     PROBLEMS,
+    AuthorisationKeyOut,
+    ConfirmIn,
+    FacePaymentOut,
     PaymentProfileOut,
     PaymentSetupIn,
     PaymentUpdateIn,
     PaySessionIn,
     PaySessionOut,
+    StepUpIn,
 )
-from facecrm.crm import customers, payments
+from facecrm.crm import customers, payflow, payments
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.models import PaymentProfile
 
 router = APIRouter(tags=["face payment"], responses=PROBLEMS)
+
+
+def get_payflow(request: Request) -> payflow.PayFlow:
+    return request.app.state.payflow  # type: ignore[no-any-return]
+
+
+Flow = Annotated[payflow.PayFlow, Depends(get_payflow)]
 PaymentEnroller = Annotated[Principal, Depends(allow(Permission.PAYMENTS_ENROLL))]
 Till = Annotated[Principal, Depends(allow(Permission.PAY))]
 SessionId = Annotated[str, Path(min_length=1, max_length=32)]
@@ -108,6 +120,68 @@ def open_session(
 
 
 @router.get("/pay/sessions/{session_id}", response_model=PaySessionOut)
-def get_session(session_id: SessionId, session: SessionDep, principal: Till) -> PaySessionOut:
+def get_session(
+    session_id: SessionId, session: SessionDep, principal: Till, flow: Flow
+) -> PaySessionOut:
     """A session of this device's store (another store's: 404); expired ones say so."""
-    return PaySessionOut.model_validate(payments.get_session(session, principal, session_id))
+    return PaySessionOut.model_validate(
+        flow.view(payments.get_session(session, principal, session_id))
+    )
+
+
+@router.post("/pay/sessions/{session_id}/frames", response_model=PaySessionOut)
+def send_frames(
+    session_id: SessionId,
+    frames: Annotated[list[UploadFile], File()],
+    at_ms: Annotated[list[int], Form()],
+    principal: Till,
+    flow: Flow,
+) -> PaySessionOut:
+    """A burst of camera frames (docs/face-checkout.md): `looking` finds the customer,
+    `challenge` checks the smile after the prompt; answers the session as it now is."""
+    budget = payflow.MAX_BURST_BYTES
+    data: list[bytes] = []
+    for upload in frames[: payflow.MAX_BURST_FRAMES + 1]:  # more: refused by the count
+        if budget < 0:
+            break
+        data.append(upload.file.read(budget + 1))  # never more than the burst's cap
+        budget -= len(data[-1])
+    if len(frames) > payflow.MAX_BURST_FRAMES:
+        data.extend(b"" for _ in range(len(frames) - len(data)))
+    return PaySessionOut.model_validate(flow.frames(principal, session_id, data, at_ms))
+
+
+@router.post("/pay/sessions/{session_id}/step-up", response_model=PaySessionOut)
+def step_up(session_id: SessionId, body: StepUpIn, principal: Till, flow: Flow) -> PaySessionOut:
+    """The last 4 digits of the customer's phone (409 when the session is not in step_up)."""
+    return PaySessionOut.model_validate(flow.step_up(principal, session_id, body.digits))
+
+
+@router.post("/pay/sessions/{session_id}/cancel", response_model=PaySessionOut)
+def cancel(session_id: SessionId, principal: Till, flow: Flow) -> PaySessionOut:
+    """ "Pay another way": declined `cancelled` (a final session comes back unchanged)."""
+    return PaySessionOut.model_validate(flow.cancel(principal, session_id))
+
+
+@router.post("/pay/sessions/{session_id}/confirm", response_model=PaySessionOut)
+def confirm(session_id: SessionId, body: ConfirmIn, principal: Till, flow: Flow) -> PaySessionOut:
+    """The POS charged the authorisation: the purchase is recorded on the customer, once."""
+    items = [payflow.ConfirmedItem(**item.model_dump()) for item in body.items]
+    view = flow.confirm(principal, session_id, body.provider_reference, items)
+    return PaySessionOut.model_validate(view)
+
+
+@router.get("/pay/authorisation-key", response_model=AuthorisationKeyOut)
+def authorisation_key(principal: Till, flow: Flow) -> AuthorisationKeyOut:
+    """The Ed25519 public key that verifies this server's payment authorisations."""
+    key = base64.b64encode(flow.public_key()).decode()
+    return AuthorisationKeyOut(algorithm="Ed25519", public_key=key)
+
+
+@router.get("/customers/{customer_id}/face-payments", response_model=list[FacePaymentOut])
+def face_payments(
+    customer_id: str, session: SessionDep, principal: CustomerReader
+) -> list[FacePaymentOut]:
+    """The customer's face payment sessions, newest first (at most 100)."""
+    rows = payflow.face_payments(session, principal, customer_id)
+    return [FacePaymentOut.model_validate(row) for row in rows]

@@ -1,0 +1,608 @@
+"""Face checkout's state machine (issue 14 items 2, 3 and 6), through a real server on
+SQLite and PostgreSQL with the real models and real photos.
+
+The liveness stage is the one thing scripted: `ScriptedLiveness` below is a TEST DOUBLE of
+`vision.liveness.LivenessStage` (the real stage is built in parallel; end-to-end tests with
+it come after the merge). It answers what the test sets and records what it was given.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from PIL import Image as PILImage
+from sqlalchemy import func, select, update
+
+from facecrm.config import Settings
+from facecrm.crm import accounts, customers, db, payments, retention
+from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
+from facecrm.crm.customers import ConsentGrant
+from facecrm.crm.models import Alert, AuditEvent, PaymentProfile, PaySession, Purchase, Purpose
+from facecrm.crm.payflow import MAX_BURST_FRAMES, canonical
+from facecrm.crm.payments import PaymentSetup
+from facecrm.crm.service import FaceCRM, Photo
+from facecrm.server import create_app
+from facecrm.vision.liveness import LivenessFailure, LivenessVerdict, TimedFace
+from facecrm.vision.pipeline import FacePipeline
+
+from server import serve
+
+PASSWORD = "correct horse battery"
+DIGITS = "4821"
+
+
+@dataclass
+class ScriptedLiveness:
+    """TEST DOUBLE of the liveness stage: answers `failure` (None: live) and keeps what it
+    was asked, so tests can check the burst and the prompt moment reached it."""
+
+    failure: LivenessFailure | None = None
+    calls: list[tuple[list[int], int]] = field(default_factory=list)
+
+    def assess(self, frames: Sequence[TimedFace], prompt_at_ms: int) -> LivenessVerdict:
+        self.calls.append(([f.at_ms for f in frames], prompt_at_ms))
+        return LivenessVerdict(self.failure, {"scripted": 1.0})
+
+
+@dataclass
+class World:
+    crm: FaceCRM
+    url: str
+    till: httpx.Client
+    other: httpx.Client
+    clerk: httpx.Client
+    stage: ScriptedLiveness
+    store: str
+    people: dict[str, str]  # name -> customer id
+    load: Any
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(image).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _setup(name: str, token: str, **limits: int) -> PaymentSetup:
+    return PaymentSetup(
+        token=token,
+        provider="examplepay",
+        phone_last4=DIGITS,
+        currency="EUR",
+        limit_per_transaction=limits.get("per_tx", 5_000),
+        limit_per_day=limits.get("per_day", 20_000),
+    )
+
+
+@pytest.fixture(scope="module")
+def world(module_settings: Settings, pipeline: FacePipeline, load: Any) -> Iterator[World]:
+    crm = FaceCRM(module_settings, pipeline=pipeline)
+    with db.transaction(crm.sessions) as session:
+        a = accounts.create_store(session, "A", "A", SYSTEM)
+        b = accounts.create_store(session, "B", "B", SYSTEM)
+        accounts.create_staff(session, "clerk", PASSWORD, "manager", [a.id], principal=SYSTEM)
+        till_a = accounts.create_device(session, a.id, "pos", principal=SYSTEM)[1]
+        till_b = accounts.create_device(session, b.id, "pos", principal=SYSTEM)[1]
+    people: dict[str, str] = {}
+    enrolled = {
+        "amy": ["more/identities/bbt_amy/amy3.png", "more/identities/bbt_amy/amy1.png"],
+        "kit": ["identities/kit_harington/1.jpg"],
+        "rose": ["identities/rose_leslie/1.jpg"],  # recognition only: no payment
+        "biden": ["identities/joe_biden/1.jpg"],
+    }
+    for name, photos in enrolled.items():
+        shots = [Photo(p, load(p)) for p in photos]
+        people[name] = crm.enroll(name.title(), shots, CURRENT, "kiosk", SYSTEM).id
+    for name, limits in {
+        "amy": {},
+        "kit": {"per_tx": 10_000},
+        "biden": {"per_tx": 1_000, "per_day": 1_500},
+    }.items():
+        with db.transaction(crm.sessions) as session:
+            customers.give_consent(
+                session, SYSTEM, people[name], ConsentGrant(Purpose.FACE_PAYMENT, None, "kiosk")
+            )
+            payments.enroll(
+                session,
+                crm.settings,
+                SYSTEM,
+                people[name],
+                _setup(name, f"wlt_{name}_tok1", **limits),
+            )
+    stage = ScriptedLiveness()
+    with serve(create_app(crm, liveness=lambda: stage)) as url:
+        token = httpx.post(
+            f"{url}/api/v1/auth/token", data={"username": "clerk", "password": PASSWORD}
+        ).json()["access_token"]
+        clients = [
+            httpx.Client(base_url=url, headers={"X-API-Key": till_a}, timeout=120),
+            httpx.Client(base_url=url, headers={"X-API-Key": till_b}, timeout=120),
+            httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60),
+        ]
+        yield World(crm, url, *clients, stage, a.id, people, load)
+        for client in clients:
+            client.close()
+    crm.engine.dispose()
+
+
+def _open(w: World, amount: int = 1_200) -> str:
+    body = {"amount": amount, "currency": "EUR", "till": "till-1"}
+    r = w.till.post("/api/v1/pay/sessions", json=body)
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
+
+
+def _frames(
+    w: World,
+    session_id: str,
+    photos: Sequence[str],
+    at_ms: Sequence[int] | None = None,
+    client: httpx.Client | None = None,
+) -> httpx.Response:
+    files = [("frames", (f"f{i}.png", _png(w.load(p)), "image/png")) for i, p in enumerate(photos)]
+    times = list(at_ms) if at_ms is not None else [i * 200 for i in range(len(photos))]
+    return (client or w.till).post(
+        f"/api/v1/pay/sessions/{session_id}/frames",
+        files=files,
+        data={"at_ms": [str(t) for t in times]},
+    )
+
+
+AMY_NEUTRAL = "more/identities/bbt_amy/amy4.png"
+AMY_SMILES = ["more/identities/bbt_amy/amy3.png", "more/identities/bbt_amy/amy2.png"]
+
+
+def _to_challenge(w: World, session_id: str, photo: str) -> dict[str, Any]:
+    r = _frames(w, session_id, [photo])
+    assert r.status_code == 200, r.text
+    out: dict[str, Any] = r.json()
+    assert out["state"] == "challenge", out
+    return out
+
+
+def _smile(w: World, session_id: str, prompt: int, photos: Sequence[str]) -> httpx.Response:
+    times = [0, 400] + [prompt + 300 * (i + 1) for i in range(len(photos) - 2)]
+    return _frames(w, session_id, photos, times)
+
+
+def _count(w: World, model: type[Any]) -> int:
+    with w.crm.sessions() as session:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
+# -- the happy path: smile to pay ----------------------------------------------------------
+
+
+def test_smile_to_pay_authorises_once_and_records_the_purchase(world: World) -> None:
+    w = world
+    w.stage.failure = None
+    session_id = _open(w)
+    challenge = _to_challenge(w, session_id, AMY_NEUTRAL)
+    prompt = challenge["smile_after_ms"]
+    assert 800 <= prompt <= 2000
+    burst = [AMY_NEUTRAL, AMY_NEUTRAL, *AMY_SMILES]
+    r = _smile(w, session_id, prompt, burst)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["state"] == "authorised", out
+    assert w.stage.calls[-1] == ([0, 400, prompt + 300, prompt + 600], prompt)
+    assert "Amy" not in r.text  # never the customer's name in a POS response
+
+    # the signature verifies with the published key over the canonical payload
+    key = w.till.get("/api/v1/pay/authorisation-key").json()
+    assert key["algorithm"] == "Ed25519"
+    public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
+    auth = out["authorisation"]
+    public.verify(base64.b64decode(auth["signature"]), canonical(auth["payload"]))
+    payload = auth["payload"]
+    assert payload["session_id"] == session_id and payload["amount"] == 1_200
+    assert payload["customer_ref"] == w.people["amy"] and payload["store_id"] == w.store
+    assert payload["payment_token"] == "wlt_amy_tok1" and payload["currency"] == "EUR"
+    forged = {**auth["payload"], "amount": 1}
+    with pytest.raises(InvalidSignature):
+        public.verify(base64.b64decode(auth["signature"]), canonical(forged))
+
+    # retries: the same authorisation, never a second one
+    again = _smile(w, session_id, prompt, burst)
+    assert (again.status_code, again.json()["reason"]) == (409, "session_final")
+    assert w.till.get(f"/api/v1/pay/sessions/{session_id}").json()["authorisation"] == auth
+    assert w.till.post(f"/api/v1/pay/sessions/{session_id}/cancel").json() == out
+
+    # the POS confirms the charge: one Purchase, paid by face
+    body = {
+        "provider_reference": "ch_001",
+        "items": [{"sku": "A1", "name": "Latte", "quantity": 2, "unit_price": 600}],
+    }
+    before = _count(w, Purchase)
+    path = f"/api/v1/pay/sessions/{session_id}/confirm"
+    first = w.till.post(path, json=body)
+    assert first.status_code == 200 and first.json()["confirmed"] is True, first.text
+    assert w.till.post(path, json=body).json() == first.json()
+    r = w.till.post(path, json={**body, "provider_reference": "ch_002"})
+    assert (r.status_code, r.json()["reason"]) == (409, "already_confirmed")
+    assert _count(w, Purchase) == before + 1
+    amy = w.people["amy"]
+    with w.crm.sessions() as session:
+        purchase = session.scalars(select(Purchase).where(Purchase.customer_id == amy)).one()
+        assert (purchase.paid_by, purchase.total_cents, purchase.store_id) == (
+            "face",
+            1_200,
+            w.store,
+        )
+        assert [(i.sku, i.quantity) for i in purchase.items] == [("A1", 2)]
+    card = w.clerk.get(f"/api/v1/customers/{amy}").json()  # the staff card shows it
+    assert [(p["id"], p["paid_by"]) for p in card["purchases"]] == [(purchase.id, "face")]
+    listed = w.clerk.get(f"/api/v1/customers/{amy}/face-payments")
+    assert listed.status_code == 200, listed.text
+    assert [p["id"] for p in listed.json()][:1] == [session_id]
+    assert listed.json()[0]["purchase_id"] == purchase.id
+
+    # every step audited, never an image or a template
+    with w.crm.sessions() as session:
+        events = session.scalars(
+            select(AuditEvent).where(AuditEvent.action.like("pay_session_%"))
+        ).all()
+    mine = [e for e in events if e.detail.get("session_id") == session_id]
+    assert [e.action for e in mine] == [
+        "pay_session_create",
+        "pay_session_frames",
+        "pay_session_frames",
+        "pay_session_confirm",
+    ]
+    assert all(e.customer_id == amy for e in mine[1:])
+    for event in mine:  # scalars only: no image, template or landmark list
+        assert all(isinstance(v, str | int | float | None) for v in event.detail.values())
+        assert len(json.dumps(event.detail)) < 600
+
+
+def test_the_daily_limit_counts_authorised_amounts(world: World) -> None:
+    """Biden: 1000 per transaction, 1500 a day. 900 passes, a second 900 exceeds the day;
+    1100 exceeds the transaction; a USD session the profile's currency."""
+    w = world
+    w.stage.failure = None
+    photo = "identities/joe_biden/2.jpg"
+
+    def pay(amount: int, currency: str = "EUR") -> dict[str, Any]:
+        body = {"amount": amount, "currency": currency, "till": "till-1"}
+        session_id = w.till.post("/api/v1/pay/sessions", json=body).json()["id"]
+        prompt = _to_challenge(w, session_id, photo)["smile_after_ms"]
+        r = _smile(w, session_id, prompt, [photo, photo, photo])
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    assert pay(900)["state"] == "authorised"
+    assert (pay(900)["state"], pay(900)["decline_reason"]) == ("declined", "limit_exceeded")
+    assert pay(1_100)["decline_reason"] == "limit_exceeded"
+    assert pay(100, "USD")["decline_reason"] == "limit_exceeded"
+    assert pay(600)["state"] == "authorised"  # 900 + 600 = 1500: exactly the day's limit
+
+
+# -- liveness, identity, strangers ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (LivenessFailure.STILL_IMAGE, "liveness_failed"),
+        (LivenessFailure.SCREEN_OR_PRINT, "liveness_failed"),
+        (LivenessFailure.TOO_FEW_FRAMES, "liveness_failed"),
+        (LivenessFailure.NO_SMILE, "no_smile"),
+        (LivenessFailure.SMILED_EARLY, "no_smile"),
+    ],
+)
+def test_liveness_failures_decline(world: World, failure: LivenessFailure, reason: str) -> None:
+    w = world
+    w.stage.failure = failure
+    try:
+        session_id = _open(w)
+        prompt = _to_challenge(w, session_id, AMY_NEUTRAL)["smile_after_ms"]
+        out = _smile(w, session_id, prompt, [AMY_NEUTRAL, *AMY_SMILES]).json()
+    finally:
+        w.stage.failure = None
+    assert (out["state"], out["decline_reason"]) == ("declined", reason)
+    assert out["authorisation"] is None
+
+
+def test_another_face_in_the_challenge_declines(world: World) -> None:
+    """Amy found, then Kit (another payment customer) in the challenge: ambiguous_match;
+    then a stranger's face: liveness_failed (a face swapped in front of the camera)."""
+    w = world
+    session_id = _open(w)
+    prompt = _to_challenge(w, session_id, AMY_NEUTRAL)["smile_after_ms"]
+    kit = "identities/kit_harington/2.jpg"
+    out = _smile(w, session_id, prompt, [AMY_NEUTRAL, kit, *AMY_SMILES]).json()
+    assert (out["state"], out["decline_reason"]) == ("declined", "ambiguous_match")
+    session_id = _open(w)
+    prompt = _to_challenge(w, session_id, AMY_NEUTRAL)["smile_after_ms"]
+    obama = "identities/barack_obama/1.jpg"
+    out = _smile(w, session_id, prompt, [AMY_NEUTRAL, obama, *AMY_SMILES]).json()
+    assert (out["state"], out["decline_reason"]) == ("declined", "liveness_failed")
+
+
+@pytest.mark.parametrize(
+    "photo",
+    ["identities/rose_leslie/2.jpg", "identities/barack_obama/2.jpg"],
+    ids=["customer_without_payment", "stranger"],
+)
+def test_no_payable_customer_declines(world: World, photo: str) -> None:
+    w = world
+    session_id = _open(w)
+    out = _frames(w, session_id, [photo]).json()
+    assert (out["state"], out["decline_reason"]) == ("declined", "not_enrolled_for_payment")
+    with w.crm.sessions() as session:
+        row = session.get(PaySession, session_id)
+        assert row is not None
+        # a stranger leaves nothing; a customer without payment is noted on the session
+        expected = w.people["rose"] if "rose" in photo else None
+        assert row.customer_id == expected
+
+
+def test_three_bursts_without_a_face_decline_no_face(world: World) -> None:
+    w = world
+    session_id = _open(w)
+    blank = _png(__import__("numpy").full((200, 200, 3), 128, dtype="uint8"))
+    states = []
+    for _ in range(3):
+        r = w.till.post(
+            f"/api/v1/pay/sessions/{session_id}/frames",
+            files=[("frames", ("blank.png", blank, "image/png"))],
+            data={"at_ms": ["0"]},
+        )
+        assert r.status_code == 200, r.text
+        states.append((r.json()["state"], r.json()["decline_reason"]))
+    assert states == [("looking", None), ("looking", None), ("declined", "no_face")]
+
+
+# -- step-up and the lock ------------------------------------------------------------------
+
+
+def test_step_up_right_digits_authorise(world: World) -> None:
+    """An amount above `pay_step_up_amount` (5000) asks for the digits."""
+    w = world
+    kit = "identities/kit_harington/2.jpg"
+    session_id = _open(w, 6_000)
+    path = f"/api/v1/pay/sessions/{session_id}/step-up"
+    r = w.till.post(path, json={"digits": DIGITS})
+    assert (r.status_code, r.json()["reason"]) == (409, "bad_transition")  # still looking
+    prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+    out = _smile(w, session_id, prompt, [kit, kit, kit]).json()
+    assert (out["state"], out["step_up_attempts_left"]) == ("step_up", 3), out
+    r = w.till.post(path, json={"digits": "48a1"})
+    assert (r.status_code, r.json()["reason"]) == (422, "bad_last4")  # not counted
+    assert w.till.get(f"/api/v1/pay/sessions/{session_id}").json()["step_up_attempts_left"] == 3
+    r = w.till.post(path, json={"digits": "0000"})
+    assert r.json()["step_up_attempts_left"] == 2
+    r = w.till.post(path, json={"digits": DIGITS})
+    assert r.json()["state"] == "authorised", r.text
+    with w.crm.sessions() as session:
+        profile = session.get(PaymentProfile, w.people["kit"])
+        assert profile is not None and profile.failed_step_ups == 0  # reset by the right digits
+
+
+def test_three_wrong_step_ups_lock_and_alert(world: World) -> None:
+    w = world
+    kit = "identities/kit_harington/3.jpg"
+    alerts_before = _alerts(w)
+    outs = []
+    for digits in ("1111", "2222"):  # two sessions, one wrong each: counted on Kit
+        session_id = _open(w, 6_000)
+        prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+        assert _smile(w, session_id, prompt, [kit, kit, kit]).json()["state"] == "step_up"
+        outs.append(
+            w.till.post(f"/api/v1/pay/sessions/{session_id}/step-up", json={"digits": digits})
+        )
+        w.till.post(f"/api/v1/pay/sessions/{session_id}/cancel")
+    assert [o.json()["state"] for o in outs] == ["step_up", "step_up"]
+    session_id = _open(w, 6_000)
+    prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+    _smile(w, session_id, prompt, [kit, kit, kit])
+    r = w.till.post(f"/api/v1/pay/sessions/{session_id}/step-up", json={"digits": "3333"})
+    assert (r.json()["state"], r.json()["decline_reason"]) == ("declined", "step_up_failed")
+    with w.crm.sessions() as session:
+        profile = session.get(PaymentProfile, w.people["kit"])
+        assert profile is not None and profile.locked_until is not None
+    new = _alerts(w)[len(alerts_before) :]
+    assert [(a.kind, a.customer_id) for a in new] == [("payment_locked", w.people["kit"])]
+    assert DIGITS not in new[0].message and "Kit" not in new[0].message
+
+    # locked: the right face declines at once, even with the right digits later
+    session_id = _open(w, 1_000)
+    out = _frames(w, session_id, [kit]).json()
+    assert (out["state"], out["decline_reason"]) == ("declined", "step_up_failed")
+    with db.transaction(w.crm.sessions) as session:  # 15 minutes later
+        session.execute(
+            update(PaymentProfile)
+            .where(PaymentProfile.customer_id == w.people["kit"])
+            .values(locked_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    session_id = _open(w, 1_000)
+    assert _frames(w, session_id, [kit]).json()["state"] == "challenge"
+
+
+def _alerts(w: World) -> list[Alert]:
+    with w.crm.sessions() as session:
+        return list(session.scalars(select(Alert).order_by(Alert.id)).all())
+
+
+def test_one_session_allows_three_attempts(world: World) -> None:
+    """Brute force inside one session: 3 wrong digits decline it (the customer's own
+    counter is reset afterwards so the lock test stays independent)."""
+    w = world
+    kit = "identities/kit_harington/1.jpg"
+    with db.transaction(w.crm.sessions) as session:  # allow 3 per session before the lock
+        session.execute(
+            update(PaymentProfile)
+            .where(PaymentProfile.customer_id == w.people["kit"])
+            .values(failed_step_ups=-10, locked_until=None)
+        )
+    session_id = _open(w, 6_000)
+    prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+    _smile(w, session_id, prompt, [kit, kit, kit])
+    path = f"/api/v1/pay/sessions/{session_id}/step-up"
+    states = [w.till.post(path, json={"digits": d}).json() for d in ("1111", "2222", "3333")]
+    assert [s["state"] for s in states] == ["step_up", "step_up", "declined"]
+    assert states[-1]["decline_reason"] == "step_up_failed"
+    r = w.till.post(path, json={"digits": DIGITS})
+    assert (r.status_code, r.json()["reason"]) == (409, "session_final")
+    with db.transaction(w.crm.sessions) as session:
+        session.execute(
+            update(PaymentProfile)
+            .where(PaymentProfile.customer_id == w.people["kit"])
+            .values(failed_step_ups=0)
+        )
+
+
+# -- bad input: a clear 4xx, nothing changed -----------------------------------------------
+
+
+def _state(w: World, session_id: str) -> tuple[str, int, int]:
+    with w.crm.sessions() as session:
+        row = session.get(PaySession, session_id)
+        assert row is not None
+        return row.state, row.no_face_bursts, row.step_up_attempts
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "reason"),
+    [
+        ("not_an_image", 422, None),
+        ("too_many_frames", 413, "burst_too_large"),
+        ("too_many_bytes", 413, "burst_too_large"),
+        ("decreasing_at_ms", 422, "bad_burst"),
+        ("at_ms_out_of_range", 422, "bad_burst"),
+        ("at_ms_count", 422, "bad_burst"),
+        ("at_ms_not_int", 422, None),
+        ("another_store", 404, "not_found"),
+        ("confirm_looking", 409, "bad_transition"),
+        ("step_up_looking", 409, "bad_transition"),
+    ],
+)
+def test_bad_input_changes_nothing(
+    world: World, case: str, status: int, reason: str | None
+) -> None:
+    w = world
+    session_id = _open(w)
+    url = f"/api/v1/pay/sessions/{session_id}/frames"
+    png = _png(w.load(AMY_NEUTRAL))
+    audit_before = _count(w, AuditEvent)
+    if case == "not_an_image":
+        r = w.till.post(url, files=[("frames", ("x.png", b"not an image", "image/png"))],
+                        data={"at_ms": ["0"]})  # fmt: skip
+    elif case == "too_many_frames":
+        n = MAX_BURST_FRAMES + 1
+        r = w.till.post(url, files=[("frames", (f"{i}.png", png, "image/png")) for i in range(n)],
+                        data={"at_ms": [str(i) for i in range(n)]})  # fmt: skip
+    elif case == "too_many_bytes":
+        big = os.urandom(3 * 1024 * 1024 + 10)
+        r = w.till.post(url, files=[("frames", (f"{i}.png", big, "image/png")) for i in range(2)],
+                        data={"at_ms": ["0", "1"]})  # fmt: skip
+    elif case == "decreasing_at_ms":
+        r = _frames(w, session_id, [AMY_NEUTRAL, AMY_NEUTRAL], [500, 100])
+    elif case == "at_ms_out_of_range":
+        r = _frames(w, session_id, [AMY_NEUTRAL], [120_001])
+    elif case == "at_ms_count":
+        r = w.till.post(url, files=[("frames", ("a.png", png, "image/png"))],
+                        data={"at_ms": ["0", "5"]})  # fmt: skip
+    elif case == "at_ms_not_int":
+        r = w.till.post(url, files=[("frames", ("a.png", png, "image/png"))],
+                        data={"at_ms": ["soon"]})  # fmt: skip
+    elif case == "another_store":
+        r = _frames(w, session_id, [AMY_NEUTRAL], client=w.other)
+    elif case == "confirm_looking":
+        body = {"provider_reference": "x", "items": [{"sku": "A", "name": "B", "quantity": 1,
+                                                        "unit_price": 1200}]}  # fmt: skip
+        r = w.till.post(f"/api/v1/pay/sessions/{session_id}/confirm", json=body)
+    else:
+        r = w.till.post(f"/api/v1/pay/sessions/{session_id}/step-up", json={"digits": DIGITS})
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    if reason is not None:
+        assert r.json()["reason"] == reason
+    assert _state(w, session_id) == ("looking", 0, 0)
+    assert _count(w, AuditEvent) == audit_before
+
+
+def test_cancel_and_reused_or_expired_sessions(world: World) -> None:
+    w = world
+    session_id = _open(w)
+    out = w.till.post(f"/api/v1/pay/sessions/{session_id}/cancel").json()
+    assert (out["state"], out["decline_reason"]) == ("declined", "cancelled")
+    assert w.till.post(f"/api/v1/pay/sessions/{session_id}/cancel").json() == out
+    r = _frames(w, session_id, [AMY_NEUTRAL])
+    assert (r.status_code, r.json()["reason"]) == (409, "session_final")
+    assert w.other.post(f"/api/v1/pay/sessions/{session_id}/cancel").status_code == 404
+
+    session_id = _open(w)
+    with db.transaction(w.crm.sessions) as session:
+        past = datetime.now(UTC) - timedelta(seconds=1)
+        session.execute(
+            update(PaySession).where(PaySession.id == session_id).values(expires_at=past)
+        )
+    r = _frames(w, session_id, [AMY_NEUTRAL])
+    assert (r.status_code, r.json()["reason"]) == (409, "session_expired")
+    assert w.till.get(f"/api/v1/pay/sessions/{session_id}").json()["decline_reason"] == "expired"
+
+
+# -- records: export, retention, erasure ---------------------------------------------------
+
+
+def test_export_retention_and_erasure(world: World, load: Any) -> None:
+    w = world
+    w.stage.failure = None
+    token = "wlt_erase_Zq81Kp3mXv"
+    photo = "identities/lin_manuel_miranda/1.png"
+    lin = w.crm.enroll("Lin", [Photo(photo, load(photo))], CURRENT, "kiosk", SYSTEM).id
+    with db.transaction(w.crm.sessions) as session:
+        customers.give_consent(
+            session, SYSTEM, lin, ConsentGrant(Purpose.FACE_PAYMENT, None, "kiosk")
+        )
+        payments.enroll(session, w.crm.settings, SYSTEM, lin, _setup("lin", token))
+    session_id = _open(w)
+    prompt = _to_challenge(w, session_id, photo)["smile_after_ms"]
+    assert _smile(w, session_id, prompt, [photo, photo, photo]).json()["state"] == "authorised"
+
+    with w.crm.sessions() as session:
+        export = customers.export(session, SYSTEM, lin)
+    assert export.payment is not None and export.payment.token_hint == token[-4:]
+    assert [p.id for p in export.face_payments] == [session_id]
+    from facecrm.api.schemas import ExportOut
+
+    dumped = ExportOut.model_validate(export).model_dump_json()
+    assert token not in dumped and DIGITS not in dumped and session_id in dumped
+
+    # retention: final sessions older than the setting go
+    old = _open(w)
+    with db.transaction(w.crm.sessions) as session:
+        long_ago = datetime.now(UTC) - timedelta(days=w.crm.settings.pay_retain_sessions_days + 1)
+        session.execute(update(PaySession).where(PaySession.id == old).values(expires_at=long_ago))
+    report = retention.purge(w.crm, SYSTEM)
+    assert report.pay_sessions >= 1
+    with w.crm.sessions() as session:
+        assert session.get(PaySession, old) is None
+        assert session.get(PaySession, session_id) is not None
+
+    w.crm.delete_customer(lin, SYSTEM)
+    with w.crm.sessions() as session:
+        assert session.get(PaySession, session_id) is None
+    if w.crm.engine.dialect.name == "sqlite":
+        hits = [p for p in _files(w.crm.settings.data_dir) if token.encode() in p.read_bytes()]
+        assert hits == []
+
+
+def _files(data_dir: Path) -> Iterator[Path]:
+    for root, dirs, files in os.walk(data_dir):
+        dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+        yield from (Path(root) / f for f in files)
