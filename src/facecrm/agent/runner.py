@@ -47,6 +47,8 @@ from facecrm.vision.second import SecondOpinion
 log = logging.getLogger("facecrm.agent")
 status_log = logging.getLogger("facecrm.agent.status")  # counts only: see `status_line`
 CAMERA_NAME_MAX = 100  # what the server stores of a camera's (masked) name
+SNAPSHOT_HEADER = "X-Facecrm-Snapshot"  # on a sync page: staff asked for a camera's picture
+SNAPSHOT_WAIT = 5.0  # seconds for a requested camera's next frame
 
 
 class CameraError(FacecrmError):
@@ -167,6 +169,7 @@ class LocalGallery:
         self._pending: list[tuple[list[int], list[str], np.ndarray]] | None = None
         self._gallery = Gallery(128, ann_min_size=AGENT_ANN_MIN)
         self._lock = threading.Lock()
+        self.snapshot_requested = False  # the server's flag on the last sync (issue 13)
 
     def sync(self, client: httpx.Client, page: int = SYNC_PAGE) -> bool:
         """Fetch and apply every page of changes; whether anything changed."""
@@ -182,6 +185,7 @@ class LocalGallery:
                 cursor, staging = None, None  # full_resync_required: start over
                 continue
             response.raise_for_status()
+            self.snapshot_requested = response.headers.get(SNAPSHOT_HEADER) == "requested"
             body = response.json()
             if body["reset"]:
                 staging = LocalGallery()
@@ -327,6 +331,9 @@ class Agent:
         # issue 13: anonymous queue/footfall analytics (agent.analytics); models load lazily
         self.analytics = Analytics(attributes, self.metrics)
         self._wake = threading.Event()
+        # issue 13: cameras whose next frame is a zone-drawing snapshot, and those frames
+        self._wanted: set[str] = set()
+        self._shots: dict[str, np.ndarray] = {}
         # each camera's masked name, and the time of its last frame (None: none yet)
         self.names = camera_names(config.cameras)
         self.last_frame: dict[str, float | None] = dict.fromkeys(self.names.values())
@@ -472,6 +479,9 @@ class Agent:
     def process(self, tracker: Tracker, frame: np.ndarray, at: float, camera: str) -> None:
         """One frame of `camera` (its masked name) seen at `at`."""
         self.last_frame[camera] = time.time()  # health: when frames last arrived, not `at`
+        if camera in self._wanted:  # issue 13: staff asked for a picture (send_snapshots)
+            self._wanted.discard(camera)
+            self._shots[camera] = frame
         faces = self.pipeline.faces(frame, embed=False)
         if self.second is not None and self.gallery.cascade is not None:
             # the second model's chip of every face, kept with the track's best frames
@@ -517,6 +527,8 @@ class Agent:
             try:
                 if action == "sync":
                     self.gallery.sync(self._client)
+                    if self.gallery.snapshot_requested:
+                        self.send_snapshots()
                 elif self.deliver_once():
                     continue
                 delay = period
@@ -578,6 +590,43 @@ class Agent:
             self.analytics.send(self._client, final=True)
             status_log.info(self.status_line())
             self.heartbeat()
+
+    def send_snapshots(self, wait: float = SNAPSHOT_WAIT) -> int:
+        """Upload one JPEG of each camera staff asked for (to draw zones on); how many.
+
+        The only time a frame leaves the agent: on a manager's request, one frame, to the
+        server's memory (`crm.snapshots`), never kept here either.
+        """
+        response = self._client.get(f"{API_PREFIX}/agent/snapshots")
+        response.raise_for_status()
+        wanted = [c for c in response.json().get("cameras", []) if c in self.last_frame]
+        self._wanted.update(wanted)
+        deadline = time.monotonic() + wait
+        while any(c not in self._shots for c in wanted) and time.monotonic() < deadline:
+            if self.stop.wait(0.05):
+                break
+        self._wanted.difference_update(wanted)
+        sent = 0
+        for camera in wanted:
+            frame = self._shots.pop(camera, None)
+            if frame is None:
+                log.warning("snapshot: no frame from camera %s in %.0f s", camera, wait)
+                continue
+            bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                continue
+            put = self._client.put(
+                f"{API_PREFIX}/agent/snapshots",
+                params={"camera": camera},
+                content=jpeg.tobytes(),
+                headers={"content-type": "image/jpeg"},
+            )
+            if put.is_error:
+                log.warning("snapshot of camera %s refused (%d)", camera, put.status_code)
+            else:
+                sent += 1
+        return sent
 
     # -- operations ----------------------------------------------------------------
 
