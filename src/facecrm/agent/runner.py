@@ -4,8 +4,10 @@ Privacy by construction: the agent decides known/unknown itself, against the
 templates of opted-in customers it syncs from the server. A track that is not
 an opted-in customer only increments a counter; its chips are dropped and
 nothing about it is written, logged or sent. No frame or crop leaves the
-agent. Known customers become visit events with an idempotency key, written
-to a durable outbox and delivered in order when the server is reachable.
+agent, with one exception a store manager triggers: one snapshot of a camera to draw zones
+on (`send_snapshots`), with every detected face pixelated, held only in the server's
+memory and discarded once shown. Known customers become visit events with an idempotency
+key, written to a durable outbox and delivered in order when the server is reachable.
 
 Operations: one start-up line and a periodic status line (counts only), a heartbeat
 with each camera's last frame time (the server alerts the store's managers when a
@@ -43,6 +45,7 @@ from facecrm.metrics import Registry
 from facecrm.vision.embed import normalize
 from facecrm.vision.pipeline import FacePipeline
 from facecrm.vision.second import SecondOpinion
+from facecrm.vision.types import Face
 
 log = logging.getLogger("facecrm.agent")
 status_log = logging.getLogger("facecrm.agent.status")  # counts only: see `status_line`
@@ -111,6 +114,28 @@ def check_camera(source: str) -> None:
         capture.release()
     if not ok:
         raise CameraError(f"camera {name}: {where}")
+
+
+def pixelate_faces(frame: np.ndarray, faces: Sequence[Face], block: int = 12) -> np.ndarray:
+    """A copy of `frame` with every detected face (and a margin) pixelated into blocks of
+    `block` pixels: a zone-drawing snapshot needs the floor and the tills, not who stood
+    there, so no passer-by's face leaves the agent even in the one frame that does."""
+    out = frame.copy()
+    height, width = frame.shape[:2]
+    for face in faces:
+        b = face.box
+        mx, my = 0.25 * b.width, 0.25 * b.height
+        x0, y0 = max(0, int(b.x - mx)), max(0, int(b.y - my))
+        x1, y1 = min(width, int(b.x + b.width + mx) + 1), min(height, int(b.y + b.height + my) + 1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        small = cv2.resize(
+            out[y0:y1, x0:x1],
+            (max(1, (x1 - x0) // block), max(1, (y1 - y0) // block)),
+            interpolation=cv2.INTER_AREA,
+        )
+        out[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,10 +504,10 @@ class Agent:
     def process(self, tracker: Tracker, frame: np.ndarray, at: float, camera: str) -> None:
         """One frame of `camera` (its masked name) seen at `at`."""
         self.last_frame[camera] = time.time()  # health: when frames last arrived, not `at`
+        faces = self.pipeline.faces(frame, embed=False)
         if camera in self._wanted:  # issue 13: staff asked for a picture (send_snapshots)
             self._wanted.discard(camera)
-            self._shots[camera] = frame
-        faces = self.pipeline.faces(frame, embed=False)
+            self._shots[camera] = pixelate_faces(frame, faces)
         if self.second is not None and self.gallery.cascade is not None:
             # the second model's chip of every face, kept with the track's best frames
             second = self.second
