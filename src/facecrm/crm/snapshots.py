@@ -32,6 +32,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from facecrm.alerts import storeconfig
 from facecrm.crm import accounts, audit, db
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, InvalidError, NotFoundError
@@ -67,17 +68,10 @@ def cameras(session: Session, principal: Principal, store_id: str) -> list[str]:
     return sorted(found)
 
 
-def _known(session: Session, store_id: str, camera: str) -> None:
-    known = camera.isprintable() and session.scalar(  # PostgreSQL refuses a NUL
-        select(CameraHealth.camera)
-        .where(CameraHealth.store_id == store_id, CameraHealth.camera == camera)
-        .limit(1)
+def _audit(session: Session, principal: Principal, store_id: str, camera: str, step: str) -> None:
+    audit.record(
+        session, principal, "camera_snapshot", None, store_id, step=step, camera=camera[:100]
     )
-    if not known:
-        raise InvalidError(
-            f"camera {camera[:100]!r} has not been reported by this store's agent",
-            reason="unknown_camera",
-        )
 
 
 def check_jpeg(data: bytes) -> None:
@@ -112,16 +106,8 @@ class Snapshots:
         """Ask the store's agent for one picture of `camera` (replaces an unread one)."""
         with db.transaction(self._sessions) as session:
             _staff(session, principal, store_id)
-            _known(session, store_id, camera)
-            audit.record(
-                session,
-                principal,
-                "camera_snapshot",
-                None,
-                store_id,
-                step="request",
-                camera=camera[:100],
-            )
+            storeconfig.require_camera(session, store_id, camera)
+            _audit(session, principal, store_id, camera, "request")
         with self._lock:
             self._expire()
             self._entries.pop((store_id, camera), None)
@@ -178,15 +164,7 @@ class Snapshots:
                         "no snapshot of this camera is waiting (ask for one)", reason="no_snapshot"
                     )
                 del self._entries[(store_id, camera)]
-            audit.record(
-                session,
-                principal,
-                "camera_snapshot",
-                None,
-                store_id,
-                step="view",
-                camera=camera[:100],
-            )
+            _audit(session, principal, store_id, camera, "view")
         return entry.jpeg
 
     def held(self) -> int:
