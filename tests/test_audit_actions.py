@@ -90,6 +90,7 @@ TABLE: dict[str, Row] = {
     "device_revoke": Row("POST /api/v1/devices/{id}/revoke", "staff:manager", None, "A"),
     "device_rotate": Row("POST /api/v1/devices/{id}/rotate", "staff:manager", None, "A"),
     "webhook_test": Row("POST /api/v1/stores/{id}/webhook/test", "staff:manager", None, "A"),
+    "camera_snapshot": Row("POST /api/v1/stores/{id}/snapshots", "staff:manager", None, "A"),
     "readiness_confirm": Row("POST /api/v1/stores/{id}/readiness/{item}", "staff:admin", None, "A"),
     # customers, consents and faces
     "customer_create": Row("POST /api/v1/customers", STAFF, "rose"),
@@ -716,6 +717,9 @@ def drive(run: Run, url: str, faces: Path, settings: Settings) -> None:
                 body = {"cameras": [{"camera": "door", "last_frame_at": at}]}
                 (camera,) = ok(agent.post("/api/v1/agent/heartbeat", json=body), 200)
                 assert camera["silent"] is (path == "silent")
+        with run.path("POST /api/v1/stores/{id}/snapshots"):
+            body = {"camera": "door"}
+            ok(manager.post(f"/api/v1/stores/{ids['A']}/snapshots", json=body), 202)
         with run.path("POST /api/v1/alerts/{id}/claim"):
             raised = {
                 a["customer_id"]: str(a["id"]) for a in ok(associate.get("/api/v1/alerts"), 200)

@@ -126,6 +126,7 @@ STORE_SCOPED = [
     ("POST", "/api/v1/devices", {"json": {"store_id": "{b}", "kind": "agent"}}),
     ("POST", "/api/v1/shifts/{b}", {}),
     ("PUT", "/api/v1/stores/{b}/config", {"json": {"rules": {}}}),
+    ("POST", "/api/v1/stores/{b}/snapshots", {"json": {"camera": "door"}}),
     ("POST", "/api/v1/customers/x/interests", {"json": {"store_id": "{b}", "product": "p"}}),
 ]
 

@@ -29,6 +29,12 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "| 640x480 | 5 |",
         "2 bursts: 2 known tracks, 2 alerts",  # every known track reached the console
     ),
+    "agent_cost_bench.py": (
+        "| frame | faces | analytics | frames | CPU ms / frame | frames/s per core (CPU) |",
+        "| 640x480 | 5 | analytics off (no zones) | 30 |",
+        "| 640x480 | 5 | analytics on (zones, expression, gender, age) | 30 |",
+        "target 25 frames/s per core with analytics on:",
+    ),
     "api_bench.py": ("| backend | templates |", "| sqlite | 300 |", "| postgresql | 300 |"),
     "attributes_bench.py": (
         "| attribute step, 640x480 frame | ms per face, 1 face (best / median) |",

@@ -25,6 +25,7 @@ from facecrm.crm import retention
 from facecrm.crm.payflow import LivenessFactory, PayFlow
 from facecrm.crm.selfservice import SelfService
 from facecrm.crm.service import FaceCRM
+from facecrm.crm.snapshots import Snapshots
 from facecrm.crm.throttle import LoginGuard, RateLimiter, database_counters
 from facecrm.errors import ConfigError
 from facecrm.logs import configure_logging
@@ -33,6 +34,7 @@ from facecrm.web import admin as admin_pages
 from facecrm.web import consent_texts, console, enrollment_options, kiosk, readiness, till
 from facecrm.web import dashboard as dashboard_pages
 from facecrm.web import selfservice as self_pages
+from facecrm.web import zones as zone_pages
 
 
 def check_workers(settings: Settings, workers: int) -> None:
@@ -90,6 +92,7 @@ def create_app(
     app.state.metrics = Registry()
     app.state.alerts = AlertService(crm, relay.bus_for(crm), metrics=app.state.metrics)
     app.state.cameras = CameraHealthService(crm, app.state.alerts, app.state.metrics)
+    app.state.snapshots = Snapshots(crm.sessions)  # zone drawing: pictures in memory only
     # limits in the database: every server process on it counts against the same budget
     counters = database_counters(crm.engine, settings)
     app.state.lookup_limiter = RateLimiter(
@@ -111,6 +114,7 @@ def create_app(
     app.include_router(admin_pages.router)
     app.include_router(readiness.router)
     app.include_router(dashboard_pages.router)
+    app.include_router(zone_pages.router)
     app.include_router(kiosk.router)
     app.include_router(till.router)
     app.include_router(consent_texts.router)

@@ -21,8 +21,11 @@ Footfall. When a track ends it is folded into counters of the hour it ended (UTC
 it was in, its dwell time bucket; `entrance` counts an entry; with the demographics switch,
 its age band x gender (majority of its samples); with the sentiment switch, its majority
 sentiment. Only closed hours leave, as k-anonymous rows (`alerts.footfall.k_anonymous`):
-no per-track row, no count below 5. Counters live in memory (an hour at most is lost with
-the process). With both switches off no attribute model runs at all.
+no per-track row, no count below 5. Each checkout zone's queue length is also kept per hour
+(distinct people, most at once, person-seconds and seconds watched, so mean = the ratio);
+it leaves only for hours at least 5 people queued in (`alerts.footfall.queue_rows`).
+Counters live in memory (an hour at most is lost with the process). With both switches
+off no attribute model runs at all.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ MAX_SAMPLES = 3600  # per track (an hour at one per second): bounded memory
 CONFIG_SECONDS = 60.0
 FLUSH_SECONDS = 60.0
 MAX_ROWS = 5000  # per report (the server's bound); beyond it an outage loses the oldest
+MAX_GAP = 2.0  # seconds between two frames of a queue beyond which the gap is not "watched"
 
 
 class AttributeModels(Protocol):
@@ -162,6 +166,25 @@ class TrackState:
 class QueueState:
     lengths: deque[tuple[float, int]] = field(default_factory=deque)
     alerted_at: float = float("-inf")
+    last_at: float | None = None  # the previous frame's time (queue length over time)
+
+
+@dataclass(slots=True)
+class QueueHour:
+    """One checkout zone's queue over one UTC hour (`footfall.queue_rows`)."""
+
+    people: set[str] = field(default_factory=set)  # track ids: counted, never sent
+    longest: int = 0
+    person_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def values(self) -> dict[str, int]:
+        return {
+            footfall.QUEUE_PEOPLE: len(self.people),
+            footfall.QUEUE_MAX: self.longest,
+            "person_seconds": min(round(self.person_seconds), footfall.MAX_VALUE),
+            "seconds": min(round(self.seconds), footfall.MAX_VALUE),
+        }
 
 
 def _hour(at: float) -> datetime:
@@ -185,6 +208,7 @@ class Analytics:
         self._tracks: dict[str, TrackState] = {}
         self._queues: dict[tuple[str, str], QueueState] = {}
         self._counts: dict[footfall.Key, Counter[str]] = {}
+        self._queue_hours: dict[tuple[datetime, str], QueueHour] = {}  # (hour, zone)
         self._alerts: deque[dict[str, object]] = deque(maxlen=100)
         self._unsent: list[dict[str, object]] = []  # rows the server was unreachable for
         self._lock = threading.Lock()
@@ -329,7 +353,7 @@ class Analytics:
                 continue
             queue = self._queues.setdefault((camera, zone.name), QueueState())
             waiting = [
-                (at - s.zones[zone.name][0], s)
+                (at - s.zones[zone.name][0], s, t.id)
                 for t in tracks
                 if (s := self._tracks.get(t.id)) is not None
                 and zone.name in s.zones
@@ -338,12 +362,13 @@ class Analytics:
             queue.lengths.append((at, len(waiting)))
             while queue.lengths and queue.lengths[0][0] < at - LENGTH_HOLD_SECONDS:
                 queue.lengths.popleft()
+            self._queue_hour(queue, zone.name, [i for _, _, i in waiting], at)
             if not rule.enabled or at - queue.alerted_at < rule.cooldown_minutes * 60:
                 continue
             alert = None
             unhappy = [
                 (wait, s)
-                for wait, s in waiting
+                for wait, s, _ in waiting
                 if settings.sentiment
                 and wait >= rule.wait_minutes * 60
                 and s.unhappy_since is not None
@@ -362,7 +387,7 @@ class Analytics:
                     "customer_id": state.customer_id,
                 }
             elif span >= LENGTH_HOLD_SECONDS * 0.9 and held >= LENGTH_SHARE:
-                longest = max((w for w, _ in waiting), default=0.0)
+                longest = max((w for w, _, _ in waiting), default=0.0)
                 alert = {
                     "trigger": "length",
                     "waiting_seconds": round(longest, 1),
@@ -375,6 +400,17 @@ class Analytics:
                 alert.update(camera=camera, zone=zone.name, queue_length=len(waiting))
                 self._alerts.append(alert)
                 self.metrics.inc("facecrm_agent_queue_alerts_total", help="queue alerts raised")
+
+    def _queue_hour(self, queue: QueueState, zone: str, present: list[str], at: float) -> None:
+        """Add this frame to the zone's queue-length numbers of the hour (module doc)."""
+        stats = self._queue_hours.setdefault((_hour(at), zone), QueueHour())
+        gap = 0.0 if queue.last_at is None else at - queue.last_at
+        queue.last_at = at
+        if 0 < gap <= MAX_GAP:
+            stats.seconds += gap
+            stats.person_seconds += gap * len(present)
+        stats.longest = max(stats.longest, len(present))
+        stats.people.update(present)
 
     # -- counters ------------------------------------------------------------------
 
@@ -411,9 +447,13 @@ class Analytics:
             done = {k: v for k, v in self._counts.items() if final or k[0] < current}
             for key in done:
                 del self._counts[key]
+            hours = self._queue_hours
+            queues = {k: v.values() for k, v in hours.items() if final or k[0] < current}
+            for hour_zone in queues:
+                del self._queue_hours[hour_zone]
         return [
             {"hour": h.isoformat(), "zone": z, "metric": m, "bucket": b, "count": n}
-            for h, z, m, b, n in footfall.k_anonymous(done)
+            for h, z, m, b, n in footfall.k_anonymous(done) + footfall.queue_rows(queues)
         ]
 
     # -- delivery ------------------------------------------------------------------

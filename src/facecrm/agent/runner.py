@@ -4,8 +4,10 @@ Privacy by construction: the agent decides known/unknown itself, against the
 templates of opted-in customers it syncs from the server. A track that is not
 an opted-in customer only increments a counter; its chips are dropped and
 nothing about it is written, logged or sent. No frame or crop leaves the
-agent. Known customers become visit events with an idempotency key, written
-to a durable outbox and delivered in order when the server is reachable.
+agent, with one exception a store manager triggers: one snapshot of a camera to draw zones
+on (`send_snapshots`), with every detected face pixelated, held only in the server's
+memory and discarded once shown. Known customers become visit events with an idempotency
+key, written to a durable outbox and delivered in order when the server is reachable.
 
 Operations: one start-up line and a periodic status line (counts only), a heartbeat
 with each camera's last frame time (the server alerts the store's managers when a
@@ -43,10 +45,13 @@ from facecrm.metrics import Registry
 from facecrm.vision.embed import normalize
 from facecrm.vision.pipeline import FacePipeline
 from facecrm.vision.second import SecondOpinion
+from facecrm.vision.types import Face
 
 log = logging.getLogger("facecrm.agent")
 status_log = logging.getLogger("facecrm.agent.status")  # counts only: see `status_line`
 CAMERA_NAME_MAX = 100  # what the server stores of a camera's (masked) name
+SNAPSHOT_HEADER = "X-Facecrm-Snapshot"  # on a sync page: staff asked for a camera's picture
+SNAPSHOT_WAIT = 5.0  # seconds for a requested camera's next frame
 
 
 class CameraError(FacecrmError):
@@ -111,6 +116,28 @@ def check_camera(source: str) -> None:
         raise CameraError(f"camera {name}: {where}")
 
 
+def pixelate_faces(frame: np.ndarray, faces: Sequence[Face], block: int = 12) -> np.ndarray:
+    """A copy of `frame` with every detected face (and a margin) pixelated into blocks of
+    `block` pixels: a zone-drawing snapshot needs the floor and the tills, not who stood
+    there, so no passer-by's face leaves the agent even in the one frame that does."""
+    out = frame.copy()
+    height, width = frame.shape[:2]
+    for face in faces:
+        b = face.box
+        mx, my = 0.25 * b.width, 0.25 * b.height
+        x0, y0 = max(0, int(b.x - mx)), max(0, int(b.y - my))
+        x1, y1 = min(width, int(b.x + b.width + mx) + 1), min(height, int(b.y + b.height + my) + 1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        small = cv2.resize(
+            out[y0:y1, x0:x1],
+            (max(1, (x1 - x0) // block), max(1, (y1 - y0) // block)),
+            interpolation=cv2.INTER_AREA,
+        )
+        out[y0:y1, x0:x1] = cv2.resize(small, (x1 - x0, y1 - y0), interpolation=cv2.INTER_NEAREST)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class AgentConfig:
     server: str
@@ -167,6 +194,7 @@ class LocalGallery:
         self._pending: list[tuple[list[int], list[str], np.ndarray]] | None = None
         self._gallery = Gallery(128, ann_min_size=AGENT_ANN_MIN)
         self._lock = threading.Lock()
+        self.snapshot_requested = False  # the server's flag on the last sync (issue 13)
 
     def sync(self, client: httpx.Client, page: int = SYNC_PAGE) -> bool:
         """Fetch and apply every page of changes; whether anything changed."""
@@ -182,6 +210,7 @@ class LocalGallery:
                 cursor, staging = None, None  # full_resync_required: start over
                 continue
             response.raise_for_status()
+            self.snapshot_requested = response.headers.get(SNAPSHOT_HEADER) == "requested"
             body = response.json()
             if body["reset"]:
                 staging = LocalGallery()
@@ -327,6 +356,9 @@ class Agent:
         # issue 13: anonymous queue/footfall analytics (agent.analytics); models load lazily
         self.analytics = Analytics(attributes, self.metrics)
         self._wake = threading.Event()
+        # issue 13: cameras whose next frame is a zone-drawing snapshot, and those frames
+        self._wanted: set[str] = set()
+        self._shots: dict[str, np.ndarray] = {}
         # each camera's masked name, and the time of its last frame (None: none yet)
         self.names = camera_names(config.cameras)
         self.last_frame: dict[str, float | None] = dict.fromkeys(self.names.values())
@@ -473,6 +505,9 @@ class Agent:
         """One frame of `camera` (its masked name) seen at `at`."""
         self.last_frame[camera] = time.time()  # health: when frames last arrived, not `at`
         faces = self.pipeline.faces(frame, embed=False)
+        if camera in self._wanted:  # issue 13: staff asked for a picture (send_snapshots)
+            self._wanted.discard(camera)
+            self._shots[camera] = pixelate_faces(frame, faces)
         if self.second is not None and self.gallery.cascade is not None:
             # the second model's chip of every face, kept with the track's best frames
             second = self.second
@@ -517,6 +552,8 @@ class Agent:
             try:
                 if action == "sync":
                     self.gallery.sync(self._client)
+                    if self.gallery.snapshot_requested:
+                        self.send_snapshots()
                 elif self.deliver_once():
                     continue
                 delay = period
@@ -578,6 +615,43 @@ class Agent:
             self.analytics.send(self._client, final=True)
             status_log.info(self.status_line())
             self.heartbeat()
+
+    def send_snapshots(self, wait: float = SNAPSHOT_WAIT) -> int:
+        """Upload one JPEG of each camera staff asked for (to draw zones on); how many.
+
+        The only time a frame leaves the agent: on a manager's request, one frame, to the
+        server's memory (`crm.snapshots`), never kept here either.
+        """
+        response = self._client.get(f"{API_PREFIX}/agent/snapshots")
+        response.raise_for_status()
+        wanted = [c for c in response.json().get("cameras", []) if c in self.last_frame]
+        self._wanted.update(wanted)
+        deadline = time.monotonic() + wait
+        while any(c not in self._shots for c in wanted) and time.monotonic() < deadline:
+            if self.stop.wait(0.05):
+                break
+        self._wanted.difference_update(wanted)
+        sent = 0
+        for camera in wanted:
+            frame = self._shots.pop(camera, None)
+            if frame is None:
+                log.warning("snapshot: no frame from camera %s in %.0f s", camera, wait)
+                continue
+            bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            ok, jpeg = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 85])
+            if not ok:
+                continue
+            put = self._client.put(
+                f"{API_PREFIX}/agent/snapshots",
+                params={"camera": camera},
+                content=jpeg.tobytes(),
+                headers={"content-type": "image/jpeg"},
+            )
+            if put.is_error:
+                log.warning("snapshot of camera %s refused (%d)", camera, put.status_code)
+            else:
+                sent += 1
+        return sent
 
     # -- operations ----------------------------------------------------------------
 

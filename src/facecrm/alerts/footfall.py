@@ -9,6 +9,14 @@ the small buckets of one (hour, zone, metric) into `other`; if `other` is still 
 the smallest real bucket is folded into it too, and a group whose total is below
 `MIN_COUNT` is dropped whole. A quiet hour therefore reports nothing rather than a count
 that could single someone out.
+
+Queue length (`queue_length`, checkout zones only) is not a bucket of people but a few
+numbers about one queue over one hour: `people` (distinct tracks that stood in it), `max`
+(most at once), `person_seconds` (the integral of its length over time) and `seconds` (how
+long it was watched); mean length = person_seconds / seconds. They are statistics *over*
+`people` people, so the k rule applies to that count: an hour's queue numbers leave only
+when at least `MIN_COUNT` people queued (`queue_rows`), and the server refuses queue rows
+without such a `people` row in the same report. A max of 2 among 20 people names no one.
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ from datetime import datetime
 from facecrm.vision.attributes import AGE_BANDS, GENDERS, SENTIMENTS
 
 MIN_COUNT = 5
+QUEUE_METRIC = "queue_length"
+QUEUE_PEOPLE = "people"  # the k-anonymity count of a queue hour
+QUEUE_MAX = "max"  # merged by max, not by sum (the server's upsert, the dashboard)
+QUEUE_BUCKETS = (QUEUE_PEOPLE, QUEUE_MAX, "person_seconds", "seconds")
+MAX_VALUE = 1_000_000  # the server's bound on a count (a row beyond it is refused)
 OTHER = "other"
 # dwell time in a zone, in seconds: (upper bound, bucket)
 DWELL_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -33,6 +46,7 @@ METRICS: dict[str, frozenset[str]] = {
     "dwell": frozenset(label for _, label in DWELL_BUCKETS),
     "demographics": frozenset(f"{band}|{g}" for _, band in AGE_BANDS for g in GENDERS),
     "sentiment": frozenset(SENTIMENTS),
+    QUEUE_METRIC: frozenset(QUEUE_BUCKETS),
 }
 DEMOGRAPHIC_METRICS = frozenset({"demographics"})  # need the store's demographics switch
 SENTIMENT_METRICS = frozenset({"sentiment"})  # need its sentiment switch
@@ -45,7 +59,9 @@ def dwell_bucket(seconds: float) -> str:
 
 
 def known_bucket(metric: str, bucket: str) -> bool:
-    return metric in METRICS and (bucket in METRICS[metric] or bucket == OTHER)
+    if metric not in METRICS:
+        return False
+    return bucket in METRICS[metric] or (bucket == OTHER and metric != QUEUE_METRIC)
 
 
 def k_anonymous(
@@ -65,3 +81,15 @@ def k_anonymous(
         if other:
             rows.append((hour, zone, metric, OTHER, other))
     return rows
+
+
+def queue_rows(
+    hours: Mapping[tuple[datetime, str], Mapping[str, int]], k: int = MIN_COUNT
+) -> list[tuple[datetime, str, str, str, int]]:
+    """The `queue_length` rows of the (hour, zone) groups that at least k people queued in."""
+    return [
+        (hour, zone, QUEUE_METRIC, bucket, int(values.get(bucket, 0)))
+        for (hour, zone), values in sorted(hours.items())
+        if values.get(QUEUE_PEOPLE, 0) >= k
+        for bucket in QUEUE_BUCKETS
+    ]

@@ -295,6 +295,21 @@ def _analytics_row(session: Session, store_id: str) -> StoreAnalytics:
     return row
 
 
+def require_camera(session: Session, store_id: str, camera: str) -> None:
+    """422 `unknown_camera` unless the store's agent has reported `camera` (its masked name)."""
+    printable = camera.isprintable()  # a NUL is refused by PostgreSQL before any lookup
+    known = printable and session.scalar(
+        select(CameraHealth.camera)
+        .where(CameraHealth.store_id == store_id, CameraHealth.camera == camera)
+        .limit(1)
+    )
+    if not known:
+        raise InvalidError(
+            f"camera {camera[:100]!r} has not been reported by this store's agent",
+            reason="unknown_camera",
+        )
+
+
 def set_zones(
     session: Session,
     principal: Principal,
@@ -310,17 +325,7 @@ def set_zones(
     """
     _require(principal, store_id)
     accounts.get_store(session, store_id)
-    printable = camera.isprintable()  # a NUL is refused by PostgreSQL before any lookup
-    known = printable and session.scalar(
-        select(CameraHealth.camera)
-        .where(CameraHealth.store_id == store_id, CameraHealth.camera == camera)
-        .limit(1)
-    )
-    if not known:
-        raise InvalidError(
-            f"camera {camera[:100]!r} has not been reported by this store's agent",
-            reason="unknown_camera",
-        )
+    require_camera(session, store_id, camera)
     checked = [z.as_json() for z in zones.checked(raw_zones)]
     row = _analytics_row(session, store_id)
     current = dict(row.zones or {})

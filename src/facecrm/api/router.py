@@ -18,6 +18,7 @@ from facecrm.api.routes import (
     payments,
     readiness,
     recognition,
+    snapshots,
     stores,
 )
 from facecrm.config import API_PREFIX
@@ -36,6 +37,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     readiness.router,
     disputes.router,
     stores.router,
+    snapshots.router,
     payments.router,
 )
 

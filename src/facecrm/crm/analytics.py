@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -169,6 +169,11 @@ def check_rows(row: StoreAnalytics, rows: Sequence[AggregateRow], now: datetime)
         raise InvalidError(f"at most {MAX_ROWS} rows per report", reason="too_many_rows")
     zones = _zone_names(row)
     seen: set[tuple[datetime, str, str, str]] = set()
+    people = {  # the k count of each queue hour in this report
+        (r.hour, r.zone): r.count
+        for r in rows
+        if r.metric == footfall.QUEUE_METRIC and r.bucket == footfall.QUEUE_PEOPLE
+    }
     for i, r in enumerate(rows):
         hour = r.hour
         if hour.tzinfo is None or hour.minute or hour.second or hour.microsecond:
@@ -184,12 +189,30 @@ def check_rows(row: StoreAnalytics, rows: Sequence[AggregateRow], now: datetime)
         )
         if off:
             raise _refuse(i, f"{r.metric} is switched off in this store", "analytics_off")
-        if not footfall.MIN_COUNT <= r.count <= MAX_COUNT:
+        if r.metric == footfall.QUEUE_METRIC:
+            _check_queue_row(i, r, people)
+        elif not footfall.MIN_COUNT <= r.count <= MAX_COUNT:
             raise _refuse(i, f"a count is {footfall.MIN_COUNT}..{MAX_COUNT}", "k_anonymity")
         key = (hour.astimezone(UTC), r.zone, r.metric, r.bucket)
         if key in seen:
             raise _refuse(i, "the same counter twice", "duplicate_row")
         seen.add(key)
+
+
+def _check_queue_row(index: int, r: AggregateRow, people: dict[tuple[datetime, str], int]) -> None:
+    """Queue length rows: checkout zones only, and only about an hour at least
+    `footfall.MIN_COUNT` people queued in, said by its `people` row in the same report."""
+    if not footfall_zone_is_checkout(r.zone):
+        raise _refuse(index, "queue length is about a checkout_queue:<n> zone", "bad_zone")
+    if people.get((r.hour, r.zone), 0) < footfall.MIN_COUNT:
+        raise _refuse(
+            index,
+            f"queue numbers need at least {footfall.MIN_COUNT} people in the same hour's"
+            " people row",
+            "k_anonymity",
+        )
+    if not 0 <= r.count <= MAX_COUNT:
+        raise _refuse(index, f"a queue number is 0..{MAX_COUNT}", "bad_count")
 
 
 def ingest(
@@ -220,10 +243,17 @@ def ingest(
         dialect = session.get_bind().dialect.name
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         stmt = insert(FootfallAggregate).values(values)
+        agg = FootfallAggregate
+        # a queue's `max` is merged by max (an hour sent in two parts), everything else added
+        larger = func.greatest if dialect == "postgresql" else func.max
+        is_max = and_(agg.metric == footfall.QUEUE_METRIC, agg.bucket == footfall.QUEUE_MAX)
         stmt = stmt.on_conflict_do_update(
             index_elements=["store_id", "hour", "zone", "metric", "bucket"],
             set_={
-                "count": FootfallAggregate.count + stmt.excluded.count,
+                "count": case(
+                    (is_max, larger(agg.count, stmt.excluded.count)),
+                    else_=agg.count + stmt.excluded.count,
+                ),
                 "updated_at": stmt.excluded.updated_at,
             },
         )

@@ -5,7 +5,9 @@ summed per period (`hour` or `day`, UTC):
 
 * `footfall`: the `entries` and `dwell` counters of every zone.
 * `demographics`: the `demographics` (age band x gender) and `sentiment` counters.
-* `queues`: the `dwell` counters of the checkout zones (how long people waited), and the
+* `queues`: the `dwell` counters of the checkout zones (how long people waited), their
+  queue length per period (`queue_length`: people, max, person_seconds, seconds and
+  mean = person_seconds / seconds; `max` is the largest, the others are sums), and the
   store's alerts per kind: how many were raised, claimed and greeted, and the median
   seconds to claim and to greet (staff response times).
 
@@ -35,6 +37,7 @@ from typing import Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from facecrm.alerts.footfall import QUEUE_MAX, QUEUE_METRIC
 from facecrm.crm import accounts
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import InvalidError
@@ -175,12 +178,43 @@ def _alert_series(
                 yield Point(period, kind, metric, "median_s", round(statistics.median(times), 1))
 
 
+def _queue_lengths(
+    session: Session, stores: frozenset[str] | None, window: Window
+) -> Iterator[Point]:
+    """Queue length per checkout zone and period: `max` the largest, the rest summed, and
+    the mean length over the time the queue was watched."""
+    agg = FootfallAggregate
+    stmt = (
+        select(agg.hour, agg.zone, agg.bucket, func.sum(agg.count), func.max(agg.count))
+        .where(agg.hour >= window.since, agg.hour < window.until, agg.metric == QUEUE_METRIC)
+        .group_by(agg.hour, agg.zone, agg.bucket)
+    )
+    if stores is not None:
+        stmt = stmt.where(agg.store_id.in_(sorted(stores)))
+    values: dict[tuple[datetime, str], dict[str, int]] = defaultdict(dict)
+    for hour, zone, bucket, total, largest in session.execute(
+        stmt.execution_options(yield_per=2000)
+    ):
+        found = values[(period_of(hour, window.bucket), zone)]
+        if bucket == QUEUE_MAX:
+            found[bucket] = max(found.get(bucket, 0), int(largest))
+        else:
+            found[bucket] = found.get(bucket, 0) + int(total)
+    for (period, zone), found in sorted(values.items()):
+        for bucket, value in sorted(found.items()):
+            yield Point(period, zone, QUEUE_METRIC, bucket, float(value))
+        if found.get("seconds"):
+            mean = found.get("person_seconds", 0) / found["seconds"]
+            yield Point(period, zone, QUEUE_METRIC, "mean", round(mean, 2))
+
+
 def queues(session: Session, principal: Principal, window: Window) -> list[Point]:
-    """Waiting-time buckets in the checkout zones, and per alert kind: alerts raised and
-    the median seconds to claim and to greet."""
+    """Waiting-time buckets and queue length in the checkout zones, and per alert kind:
+    alerts raised and the median seconds to claim and to greet."""
     check(window)
     stores = scope(session, principal, window.store_id)
     waits = [
         p for p in _counters(session, stores, window, ["dwell"]) if p.zone.startswith(CHECKOUT)
     ]
-    return waits + list(_alert_series(session, stores, window))
+    lengths = list(_queue_lengths(session, stores, window))
+    return waits + lengths + list(_alert_series(session, stores, window))

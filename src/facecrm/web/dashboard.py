@@ -59,6 +59,29 @@ def footfall_by_hour(
     return line_chart("Entries per hour (UTC)", [f"{h:02d}" for h in range(24)], series)
 
 
+def queue_length_by_day(
+    queues: Iterable[dashboard.Point], days: list[datetime]
+) -> dict[str, list[float | None]]:
+    """Over all checkout zones: the mean length (person-seconds over seconds watched) and
+    the largest queue of each day; None where no queue numbers left any agent."""
+    sums: dict[tuple[datetime, str], float] = defaultdict(float)
+    largest: dict[datetime, float] = {}
+    for p in queues:
+        if p.metric != "queue_length":
+            continue
+        if p.bucket == "max":
+            largest[p.period] = max(largest.get(p.period, 0.0), p.value)
+        elif p.bucket in ("person_seconds", "seconds"):
+            sums[(p.period, p.bucket)] += p.value
+    mean = [
+        round(sums[(d, "person_seconds")] / sums[(d, "seconds")], 2)
+        if sums.get((d, "seconds"))
+        else None
+        for d in days
+    ]
+    return {"mean": mean, "max": [largest.get(d) for d in days]}
+
+
 def charts(session: Session, principal: Principal, store_id: str | None) -> dict[str, Markup]:
     now = datetime.now(UTC)
     today = now.replace(hour=0, minute=0, second=0, microsecond=0)
@@ -68,6 +91,7 @@ def charts(session: Session, principal: Principal, store_id: str | None) -> dict
     window = dashboard.Window(days[0], end, "day", store_id)
     queues = dashboard.queues(session, principal, window)
     people = [_by(queues, "dwell").get(d, 0.0) for d in days]
+    lengths = queue_length_by_day(queues, days)
     waits: dict[str, float] = defaultdict(float)
     for p in queues:
         if p.metric == "dwell":
@@ -100,6 +124,11 @@ def charts(session: Session, principal: Principal, store_id: str | None) -> dict
         "footfall": footfall_by_hour(session, principal, store_id, today, now),
         "queue_people": line_chart(
             "People who queued at the checkouts, per day", labels, {"people": list(people)}
+        ),
+        "queue_length": line_chart(
+            "Queue length at the checkouts per day (mean over watched time, and max)",
+            labels,
+            lengths,
         ),
         "queue_waits": bar_chart(
             f"Waiting time at the checkouts, last {DAYS} days",

@@ -155,12 +155,16 @@ def agent_gallery(
 def agent_sync(
     crm: CrmDep,
     principal: StoreAgent,
+    request: Request,
+    response: Response,
     cursor: Annotated[str | None, Query(min_length=14, max_length=60)] = None,
     limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = 5000,
 ) -> SyncPageOut:
     """The gallery changes since `cursor` (none: a full sync), a page at a time; 410
     `full_resync_required` when the cursor predates the log or the decision rule changed."""
     page = crm.sync.page(principal, cursor, limit)
+    if request.app.state.snapshots.flagged(principal):  # issue 13: staff asked for a picture
+        response.headers["X-Facecrm-Snapshot"] = "requested"
     return SyncPageOut(
         mode=page.mode,
         cursor=page.cursor,
