@@ -97,7 +97,7 @@ class ChallengeConfig:
     min_after: int = 2  # frames after the prompt needed to see the smile
     min_frames: int = 6  # in all: the motion measure compares means of >= 3 frames
     motion_floor: float = 0.022  # sustained non-rigid change (eye distances) a still exceeds not
-    periodic_peak: float = 34.5  # the screen/print cue's refusal threshold
+    periodic_peak: float = 31.5  # the screen/print cue: between live 29.9 and attack 32.6
 
 
 @dataclass(frozen=True, slots=True)
