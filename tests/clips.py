@@ -92,7 +92,7 @@ def burst_from_photos(
     smiling: Frame,
     prompt_at_ms: int,
     fps: int = 10,
-    jitter: Jitter = Jitter(),  # noqa: B008 - frozen value
+    jitter: Jitter = Jitter(),
     *,
     smile_after_ms: int = 400,
     duration_ms: int | None = None,
@@ -115,7 +115,7 @@ def still_burst(
     photo: Frame,
     prompt_at_ms: int = 1000,
     fps: int = 10,
-    jitter: Jitter = Jitter(),  # noqa: B008 - frozen value
+    jitter: Jitter = Jitter(),
     *,
     seed: int = 0,
     duration_ms: int | None = None,

@@ -9,10 +9,29 @@ from the moment the server issued the smile challenge, with the moment the till 
 "smile now" (`prompt_at_ms`, chosen at random by the server). It answers with a
 `LivenessVerdict`.
 
-What this stops, and what it does not (see "Face checkout" in the README): a printed
-photo and a still image on a phone or screen; not a replayed video of the customer
-smiling, which is why step-up and limits exist. The stage is a protocol so a deployment
-can add or substitute a depth/IR camera check.
+The shipped `ChallengeLiveness` combines three checks, each measured on real photos, real
+footage and real attack captures (the thresholds in `ChallengeConfig` say what from):
+
+- the smile challenge: the `fer` expression model's happy probability (with the mouth
+  corners' widening, from the five landmarks, as support for closed-mouth smiles) must be
+  low before the prompt and show a sustained onset (2 frames) within 2.5 s after it;
+- natural motion: every frame's five points are mapped affinely onto the first frame's;
+  a photo moved, turned or brought closer leaves no sustained non-rigid change, a live face
+  (the nose out of the eyes' plane, a smile) does;
+- a single-frame screen/print cue: the strongest isolated periodic peak in the spectrum
+  around the face (a screen's pixel grid, a print's halftone, recapture aliasing, a
+  medium's straight edge).
+
+What this stops: a printed photo or a still image on a phone, tablet or monitor, held
+still or waved about (the smile and motion checks refuse any single still image on their
+own; the screen cue is a second, independent layer). What it does NOT stop: a replayed
+video of the customer smiling, or two photos swapped (neutral, then smiling) in front of
+the camera: both show a "smile" and non-rigid change; the screen cue may catch the medium
+but is no guarantee. That is why step-up and limits exist. The screen cue's threshold is
+fitted to 5 attack and 3 live captures with about one unit of margin on each side: a
+sanity check, not a benchmark; it falsely refused 1 of 95 real photos (a photo with a
+black rotation wedge). The stage is a protocol, and `CompositeLiveness` chains stages, so
+a deployment can add a depth/IR camera check.
 """
 
 from __future__ import annotations
@@ -87,7 +106,9 @@ RIGHT_EYE, LEFT_EYE, NOSE, RIGHT_MOUTH, LEFT_MOUTH = range(5)
 
 @dataclass(frozen=True, slots=True)
 class ChallengeConfig:
-    """The challenge's thresholds; the values are measured (see docs/liveness notes)."""
+    """The challenge's thresholds, measured on real photos, footage and attack captures:
+    a still photo's motion stays below 0.0204 (40 bursts, up to 5 degrees and 8 % jitter),
+    real footage is 0.07 to 0.38, photo pairs of one person 0.025 to 0.07."""
 
     smile_window_ms: int = 2500  # the smile must start within this long after the prompt
     smiling: float = 0.5  # happy probability at or above which a frame is smiling
@@ -107,7 +128,6 @@ class FrameReading:
     at_ms: int
     happy: float
     mouth: float  # mouth-corner distance over eye distance
-    periodic: float  # the screen/print cue
 
 
 def mouth_ratio(landmarks: npt.NDArray[np.float32]) -> float:
@@ -226,7 +246,8 @@ class ChallengeLiveness:
     """Smile after the prompt, natural motion, no screen/print cue: the shipped stage.
 
     Order of the checks (the first failure is the verdict): enough frames, the single-frame
-    screen/print cue (median over the burst, so one odd frame neither fails nor passes it),
+    screen/print cue (median of the first, middle and last frames, so one odd frame neither
+    fails nor passes it),
     non-rigid motion somewhere in the burst, no smile before the prompt, a smile onset
     within `smile_window_ms` after it.
     """
@@ -236,14 +257,12 @@ class ChallengeLiveness:
         self.config = config or ChallengeConfig()
 
     def read(self, frames: Sequence[TimedFace]) -> list[FrameReading]:
-        """Each frame's smile, mouth and screen readings (one batched expression call)."""
+        """Each frame's smile and mouth readings (one batched expression call)."""
         from facecrm.vision.attributes import expression_chip
 
         happy = self._expression([expression_chip(f.image, f.face) for f in frames])[:, HAPPY]
         return [
-            FrameReading(
-                f.at_ms, float(h), mouth_ratio(f.face.landmarks), periodic_peak(f.image, f.face)
-            )
+            FrameReading(f.at_ms, float(h), mouth_ratio(f.face.landmarks))
             for f, h in zip(frames, happy, strict=True)
         ]
 
@@ -262,13 +281,15 @@ class ChallengeLiveness:
                 {"frames_before": float(len(before)), "frames_after": float(len(after))},
             )
         readings = self.read([*before, *after])
+        # the screen cue costs ~25 ms a frame (an FFT): three frames spread over the burst
+        sample = [frames[i] for i in sorted({0, len(frames) // 2, len(frames) - 1})]
         motion = shape_change([f.face.landmarks for f in frames])
         baseline = float(np.median([r.mouth for r in readings[: len(before)]]))
         smiling = [self._smiling(r, baseline) for r in readings]
         early = _first_run(smiling[: len(before)], c.onset_frames)
         onset = _first_run(smiling[len(before) :], c.onset_frames)
         scores = {
-            "periodic_peak": float(np.median([r.periodic for r in readings])),
+            "periodic_peak": float(np.median([periodic_peak(f.image, f.face) for f in sample])),
             "motion": motion,
             "happy_before": max(r.happy for r in readings[: len(before)]),
             "happy_after": max(r.happy for r in readings[len(before) :]),
