@@ -153,10 +153,8 @@ def nonrigid_residual(
     nose tip is out of that plane, a smile moves the mouth corners), which an affine map
     cannot follow.
     """
-    src = np.hstack([reference.astype(np.float64), np.ones((len(reference), 1))])
     dst = landmarks.astype(np.float64)
-    solution, *_ = np.linalg.lstsq(src, dst, rcond=None)
-    residual = dst - src @ solution
+    residual = dst - _affine_to(dst, reference.astype(np.float64))
     eyes = float(np.linalg.norm(reference[RIGHT_EYE] - reference[LEFT_EYE]))
     return math.sqrt(float(np.mean(np.sum(residual**2, axis=1)))) / eyes if eyes > 0 else 0.0
 
