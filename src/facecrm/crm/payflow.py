@@ -187,13 +187,10 @@ class PayFlow:
         self._key = Ed25519PrivateKey.from_private_bytes(seed)
 
     def _default_liveness(self) -> LivenessStage:
-        # imported here: the stage lives in vision.liveness (built in parallel)
-        from facecrm.vision import liveness
+        # imported here: the stage loads the expression model, which only tills need
+        from facecrm.vision.liveness import default_liveness_stage
 
-        # getattr until the stage's branch is merged (then: liveness.default_liveness_stage)
-        name = "default_liveness_stage"
-        factory: Callable[[Any], LivenessStage] = getattr(liveness, name)
-        return factory(self.crm.settings)
+        return default_liveness_stage(self.crm.settings)
 
     @property
     def stage(self) -> LivenessStage:
