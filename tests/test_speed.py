@@ -1,0 +1,54 @@
+"""Identify throughput (issue 12 item 4): each cut in CPU per request keeps the results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from facecrm.vision.align import FivePointAligner
+from facecrm.vision.embed import OnnxEmbedder, sface_onnx
+from facecrm.vision.models import sface_path
+from facecrm.vision.onnx_models import dequantize
+from facecrm.vision.pipeline import FacePipeline
+
+PORTRAITS = [
+    "identities/barack_obama/1.jpg",
+    "identities/joe_biden/2.jpg",
+    "identities/kit_harington/2.jpg",
+    "identities/rose_leslie/1.jpg",
+    "distractors/angelina_jolie.jpg",
+    "distractors/kate_siegel.jpg",
+]
+
+
+def test_sface_runs_without_prelu_and_gives_the_same_templates(
+    pipeline: FacePipeline,
+    load,  # type: ignore[no-untyped-def]
+    model_cache: Path,
+    tmp_path: Path,
+) -> None:
+    """The shipped SFace's per-channel PRelu is rewritten as Relu + depthwise 1x1
+    convolutions (half the CPU in onnxruntime); the templates of real faces stay those of
+    the plainly folded model to float rounding (far below the threshold floor's margin)."""
+    served = sface_onnx(model_cache)
+    graph = onnx.load(
+        str(model_cache / "models" / "face_recognition_sface_2021dec_fp32_dwprelu.onnx")
+    )
+    assert not [n for n in graph.graph.node if n.op_type == "PRelu"]
+    plain_path = tmp_path / "sface_plain.onnx"
+    dequantize(sface_path(), plain_path)
+    assert [n for n in onnx.load(str(plain_path)).graph.node if n.op_type == "PRelu"]
+    plain = OnnxEmbedder(plain_path, input_size=112, mean=0.0, std=1.0)
+    aligner = FivePointAligner(112)
+    chips = []
+    for relative in PORTRAITS:
+        image = load(relative)
+        chips += [aligner.align(image, f) for f in pipeline.detector.detect(image)]
+    assert len(chips) >= len(PORTRAITS)
+    ours, reference = served.embed(chips), plain.embed(chips)
+    assert np.abs(ours - reference).max() < 1e-5
+    # what the cascade uses: similarities between faces, equal to 1e-5
+    assert np.abs(ours @ ours.T - reference @ reference.T).max() == pytest.approx(0, abs=1e-5)
