@@ -4,15 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnx
 import pytest
+from sqlalchemy import event
 
+from facecrm.crm import accounts, db
+from facecrm.crm.authz import SYSTEM
+from facecrm.crm.consent_text import CURRENT
+from facecrm.crm.models import Customer
+from facecrm.crm.service import FaceCRM, Photo
+from facecrm.server import create_app
 from facecrm.vision.align import FivePointAligner
 from facecrm.vision.embed import OnnxEmbedder, sface_onnx
 from facecrm.vision.models import sface_path
 from facecrm.vision.onnx_models import dequantize
 from facecrm.vision.pipeline import FacePipeline
+
+from server import serve
 
 PORTRAITS = [
     "identities/barack_obama/1.jpg",
@@ -52,3 +62,40 @@ def test_sface_runs_without_prelu_and_gives_the_same_templates(
     assert np.abs(ours - reference).max() < 1e-5
     # what the cascade uses: similarities between faces, equal to 1e-5
     assert np.abs(ours @ ours.T - reference @ reference.T).max() == pytest.approx(0, abs=1e-5)
+
+
+def test_identify_reads_the_named_customers_once(crm: FaceCRM, load, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    """The service loads what the answer shows (name, preferred name, tier) with the
+    decision; the route no longer queries the same customers a second time."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+    barack = crm.enroll(
+        "Barack", [Photo("1.jpg", load("identities/barack_obama/1.jpg"))], CURRENT, "cli", SYSTEM
+    )
+    with db.transaction(crm.sessions) as session:
+        session.get_one(Customer, barack.id).preferred_name = "Barry"
+    statements: list[str] = []
+
+    def seen(_conn, _cursor, statement: str, *_: object) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement)
+
+    with serve(create_app(crm)) as url:
+        photo = (faces_dir / "identities/barack_obama/2.jpg").read_bytes()
+        event.listen(crm.engine, "before_cursor_execute", seen)
+        try:
+            r = httpx.post(
+                f"{url}/api/v1/identify",
+                files={"image": ("2.jpg", photo, "image/jpeg")},
+                headers={"X-API-Key": key},
+                timeout=60,
+            )
+        finally:
+            event.remove(crm.engine, "before_cursor_execute", seen)
+    assert r.status_code == 200, r.text
+    (face,) = r.json()["faces"]
+    assert face["customer"]["id"] == barack.id
+    assert (face["customer"]["name"], face["customer"]["preferred_name"]) == ("Barack", "Barry")
+    assert face["customer"]["tier"] == "standard"
+    named = [s for s in statements if "customers.name" in s and "FROM customers" in s]
+    assert len(named) == 1, named
