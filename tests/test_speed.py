@@ -16,6 +16,7 @@ from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.models import Customer
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.server import create_app
+from facecrm.vision import image as image_module
 from facecrm.vision.align import FivePointAligner
 from facecrm.vision.embed import OnnxEmbedder, sface_onnx
 from facecrm.vision.models import sface_path
@@ -99,3 +100,30 @@ def test_identify_reads_the_named_customers_once(crm: FaceCRM, load, faces_dir: 
     assert face["customer"]["tier"] == "standard"
     named = [s for s in statements if "customers.name" in s and "FROM customers" in s]
     assert len(named) == 1, named
+
+
+def test_identify_holds_a_photo_slot_until_its_decisions(
+    crm: FaceCRM, faces_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode slot is held from the upload to the decisions, not only while decoding:
+    at most `max_concurrent_decodes` requests hold a decoded photo and run the pipeline."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        _, key = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+    held: list[bool] = []
+    identify = crm.identify
+
+    def watched(*args: object, **kwargs: object) -> object:
+        held.append(bool(getattr(image_module._held, "slot", False)))
+        return identify(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(crm, "identify", watched)
+    with serve(create_app(crm)) as url:
+        r = httpx.post(
+            f"{url}/api/v1/identify",
+            files={"image": ("1.jpg", (faces_dir / "identities/barack_obama/1.jpg").read_bytes())},
+            headers={"X-API-Key": key},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    assert held == [True]
