@@ -153,9 +153,16 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process `pid` so far (/proc/<pid>/stat, clock ticks)."""
+    """User + system CPU so far of process `pid` and its live descendants (uvicorn's worker
+    processes), from /proc (clock ticks)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                with contextlib.suppress(OSError):
+                    total += cpu_seconds(int(child))
+    return total
 
 
 def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
@@ -169,14 +176,18 @@ def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid)."""
+def serve_subprocess(env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, int]]:
+    """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid).
+
+    With `workers` > 1 the pid is uvicorn's supervisor; its worker processes are children.
+    """
     port = free_port()
     # the log goes to a file: a pipe nobody reads fills up (~400 requests of access log)
     # and then blocks the server in the middle of a run
     with tempfile.TemporaryFile() as log:
+        command = [sys.executable, "-m", "facecrm", "serve", "--port", str(port)]
         proc = subprocess.Popen(
-            [sys.executable, "-m", "facecrm", "serve", "--port", str(port)],
+            command + (["--workers", str(workers)] if workers > 1 else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -194,7 +205,11 @@ def serve_subprocess(env: dict[str, str]) -> Iterator[tuple[str, int]]:
             yield url, proc.pid
         finally:
             proc.terminate()
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a starved machine: do not leave it running
+                proc.kill()
+                proc.wait(timeout=30)
 
 
 def database_url(stack: contextlib.ExitStack, backend: str) -> str | None:

@@ -192,6 +192,8 @@ class Identification:
     match: Candidate | None
     customer_name: str | None = None
     reason: Reason | None = None
+    preferred_name: str | None = None  # with the name and tier: all an answer shows, so
+    tier: str | None = None  # callers need no second query for the customers named
 
 
 @dataclass(slots=True)
@@ -742,9 +744,11 @@ class FaceCRM:
             decisions = self._decide(session, self._probes(image, faces))
             matched = [d.match.customer_id for d in decisions if d.match is not None]
             rows = session.execute(
-                select(Customer.id, Customer.name).where(Customer.id.in_(matched))
+                select(Customer.id, Customer.name, Customer.preferred_name, Customer.tier).where(
+                    Customer.id.in_(matched)
+                )
             )
-            names = {customer_id: name for customer_id, name in rows}
+            named = {row.id: row for row in rows}
             for decision in decisions:
                 if decision.match is not None:
                     similarity = round(decision.match.similarity, 4)
@@ -766,15 +770,20 @@ class FaceCRM:
                 matched=len(matched),
                 ambiguous=sum(d.reason == "ambiguous" for d in decisions),
             )
-        return [
-            Identification(
-                face=face,
-                match=d.match,
-                customer_name=names.get(d.match.customer_id) if d.match else None,
-                reason=d.reason,
+        results = []
+        for face, d in zip(faces, decisions, strict=True):
+            row = named.get(d.match.customer_id) if d.match else None
+            results.append(
+                Identification(
+                    face=face,
+                    match=d.match,
+                    customer_name=row.name if row else None,
+                    reason=d.reason,
+                    preferred_name=row.preferred_name if row else None,
+                    tier=row.tier if row else None,
+                )
             )
-            for face, d in zip(faces, decisions, strict=True)
-        ]
+        return results
 
     def verify(self, customer_id: str, image: Image, principal: Principal) -> Verification:
         """Is the largest face of `image` this customer? (1:1, audited)."""

@@ -11,7 +11,12 @@ import numpy as np
 import numpy.typing as npt
 
 from facecrm.vision.models import dlib_resnet_path, sface_path
-from facecrm.vision.onnx_models import cached_model, dequantize, ort_session
+from facecrm.vision.onnx_models import (
+    cached_model,
+    dequantize,
+    ort_session,
+    prelu_as_convolutions,
+)
 from facecrm.vision.types import Image
 
 
@@ -133,18 +138,24 @@ def dlib_resnet_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
     )
 
 
-SFACE_FP32 = "face_recognition_sface_2021dec_fp32.onnx"
+SFACE_FP32 = "face_recognition_sface_2021dec_fp32_dwprelu.onnx"  # new name: old caches rebuild
+
+
+def _build_sface(target: Path) -> None:
+    dequantize(sface_path(), target)
+    prelu_as_convolutions(target)
 
 
 def sface_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
     """SFace with its int8 weights folded once into float32 (into `cache_dir`), run by onnxruntime.
 
     The shipped int8 file keeps its weights as graph inputs, which onnxruntime refuses;
-    `dequantize` rewrites it as a plain float graph. The network sees the same weights
+    `dequantize` rewrites it as a plain float graph, and `prelu_as_convolutions` its PRelu
+    activations as ops onnxruntime runs twice as fast. The network sees the same weights
     as in OpenCV (descriptors agree to ~1e-6), so templates share SFace's `model_id`.
     Input: the 112 px ArcFace-aligned RGB chip, raw 0..255 (OpenCV's blob: no mean, no scale).
     """
-    path = cached_model(cache_dir, SFACE_FP32, lambda target: dequantize(sface_path(), target))
+    path = cached_model(cache_dir, SFACE_FP32, _build_sface)
     return OnnxEmbedder(
         path,
         input_size=112,
