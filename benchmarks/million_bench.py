@@ -584,7 +584,19 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
                 crm.gallery.ef_search = args.ef_search  # type: ignore[attr-defined]
             s = search(crm, gallery, pop, args.queries)
             crm.engine.dispose()
-            figures = serve_figures(settings, key, args.photos, size <= args.sync_max, crm)
+            print(  # now: the server phase below is long at 1M and may not end in a time box
+                f"measured {size:,}: fill {filled:.0f} s, index build {built:.0f} s, "
+                f"{index_mb:.0f} MB, tables {tables:.0f} MB, search p50/p95 "
+                f"{s['mated_p50']:.1f}/{s['mated_p95']:.1f} ms, mated agreement "
+                f"{s['mated_agree']:.4f}, the person {s['mated_right']:.4f}",
+                flush=True,
+            )
+            try:
+                figures = serve_figures(settings, key, args.photos, size <= args.sync_max, crm)
+            except (httpx.HTTPError, RuntimeError) as error:  # keep the figures above
+                print(f"FAILED: the served process at {size:,}: {error!r}", flush=True)
+                nan = float("nan")
+                figures = {"rss_start": nan, "rss_identify": nan, "cold": None}
             pss = pg_memory_mb(pg.proc.pid) if pg.proc else float("nan")
             print(
                 f"| {size:,} ({len(gallery.offsets):,}) | {filled:.0f} | {built:.0f} | "
