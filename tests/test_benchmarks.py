@@ -52,6 +52,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "sqlite 2,000: server RSS MB",
         "| postgresql | 2,000 | 2,005 |",
     ),
+    "pay_bench.py": (
+        "| backend | sessions | authorised | step_up | declined |",
+        "| sqlite | 3 |",
+        "| postgresql | 3 |",
+    ),
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
     "stages_bench.py": ("| stage | mean ms |", "| 10,000 templates |", "| SFace int8 in OpenCV |"),
     "sync_bench.py": (
