@@ -25,7 +25,8 @@ Measured: *our processing* = the wall time of the frames POSTs (looking + challe
 the step-up POST when there is one). The customer's reaction and the prompt wait sit between
 the two POSTs in the protocol and are not ours, so they are not in it; the bursts are sent
 back to back. Also the server's CPU per session (all its processes, from /proc: load on
-this shared machine stretches wall time, hardly CPU) and the 1-minute load average. A
+this shared machine stretches wall time, hardly CPU) and the 1-minute load average as
+each session started (mean, min-max). A
 declined cooperative customer fails the run.
 """
 
@@ -172,6 +173,7 @@ class Outcome:
     looking_s: float
     challenge_s: float
     cpu_s: float
+    load: float  # the 1-minute load average as the session started
 
 
 def pay(client: httpx.Client, pid: int, payer: tuple[np.ndarray, np.ndarray], seed: int) -> Outcome:
@@ -179,6 +181,7 @@ def pay(client: httpx.Client, pid: int, payer: tuple[np.ndarray, np.ndarray], se
     page makes it."""
     neutral, smiling = payer
     looking = looking_burst(neutral, seed)
+    load = os.getloadavg()[0]
     cpu = cpu_seconds(pid)
     r = client.post(
         "/api/v1/pay/sessions",
@@ -209,7 +212,8 @@ def pay(client: httpx.Client, pid: int, payer: tuple[np.ndarray, np.ndarray], se
         final = f"declined/{out['decline_reason']}"
     if first == "declined":
         first = final
-    return Outcome(first, final, looking_s + challenge_s + extra_s, looking_s, challenge_s, cpu)
+    frames_s = looking_s + challenge_s + extra_s
+    return Outcome(first, final, frames_s, looking_s, challenge_s, cpu, load)
 
 
 def run(
@@ -228,20 +232,22 @@ def run(
         return [pay(client, pid, payers[i % 3], seed=i) for i in range(sessions)], warm
 
 
-def report(backend: str, outcomes: list[Outcome], warm: float, load: float) -> list[str]:
+def report(backend: str, outcomes: list[Outcome], warm: float) -> list[str]:
     """One row of the table; returns the failures (declined cooperative customers)."""
     ms = lambda values: np.array(values) * 1000  # noqa: E731
     total = ms([o.frames_s for o in outcomes])
     looking = ms([o.looking_s for o in outcomes])
     challenge = ms([o.challenge_s for o in outcomes])
     cpu = ms([o.cpu_s for o in outcomes])
+    load = [o.load for o in outcomes]
     firsts = collections.Counter(o.first.split("/")[0] for o in outcomes)
     print(
         f"| {backend} | {len(outcomes)} | {firsts['authorised']} | {firsts['step_up']} | "
         f"{firsts['declined']} | {np.percentile(total, 50):.0f} | "
         f"{np.percentile(total, 95):.0f} | {np.percentile(looking, 50):.0f} | "
         f"{np.percentile(challenge, 50):.0f} | {np.percentile(cpu, 50):.0f} | "
-        f"{np.percentile(cpu, 95):.0f} | {load:.1f} | {warm:.0f} |",
+        f"{np.percentile(cpu, 95):.0f} | {np.mean(load):.1f} ({min(load):.1f}-{max(load):.1f}) "
+        f"| {warm:.0f} |",
         flush=True,
     )
     return [o.final for o in outcomes if o.final != "authorised"]
@@ -267,7 +273,7 @@ def main() -> None:
     print(
         "| backend | sessions | authorised | step_up | declined | first frame → decision "
         "p50 ms | p95 ms | looking POST p50 ms | challenge POST p50 ms "
-        "| server CPU ms / session p50 | p95 | load avg (1 min) | warm-up s |"
+        "| server CPU ms / session p50 | p95 | load avg, 1 min: mean (min-max) | warm-up s |"
     )
     print("| --- |" + " ---: |" * 12)
     failures: dict[str, list[str]] = {}
@@ -282,8 +288,7 @@ def main() -> None:
             crm.engine.dispose()
             with serve_subprocess(server_env(data_dir, url_db)) as (url, pid):
                 outcomes, warm = run(url, pid, key, args.sessions, settings)
-                load = os.getloadavg()[0]
-        failed = report(backend, outcomes, warm, load)
+        failed = report(backend, outcomes, warm)
         if failed:
             failures[backend] = failed
     if failures:
