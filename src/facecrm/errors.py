@@ -158,9 +158,13 @@ class MissingExtraError(ConfigError):
     """What was asked needs an optional part of facecrm that is not installed.
 
     A store box installs `facecrm[agent]` only; the server's commands then say which extra
-    to add instead of failing on an import deep inside (see `facecrm.extras`).
+    to add instead of failing on an import deep inside (see `facecrm.extras`). Over HTTP
+    it is a 503: the request was fine and this server cannot serve it (a till falls back
+    to card or PIN); the message names a command for the operator, so it is logged and
+    kept from the client like a 500's.
     """
 
+    status = 503
     reason = "missing_extra"
 
     def __init__(self, extra: str, module: str) -> None:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from facecrm.errors import FacecrmError
+from facecrm.errors import FacecrmError, MissingExtraError
 
 log = logging.getLogger("facecrm.api")
 MEDIA_TYPE = "application/problem+json"
@@ -46,10 +46,11 @@ class ApiError(FacecrmError):
 def facecrm_problem(request: Request, exc: FacecrmError) -> JSONResponse:
     """The problem response for any error of the hierarchy (status, reason, detail).
 
-    A server-side fault (500) is logged and its message kept from the client.
+    A server-side fault (500, or a missing optional part: 503) is logged and its message
+    kept from the client.
     """
     detail = exc.detail
-    if exc.status == 500:
+    if exc.status == 500 or isinstance(exc, MissingExtraError):
         log.error("%s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
         detail = UNEXPECTED
     reason = {"reason": exc.reason} if exc.reason else {}
