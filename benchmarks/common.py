@@ -176,10 +176,15 @@ def server_env(data_dir: Path, database_url: str | None) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_subprocess(env: dict[str, str], workers: int = 1) -> Iterator[tuple[str, int]]:
+def serve_subprocess(
+    env: dict[str, str], workers: int = 1, start_timeout: float = 1800
+) -> Iterator[tuple[str, int]]:
     """`facecrm serve` in its own process with `env`, once healthy: (base URL, pid).
 
     With `workers` > 1 the pid is uvicorn's supervisor; its worker processes are children.
+    A server not healthy within `start_timeout` seconds is an error (a start-up at a
+    million templates takes minutes: waiting a fixed number of polls and going on
+    anyway made the 1M run fail with "connection refused").
     """
     port = free_port()
     # the log goes to a file: a pipe nobody reads fills up (~400 requests of access log)
@@ -194,13 +199,18 @@ def serve_subprocess(env: dict[str, str], workers: int = 1) -> Iterator[tuple[st
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(1200):
+            deadline = time.monotonic() + start_timeout
+            while True:
                 if proc.poll() is not None:
                     log.seek(0)
                     raise RuntimeError(f"the server exited: {log.read().decode()[-2000:]}")
                 with contextlib.suppress(httpx.HTTPError):
                     if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                         break
+                if time.monotonic() > deadline:
+                    log.seek(0)
+                    tail = log.read().decode()[-2000:]
+                    raise RuntimeError(f"not healthy after {start_timeout:.0f} s: {tail}")
                 time.sleep(0.1)
             yield url, proc.pid
         finally:

@@ -491,7 +491,10 @@ def serve_figures(
 ) -> dict[str, object]:
     """Server RSS after start-up, after identifications (gallery loaded), and the sync."""
     out: dict[str, object] = {}
+    started = time.perf_counter()
     with server(settings) as (url, pid):
+        out["start_s"] = time.perf_counter() - started
+        print(f"server healthy after {out['start_s']:.0f} s", flush=True)
         out["rss_start"] = vm(pid, "VmRSS")
         t = time.perf_counter()
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=3600) as c:
