@@ -43,7 +43,11 @@ def serve(app: FastAPI, port: int | None = None) -> Iterator[str]:
 
 def staff_client(url: str, username: str, password: str) -> httpx.Client:
     """A client of the API at `url` that carries `username`'s bearer token."""
-    r = httpx.post(f"{url}/api/v1/auth/token", data={"username": username, "password": password})
+    r = httpx.post(
+        f"{url}/api/v1/auth/token",
+        data={"username": username, "password": password},
+        timeout=30,  # a first request on a loaded machine can take more than 5 s
+    )
     assert r.status_code == 200, r.text
     headers = {"Authorization": f"Bearer {r.json()['access_token']}"}
     return httpx.Client(base_url=url, headers=headers, timeout=30)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -463,6 +464,62 @@ def test_one_session_allows_three_attempts(world: World) -> None:
             .where(PaymentProfile.customer_id == w.people["kit"])
             .values(failed_step_ups=0)
         )
+
+
+def _reset_kit(w: World, failed: int) -> None:
+    with db.transaction(w.crm.sessions) as session:
+        session.execute(
+            update(PaymentProfile)
+            .where(PaymentProfile.customer_id == w.people["kit"])
+            .values(failed_step_ups=failed, locked_until=None)
+        )
+
+
+def test_racing_step_ups_are_counted_one_by_one(world: World) -> None:
+    """Eight wrong codes at once on one session (a red team's attack on SQLite, where
+    FOR UPDATE is ignored): still exactly three attempts are judged, the session is
+    declined, every other request is refused, and nothing else changes."""
+    w = world
+    kit = "identities/kit_harington/1.jpg"
+    _reset_kit(w, -10)  # 3 per session decline it before the customer's lock
+    session_id = _open(w, 6_000)
+    prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+    assert _smile(w, session_id, prompt, [kit, kit, kit]).json()["state"] == "step_up"
+    path = f"/api/v1/pay/sessions/{session_id}/step-up"
+    codes = [f"{1000 + i}" for i in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda d: w.till.post(path, json={"digits": d}), codes))
+    judged = [a for a in answers if a.status_code == 200]
+    assert len(judged) <= 3, [a.json() for a in answers]
+    assert all(a.status_code == 409 for a in answers if a.status_code != 200)
+    state, _, attempts = _state(w, session_id)
+    assert attempts == len(judged) and attempts <= 3
+    assert state == ("declined" if attempts == 3 else "step_up")
+    with w.crm.sessions() as session:
+        failed = session.get(PaymentProfile, w.people["kit"])
+        assert failed is not None and failed.failed_step_ups == -10 + attempts
+    _reset_kit(w, 0)
+
+
+def test_racing_challenge_bursts_sign_at_most_once(world: World) -> None:
+    """Four smiling bursts at once on one session: at most one authorisation is signed."""
+    w = world
+    kit = "identities/kit_harington/1.jpg"
+    _reset_kit(w, 0)
+    session_id = _open(w, 1_000)
+    prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda _: _smile(w, session_id, prompt, [kit] * 3), range(4)))
+    signatures = {
+        a.json()["authorisation"]["signature"]
+        for a in answers
+        if a.status_code == 200 and a.json()["state"] == "authorised"
+    }
+    assert len(signatures) <= 1, [a.json() for a in answers]
+    assert all(a.status_code in (200, 409) for a in answers)
+    final = w.till.get(f"/api/v1/pay/sessions/{session_id}").json()
+    if signatures:
+        assert final["authorisation"]["signature"] in signatures
 
 
 # -- bad input: a clear 4xx, nothing changed -----------------------------------------------

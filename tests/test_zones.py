@@ -56,6 +56,7 @@ def shop(crm: FaceCRM) -> Iterator[Shop]:
             f"{url}/api/v1/agent/heartbeat",
             headers={"X-API-Key": key},
             json={"cameras": [{"camera": CAMERA, "last_frame_at": None}]},
+            timeout=30,  # a first request on a loaded machine can take more than 5 s
         )
         assert beat.status_code == 200, beat.text
         yield shop

@@ -52,7 +52,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from facecrm.crm import audit, customers, db, payments
@@ -88,6 +88,9 @@ LIVENESS_REASONS: dict[LivenessFailure, DeclineReason] = {
 
 LivenessFactory = Callable[[], LivenessStage]
 LockAlert = Callable[[str, str, str], None]  # (store_id, customer_id, till)
+
+
+MIN_OWN_FRAMES_AFTER_PROMPT = 1  # frames of the customer after "smile now" (`_challenge`)
 
 
 class BurstTooLarge(FacecrmError):
@@ -270,7 +273,9 @@ class PayFlow:
         smiling after the prompt, then limits and step-up rules. Audited
         `pay_session_frames` (counts, scores and the outcome; never an image)."""
         settings = self.crm.settings
-        if len(frames) != len(at_ms) and len(frames) <= MAX_BURST_FRAMES:
+        if max(len(frames), len(at_ms)) > MAX_BURST_FRAMES:  # first: never truncated
+            raise BurstTooLarge(f"a burst has at most {MAX_BURST_FRAMES} frames")
+        if len(frames) != len(at_ms):
             raise InvalidError("one at_ms per frame", reason="bad_burst")
         burst = [Frame(t, data) for t, data in zip(at_ms, frames, strict=False)]
         check_burst(burst, settings.max_upload_bytes)
@@ -342,16 +347,34 @@ class PayFlow:
         if customer_id is None:  # erased since `looking`
             return _Outcome(DeclineReason.NOT_ENROLLED_FOR_PAYMENT)
         fmr = self.crm.settings.target_fmr
+        prompt = int(snapshot.smile_after_ms or 0)
+        ours: list[int] = []  # capture times of the frames accepted as this customer
         for face in timed:
-            decision, _ = self._decide(session, face, fmr)
+            decision, first = self._decide(session, face, fmr)
             if isinstance(decision, Accept):
                 if decision.customer != customer_id:
                     return _Outcome(DeclineReason.AMBIGUOUS_MATCH)
+                ours.append(face.at_ms)
             elif decision.reason == "ambiguous":
                 return _Outcome(DeclineReason.AMBIGUOUS_MATCH)
-            else:
+            elif not (
+                decision.second_stage_run
+                and first
+                and max(first, key=first.__getitem__) == customer_id
+            ):  # nobody near: a face swapped in front of the camera
                 return _Outcome(DeclineReason.LIVENESS_FAILED, scores={"identity_lost": 1.0})
-        verdict = self.stage.assess(timed, int(snapshot.smile_after_ms or 0))
+        # A smile, a turn or motion blur can drop a frame of the right person below the
+        # payment threshold: tolerated (in a third of the burst at most) only when the
+        # first model still ranks the customer first and close enough for the second
+        # model to be asked -- a stranger's face is refused above.
+        # Frames after the prompt must be theirs too (the liveness stage needs two there,
+        # with the onset on two in a row), so the smile judged below is the customer's,
+        # not a stranger's swapped in after `looking`.
+        after = sum(1 for t in ours if t >= prompt)
+        if 3 * len(ours) < 2 * len(timed) or after < MIN_OWN_FRAMES_AFTER_PROMPT:
+            lost = {"identity_lost": 1.0, "identity_frames": float(len(ours))}
+            return _Outcome(DeclineReason.LIVENESS_FAILED, scores=lost)
+        verdict = self.stage.assess(timed, prompt)
         scores: dict[str, Any] = {
             f"liveness_{k}": round(float(v), 4) for k, v in verdict.scores.items()
         }
@@ -688,8 +711,22 @@ class _Expired(Exception):
 
 
 def _locked_row(session: Session, session_id: str) -> PaySession:
-    """The session's row, locked until the transaction ends (PostgreSQL; SQLite has one
-    writer anyway) and read afresh."""
+    """The session's row, locked until the transaction ends and read afresh.
+
+    PostgreSQL: `SELECT ... FOR UPDATE`. SQLite ignores FOR UPDATE, and its driver opens
+    the transaction only at the first write, so a check-then-write would race (a red
+    team got several authorisations and unlimited step-up attempts out of one session
+    with parallel requests): a no-op UPDATE first takes SQLite's database-wide write
+    lock, so every payment change after it is serialised and reads what the previous
+    one committed.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(
+            update(PaySession)
+            .where(PaySession.id == session_id)
+            .values(state=PaySession.state)
+            .execution_options(synchronize_session=False)
+        )
     row = session.get(PaySession, session_id, with_for_update=True, populate_existing=True)
     if row is None:
         raise NotFoundError("no such payment session")
