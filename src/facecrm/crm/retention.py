@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, func, select, union
+from sqlalchemy import delete, exists, func, select, union
 from sqlalchemy.orm import Session
 
 from facecrm.crm import audit, auditchain, db, erasures, payments, sync
@@ -68,15 +68,13 @@ def _aware(value: datetime) -> datetime:
 
 def _without_consent(session: Session) -> set[str]:
     """Customers holding a template or kept photo but no active recognition consent."""
-    consenting = select(Consent.customer_id).where(
-        Consent.purpose == Purpose.IN_STORE_RECOGNITION, Consent.withdrawn_at.is_(None)
-    )
     holders = union(select(FaceTemplate.customer_id), select(CustomerPhoto.customer_id)).subquery()
-    return set(
-        session.scalars(
-            select(holders.c.customer_id).where(holders.c.customer_id.not_in(consenting))
-        )
+    consenting = exists().where(  # NOT EXISTS, not NOT IN: an anti-join at any size
+        Consent.customer_id == holders.c.customer_id,
+        Consent.purpose == Purpose.IN_STORE_RECOGNITION,
+        Consent.withdrawn_at.is_(None),
     )
+    return set(session.scalars(select(holders.c.customer_id).where(~consenting)))
 
 
 def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> PurgeReport:

@@ -32,9 +32,9 @@ from functools import cached_property
 
 import numpy as np
 from PIL import Image as PILImage
-from sqlalchemy import Engine, delete, func, select, text
+from sqlalchemy import Engine, delete, exists, func, select, text
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from facecrm.config import Settings
 from facecrm.crm import accounts, audit, auditchain, customers, db, erasures, payments, readiness
@@ -860,15 +860,17 @@ class FaceCRM:
         cascade, second = self.cascade, self.second_opinion
         if cascade is None or second is None:
             return Backfill(0, 0)
-        have_second = select(FaceTemplate.customer_id).where(
-            FaceTemplate.model_id == cascade.second.model_id
+        other = aliased(FaceTemplate)
+        have_second = exists().where(  # NOT EXISTS, not NOT IN: an anti-join at any size
+            other.customer_id == FaceTemplate.customer_id,
+            other.model_id == cascade.second.model_id,
         )
         with self.sessions() as session:
             pending = list(
                 session.scalars(
                     select(FaceTemplate.customer_id)
                     .where(FaceTemplate.model_id == self.model_id)
-                    .where(FaceTemplate.customer_id.not_in(have_second))
+                    .where(~have_second)
                     .distinct()
                 )
             )
