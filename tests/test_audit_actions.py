@@ -885,7 +885,9 @@ def drive_face_checkout(
 
     def burst(session_id: str, n: int) -> Any:
         files = [("frames", (f"{i}.jpg", neutral, "image/jpeg")) for i in range(n)]
-        data = {"at_ms": [str(i * 700) for i in range(n)]}
+        # the last frame after any prompt (800-2000 ms), as the protocol's burst runs to
+        # smile_after_ms + 2500: the customer's own frames must follow "smile now"
+        data = {"at_ms": [str(i * 1100) for i in range(n)]}
         r = till.post(f"/api/v1/pay/sessions/{session_id}/frames", files=files, data=data)
         return ok(r, 200)
 
