@@ -34,8 +34,12 @@ def serve(app: FastAPI, port: int | None = None) -> Iterator[str]:
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
+    url = f"http://127.0.0.1:{port}"
+    # one request first, with room for a loaded machine: the tests' own first requests
+    # then meet a warm server instead of httpx's 5 s default timeout
+    httpx.get(f"{url}/healthz", timeout=60).raise_for_status()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.should_exit = True
         thread.join(timeout=10)

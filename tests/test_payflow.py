@@ -126,7 +126,9 @@ def world(module_settings: Settings, pipeline: FacePipeline, load: Any) -> Itera
     stage = ScriptedLiveness()
     with serve(create_app(crm, liveness=lambda: stage)) as url:
         token = httpx.post(
-            f"{url}/api/v1/auth/token", data={"username": "clerk", "password": PASSWORD}
+            f"{url}/api/v1/auth/token",
+            data={"username": "clerk", "password": PASSWORD},
+            timeout=60,  # a first request on a loaded machine can take more than 5 s
         ).json()["access_token"]
         clients = [
             httpx.Client(base_url=url, headers={"X-API-Key": till_a}, timeout=120),
