@@ -24,6 +24,7 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from PIL import Image as PILImage
+from pydantic import ValidationError
 from sqlalchemy import func, select, update
 
 from facecrm.config import Settings
@@ -31,7 +32,15 @@ from facecrm.crm import accounts, customers, db, payments, retention
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.customers import ConsentGrant
-from facecrm.crm.models import Alert, AuditEvent, PaymentProfile, PaySession, Purchase, Purpose
+from facecrm.crm.models import (
+    Alert,
+    AuditEvent,
+    PaymentProfile,
+    PaySession,
+    Purchase,
+    Purpose,
+    Store,
+)
 from facecrm.crm.payflow import MAX_BURST_FRAMES, canonical
 from facecrm.crm.payments import PaymentSetup
 from facecrm.crm.service import FaceCRM, Photo
@@ -39,7 +48,7 @@ from facecrm.server import create_app
 from facecrm.vision.liveness import LivenessFailure, LivenessVerdict, TimedFace
 from facecrm.vision.pipeline import FacePipeline
 
-from server import serve
+from server import serve, staff_client
 
 PASSWORD = "correct horse battery"
 DIGITS = "4821"
@@ -394,6 +403,23 @@ def test_step_up_right_digits_authorise(world: World) -> None:
         profile = session.get(PaymentProfile, w.people["kit"])
         assert profile is not None and profile.failed_step_ups == 0  # reset by the right digits
 
+    # the threshold is per currency: 6000 minor units under EUR's own 10000 need no digits
+    w.crm.settings.pay_step_up_amounts = {"EUR": 10_000, "JPY": 5_000}
+    try:
+        session_id = _open(w, 6_000)
+        prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+        out = _smile(w, session_id, prompt, [kit, kit, kit]).json()
+        assert out["state"] == "authorised", out
+    finally:
+        w.crm.settings.pay_step_up_amounts = {}
+
+
+def test_step_up_amounts_are_iso_currencies_and_minor_units() -> None:
+    assert Settings(pay_step_up_amounts={"JPY": 8_000}).pay_step_up_amounts == {"JPY": 8_000}
+    for bad in ({"eur": 1}, {"EURO": 1}, {"EUR": -1}):
+        with pytest.raises(ValidationError):
+            Settings(pay_step_up_amounts=bad)
+
 
 def test_three_wrong_step_ups_lock_and_alert(world: World) -> None:
     w = world
@@ -665,3 +691,96 @@ def _files(data_dir: Path) -> Iterator[Path]:
     for root, dirs, files in os.walk(data_dir):
         dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
         yield from (Path(root) / f for f in files)
+
+
+# -- red team: whose session, for how long ------------------------------------------------
+
+
+def test_a_session_is_its_tills_and_its_authorisation_lives_only_for_the_charge(
+    world: World,
+) -> None:
+    """Another till of the same store sees none of the session (its authorisation names
+    the wallet token); the authorisation is shown only until the charge deadline, a
+    confirmation past deadline + grace records nothing, and the stored copy is dropped
+    on confirmation or by the retention run; another store's manager reads none of the
+    customer's face payments here."""
+    w = world
+    w.stage.failure = None
+    with db.transaction(w.crm.sessions) as session:
+        neighbour_key = accounts.create_device(session, w.store, "pos", principal=SYSTEM)[1]
+        b = session.scalars(select(Store).where(Store.code == "B")).one().id
+        accounts.create_staff(session, "bmanager", PASSWORD, "manager", [b], principal=SYSTEM)
+    neighbour = httpx.Client(base_url=w.url, headers={"X-API-Key": neighbour_key}, timeout=120)
+
+    def authorised() -> str:
+        session_id = _open(w)
+        prompt = _to_challenge(w, session_id, AMY_NEUTRAL)["smile_after_ms"]
+        out = _smile(w, session_id, prompt, [AMY_NEUTRAL, AMY_NEUTRAL, *AMY_SMILES]).json()
+        assert out["state"] == "authorised" and out["authorisation"], out
+        return session_id
+
+    def back(session_id: str, seconds: int) -> None:  # the authorisation is `seconds` old
+        at = datetime.now(UTC) - timedelta(seconds=seconds)
+        with db.transaction(w.crm.sessions) as session:
+            session.execute(
+                update(PaySession).where(PaySession.id == session_id).values(authorised_at=at)
+            )
+
+    def stored(session_id: str) -> str | None:
+        with w.crm.sessions() as session:
+            row = session.get(PaySession, session_id)
+            assert row is not None
+            return row.authorisation
+
+    body = {
+        "provider_reference": "ch_late",
+        "items": [{"sku": "A1", "name": "Latte", "quantity": 2, "unit_price": 600}],
+    }
+    charge = w.crm.settings.pay_authorisation_seconds
+    grace = w.crm.settings.pay_confirm_grace_seconds
+
+    # another till of the store: nothing to read, drive, cancel or confirm
+    session_id = authorised()
+    path = f"/api/v1/pay/sessions/{session_id}"
+    for r in (
+        neighbour.get(path),
+        neighbour.post(f"{path}/cancel"),
+        neighbour.post(f"{path}/confirm", json=body),
+        neighbour.post(f"{path}/step-up", json={"digits": DIGITS}),
+    ):
+        assert r.status_code == 404, r.text
+        assert "wlt_amy" not in r.text
+    assert w.till.get(path).json()["state"] == "authorised"  # unchanged
+
+    # past the charge deadline the authorisation is no longer shown; within the grace a
+    # confirmation still records the charge, and the stored copy goes with it
+    back(session_id, charge + 1)
+    assert w.till.get(path).json()["authorisation"] is None
+    before = _count(w, Purchase)
+    r = w.till.post(f"{path}/confirm", json=body)
+    assert r.status_code == 200 and r.json()["confirmed"] is True, r.text
+    assert _count(w, Purchase) == before + 1 and stored(session_id) is None
+
+    # past the grace: 409, nothing recorded
+    late = authorised()
+    back(late, charge + grace + 1)
+    r = w.till.post(f"/api/v1/pay/sessions/{late}/confirm", json=body)
+    assert (r.status_code, r.json()["reason"]) == (409, "authorisation_expired"), r.text
+    assert _count(w, Purchase) == before + 1
+    assert w.till.get(f"/api/v1/pay/sessions/{late}").json()["confirmed"] is False
+
+    # the retention run forgets authorisations past that deadline, not younger ones
+    young = authorised()
+    assert stored(late) is not None
+    retention.purge(w.crm, SYSTEM)
+    assert stored(late) is None and stored(young) is not None
+    w.till.post(f"/api/v1/pay/sessions/{young}/cancel")
+
+    # face payments of store A: the card's other activity is per store, and so are they
+    amy = w.people["amy"]
+    with staff_client(w.url, "bmanager", PASSWORD) as bmanager:
+        r = bmanager.get(f"/api/v1/customers/{amy}/face-payments")
+        assert r.status_code == 200 and r.json() == [], r.text
+    mine = w.clerk.get(f"/api/v1/customers/{amy}/face-payments").json()
+    assert {session_id, late} <= {p["id"] for p in mine}
+    neighbour.close()

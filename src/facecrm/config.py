@@ -137,12 +137,19 @@ class Settings(BaseSettings):
     pay_step_up_margin_z: float = Field(1.0, ge=0)
     # ... when more customers than this are set up for face payment (1:N errors grow with N)
     pay_step_up_gallery: int = Field(10_000, ge=0)
-    # ... or when the amount is above this, in the currency's minor units
+    # ... or when the amount is above this, in the currency's minor units; per currency in
+    # `pay_step_up_amounts` (JSON, e.g. {"JPY": 8000, "EUR": 5000}: 5000 minor units are
+    # 50 euros but 5000 yen), this number for a currency not named there
     pay_step_up_amount: int = Field(5_000, ge=0)
+    pay_step_up_amounts: dict[str, int] = Field(default_factory=dict)
     pay_step_up_attempts: int = Field(3, gt=0)  # wrong digits one session allows
     pay_lock_failures: int = Field(3, gt=0)  # wrong digits in a row (any session) that lock
     pay_lock_minutes: int = Field(15, gt=0)
     pay_authorisation_seconds: int = Field(300, gt=0)  # how long the POS may charge
+    # a confirmation may arrive this long after the charge deadline (a retry lost on the
+    # network); later, none is recorded, and the retention run drops the stored
+    # authorisation (it names the wallet token)
+    pay_confirm_grace_seconds: int = Field(600, ge=0)
     pay_retain_sessions_days: int = Field(90, ge=0)  # final payment sessions; 0: kept
 
     # Retention (facecrm purge, and hourly inside the server); 0 switches a rule off
@@ -179,6 +186,17 @@ class Settings(BaseSettings):
     max_concurrent_decodes: int = Field(2, gt=0)  # decodes at once per process (one per core)
     # a request waits this long for a decode slot, then 503
     decode_wait_seconds: float = Field(5.0, ge=0)
+
+    @field_validator("pay_step_up_amounts")
+    @classmethod
+    def _step_up_amounts(cls, value: dict[str, int]) -> dict[str, int]:
+        """ISO 4217 codes (3 capitals) to amounts in minor units (0 or more)."""
+        for currency, amount in value.items():
+            if not re.fullmatch(r"[A-Z]{3}", currency) or amount < 0:
+                raise ValueError(
+                    "pay_step_up_amounts maps ISO 4217 codes (e.g. EUR) to minor units >= 0"
+                )
+        return value
 
     @field_validator("master_key")
     @classmethod

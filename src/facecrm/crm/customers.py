@@ -418,14 +418,22 @@ def payment_summary(profile: PaymentProfile | None) -> PaymentSummary | None:
     )
 
 
-def face_payments(session: Session, customer_id: str, limit: int | None = None) -> list[PaySession]:
-    """The customer's face payment sessions, newest first (the caller audits the read)."""
+def face_payments(
+    session: Session,
+    customer_id: str,
+    limit: int | None = None,
+    stores: frozenset[str] | None = None,
+) -> list[PaySession]:
+    """The customer's face payment sessions, newest first, in `stores` (None: every
+    store); the caller audits the read."""
     stmt = (
         select(PaySession)
         .where(PaySession.customer_id == customer_id)
         .order_by(PaySession.created_at.desc())
         .limit(limit)
     )
+    if stores is not None:
+        stmt = stmt.where(PaySession.store_id.in_(stores))
     return list(session.scalars(stmt))
 
 

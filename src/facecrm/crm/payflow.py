@@ -211,13 +211,26 @@ class PayFlow:
         self, principal: Principal, session_id: str, now: datetime | None = None
     ) -> SessionView:
         with db.transaction(self.crm.sessions) as session:
-            return self.view(payments.get_session(session, principal, session_id, now))
+            return self.view(payments.get_session(session, principal, session_id, now), now)
 
-    def view(self, row: PaySession) -> SessionView:
+    def charge_deadline(self, row: PaySession) -> datetime | None:
+        """Until when the POS may charge this session's authorisation (None: none)."""
+        if row.authorised_at is None:
+            return None
+        seconds = self.crm.settings.pay_authorisation_seconds
+        return _aware(row.authorised_at) + timedelta(seconds=seconds)
+
+    def view(self, row: PaySession, now: datetime | None = None) -> SessionView:
+        """The session as its till sees it. The signed authorisation (it names the
+        customer's wallet token) is shown only while it can be charged and is not yet
+        confirmed: a later read, by anyone who got hold of the device key, learns none."""
         state = SessionState(row.state)
         left = None
         if state == S.STEP_UP:
             left = max(0, self.crm.settings.pay_step_up_attempts - row.step_up_attempts)
+        deadline = self.charge_deadline(row)
+        live = deadline is not None and (now or utcnow()) < deadline
+        shown = row.authorisation if live and row.confirmed_at is None else None
         return SessionView(
             id=row.id,
             store_id=row.store_id,
@@ -230,7 +243,7 @@ class PayFlow:
             expires_at=row.expires_at,
             smile_after_ms=row.smile_after_ms if state == S.CHALLENGE else None,
             step_up_attempts_left=left,
-            authorisation=json.loads(row.authorisation) if row.authorisation else None,
+            authorisation=json.loads(shown) if shown else None,
             confirmed=row.confirmed_at is not None,
             purchase_id=row.purchase_id,
         )
@@ -308,7 +321,7 @@ class PayFlow:
                     reason=row.decline_reason,
                     **outcome.scores,
                 )
-                return self.view(row)
+                return self.view(row, now)
         except _Expired:
             raise SessionClosed("the session expired", reason="session_expired") from None
 
@@ -477,7 +490,8 @@ class PayFlow:
         settings = self.crm.settings
         if row.match_margin_z is None or row.match_margin_z < settings.pay_step_up_margin_z:
             return True
-        if row.amount > settings.pay_step_up_amount:
+        threshold = settings.pay_step_up_amounts.get(row.currency, settings.pay_step_up_amount)
+        if row.amount > threshold:
             return True
         payers = session.scalar(select(func.count()).select_from(PaymentProfile)) or 0
         return payers > settings.pay_step_up_gallery
@@ -559,7 +573,7 @@ class PayFlow:
                     state=row.state,
                     reason=row.decline_reason,
                 )
-                view = self.view(row)
+                view = self.view(row, now)
         except _Expired:
             raise SessionClosed("the session expired", reason="session_expired") from None
         if locked_now and self.on_lock is not None and customer_id is not None:
@@ -607,7 +621,7 @@ class PayFlow:
         with db.transaction(self.crm.sessions) as session:
             row = payments.get_session(session, principal, session_id, now)
         if not payments.TRANSITIONS[SessionState(row.state)]:
-            return self.view(row)
+            return self.view(row, now)
         with db.transaction(self.crm.sessions) as session:
             row = _locked_row(session, row.id)
             if payments.TRANSITIONS[SessionState(row.state)]:
@@ -621,7 +635,7 @@ class PayFlow:
                     row.store_id,
                     session_id=row.id,
                 )
-            return self.view(row)
+            return self.view(row, now)
 
     def confirm(
         self,
@@ -634,7 +648,12 @@ class PayFlow:
         """The POS charged the authorisation: the Purchase goes on the customer, marked
         paid by face, once (a repeat with the same reference returns the same answer;
         another reference is 409 `already_confirmed`). The items must add up to the
-        authorised amount. Audited `pay_session_confirm`."""
+        authorised amount. A first confirmation after the charge deadline plus
+        `pay_confirm_grace_seconds` (a retry lost on the network) is 409
+        `authorisation_expired`: the POS may not charge an expired authorisation, so a
+        late confirmation is no payment we will put on the customer. Once confirmed, the
+        stored authorisation is dropped (it names the wallet token; the audit keeps the
+        facts). Audited `pay_session_confirm`."""
         reference = provider_reference.strip() if isinstance(provider_reference, str) else ""
         if not 0 < len(reference) <= MAX_REFERENCE or not PRINTABLE.match(reference):
             raise InvalidError(
@@ -642,6 +661,7 @@ class PayFlow:
                 reason="bad_provider_reference",
             )
         _check_items(items)
+        now = now or utcnow()
         with db.transaction(self.crm.sessions) as session:
             row = _locked_row(session, payments.get_session(session, principal, session_id, now).id)
             if row.confirmed_at is not None:
@@ -650,8 +670,16 @@ class PayFlow:
                         "this session was confirmed with another provider reference",
                         reason="already_confirmed",
                     )
-                return self.view(row)
+                return self.view(row, now)
             _require(row, (S.AUTHORISED,))
+            deadline = self.charge_deadline(row)
+            grace = timedelta(seconds=self.crm.settings.pay_confirm_grace_seconds)
+            if deadline is None or now > deadline + grace:
+                raise SessionClosed(
+                    "the authorisation expired before the charge was confirmed: "
+                    "nothing was recorded; refund the charge if one was made",
+                    reason="authorisation_expired",
+                )
             total = sum(i.quantity * i.unit_price for i in items)
             if total != row.amount:
                 raise InvalidError(
@@ -666,7 +694,7 @@ class PayFlow:
                 currency=row.currency,
                 total_cents=total,
                 paid_by="face",
-                at=now or utcnow(),
+                at=now,
                 items=[
                     PurchaseItem(
                         sku=i.sku, name=i.name, quantity=i.quantity, unit_price_cents=i.unit_price
@@ -678,7 +706,8 @@ class PayFlow:
             session.flush()
             row.purchase_id = purchase.id
             row.provider_reference = reference
-            row.confirmed_at = now or utcnow()
+            row.confirmed_at = now
+            row.authorisation = None  # charged: the wallet token is not kept here
             session.flush()
             audit.record(
                 session,
@@ -690,7 +719,7 @@ class PayFlow:
                 purchase_id=purchase.id,
                 items=len(items),
             )
-            return self.view(row)
+            return self.view(row, now)
 
 
 @dataclass(slots=True)
@@ -770,9 +799,12 @@ def _check_items(items: Sequence[ConfirmedItem]) -> None:
 
 
 def face_payments(session: Session, principal: Principal, customer_id: str) -> list[PaySession]:
-    """A customer's face payments for staff (newest 100); audited `face_payments_read`."""
+    """A customer's face payments in the principal's stores, as the card's other
+    activity (newest 100); audited `face_payments_read`."""
     principal.require(Permission.CUSTOMERS_READ)
     customers.load(session, customer_id)
-    rows = customers.face_payments(session, customer_id, limit=100)
+    rows = customers.face_payments(
+        session, customer_id, limit=100, stores=principal.visible_stores()
+    )
     audit.record(session, principal, "face_payments_read", customer_id, count=len(rows))
     return rows

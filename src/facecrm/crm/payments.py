@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import delete, select
+from sqlalchemy import update as sql_update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -526,11 +527,13 @@ def _replay(
 def get_session(
     session: Session, principal: Principal, session_id: str, now: datetime | None = None
 ) -> PaySession:
-    """A payment session of the device's store (another store's: not found). A session
-    past its expiry is declined `expired` as it is read (audited `pay_session_expired`)."""
+    """A payment session opened by this very device: another store's, or another till's
+    of the same store, is not found (a till must not drive a neighbour's session nor read
+    its authorisation, which names the customer's wallet token). A session past its
+    expiry is declined `expired` as it is read (audited `pay_session_expired`)."""
     store_id = _till_store(principal)
     row = session.get(PaySession, session_id) if len(session_id) <= 32 else None
-    if row is None or row.store_id != store_id:
+    if row is None or row.store_id != store_id or row.device_id != principal.id:
         raise NotFoundError("no such payment session")
     expire(session, principal, row, now)
     return row
@@ -553,6 +556,23 @@ def erase_sessions(session: Session, customer_id: str) -> None:
     """A customer's payment sessions go with them on erasure (their signed authorisation
     names the wallet token; the foreign key alone would only unlink them)."""
     session.execute(delete(PaySession).where(PaySession.customer_id == customer_id))
+
+
+def drop_stale_authorisations(session: Session, settings: Settings, now: datetime) -> int:
+    """Forget signed authorisations past their confirmation deadline (charge deadline
+    plus grace): nothing may be charged or confirmed with them any more, and each names
+    a customer's wallet token. The session row stays until `purge_sessions`."""
+    seconds = settings.pay_authorisation_seconds + settings.pay_confirm_grace_seconds
+    result = session.execute(
+        sql_update(PaySession)
+        .where(
+            PaySession.authorisation.is_not(None),
+            PaySession.authorised_at < now - timedelta(seconds=seconds),
+        )
+        .values(authorisation=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def purge_sessions(session: Session, days: int, now: datetime) -> int:

@@ -94,6 +94,7 @@ def purge(crm: FaceCRM, principal: Principal, now: datetime | None = None) -> Pu
             cutoff = now - timedelta(days=settings.retain_alerts_days)
             deleted = session.execute(delete(Alert).where(Alert.created_at < cutoff))
             alerts = cast("CursorResult[Any]", deleted).rowcount or 0
+        payments.drop_stale_authorisations(session, settings, now)
         if settings.pay_retain_sessions_days:
             pay = payments.purge_sessions(session, settings.pay_retain_sessions_days, now)
         if settings.reconfirm_consent_months:
