@@ -6,6 +6,7 @@ import hmac
 import json
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -17,7 +18,8 @@ from facecrm.alerts import rules, webhooks
 from facecrm.alerts.service import AlertService, VisitEvent
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Principal
+from facecrm.crm.errors import ConflictError
 from facecrm.crm.models import Alert, AuditEvent, Shift, StoreConfig, Visit
 from facecrm.crm.service import FaceCRM
 from facecrm.server import create_app
@@ -181,3 +183,45 @@ def test_events_endpoint_health_and_metrics(chain: dict) -> None:
     assert 'facecrm_agent_events_total{outcome="visit"} 1.0' in text
     assert 'facecrm_agent_events_total{outcome="duplicate"} 1.0' in text
     assert "facecrm_alerts_sent_total 1.0" in text
+
+
+def test_staff_claiming_at_once_get_one_claim(crm: FaceCRM) -> None:
+    """Six associates claim one alert at the same moment: one has it, five get 409 (the
+    claim read "unclaimed" and wrote without a lock, so all six were told they had it)."""
+    with db.transaction(crm.sessions) as session:
+        store = accounts.create_store(session, "A", "Store A", SYSTEM)
+        device, _ = accounts.create_device(session, store.id, "agent", principal=SYSTEM)
+        from facecrm.crm import customers
+
+        ada = customers.create(session, SYSTEM, {"name": "Ada", "tier": "vip"}).id
+        staff = [
+            accounts.staff_principal(
+                accounts.create_staff(
+                    session, f"s{i}", "advisor-pass", "associate", [store.id], principal=SYSTEM
+                )
+            )
+            for i in range(6)
+        ]
+        agent = accounts.device_principal(device)
+    service = AlertService(crm)
+    assert service.ingest(agent, [event("key-0000001", ada, datetime.now(UTC))]) == ["visit"]
+    with crm.sessions() as session:
+        alert_id = session.scalars(select(Alert.id)).one()
+    barrier = threading.Barrier(len(staff))
+
+    def claim(principal: Principal) -> str:
+        barrier.wait()
+        try:
+            return service.claim(principal, alert_id).claimed_by or ""
+        except ConflictError:
+            return "409"
+
+    with ThreadPoolExecutor(len(staff)) as pool:
+        answers = list(pool.map(claim, staff))
+    assert answers.count("409") == len(staff) - 1, answers
+    (winner,) = [a for a in answers if a != "409"]
+    with crm.sessions() as session:
+        alert = session.get(Alert, alert_id)
+        assert alert is not None and alert.claimed_by == winner
+        claims = session.scalars(select(AuditEvent).where(AuditEvent.action == "alert_claim")).all()
+    assert [e.actor for e in claims] == [f"staff:{p.name}" for p in staff if p.id == winner]

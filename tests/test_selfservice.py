@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,6 +41,7 @@ from facecrm.crm.models import (
     utcnow,
 )
 from facecrm.crm.service import FaceCRM
+from facecrm.crm.throttle import MemoryCounters
 from facecrm.errors import ConfigError
 from facecrm.keys import derived_key, server_secret
 from facecrm.server import create_app
@@ -378,6 +381,50 @@ def test_wrong_exhausted_and_expired_codes(
         assert "hash@example.org" not in row.destination_key
 
 
+def test_a_code_is_used_once_and_every_wrong_guess_counts_under_parallel_requests(
+    site: Site, phone: httpx.Client
+) -> None:
+    """Six requests at the same moment with the right code: one is let in. Ten parallel
+    wrong guesses: the challenge is gone after the fifth, so the right code is refused
+    after them. (Unlocked, PostgreSQL let several requests use one code and lost
+    attempts: more than five guesses.)"""
+    service = selfservice.SelfService(site.crm, MemoryCounters())
+    form = nonce(phone, site.token)
+
+    def race(challenge: str, contact: str, codes: list[str]) -> list[bool]:
+        barrier = threading.Barrier(len(codes))
+        parsed = selfservice.parse_contact(contact)
+
+        def use(code: str) -> bool:
+            barrier.wait()
+            try:
+                service._consume(site.store, challenge, parsed, code, "enroll")
+            except InvalidError:
+                return False
+            return True
+
+        with ThreadPoolExecutor(len(codes)) as pool:
+            return list(pool.map(use, codes))
+
+    challenge, code = ask_code(phone, site, "race@example.org", form)
+    assert code is not None
+    assert race(challenge, "race@example.org", [code] * 6).count(True) == 1
+
+    challenge, code = ask_code(phone, site, "guess@example.org", form)
+    assert code is not None
+    wrong = f"{(int(code) + 1) % 1_000_000:06d}"
+    assert race(challenge, "guess@example.org", [wrong] * 10) == [False] * 10
+    assert race(challenge, "guess@example.org", [code]) == [False]
+    with site.db() as session:
+        failed = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.action == "self_code_failed")
+            .order_by(AuditEvent.id)
+        ).all()
+    whys = [e.detail["why"] for e in failed[-11:]]
+    assert whys.count("locked") == 1 and whys.count("wrong") == selfservice.MAX_ATTEMPTS - 1
+
+
 def test_rate_limits_answer_429(site: Site, phone: httpx.Client) -> None:
     form = nonce(phone, site.token)
     for _ in range(3):  # per destination: 3 an hour
@@ -589,7 +636,7 @@ def test_an_administrator_reads_the_codes_waiting_for_the_embedded_sender(
         assert [c.code for c in selfservice.pending_codes(session, SYSTEM)] == [second, first]
     with site.db() as session:
         reads = session.scalars(
-            select(AuditEvent).where(AuditEvent.action == "otp_outbox_read")
+            select(AuditEvent).where(AuditEvent.action == "otp_outbox_read").order_by(AuditEvent.id)
         ).all()
         assert [e.detail for e in reads][-3:] == [{"codes": 3}, {"codes": 1}, {"codes": 2}]
         assert not any("example.org" in json.dumps(e.detail) + e.note for e in reads)

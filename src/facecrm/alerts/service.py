@@ -589,7 +589,7 @@ class AlertService:
 
     def claim(self, principal: Principal, alert_id: int) -> AlertView:
         principal.require(Permission.ALERTS)
-        with db.transaction(self.crm.sessions) as session:
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             alert = self._alert(session, principal, alert_id)
             if alert.claimed_by is not None and alert.claimed_by != principal.id:
                 raise ConflictError("another staff member has claimed this alert")
@@ -603,7 +603,7 @@ class AlertService:
     def acknowledge(self, principal: Principal, alert_id: int) -> AlertView:
         """The customer has been greeted: records the time to greet; closes the alert."""
         principal.require(Permission.ALERTS)
-        with db.transaction(self.crm.sessions) as session:
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             alert = self._alert(session, principal, alert_id)
             if alert.outcome not in (None, AlertOutcome.GREETED):
                 raise ConflictError(f"this alert was {alert.outcome}", reason="alert_closed")
@@ -628,7 +628,7 @@ class AlertService:
     def dismiss(self, principal: Principal, alert_id: int) -> AlertView:
         """Close an alert nobody will act on (the customer left, a camera came back)."""
         principal.require(Permission.ALERTS)
-        with db.transaction(self.crm.sessions) as session:
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             alert = self._alert(session, principal, alert_id)
             if alert.closed_at is not None:
                 raise ConflictError(f"this alert was {alert.outcome}", reason="alert_closed")
@@ -645,7 +645,7 @@ class AlertService:
         Also after a greeting or a dismissal (staff may find out late); once only.
         """
         principal.require(Permission.ALERTS)
-        with db.transaction(self.crm.sessions) as session:
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             alert = self._alert(session, principal, alert_id)
             if alert.outcome == AlertOutcome.DISPUTED:
                 raise ConflictError("this alert is already disputed", reason="already_disputed")
@@ -665,7 +665,9 @@ class AlertService:
         alert.closed_by = principal.id if principal.kind == "staff" else None
 
     def _alert(self, session: Session, principal: Principal, alert_id: int) -> Alert:
-        alert = session.get(Alert, alert_id)
+        """The alert to change, locked until the transaction ends (in a `write_lock`
+        transaction: two staff claiming at once both got "claimed" before)."""
+        alert = session.get(Alert, alert_id, with_for_update=True, populate_existing=True)
         if (
             alert is None
             or not principal.may_act_in(alert.store_id)

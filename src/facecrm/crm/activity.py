@@ -154,7 +154,10 @@ def add_purchase(
     items: Sequence[Item],
     currency: str = "EUR",
     at: datetime | None = None,
+    paid_by: str | None = None,
 ) -> Purchase:
+    """A purchase on the customer, in one of the principal's stores; `paid_by` "face" when
+    face checkout authorised it (`payflow.confirm`). Audited `purchase`."""
     principal.require(Permission.PURCHASES_WRITE)
     _target(session, principal, customer_id, store_id)
     if not items:
@@ -169,6 +172,7 @@ def add_purchase(
         store_id=store_id,
         currency=currency.upper(),
         total_cents=total,
+        paid_by=paid_by,
         at=check_time(at, "purchase"),
         items=[
             PurchaseItem(

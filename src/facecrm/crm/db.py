@@ -245,7 +245,19 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 
 @contextmanager
-def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work commits on success and rolls back on any error."""
+def transaction(factory: sessionmaker[Session], *, write_lock: bool = False) -> Iterator[Session]:
+    """A session whose work commits on success and rolls back on any error.
+
+    `write_lock` is for check-then-write work (a claim, a code used once, a payment
+    step): the caller locks its rows with `SELECT ... FOR UPDATE`, which PostgreSQL
+    honours and SQLite ignores. SQLite's driver opens a transaction only at the first
+    write, so two such transactions could both read "unclaimed" and both write; with
+    `write_lock` the transaction starts with `BEGIN IMMEDIATE`, taking the database's
+    write lock first (waiting `busy_timeout` for it), so they run one after the other.
+    Starting with it matters: a read transaction promoted to a write later fails at
+    once when another writer committed in between.
+    """
     with factory() as session, session.begin():
+        if write_lock and session.get_bind().dialect.name == "sqlite":
+            session.execute(text("BEGIN IMMEDIATE"))
         yield session

@@ -52,16 +52,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from facecrm.crm import audit, customers, db, payments
+from facecrm.crm import activity, audit, customers, db, payments
 from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import ConflictError, FacecrmError, InvalidError, NotFoundError
-from facecrm.crm.models import PaymentProfile, PaySession, Purchase, PurchaseItem, utcnow
+from facecrm.crm.models import PaymentProfile, PaySession, utcnow
 from facecrm.crm.payments import DeclineReason, SessionState
 from facecrm.crm.service import FaceCRM
-from facecrm.gallery.cascade import Accept, Unknown, decide
+from facecrm.gallery.cascade import Accept, Unknown
 from facecrm.keys import derived_key
 from facecrm.vision.image import decode_image
 from facecrm.vision.liveness import LivenessFailure, LivenessStage, TimedFace
@@ -301,7 +301,7 @@ class PayFlow:
             if faces:
                 timed.append(TimedFace(frame.at_ms, image, self.crm.pipeline.embed(faces)[0]))
         try:
-            with db.transaction(self.crm.sessions) as session:
+            with db.transaction(self.crm.sessions, write_lock=True) as session:
                 row = self._lock(session, principal, snapshot, now)  # first: one lock order
                 if snapshot.state == S.LOOKING:
                     outcome = self._looking(session, timed)
@@ -432,20 +432,12 @@ class PayFlow:
         first-model scores it saw. Without the cascade's second opinion nothing is
         authorised (`ambiguous`)."""
         crm = self.crm
-        cascade = crm.cascade
-        if cascade is None:
+        if crm.cascade is None:
             return Unknown("ambiguous", second_stage_run=False), {}
         (probe,) = crm._probes(face.image, [face.face])
         (candidates,) = crm.gallery.candidates(session, probe.first[None, :])
         first = {c.customer_id: c.similarity for c in candidates}
-        decision = decide(
-            first,
-            lambda ids: crm._second_scores(session, probe, ids),
-            cascade,
-            fmr,
-            crm.calibration.threshold(fmr),
-        )
-        return decision, first
+        return crm.cascade_decision(session, probe, candidates, fmr), first
 
     def _lead(self, decision: Accept[str], first: dict[str, float]) -> float:
         """How far the customer is ahead of the next customer, in g units: the cascade's
@@ -540,7 +532,7 @@ class PayFlow:
             )
         locked_now = False
         try:
-            with db.transaction(self.crm.sessions) as session:
+            with db.transaction(self.crm.sessions, write_lock=True) as session:
                 row = self._lock(session, principal, snapshot, now)
                 customer_id = row.customer_id
                 why = None if customer_id is None else self._payable(session, customer_id)
@@ -548,7 +540,8 @@ class PayFlow:
                     payments.advance(row, S.DECLINED, why or DeclineReason.NOT_ENROLLED_FOR_PAYMENT)
                     right = False
                 else:
-                    profile = session.get(PaymentProfile, customer_id)
+                    # locked too: two tills' sessions of one customer count every wrong try
+                    profile = session.get(PaymentProfile, customer_id, with_for_update=True)
                     assert profile is not None
                     right = payments.check_last4(settings, profile, digits)
                     if right:
@@ -622,7 +615,7 @@ class PayFlow:
             row = payments.get_session(session, principal, session_id, now)
         if not payments.TRANSITIONS[SessionState(row.state)]:
             return self.view(row, now)
-        with db.transaction(self.crm.sessions) as session:
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             row = _locked_row(session, row.id)
             if payments.TRANSITIONS[SessionState(row.state)]:
                 payments.advance(row, S.DECLINED, DeclineReason.CANCELLED)
@@ -662,7 +655,7 @@ class PayFlow:
             )
         _check_items(items)
         now = now or utcnow()
-        with db.transaction(self.crm.sessions) as session:
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             row = _locked_row(session, payments.get_session(session, principal, session_id, now).id)
             if row.confirmed_at is not None:
                 if row.provider_reference != reference:
@@ -688,22 +681,16 @@ class PayFlow:
                 )
             if row.customer_id is None:
                 raise NotFoundError("the customer of this payment was erased")
-            purchase = Purchase(
-                customer_id=row.customer_id,
-                store_id=row.store_id,
+            purchase = activity.add_purchase(
+                session,
+                principal,
+                row.customer_id,
+                row.store_id,
+                [activity.Item(i.sku, i.name, i.quantity, i.unit_price) for i in items],
                 currency=row.currency,
-                total_cents=total,
-                paid_by="face",
                 at=now,
-                items=[
-                    PurchaseItem(
-                        sku=i.sku, name=i.name, quantity=i.quantity, unit_price_cents=i.unit_price
-                    )
-                    for i in items
-                ],
+                paid_by="face",
             )
-            session.add(purchase)
-            session.flush()
             row.purchase_id = purchase.id
             row.provider_reference = reference
             row.confirmed_at = now
@@ -740,22 +727,10 @@ class _Expired(Exception):
 
 
 def _locked_row(session: Session, session_id: str) -> PaySession:
-    """The session's row, locked until the transaction ends and read afresh.
-
-    PostgreSQL: `SELECT ... FOR UPDATE`. SQLite ignores FOR UPDATE, and its driver opens
-    the transaction only at the first write, so a check-then-write would race (a red
-    team got several authorisations and unlimited step-up attempts out of one session
-    with parallel requests): a no-op UPDATE first takes SQLite's database-wide write
-    lock, so every payment change after it is serialised and reads what the previous
-    one committed.
-    """
-    if session.get_bind().dialect.name == "sqlite":
-        session.execute(
-            update(PaySession)
-            .where(PaySession.id == session_id)
-            .values(state=PaySession.state)
-            .execution_options(synchronize_session=False)
-        )
+    """The session's row, locked until the transaction ends and read afresh
+    (`SELECT ... FOR UPDATE`; on SQLite the transaction must be a `write_lock` one,
+    `db.transaction`: a red team got several authorisations and unlimited step-up
+    attempts out of one session with parallel requests before)."""
     row = session.get(PaySession, session_id, with_for_update=True, populate_existing=True)
     if row is None:
         raise NotFoundError("no such payment session")

@@ -553,9 +553,14 @@ class SelfService:
         challenge); all refusals say the same (`bad_code`), and are audited."""
         now = utcnow()
         failure: str | None = None
-        with db.transaction(self.crm.sessions) as session:
+        # locked: a code is used once, and parallel wrong guesses each cost an attempt
+        with db.transaction(self.crm.sessions, write_lock=True) as session:
             purge_expired(session, now)
-            row = session.get(OtpChallenge, challenge_id[:64]) if challenge_id else None
+            row = (
+                session.get(OtpChallenge, challenge_id[:64], with_for_update=True)
+                if challenge_id
+                else None
+            )
             expected = row.code_hash if row is not None else self._hash_code("-", "-")
             given = self._hash_code(challenge_id, code.strip())
             same = hmac.compare_digest(expected, given)  # constant time, row or not

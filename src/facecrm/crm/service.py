@@ -66,7 +66,7 @@ from facecrm.crm.runtime import Runtime
 from facecrm.crm.sync import GallerySync, record_added, record_removed
 from facecrm.crm.vault import TemplateVault
 from facecrm.crypto import CustomerCipher, KeyProvider
-from facecrm.gallery.cascade import Accept, CascadeCalibration, Reason, decide
+from facecrm.gallery.cascade import Accept, CascadeCalibration, Reason, Unknown, decide
 from facecrm.gallery.gallery import Candidate, assign
 from facecrm.gallery.threshold import Calibration
 from facecrm.vision.image import decode_image
@@ -592,13 +592,7 @@ class FaceCRM:
         decided = []
         for probe, cands in zip(probes, per_face, strict=True):
             by_id = {c.customer_id: c for c in cands}
-            decision = decide(
-                {c.customer_id: c.similarity for c in cands},
-                functools.partial(self._second_scores, session, probe),
-                cascade,
-                self.settings.target_fmr,
-                self.threshold,
-            )
+            decision = self.cascade_decision(session, probe, cands, self.settings.target_fmr)
             best = cands[0] if cands else None
             if isinstance(decision, Accept):
                 decided.append(_Decided(by_id[decision.customer], None, decision.score_z, best))
@@ -614,6 +608,21 @@ class FaceCRM:
                 decided[k] = _Decided(None, "no_match", best=decided[k].best)
             taken.add(match.customer_id)
         return decided
+
+    def cascade_decision(
+        self, session: Session, probe: _Probe, candidates: Sequence[Candidate], fmr: float
+    ) -> Accept[str] | Unknown:
+        """The cascade's 1:N decision for one face at the operating point `fmr`
+        (recognition's `target_fmr`, or face checkout's stricter `pay_target_fmr`)."""
+        assert self.cascade is not None
+        recognition = fmr == self.settings.target_fmr  # its threshold may be configured
+        return decide(
+            {c.customer_id: c.similarity for c in candidates},
+            functools.partial(self._second_scores, session, probe),
+            self.cascade,
+            fmr,
+            self.threshold if recognition else self.calibration.threshold(fmr),
+        )
 
     @contextmanager
     def _refusals(self, principal: Principal, store_id: str | None) -> Iterator[None]:
