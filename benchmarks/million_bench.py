@@ -306,12 +306,23 @@ def grow(crm: FaceCRM, gallery: Gallery, pop: Population, target: int, per_perso
         have += len(person)
 
 
+def hnsw_settings(args: argparse.Namespace) -> dict[str, int | None]:
+    return {
+        "pgvector_hnsw_m": args.hnsw_m,
+        "pgvector_hnsw_ef_construction": args.hnsw_ef_construction,
+    }
+
+
 def build_index(crm: FaceCRM, maintenance_work_mem: str) -> tuple[float, float]:
     """The product's HNSW index, built once after the load: (seconds, MB)."""
     start = time.perf_counter()
     with db.transaction(crm.sessions) as session:
         session.execute(text(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'"))
-        PgVectorGalleryStore(crm.model_id)._ensure_index(session, DIM)
+        s = crm.settings
+        store = PgVectorGalleryStore(
+            crm.model_id, m=s.pgvector_hnsw_m, ef_construction=s.pgvector_hnsw_ef_construction
+        )
+        store._ensure_index(session, DIM)
     built = time.perf_counter() - start
     with crm.sessions() as session:
         size = session.execute(
@@ -559,7 +570,12 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
         "max_parallel_maintenance_workers": "1",
     }
     with PgServer(settings=pg_settings) as pg:
-        settings = configure(data_dir=data_dir, database_url=pg.url, ann_min_size=args.ann_min_size)
+        settings = configure(
+            data_dir=data_dir,
+            database_url=pg.url,
+            ann_min_size=args.ann_min_size,
+            **{k: v for k, v in hnsw_settings(args).items() if v is not None},
+        )
         crm = FaceCRM(settings, migrate=True)
         t = time.perf_counter()
         key, gallery = start(crm, faces, pop)
@@ -677,6 +693,10 @@ def main() -> None:
     parser.add_argument(
         "--ef-search", type=int, help="pgvector's hnsw.ef_search (default: the product's)"
     )
+    parser.add_argument("--hnsw-m", type=int, help="pgvector's m (default: the product's)")
+    parser.add_argument(
+        "--hnsw-ef-construction", type=int, help="pgvector's ef_construction (default: product's)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tests/data, 2,000 templates")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
@@ -694,8 +714,11 @@ def main() -> None:
     sync_rows = []
     if args.sizes:
         ef = args.ef_search or PgVectorGalleryStore("").ef_search
+        product = Settings()
+        m = args.hnsw_m or product.pgvector_hnsw_m
+        efc = args.hnsw_ef_construction or product.pgvector_hnsw_ef_construction
         print(
-            f"PostgreSQL + pgvector (hnsw.ef_search {ef}), "
+            f"PostgreSQL + pgvector (hnsw.ef_search {ef}, m {m}, ef_construction {efc}), "
             f"{args.per_person} templates per synthetic person, "
             f"{args.queries} mated and {args.queries} stranger queries, maintenance_work_mem "
             f"{args.maintenance_work_mem}, shared_buffers {args.shared_buffers}\n"

@@ -64,6 +64,11 @@ class Settings(BaseSettings):
     calibration: Path | None = None
     # galleries at least this large use the approximate index
     ann_min_size: int = Field(20_000, gt=0)
+    # PostgreSQL: pgvector's HNSW graph, set when the index is created (a new model's, or
+    # after `DROP INDEX gallery_hnsw_...`: docs/deploy.md); m 16 / ef_construction 64
+    # missed 5.3% of returning customers at 1M templates (benchmarks/README.md)
+    pgvector_hnsw_m: int = Field(24, ge=2, le=100)
+    pgvector_hnsw_ef_construction: int = Field(128, ge=4, le=1000)
 
     # Encryption at rest (see facecrm.crypto)
     master_key: str | None = None  # "key_id:base64(32 bytes)", comma-separated, last wraps

@@ -166,9 +166,13 @@ class PgVectorGalleryStore:
     search stays small beside embedding a face (benchmarks/README.md).
     """
 
-    def __init__(self, model_id: str, ef_search: int = 1000) -> None:
+    def __init__(
+        self, model_id: str, ef_search: int = 1000, m: int = 24, ef_construction: int = 128
+    ) -> None:
         self.model_id = model_id
         self.ef_search = ef_search
+        # pgvector wants ef_construction >= 2 m
+        self.m, self.ef_construction = m, max(ef_construction, 2 * m)
         self._indexed: set[int] = set()
 
     def _ensure_index(self, session: Session, dim: int) -> None:
@@ -180,6 +184,7 @@ class PgVectorGalleryStore:
             text(
                 f"CREATE INDEX IF NOT EXISTS {name} ON gallery_vectors"
                 f" USING hnsw ((embedding::vector({dim})) vector_ip_ops)"
+                f" WITH (m = {int(self.m)}, ef_construction = {int(self.ef_construction)})"
                 f" WHERE model_id = '{model}'"
             )
         )

@@ -349,7 +349,11 @@ class FaceCRM:
     @cached_property
     def gallery(self) -> GalleryStore:
         if self.engine.dialect.name == "postgresql":
-            return PgVectorGalleryStore(self.model_id)
+            return PgVectorGalleryStore(
+                self.model_id,
+                m=self.settings.pgvector_hnsw_m,
+                ef_construction=self.settings.pgvector_hnsw_ef_construction,
+            )
         return MemoryGalleryStore(self._load_gallery, self.model_id, self.settings)
 
     @cached_property
