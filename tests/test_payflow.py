@@ -44,6 +44,7 @@ from facecrm.crm.models import (
 from facecrm.crm.payflow import MAX_BURST_FRAMES, canonical
 from facecrm.crm.payments import PaymentSetup
 from facecrm.crm.service import FaceCRM, Photo
+from facecrm.errors import AlreadyEnrolledError
 from facecrm.server import create_app
 from facecrm.vision.liveness import LivenessFailure, LivenessVerdict, TimedFace
 from facecrm.vision.pipeline import FacePipeline
@@ -784,3 +785,53 @@ def test_a_session_is_its_tills_and_its_authorisation_lives_only_for_the_charge(
     mine = w.clerk.get(f"/api/v1/customers/{amy}/face-payments").json()
     assert {session_id, late} <= {p["id"] for p in mine}
     neighbour.close()
+
+
+# -- look-alikes: real faces inside the margin ---------------------------------------------
+
+
+def test_a_twin_cannot_enroll_and_thin_leads_or_large_galleries_ask_for_digits(
+    world: World, load: Any
+) -> None:
+    """Real faces, no scripted scores. An identical-twin stand-in (another photo of Kit,
+    as a second customer) is refused at enrollment, so no close second is enrolled that
+    way. Then the margin rule: a lead below `pay_step_up_margin_z` asks for the phone
+    digits, on the lead the session measured from Kit's real face."""
+    w = world
+    w.stage.failure = None
+    kit = "identities/kit_harington/3.jpg"
+    twin_photo = "identities/kit_harington/2.jpg"
+    _reset_kit(w, 0)
+    with pytest.raises(AlreadyEnrolledError):
+        w.crm.enroll("Twin", [Photo(twin_photo, load(twin_photo))], CURRENT, "kiosk", SYSTEM)
+
+    # alone again: Kit leads everyone else by some margin; a setting above that lead
+    # (every real lead is finite) makes the margin rule, and only it, ask for digits
+    session_id = _open(w)  # 1200: under the amount trigger
+    prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+    with w.crm.sessions() as session:
+        row = session.get(PaySession, session_id)
+        assert row is not None and row.match_margin_z is not None
+        lead = row.match_margin_z
+    assert lead >= w.crm.settings.pay_step_up_margin_z  # the default authorises Kit alone
+    saved = w.crm.settings.pay_step_up_margin_z
+    w.crm.settings.pay_step_up_margin_z = lead + 0.01
+    try:
+        out = _smile(w, session_id, prompt, [kit, kit, kit]).json()
+        assert (out["state"], out["step_up_attempts_left"]) == ("step_up", 3), out
+        r = w.till.post(f"/api/v1/pay/sessions/{session_id}/step-up", json={"digits": DIGITS})
+        assert r.json()["state"] == "authorised", r.text
+    finally:
+        w.crm.settings.pay_step_up_margin_z = saved
+
+    # the gallery-size rule: more payers than `pay_step_up_gallery` ask for digits too
+    saved_gallery = w.crm.settings.pay_step_up_gallery
+    w.crm.settings.pay_step_up_gallery = 2  # amy, kit, biden pay by face here
+    try:
+        session_id = _open(w)
+        prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
+        out = _smile(w, session_id, prompt, [kit, kit, kit]).json()
+        assert out["state"] == "step_up", out
+        w.till.post(f"/api/v1/pay/sessions/{session_id}/cancel")
+    finally:
+        w.crm.settings.pay_step_up_gallery = saved_gallery
