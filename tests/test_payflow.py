@@ -393,8 +393,9 @@ def test_step_up_right_digits_authorise(world: World) -> None:
     prompt = _to_challenge(w, session_id, kit)["smile_after_ms"]
     out = _smile(w, session_id, prompt, [kit, kit, kit]).json()
     assert (out["state"], out["step_up_attempts_left"]) == ("step_up", 3), out
-    r = w.till.post(path, json={"digits": "48a1"})
-    assert (r.status_code, r.json()["reason"]) == (422, "bad_last4")  # not counted
+    for malformed in ("48a1", f"{DIGITS}\n"):  # `$` alone let a trailing newline in
+        r = w.till.post(path, json={"digits": malformed})
+        assert (r.status_code, r.json()["reason"]) == (422, "bad_last4")  # not counted
     assert w.till.get(f"/api/v1/pay/sessions/{session_id}").json()["step_up_attempts_left"] == 3
     r = w.till.post(path, json={"digits": "0000"})
     assert r.json()["step_up_attempts_left"] == 2
@@ -835,3 +836,35 @@ def test_a_twin_cannot_enroll_and_thin_leads_or_large_galleries_ask_for_digits(
         w.till.post(f"/api/v1/pay/sessions/{session_id}/cancel")
     finally:
         w.crm.settings.pay_step_up_gallery = saved_gallery
+
+
+def test_a_retried_open_answers_with_the_session_as_it_is_now(world: World) -> None:
+    """The same `Idempotency-Key` after the session moved on: 200 with its state now (a
+    red team got a 500 once it was authorised, and "not confirmed" after it was); a till
+    name with a trailing newline is refused."""
+    w = world
+    w.stage.failure = None
+    body = {"amount": 1_200, "currency": "EUR", "till": "till-1"}
+    key = {"Idempotency-Key": "retry-open-1"}
+    first = w.till.post("/api/v1/pay/sessions", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    session_id = first.json()["id"]
+    prompt = _to_challenge(w, session_id, AMY_NEUTRAL)["smile_after_ms"]
+    out = _smile(w, session_id, prompt, [AMY_NEUTRAL, AMY_NEUTRAL, *AMY_SMILES]).json()
+    assert out["state"] == "authorised", out
+    again = w.till.post("/api/v1/pay/sessions", json=body, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.json() == w.till.get(f"/api/v1/pay/sessions/{session_id}").json()
+    assert again.json()["authorisation"] == out["authorisation"]
+    confirm = {
+        "provider_reference": "ch_retry",
+        "items": [{"sku": "A1", "name": "Latte", "quantity": 2, "unit_price": 600}],
+    }
+    assert w.till.post(f"/api/v1/pay/sessions/{session_id}/confirm", json=confirm).is_success
+    after = w.till.post("/api/v1/pay/sessions", json=body, headers=key).json()
+    assert (after["confirmed"], after["authorisation"]) == (True, None), after
+
+    before = _count(w, PaySession)
+    r = w.till.post("/api/v1/pay/sessions", json={**body, "till": "till-1\n"})
+    assert r.status_code == 422, r.text
+    assert _count(w, PaySession) == before

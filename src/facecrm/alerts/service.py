@@ -212,7 +212,7 @@ def alert_view(session: Session, alert_id: int, greeted: float | None = None) ->
     return None if row is None else _view(row, greeted)
 
 
-KIND = re.compile(r"^[a-z][a-z0-9_]{1,39}$")
+KIND = re.compile(r"^[a-z][a-z0-9_]{1,39}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from facecrm.errors import InvalidError
 MAX_POINTS = 64
 MAX_ZONES = 32  # per camera: tills, an entrance, a floor, with room to spare
 MIN_AREA = 1e-6  # of the frame: a zero-area (collinear) polygon holds no one
-NAME = re.compile(r"^(entrance|floor|checkout_queue:[1-9][0-9]{0,2})$")
+NAME = re.compile(r"^(entrance|floor|checkout_queue:[1-9][0-9]{0,2})\Z")
 
 Point = tuple[float, float]
 

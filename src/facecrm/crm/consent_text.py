@@ -28,8 +28,8 @@ from facecrm.crm.models import ConsentText, Purpose
 CURRENT = "2026-11-v1"  # the version shipped by migration 0008 (English and French)
 SHIPPED_LANGUAGES = ("en", "fr")
 MAX_BODY = 20_000
-LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?$")
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})?\Z")
+VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")
 
 
 def check_language(language: str) -> str:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("facecrm.erasures")
 KEY_PURPOSE = "erasure-log"
 _PENDING = "erasures_pending"  # session.info: entries to append to the file after commit
-_REF = re.compile(r"^[0-9a-f]{64}$")
+_REF = re.compile(r"^[0-9a-f]{64}\Z")
 _file_lock = threading.Lock()
 
 

@@ -75,7 +75,7 @@ KEY_PURPOSE = "pay-authorisation-ed25519"  # `keys.derived_key` purpose of the s
 ALERT_KIND = "payment_locked"
 MAX_ITEMS = 100
 MAX_REFERENCE = 200
-PRINTABLE = re.compile(r"^[\x20-\x7e]+$")
+PRINTABLE = re.compile(r"^[\x20-\x7e]+\Z")
 
 S = SessionState
 LIVENESS_REASONS: dict[LivenessFailure, DeclineReason] = {

@@ -65,10 +65,10 @@ SESSION_SECONDS = 60
 MAX_AMOUNT = 100_000_000  # minor units: a sanity cap far above any till's sale
 MAX_TILL = 40
 MAX_IDEMPOTENCY_KEY = 100
-TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+/=-]{7,199}$")
-PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
-PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
-LAST4 = re.compile(r"^[0-9]{4}$")
+TOKEN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+/=-]{7,199}\Z")
+PROVIDER = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}\Z")
+PRINTABLE = re.compile(r"^[\x21-\x7e]+\Z")
+LAST4 = re.compile(r"^[0-9]{4}\Z")
 _DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9])+")
 PAN_LENGTHS = range(12, 20)  # ISO/IEC 7812: 8 to 19; 12+ keeps short references usable
 

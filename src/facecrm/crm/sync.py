@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 Mode = Literal["full", "store", "server"]
 SEQ, PRUNED = "seq", "pruned"
 PAGE_MAX = 10_000  # templates (full phase) or log rows (incremental phase) per page
-CURSOR = re.compile(r"^(?:f(\d{1,18})\.(\d{1,18})|i(\d{1,18}))\.([0-9a-f]{12})$")
+CURSOR = re.compile(r"^(?:f(\d{1,18})\.(\d{1,18})|i(\d{1,18}))\.([0-9a-f]{12})\Z")
 F16 = np.dtype("<f2")
 Row = tuple[int, str, str]  # (template id, customer id, model id)
 

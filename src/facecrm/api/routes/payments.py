@@ -108,15 +108,16 @@ def open_session(
     response: Response,
     session: SessionDep,
     principal: Till,
+    flow: Flow,
     idempotency_key: IdempotencyKey = None,
 ) -> PaySessionOut:
     """A payment session for this till (POS devices): 201 when made, 200 with the same
-    session for a retry with the same `Idempotency-Key` and body."""
+    session, as it is now, for a retry with the same `Idempotency-Key` and body."""
     request = payments.SessionRequest(body.amount, body.currency, body.till, idempotency_key)
     row, created = payments.open_session(session, principal, request)
     if not created:
         response.status_code = 200
-    return PaySessionOut.model_validate(row)
+    return PaySessionOut.model_validate(flow.view(row))
 
 
 @router.get("/pay/sessions/{session_id}", response_model=PaySessionOut)
