@@ -167,7 +167,7 @@ class PgVectorGalleryStore:
     """
 
     def __init__(
-        self, model_id: str, ef_search: int = 1000, m: int = 24, ef_construction: int = 128
+        self, model_id: str, ef_search: int = 1000, m: int = 32, ef_construction: int = 200
     ) -> None:
         self.model_id = model_id
         self.ef_search = ef_search
