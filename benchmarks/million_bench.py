@@ -306,13 +306,6 @@ def grow(crm: FaceCRM, gallery: Gallery, pop: Population, target: int, per_perso
         have += len(person)
 
 
-def hnsw_settings(args: argparse.Namespace) -> dict[str, int | None]:
-    return {
-        "pgvector_hnsw_m": args.hnsw_m,
-        "pgvector_hnsw_ef_construction": args.hnsw_ef_construction,
-    }
-
-
 def build_index(crm: FaceCRM, maintenance_work_mem: str) -> tuple[float, float]:
     """The product's HNSW index, built once after the load: (seconds, MB)."""
     start = time.perf_counter()
@@ -574,7 +567,8 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
             data_dir=data_dir,
             database_url=pg.url,
             ann_min_size=args.ann_min_size,
-            **{k: v for k, v in hnsw_settings(args).items() if v is not None},
+            pgvector_hnsw_m=args.hnsw_m,
+            pgvector_hnsw_ef_construction=args.hnsw_ef_construction,
         )
         crm = FaceCRM(settings, migrate=True)
         t = time.perf_counter()
@@ -693,9 +687,10 @@ def main() -> None:
     parser.add_argument(
         "--ef-search", type=int, help="pgvector's hnsw.ef_search (default: the product's)"
     )
-    parser.add_argument("--hnsw-m", type=int, help="pgvector's m (default: the product's)")
+    product = Settings()
+    parser.add_argument("--hnsw-m", type=int, default=product.pgvector_hnsw_m)
     parser.add_argument(
-        "--hnsw-ef-construction", type=int, help="pgvector's ef_construction (default: product's)"
+        "--hnsw-ef-construction", type=int, default=product.pgvector_hnsw_ef_construction
     )
     parser.add_argument("--smoke", action="store_true", help="tests/data, 2,000 templates")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
@@ -714,11 +709,9 @@ def main() -> None:
     sync_rows = []
     if args.sizes:
         ef = args.ef_search or PgVectorGalleryStore("").ef_search
-        product = Settings()
-        m = args.hnsw_m or product.pgvector_hnsw_m
-        efc = args.hnsw_ef_construction or product.pgvector_hnsw_ef_construction
         print(
-            f"PostgreSQL + pgvector (hnsw.ef_search {ef}, m {m}, ef_construction {efc}), "
+            f"PostgreSQL + pgvector (hnsw.ef_search {ef}, m {args.hnsw_m}, "
+            f"ef_construction {args.hnsw_ef_construction}), "
             f"{args.per_person} templates per synthetic person, "
             f"{args.queries} mated and {args.queries} stranger queries, maintenance_work_mem "
             f"{args.maintenance_work_mem}, shared_buffers {args.shared_buffers}\n"

@@ -437,7 +437,8 @@ class PayFlow:
         (probe,) = crm._probes(face.image, [face.face])
         (candidates,) = crm.gallery.candidates(session, probe.first[None, :])
         first = {c.customer_id: c.similarity for c in candidates}
-        return crm.cascade_decision(session, probe, candidates, fmr), first
+        threshold = crm.calibration.threshold(fmr)
+        return crm.cascade_decision(session, probe, candidates, fmr, threshold), first
 
     def _lead(self, decision: Accept[str], first: dict[str, float]) -> float:
         """How far the customer is ahead of the next customer, in g units: the cascade's

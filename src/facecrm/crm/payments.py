@@ -558,12 +558,12 @@ def erase_sessions(session: Session, customer_id: str) -> None:
     session.execute(delete(PaySession).where(PaySession.customer_id == customer_id))
 
 
-def drop_stale_authorisations(session: Session, settings: Settings, now: datetime) -> int:
+def drop_stale_authorisations(session: Session, settings: Settings, now: datetime) -> None:
     """Forget signed authorisations past their confirmation deadline (charge deadline
     plus grace): nothing may be charged or confirmed with them any more, and each names
     a customer's wallet token. The session row stays until `purge_sessions`."""
     seconds = settings.pay_authorisation_seconds + settings.pay_confirm_grace_seconds
-    result = session.execute(
+    session.execute(
         sql_update(PaySession)
         .where(
             PaySession.authorisation.is_not(None),
@@ -572,7 +572,6 @@ def drop_stale_authorisations(session: Session, settings: Settings, now: datetim
         .values(authorisation=None)
         .execution_options(synchronize_session=False)
     )
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def purge_sessions(session: Session, days: int, now: datetime) -> int:

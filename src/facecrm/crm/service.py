@@ -596,7 +596,9 @@ class FaceCRM:
         decided = []
         for probe, cands in zip(probes, per_face, strict=True):
             by_id = {c.customer_id: c for c in cands}
-            decision = self.cascade_decision(session, probe, cands, self.settings.target_fmr)
+            decision = self.cascade_decision(
+                session, probe, cands, self.settings.target_fmr, self.threshold
+            )
             best = cands[0] if cands else None
             if isinstance(decision, Accept):
                 decided.append(_Decided(by_id[decision.customer], None, decision.score_z, best))
@@ -614,18 +616,22 @@ class FaceCRM:
         return decided
 
     def cascade_decision(
-        self, session: Session, probe: _Probe, candidates: Sequence[Candidate], fmr: float
+        self,
+        session: Session,
+        probe: _Probe,
+        candidates: Sequence[Candidate],
+        fmr: float,
+        threshold: float,
     ) -> Accept[str] | Unknown:
-        """The cascade's 1:N decision for one face at the operating point `fmr`
-        (recognition's `target_fmr`, or face checkout's stricter `pay_target_fmr`)."""
+        """The cascade's 1:N decision for one face at the operating point `fmr` with the
+        first model's `threshold` (recognition's, or face checkout's stricter one)."""
         assert self.cascade is not None
-        recognition = fmr == self.settings.target_fmr  # its threshold may be configured
         return decide(
             {c.customer_id: c.similarity for c in candidates},
             functools.partial(self._second_scores, session, probe),
             self.cascade,
             fmr,
-            self.threshold if recognition else self.calibration.threshold(fmr),
+            threshold,
         )
 
     @contextmanager
