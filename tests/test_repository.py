@@ -18,7 +18,8 @@ MARKER = re.compile(r"^(<{7} |>{7} |={7}$)", re.MULTILINE)
 def _text_files(folder: Path) -> list[Path]:
     found = []
     for path in folder.iterdir():
-        if path.name in SKIP or path.name.startswith(".") and path.is_dir() and path.name != ".ci":
+        hidden_dir = path.name.startswith(".") and path.is_dir() and path.name != ".ci"
+        if path.name in SKIP or hidden_dir:
             continue
         if path.is_dir():
             found.extend(_text_files(path))
