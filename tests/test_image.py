@@ -135,3 +135,59 @@ def test_large_jpeg_is_decoded_at_reduced_scale(settings: Settings) -> None:
     img = decode_image(_encode(_gradient(4000, 3000), "JPEG", quality=80), settings)
     assert settings.decode_max_side <= max(img.shape[:2]) < 2 * settings.decode_max_side
     assert img.shape[0] * 4 == img.shape[1] * 3  # aspect ratio kept
+
+
+def _jpegs(faces_dir: Path) -> list[Path]:
+    found = sorted(p for p in faces_dir.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg"})
+    assert len(found) >= 10  # the real photos, not an empty folder
+    return found
+
+
+def _both(data: bytes, settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    from facecrm.vision.image import _load
+
+    return _load(data, settings)[0], _load(data, settings, fast=False)[0]
+
+
+def test_plain_jpegs_decode_to_pillows_pixels_through_opencv(
+    faces_dir: Path, settings: Settings
+) -> None:
+    """OpenCV decodes plain JPEGs (less CPU) only because its pixels are Pillow's, bit for
+    bit, at every DCT scale: recognition at the calibrated floor hinges on sub-pixel shifts
+    of the detector's landmarks, so the decoder must not move one pixel."""
+    from facecrm.vision.image import _plain_jpeg
+
+    small = settings.model_copy(update={"decode_max_side": 160})  # scales 1/2 .. 1/8
+    used = 0
+    for path in _jpegs(faces_dir):
+        data = path.read_bytes()
+        for config in (settings, small):
+            fast, pillow = _both(data, config)
+            assert fast.shape == pillow.shape and np.array_equal(fast, pillow), path
+        pil = PILImage.open(io.BytesIO(data))
+        used += _plain_jpeg(pil, data, settings, *pil.size) is not None
+    assert used >= 10  # the comparison is not vacuous: OpenCV decoded them
+
+
+def test_opencv_decodes_keep_pillows_orientation_and_grey(
+    faces_dir: Path, settings: Settings
+) -> None:
+    photo = PILImage.open(_jpegs(faces_dir)[0]).convert("RGB")
+    photo.thumbnail((300, 300))
+    for orientation in range(1, 9):
+        exif = PILImage.Exif()
+        exif[0x0112] = orientation
+        data = _encode(photo, "JPEG", exif=exif.tobytes(), quality=90)
+        fast, pillow = _both(data, settings)
+        assert np.array_equal(fast, pillow), orientation
+    grey = _encode(photo.convert("L"), "JPEG", quality=90)
+    fast, pillow = _both(grey, settings)
+    assert np.array_equal(fast, pillow) and np.array_equal(fast[..., 0], fast[..., 2])
+
+
+def test_a_cut_jpeg_is_refused_on_the_fast_path_too(settings: Settings) -> None:
+    data = _encode(_gradient(640, 480), "JPEG", quality=90)
+    for cut in (data[: len(data) // 2], data[:-2]):
+        with pytest.raises(ImageError) as exc:
+            decode_image(cut, settings)
+        assert exc.value.reason == "corrupt"
