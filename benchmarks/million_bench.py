@@ -18,10 +18,12 @@
    (`--per-person` templates each) written as the product writes them — customer, consent,
    a data key each, sealed templates — with the pgvector rows by `COPY`, **without** the
    HNSW index; at each size of `--sizes` (cumulative) the product's own index
-   (`PgVectorGalleryStore`, m 16, ef_construction 64) is built after the load, with
+   (`PgVectorGalleryStore`, the product's m and ef_construction unless `--hnsw-m` /
+   `--hnsw-ef-construction` say otherwise) is built after the load, with
    `maintenance_work_mem` large enough for the graph to be built in memory.
 3. At each size: search of one face through `PgVectorGalleryStore.candidates` (the
-   identify path: ef_search 256, one query per transaction), p50/p95; rank-1 customer
+   identify path: the product's ef_search or `--ef-search`, one query per transaction;
+   `--ef-sweep` searches the same index again with other values), p50/p95; rank-1 customer
    against exact search (numpy over the same vectors) for mated queries (a fresh
    template of a gallery person: a returning customer) and strangers; index build time and
    size; `facecrm serve` started on the database: its RSS after start-up and after
@@ -596,6 +598,18 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
             if args.ef_search:
                 crm.gallery.ef_search = args.ef_search  # type: ignore[attr-defined]
             s = search(crm, gallery, pop, args.queries)
+            product_ef = crm.gallery.ef_search  # type: ignore[attr-defined]
+            for ef in args.ef_sweep:  # the same index searched with fewer candidates
+                crm.gallery.ef_search = ef  # type: ignore[attr-defined]
+                w = search(crm, gallery, pop, args.queries)
+                print(
+                    f"ef_search {ef} at {size:,}: search p50/p95 {w['mated_p50']:.1f}/"
+                    f"{w['mated_p95']:.1f} ms, mated agreement {w['mated_agree']:.4f}, the "
+                    f"person {w['mated_right']:.4f}; strangers p50/p95 {w['strangers_p50']:.1f}/"
+                    f"{w['strangers_p95']:.1f} ms, agreement {w['strangers_agree']:.4f}",
+                    flush=True,
+                )
+            crm.gallery.ef_search = product_ef  # type: ignore[attr-defined]
             crm.engine.dispose()
             print(  # now: the server phase below is long at 1M and may not end in a time box
                 f"measured {size:,}: fill {filled:.0f} s, index build {built:.0f} s, "
@@ -687,6 +701,13 @@ def main() -> None:
     parser.add_argument(
         "--ef-search", type=int, help="pgvector's hnsw.ef_search (default: the product's)"
     )
+    parser.add_argument(
+        "--ef-sweep",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also search the same index with these hnsw.ef_search values (a line each)",
+    )
     product = Settings()
     parser.add_argument("--hnsw-m", type=int, default=product.pgvector_hnsw_m)
     parser.add_argument(
@@ -700,6 +721,7 @@ def main() -> None:
         global SAMPLE_PEOPLE
         SAMPLE_PEOPLE = 150
         args.sizes, args.sqlite_sizes, args.queries = [2_000], [2_000], 40
+        args.ef_sweep = [40]
         args.maintenance_work_mem, args.shared_buffers, args.ann_min_size = "64MB", "128MB", 500
     faces = smoke_faces() if args.smoke else faces_dir()
     args.photos = photos_of(faces, 8)
@@ -708,7 +730,7 @@ def main() -> None:
     pop = calibrate(args.smoke, args.model_cache)
     sync_rows = []
     if args.sizes:
-        ef = args.ef_search or PgVectorGalleryStore("").ef_search
+        ef = args.ef_search or product.pgvector_hnsw_ef_search
         print(
             f"PostgreSQL + pgvector (hnsw.ef_search {ef}, m {args.hnsw_m}, "
             f"ef_construction {args.hnsw_ef_construction}), "

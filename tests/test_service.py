@@ -233,6 +233,22 @@ def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> Non
     assert any("gallery_hnsw_" in line for line in plan), plan
 
 
+def test_pgvector_searches_with_the_configured_ef_search(crm: FaceCRM, load: Load) -> None:
+    """`FACECRM_PGVECTOR_HNSW_EF_SEARCH` reaches the search (a chain with a small gallery
+    lowers it: pgvector's own CPU is most of an identify's cost on PostgreSQL)."""
+    if crm.engine.dialect.name != "postgresql":
+        pytest.skip("pgvector is the PostgreSQL gallery")
+    assert crm.settings.pgvector_hnsw_ef_search == 1000  # the default: 99% at 1M
+    crm.settings.pgvector_hnsw_ef_search = 40  # before the gallery is first used
+    crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM)
+    probe = crm.pipeline.faces(load("identities/rose_leslie/1.jpg"))[0].template
+    assert probe is not None
+    with crm.sessions() as session, session.begin():
+        found = crm.gallery.candidates(session, probe[None, :])
+        assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == "40"
+    assert found[0] and found[0][0].similarity > 0.99
+
+
 def test_consent_text_version_is_checked_by_the_service(crm: FaceCRM, load: Load) -> None:
     """Every path that records a consent (API, console, CLI, enrollment) goes through
     `customers.give_consent`, so an unknown text version is refused there, changing nothing."""

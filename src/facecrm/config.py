@@ -70,6 +70,11 @@ class Settings(BaseSettings):
     # ef_construction 64, 98.5% with 24 / 128, 99.6% with 32 / 200 (benchmarks/README.md)
     pgvector_hnsw_m: int = Field(32, ge=2, le=100)
     pgvector_hnsw_ef_construction: int = Field(200, ge=4, le=1000)
+    # candidates pgvector visits per search: the largest cost of an identify on PostgreSQL
+    # (its own CPU, beside ours). 1,000 (its maximum) is what 99% agreement with exact
+    # search took at 1M templates; a smaller gallery reaches it with less (measured per
+    # size in benchmarks/README.md, "A million templates"), so a chain may lower it
+    pgvector_hnsw_ef_search: int = Field(1000, ge=10, le=1000)
 
     # Encryption at rest (see facecrm.crypto)
     master_key: str | None = None  # "key_id:base64(32 bytes)", comma-separated, last wraps

@@ -157,15 +157,16 @@ class PgVectorGalleryStore:
     created the first time the process sees the model, which on an existing
     large table takes a while once.
 
-    `ef_search` 1,000 (pgvector's maximum): on 100k synthetic templates calibrated on real
-    dlib distributions (benchmarks/million_bench.py), pgvector's index (m 16,
-    ef_construction 64) put the exact search's customer first for 97.4% of returning
-    customers at 256 and 98.9-99.0% at 512, below the 99% target, and agreement falls as
-    the gallery grows. A miss makes a returning customer "unknown", never someone else
-    (the cascade and the margin judge whoever is returned), but it is still a miss. So the
-    graph is denser than pgvector's default (`m`, `ef_construction` from the settings, 32
-    and 200): 99.6% at 1M templates, where 16 / 64 gave 94.7%. The search stays small
-    beside embedding a face (benchmarks/README.md).
+    `ef_search` 1,000 by default (pgvector's maximum; the `pgvector_hnsw_ef_search`
+    setting): on 100k synthetic templates calibrated on real dlib distributions
+    (benchmarks/million_bench.py), pgvector's index (m 16, ef_construction 64) put the
+    exact search's customer first for 97.4% of returning customers at 256 and 98.9-99.0%
+    at 512, below the 99% target, and agreement falls as the gallery grows. A miss makes a
+    returning customer "unknown", never someone else (the cascade and the margin judge
+    whoever is returned), but it is still a miss. So the graph is denser than pgvector's
+    default (`m`, `ef_construction` from the settings, 32 and 200): 99.6% at 1M templates,
+    where 16 / 64 gave 94.7%. The search is PostgreSQL's CPU, not ours: on PostgreSQL it
+    is the larger part of an identify's cost (benchmarks/README.md).
     """
 
     def __init__(

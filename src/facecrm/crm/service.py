@@ -353,6 +353,7 @@ class FaceCRM:
                 self.model_id,
                 m=self.settings.pgvector_hnsw_m,
                 ef_construction=self.settings.pgvector_hnsw_ef_construction,
+                ef_search=self.settings.pgvector_hnsw_ef_search,
             )
         return MemoryGalleryStore(self._load_gallery, self.model_id, self.settings)
 
