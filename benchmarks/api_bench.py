@@ -45,10 +45,12 @@ from facecrm.gallery.threshold import load_calibration
 from facecrm.vision.image import read_image
 
 from common import (
+    build_hnsw,
     clustered_templates,
     consent_evidence,
     cpu_seconds,
     database_url,
+    drop_hnsw,
     faces_dir,
     link_model_cache,
     machine,
@@ -92,6 +94,9 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
     )
     people = int(person.max()) + 1 if size else 0
     batch = 2_000  # people per transaction
+    postgres = crm.engine.dialect.name == "postgresql"
+    if postgres:  # the graph is built once after the load (per insert: 21 min at 100k)
+        drop_hnsw(crm)
     for first_person in range(0, people, batch):
         ids = [f"syn{p:08d}" for p in range(first_person, min(first_person + batch, people))]
         rows = np.flatnonzero((person >= first_person) & (person < first_person + len(ids)))
@@ -102,10 +107,12 @@ def fill(crm: FaceCRM, size: int, faces: Path, per_person: int = 3) -> str:
             template_ids = write_synthetic_customers(session, crm, mine, evidence)
             owners = [i for i in ids for _ in mine[i]]
             plain = [v for i in ids for v in mine[i]]
-            if crm.engine.dialect.name == "postgresql":  # pgvector rows, as enrollment writes
+            if postgres:  # pgvector rows, as enrollment writes them
                 crm.gallery.added(session, list(zip(template_ids, owners, plain, strict=True)))
             else:  # the server loads SQLite's gallery from the templates when it starts
                 bump_generation(session, crm.model_id)
+    if postgres:
+        build_hnsw(crm, "1GB")
     return key
 
 

@@ -60,15 +60,17 @@ from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.gallery_store import PgVectorGalleryStore, bump_generation
+from facecrm.crm.gallery_store import bump_generation
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from sync_bench import add_customers
 
 from common import (
     REPO,
+    build_hnsw,
     consent_evidence,
     cpu_seconds,
+    drop_hnsw,
     faces_dir,
     link_model_cache,
     machine,
@@ -261,15 +263,6 @@ def start(crm: FaceCRM, faces: Path, pop: Population) -> tuple[str, Gallery]:
     return key, gallery
 
 
-def drop_hnsw(crm: FaceCRM) -> None:
-    """Bulk loads go faster without the graph: it is rebuilt once, after the load."""
-    with db.transaction(crm.sessions) as session:
-        for (name,) in session.execute(
-            text("SELECT indexname FROM pg_indexes WHERE indexname LIKE 'gallery_hnsw_%'")
-        ):
-            session.execute(text(f"DROP INDEX {name}"))
-
-
 def grow(crm: FaceCRM, gallery: Gallery, pop: Population, target: int, per_person: int) -> None:
     """Add synthetic customers until the gallery holds `target` synthetic templates,
     written as enrollment writes them (PostgreSQL's pgvector rows by COPY)."""
@@ -306,27 +299,6 @@ def grow(crm: FaceCRM, gallery: Gallery, pop: Population, target: int, per_perso
         gallery.vectors.append(vectors)
         gallery.offsets = np.vstack([gallery.offsets, offsets])
         have += len(person)
-
-
-def build_index(crm: FaceCRM, maintenance_work_mem: str) -> tuple[float, float]:
-    """The product's HNSW index, built once after the load: (seconds, MB)."""
-    start = time.perf_counter()
-    with db.transaction(crm.sessions) as session:
-        session.execute(text(f"SET LOCAL maintenance_work_mem = '{maintenance_work_mem}'"))
-        s = crm.settings
-        store = PgVectorGalleryStore(
-            crm.model_id, m=s.pgvector_hnsw_m, ef_construction=s.pgvector_hnsw_ef_construction
-        )
-        store._ensure_index(session, DIM)
-    built = time.perf_counter() - start
-    with crm.sessions() as session:
-        size = session.execute(
-            text(
-                "SELECT sum(pg_relation_size(indexname::regclass)) FROM pg_indexes"
-                " WHERE indexname LIKE 'gallery_hnsw_%'"
-            )
-        ).scalar_one()
-    return built, float(size) / 2**20
 
 
 def relation_mb(crm: FaceCRM, *tables: str) -> float:
@@ -583,7 +555,7 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
             filled += time.perf_counter() - t
             with crm.sessions() as session:
                 session.execute(text("ANALYZE gallery_vectors"))
-            built, index_mb = build_index(crm, args.maintenance_work_mem)
+            built, index_mb = build_hnsw(crm, args.maintenance_work_mem, DIM)
             tables = (
                 relation_mb(
                     crm,
