@@ -13,9 +13,11 @@ like every template (one data key per customer, `TemplateVault.seal_new_customer
 reach the gallery as enrollment's do. `facecrm serve` runs as its own process (one uvicorn
 worker, or `--workers` processes on PostgreSQL); for each of `--clients`, that many threads
 with a store agent's device key send real photos (every portrait of identities and
-distractors) as fast as answers come back. Reported: latency p50/p95, requests/second and
-the server's CPU per request (all its processes), after a warm-up that also builds the
-index, and the seconds the fill took.
+distractors) as fast as answers come back. Reported: latency p50/p95, requests/second, the
+server's CPU per request (all its processes) and, on PostgreSQL, the database's (the vector
+search runs there), after a warm-up that also builds SQLite's in-process index, and the
+seconds the fill took (on PostgreSQL the vectors go in without pgvector's graph, which is
+built once at the end, as a bulk load should).
 """
 
 from __future__ import annotations

@@ -222,10 +222,10 @@ def _plain_jpeg(
     Why: the same library and the same scale give the same pixels
     (`tests/test_image.py` compares every JPEG of the test photos, scaled, rotated and
     grey, bit for bit), and the pixels must not move: recognition decisions at the
-    calibrated floor hinge on sub-pixel landmark shifts (benchmarks/README.md, "Identify
-    CPU per request"). OpenCV writes the array directly, where Pillow loads in chunks
-    and then copies twice (`convert`, `tobytes`): ~25% less CPU a photo, the largest
-    part of the decode's share of an identify request.
+    calibrated floor hinge on sub-pixel landmark shifts (benchmarks/README.md, "Where the
+    CPU of a request goes"). OpenCV writes the array directly, where Pillow loads in
+    chunks and then copies twice (`convert`, `tobytes`): ~20% less CPU a photo (13.0 →
+    10.4 ms on the benchmark's request photos).
 
     A file that does not end with the end marker (truncated, or with bytes after it) is
     left to Pillow, which refuses a truncated one; OpenCV would fill the missing rows with
