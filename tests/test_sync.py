@@ -354,3 +354,43 @@ def test_an_agent_older_than_the_pruned_log_syncs_in_full(chain: Chain, load: Lo
         assert response.status_code == 410
         assert response.json()["reason"] == "full_resync_required"
         assert local.sync(client) and local.size() == (3, 3)
+
+
+def test_the_template_cache_opens_exactly_the_rows_asked_for(crm: FaceCRM, load: Load) -> None:
+    """A full sync asks for whole id ranges (read by range), a change for scattered ids (read
+    by id list); either way each row gets its own customer's vector, and nothing else is
+    opened or cached."""
+    from facecrm.crm.models import FaceTemplate
+    from facecrm.crm.sync import TemplateCache
+
+    for name, photo in (
+        ("Barack Obama", "identities/barack_obama/1.jpg"),
+        ("Kit Harington", "identities/kit_harington/1.jpg"),
+        ("Rose Leslie", "identities/rose_leslie/1.jpg"),
+    ):
+        crm.enroll(name, [Photo("still", load(photo))], CURRENT, "kiosk", SYSTEM)
+    with crm.sessions() as session:
+        rows = [
+            (int(t), c, m)
+            for t, c, m in session.execute(
+                select(FaceTemplate.id, FaceTemplate.customer_id, FaceTemplate.model_id).order_by(
+                    FaceTemplate.id
+                )
+            )
+        ]
+        truth = {
+            t: v
+            for model in {m for _, _, m in rows}
+            for t, _, v in crm.vault.plain_templates(session, model_id=model)
+        }
+        assert len(rows) >= 6 and set(truth) == {t for t, _, _ in rows}  # both models' rows
+        # a whole range; a range with a gap (read by range, the gap dropped); the two ends
+        # of a wide range (read by id)
+        for asked in (rows, [rows[0], *rows[2:4]], [rows[0], rows[-1]]):
+            cache = TemplateCache()
+            got = cache.vectors(crm, session, asked)
+            assert len(cache) == len(asked)  # nothing else was opened and kept
+            for (t, _, _), vector in zip(asked, got, strict=True):
+                assert np.allclose(vector, truth[t], atol=1e-3)
+            again = cache.vectors(crm, session, asked)  # from the cache, the same
+            assert all(a is b for a, b in zip(got, again, strict=True))

@@ -55,14 +55,16 @@ class CryptoError(FacecrmError, RuntimeError):
     reason = "crypto_error"
 
 
-def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
+def _seal(key: bytes | AESGCM, plaintext: bytes, aad: bytes) -> bytes:
     nonce = secrets.token_bytes(NONCE)
-    return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
+    aead = key if isinstance(key, AESGCM) else AESGCM(key)
+    return nonce + aead.encrypt(nonce, plaintext, aad)
 
 
-def _open(key: bytes, sealed: bytes, aad: bytes) -> bytes:
+def _open(key: bytes | AESGCM, sealed: bytes, aad: bytes) -> bytes:
     try:
-        return AESGCM(key).decrypt(sealed[:NONCE], sealed[NONCE:], aad)
+        aead = key if isinstance(key, AESGCM) else AESGCM(key)
+        return aead.decrypt(sealed[:NONCE], sealed[NONCE:], aad)
     except Exception as exc:  # InvalidTag: wrong key or altered data
         raise CryptoError("the data does not decrypt with this key") from exc
 
@@ -78,22 +80,32 @@ class LocalKeyProvider:
     keys: dict[str, bytes]
     current_id: str
     path: Path | None = None
+    # the cipher object of each master key, built once: a full agent sync unwraps one data
+    # key per customer, and building the object cost more than the decryption
+    _aeads: dict[str, AESGCM] = field(default_factory=dict, init=False, repr=False)
+
+    def _aead(self, key_id: str) -> AESGCM:
+        aead = self._aeads.get(key_id)
+        if aead is None:
+            aead = self._aeads[key_id] = AESGCM(self.keys[key_id])
+        return aead
 
     def wrap(self, dek: bytes) -> tuple[str, bytes]:
-        return self.current_id, _seal(self.keys[self.current_id], dek, self.current_id.encode())
+        return self.current_id, _seal(self._aead(self.current_id), dek, self.current_id.encode())
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         if key_id not in self.keys and self.path is not None:
             self.refresh()
         if key_id not in self.keys:
             raise CryptoError(f"master key {key_id!r} is not available")
-        return _open(self.keys[key_id], wrapped, key_id.encode())
+        return _open(self._aead(key_id), wrapped, key_id.encode())
 
     def refresh(self) -> None:
         """Re-read the key file (an environment key list cannot change in-process)."""
         if self.path is not None:
             self.keys = _parse(self.path.read_text())
             self.current_id = list(self.keys)[-1]
+            self._aeads = {}
 
 
 def _parse(text: str) -> dict[str, bytes]:
@@ -185,12 +197,18 @@ class CustomerCipher:
 
     customer_id: str
     dek: bytes = field(repr=False)
+    _aead: AESGCM | None = field(default=None, init=False, repr=False)
+
+    def _key(self) -> AESGCM:
+        if self._aead is None:
+            self._aead = AESGCM(self.dek)
+        return self._aead
 
     def seal(self, data: bytes, label: str) -> bytes:
-        return _seal(self.dek, data, f"{self.customer_id}:{label}".encode())
+        return _seal(self._key(), data, f"{self.customer_id}:{label}".encode())
 
     def open(self, sealed: bytes, label: str) -> bytes:
-        return _open(self.dek, sealed, f"{self.customer_id}:{label}".encode())
+        return _open(self._key(), sealed, f"{self.customer_id}:{label}".encode())
 
 
 def new_dek() -> bytes:

@@ -56,7 +56,6 @@ from facecrm.crm.authz import Permission, Principal
 from facecrm.crm.errors import FacecrmError, InvalidError
 from facecrm.crm.models import (
     Consent,
-    CustomerKey,
     FaceTemplate,
     GalleryChange,
     Purpose,
@@ -64,6 +63,7 @@ from facecrm.crm.models import (
     Visit,
 )
 from facecrm.crm.vault import template_label
+from facecrm.crypto import CryptoError
 from facecrm.gallery.cascade import Accept, decide
 from facecrm.gallery.gallery import assign
 
@@ -221,30 +221,28 @@ class TemplateCache:
             found: dict[int, tuple[str, npt.NDArray[np.float16]]] = {}
             for start in range(0, len(missing), 1000):
                 chunk = missing[start : start + 1000]
+                low, high = min(chunk), max(chunk)
+                # a full sync misses whole id ranges: two bound values instead of a thousand
+                dense = high - low < 2 * len(chunk)
                 sealed = session.execute(
                     select(
                         FaceTemplate.id,
                         FaceTemplate.customer_id,
                         FaceTemplate.model_id,
                         FaceTemplate.vector,
+                    ).where(
+                        FaceTemplate.id.between(low, high) if dense else FaceTemplate.id.in_(chunk)
                     )
-                    .where(FaceTemplate.id.in_(chunk))
-                    .order_by(FaceTemplate.customer_id)
                 ).all()
-                owners = {owner for _, owner, _, _ in sealed}
-                # their keys in one query: `cipher` then finds them in the session (held
-                # here, as the session's identity map keeps only weak references)
-                keys = session.scalars(
-                    select(CustomerKey).where(CustomerKey.customer_id.in_(owners))
-                ).all()
-                cipher = None
+                wanted = set(chunk)
+                sealed = [row for row in sealed if row[0] in wanted]
+                ciphers = crm.vault.ciphers(session, {owner for _, owner, _, _ in sealed})
                 for template_id, owner, model_id, blob in sealed:
-                    if cipher is None or cipher.customer_id != owner:
-                        cipher = crm.vault.cipher(session, owner)
+                    cipher = ciphers.get(owner)
+                    if cipher is None:
+                        raise CryptoError(f"customer {owner} has no data key")
                     plain = cipher.open(blob, template_label(model_id))
-                    vector = np.frombuffer(plain, np.float32).astype(F16)
-                    found[template_id] = (owner, vector)
-                del keys
+                    found[template_id] = (owner, np.frombuffer(plain, np.float32).astype(F16))
             with self._lock:
                 for template_id, (owner, vector) in found.items():
                     self._rows[template_id] = (owner, vector)
