@@ -136,12 +136,16 @@ class TemplateVault:
             stmt = stmt.where(FaceTemplate.customer_id == customer_id)
         if customer_ids is not None:
             stmt = stmt.where(FaceTemplate.customer_id.in_(list(customer_ids)))
+        sealed_rows = session.execute(stmt).all()
+        # the keys in bulk: one query per customer made loading a 100k gallery take 18 s
+        ciphers = self.ciphers(session, {owner for _, owner, _ in sealed_rows})
+        label = template_label(model_id)
         rows: list[Row] = []
-        cipher: CustomerCipher | None = None
-        for template_id, owner, sealed in session.execute(stmt):
-            if cipher is None or cipher.customer_id != owner:
-                cipher = self.cipher(session, owner)
-            plain = cipher.open(sealed, template_label(model_id))
+        for template_id, owner, sealed in sealed_rows:
+            cipher = ciphers.get(owner)
+            if cipher is None:
+                raise CryptoError(f"customer {owner} has no data key")
+            plain = cipher.open(sealed, label)
             rows.append((template_id, owner, np.frombuffer(plain, dtype=np.float32)))
         return rows
 
