@@ -57,6 +57,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
         "| sqlite | 3 |",
         "| postgresql | 3 |",
     ),
+    "preprocessing_noise.py": (
+        "| preprocessing against the shipped pipeline | impostor Δg sd |",
+        "| detector input: one INTER_AREA (before) |",
+        "| 0.15 (shipped) |",
+    ),
     "search_bench.py": ("| 2,000 | exact (numpy) |", "| 2,000 | hnswlib |"),
     "stages_bench.py": ("| stage | mean ms |", "| 10,000 templates |", "| SFace int8 in OpenCV |"),
     "sync_bench.py": (
