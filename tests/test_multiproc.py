@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 from sqlalchemy import func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from conftest import new_postgres_database
@@ -111,6 +112,35 @@ def test_concurrent_counting_never_lets_more_through(database_url: str) -> None:
     assert taken.count(True) == 20
     a.engine.dispose()
     b.engine.dispose()
+
+
+def test_a_busy_sqlite_answer_is_retried_and_then_reported(tmp_path: Path) -> None:
+    """SQLite may answer "database is locked" without waiting (its WAL corner cases); a
+    counter retries briefly, and a lock held longer still fails loudly, counting nothing.
+
+    The counters' engine here waits 0 ms for the lock, so every busy answer is immediate.
+    """
+    import sqlite3
+
+    from sqlalchemy import create_engine
+
+    url = f"sqlite:///{tmp_path}/c.db"
+    db.migrate(db.make_engine(url))
+    impatient = create_engine(url, connect_args={"timeout": 0, "check_same_thread": False})
+    counters = DatabaseCounters(impatient, b"k")
+    holder = sqlite3.connect(tmp_path / "c.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock...
+    threading.Timer(0.1, holder.rollback).start()  # ...for 0.1 s
+    assert counters.take("lookup", "x", 2, 60, time.time())
+    holder.execute("BEGIN IMMEDIATE")  # now for longer than the retries wait
+    try:
+        with pytest.raises(OperationalError, match="locked"):
+            counters.take("lookup", "x", 2, 60, time.time())
+    finally:
+        holder.rollback()
+    assert counters.read("lookup", "x").count == 1  # the refused call counted nothing
+    holder.close()
+    impatient.dispose()
 
 
 def test_expired_counters_are_purged(database_url: str) -> None:

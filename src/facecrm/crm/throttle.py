@@ -23,6 +23,8 @@ from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, Engine, case, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.sql import Executable
 
 from facecrm.config import Settings
 from facecrm.crm.models import ThrottleCounter
@@ -125,6 +127,29 @@ class DatabaseCounters:
     def _key(self, scope: str, key: str) -> str:
         return hmac.new(self._secret, f"{scope}\0{key}".encode(), hashlib.sha256).hexdigest()
 
+    BUSY_RETRIES = (0.05, 0.2, 0.5)
+
+    def _write(self, statement: Executable) -> bool:
+        """Run one write statement in its own transaction; True when it returned a row.
+
+        SQLite waits `busy_timeout` for the write lock, but its WAL mode documents corner
+        cases that answer "database is locked" without waiting (a connection opening
+        while another one closes; seen once in CI with two engines and eight threads).
+        Every write here is one atomic statement that either happened or did not, so a
+        busy answer is retried a few times rather than turned into a 500 on a log-in.
+        """
+        for pause in (*self.BUSY_RETRIES, None):
+            try:
+                with self.engine.begin() as connection:
+                    result = connection.execute(statement)
+                    return result.returns_rows and result.first() is not None
+            except OperationalError as exc:
+                busy = not self._postgres and "locked" in str(exc.orig)
+                if pause is None or not busy:
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
     def _upsert(
         self,
         scope: str,
@@ -163,8 +188,7 @@ class DatabaseCounters:
             },
             where=expired | (t.count < limit),  # a full window is not written: refused
         ).returning(t.count)
-        with self.engine.begin() as connection:
-            counted = connection.execute(statement).first() is not None
+        counted = self._write(statement)
         self._purge(now)
         return counted and limit >= 1
 
@@ -183,16 +207,14 @@ class DatabaseCounters:
                 "expires_at": now + window,
             },
         )
-        with self.engine.begin() as connection:
-            connection.execute(statement)
+        self._write(statement)
         self._purge(now)
 
     def touch(self, scope: str, key: str, now: float, ttl: float) -> None:
         statement = self._upsert(
             scope, key, now, now + ttl, {"last_at": now, "expires_at": now + ttl}
         )
-        with self.engine.begin() as connection:
-            connection.execute(statement)
+        self._write(statement)
 
     def read(self, scope: str, key: str) -> Count | None:
         t = ThrottleCounter.__table__.c
@@ -206,17 +228,13 @@ class DatabaseCounters:
 
     def forget(self, scope: str, key: str) -> None:
         t = ThrottleCounter.__table__.c
-        with self.engine.begin() as connection:
-            connection.execute(
-                delete(ThrottleCounter).where(t.scope == scope, t.key == self._key(scope, key))
-            )
+        self._write(delete(ThrottleCounter).where(t.scope == scope, t.key == self._key(scope, key)))
 
     def _purge(self, now: float) -> None:
         if now - self._purged < self.PURGE_EVERY:
             return
         self._purged = now
-        with self.engine.begin() as connection:
-            connection.execute(delete(ThrottleCounter).where(ThrottleCounter.expires_at < now))
+        self._write(delete(ThrottleCounter).where(ThrottleCounter.expires_at < now))
 
 
 def database_counters(engine: Engine, settings: Settings) -> DatabaseCounters:
