@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,3 +118,18 @@ def log_in(page: Page, username: str, password: str) -> None:
     page.fill("input[name=username]", username)
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
+
+
+def wait_until(page: Page, expression: str, timeout: float = 20.0) -> None:
+    """Poll a JavaScript expression until it is truthy.
+
+    Not `page.wait_for_function`: when its first try is false it polls by evaluating the
+    string inside the page, which the console's CSP (no 'unsafe-eval') refuses, so it
+    failed whenever the camera was slower than the first try. `page.evaluate` goes
+    through the DevTools protocol, which the page's policy does not govern.
+    """
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still false after {timeout} s: {expression}")
+        time.sleep(0.05)

@@ -256,6 +256,45 @@ def test_open_alert_streams_close_after_disable(world: World) -> None:
         assert result.get("end_event") is True
 
 
+def test_an_alert_does_not_push_back_the_recheck() -> None:
+    """An alert arriving just before a recheck is due does not postpone it: each alert
+    used to restart a full wait, so a revoked stream stayed open up to twice as long
+    (seen once in CI: closed 10 s after the disable instead of 5)."""
+    import asyncio
+
+    from facecrm.alerts.bus import AlertBus
+    from facecrm.api.routes.agent import sse
+    from facecrm.crm.authz import Principal
+
+    class Open:  # the request: a client that never hangs up
+        async def is_disconnected(self) -> bool:
+            return False
+
+    recheck = 1.0
+
+    async def run() -> tuple[float, list[str]]:
+        bus = AlertBus()
+        staff = Principal("staff", "s1", "sam", "associate", frozenset({"store-1"}))
+        response = sse(bus, staff, Open(), lambda: False, recheck)  # type: ignore[arg-type]
+        chunks: list[str] = []
+
+        async def one_alert() -> None:
+            await asyncio.sleep(0.8 * recheck)
+            bus.publish("store-1", {"type": "alert", "id": 1})
+
+        opened = time.monotonic()  # revoked from the start: the first check must end it
+        publisher = asyncio.create_task(one_alert())
+        async for chunk in response.body_iterator:
+            chunks.append(chunk if isinstance(chunk, str) else bytes(chunk).decode())
+        await publisher
+        return time.monotonic() - opened, chunks
+
+    took, chunks = asyncio.run(run())
+    events = [c.split("\n")[0] for c in chunks[1:] if not c.startswith(": keep-alive")]
+    assert events == ["event: alert", "event: end"]
+    assert recheck <= took < 1.5 * recheck, took
+
+
 # -- item 10: one identification limit for staff -----------------------------------------
 
 JUNK = {"image": ("x.jpg", b"not a photo", "image/jpeg")}

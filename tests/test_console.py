@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from browser import new_context
+from browser import new_context, wait_until
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
@@ -109,7 +109,7 @@ def test_enroll_with_the_camera(page: Page, site: tuple[str, FaceCRM]) -> None:
     page.check("input[name=consent]")
     page.click("#start-camera")
     expect(page.locator("#take-photo")).to_be_enabled()
-    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    wait_until(page, "document.getElementById('video').videoWidth > 0")
     page.click("#take-photo")
     expect(page.locator("#photo-state")).to_contain_text("Photo taken")
     page.click("#submit")

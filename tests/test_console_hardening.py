@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from browser import log_in as send_log_in
-from browser import new_context, page_errors
+from browser import new_context, page_errors, wait_until
 from facecrm.config import Settings
 from facecrm.crm import accounts, activity, db
 from facecrm.crm.authz import SYSTEM
@@ -198,7 +198,7 @@ def test_every_console_page_has_the_csp_and_works_without_violations(
     page.check("input[name=consent]")
     page.click("#start-camera")
     expect(page.locator("#take-photo")).to_be_enabled()
-    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    wait_until(page, "document.getElementById('video').videoWidth > 0")
     page.click("#take-photo")
     expect(page.locator("#photo-state")).to_contain_text("Photo taken")
     page.click("#submit")
@@ -224,7 +224,7 @@ def test_the_policy_blocks_an_injected_inline_script(context: BrowserContext, si
            }"""
     )
     assert page.evaluate("window.injected === undefined")
-    page.wait_for_function("(sessionStorage.getItem('csp') || '').includes('script-src')")
+    wait_until(page, "(sessionStorage.getItem('csp') || '').includes('script-src')")
     assert any("Content Security Policy" in e for e in errors), errors
 
 

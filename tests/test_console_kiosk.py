@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from browser import new_context, page_errors
+from browser import new_context, page_errors, wait_until
 from facecrm.config import Settings
 from facecrm.crm import accounts, db, enrollment
 from facecrm.crm.authz import SYSTEM
@@ -146,7 +146,7 @@ def test_the_camera_photo_is_previewed_and_an_idle_kiosk_resets(page: Page, site
     page.check("input[name=consent]")
     page.click("#start-camera")
     expect(page.locator("#take-photo")).to_be_enabled()
-    page.wait_for_function("document.getElementById('video').videoWidth > 0")
+    wait_until(page, "document.getElementById('video').videoWidth > 0")
     page.click("#take-photo")
     expect(page.locator("#preview-box")).to_be_visible()
     assert page.evaluate("document.getElementById('preview').width") == 640
