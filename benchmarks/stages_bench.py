@@ -10,8 +10,10 @@
 * each embedder's cost per face: dlib's ResNet in dlib, the same network
   converted to ONNX (batch 1 and 8), SFace in OpenCV and in onnxruntime (its PRelu as
   shipped, and rewritten as facecrm serves it; batch 1 and 4);
-* the detector's downscale of a 1200x900 photo (one fractional INTER_AREA, kept: a
-  cheaper resampler moved a look-alike decision, see benchmarks/README.md);
+* the detector's downscale of a 900x1200 and a 3000x4000 portrait photo to 640 px: one
+  fractional INTER_AREA (before issue 12 item 4) against the integer box reduction +
+  bilinear facecrm runs since the cascade's floor margin absorbs its noise
+  (benchmarks/README.md, "Preprocessing noise");
 * 1:N search of one face in galleries of 1k and 100k templates (exact).
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from facecrm.config import configure
 from facecrm.gallery.gallery import Gallery
+from facecrm.vision import detect
 from facecrm.vision.detect import DlibHogDetector
 from facecrm.vision.embed import DlibResNetEmbedder, OnnxEmbedder, SFaceEmbedder, sface_onnx
 from facecrm.vision.image import read_image
@@ -142,15 +145,18 @@ def main() -> None:
         },
     )
 
-    photo = cv2.resize(chips[0], (900, 1200))
-    table(
-        "detector downscale, 1200x900 photo to 640 px",
-        {
-            "one INTER_AREA, fractional factor (facecrm)": per_call_ms(
-                lambda: cv2.resize(photo, (480, 640), interpolation=cv2.INTER_AREA), 50
-            ),
-        },
-    )
+    downscales = {}
+    for height, width in ((1200, 900), (4000, 3000)):
+        photo = cv2.resize(chips[0], (width, height))
+        scale = 640 / height
+        size = (round(width * scale), 640)
+        downscales[f"{width}x{height}: one INTER_AREA, fractional factor (before)"] = per_call_ms(
+            lambda p=photo, z=size: cv2.resize(p, z, interpolation=cv2.INTER_AREA), 20
+        )
+        downscales[f"{width}x{height}: box reduction + bilinear (facecrm)"] = per_call_ms(
+            lambda p=photo, f=scale: detect._downscale(p, f), 20
+        )
+    table("detector downscale to 640 px", downscales)
 
     rng = np.random.default_rng(0)
     query = onnx_resnet.embed(batch[:1])

@@ -103,11 +103,17 @@ def _downscale(image: Image, scale: float) -> Image:
     floor margin is sized for that noise (`gallery.cascade.CASCADE_FLOOR_MARGIN_Z`).
     """
     height, width = image.shape[:2]
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     factor = int(1.0 / scale)
     if factor >= 2:
+        # cropped to whole blocks (< `factor` pixels off the right and bottom edges, under
+        # one pixel of the detector's image) so OpenCV takes its exact-integer fast path:
+        # 4.2 -> 1.7 ms for a 2048x1536 photo; the rest keeps `scale` for mapping boxes back
+        height, width = height // factor * factor, width // factor * factor
         reduced = (width // factor, height // factor)
-        image = np.asarray(cv2.resize(image, reduced, interpolation=cv2.INTER_AREA), np.uint8)
+        image = np.asarray(
+            cv2.resize(image[:height, :width], reduced, interpolation=cv2.INTER_AREA), np.uint8
+        )
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(cv2.resize(image, size, interpolation=cv2.INTER_LINEAR), np.uint8)
 
 
