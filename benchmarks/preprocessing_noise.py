@@ -15,7 +15,9 @@ where the highest impostor pair lands.
 This is what `gallery.cascade.CASCADE_FLOOR_MARGIN_Z` is sized from: a threshold only
 float noise above the highest impostor seen (0.01) is crossed by that same pair once the
 pixels change a little. The second table is the price of each margin: genuine pairs of
-the set still at or above the floor.
+the set still at or above the floor. The third is each model alone at its own
+single-model threshold (`FACECRM_EMBEDDER=dlib` or `sface` without the cascade): its
+highest impostor pair and the impostor pairs it would accept under each preprocessing.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import math
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from statistics import NormalDist
 
 import cv2
 import numpy as np
@@ -36,8 +39,8 @@ from PIL import Image as PILImage
 from facecrm.config import Settings, configure
 from facecrm.eval import runner
 from facecrm.eval.runner import Embedded, embed_set
-from facecrm.gallery.cascade import CASCADE_FLOOR_MARGIN_Z
-from facecrm.gallery.threshold import load_cascade
+from facecrm.gallery.cascade import CASCADE_FLOOR_MARGIN_Z, FLOOR_MARGIN_Z
+from facecrm.gallery.threshold import load_calibration, load_cascade
 from facecrm.vision import detect, image
 
 from common import (
@@ -110,17 +113,28 @@ def main() -> None:
     assert cal is not None
     print(f"machine: {machine()}")
 
-    def scores(first: list[Embedded], second: list[Embedded]) -> np.ndarray:
+    def pair_scores(first: list[Embedded], second: list[Embedded]) -> np.ndarray:
+        """Per pair (upper triangle): dlib's similarity, SFace's, and g."""
         if any(e.template is None for e in first + second):
             raise SystemExit("a photo of the set has no face: this benchmark needs every pair")
         a = np.stack([e.template for e in first])  # type: ignore[misc]
         b = np.stack([e.template for e in second])  # type: ignore[misc]
-        z1 = (a @ a.T - cal.first.impostor_mean) / cal.first.impostor_std
-        z2 = (b @ b.T - cal.second.impostor_mean) / cal.second.impostor_std
-        return np.asarray(np.minimum(z1, z2)[np.triu_indices(len(a), 1)], np.float64)
+        upper = np.triu_indices(len(a), 1)
+        s1, s2 = (a @ a.T)[upper], (b @ b.T)[upper]
+        z1 = (s1 - cal.first.impostor_mean) / cal.first.impostor_std
+        z2 = (s2 - cal.second.impostor_mean) / cal.second.impostor_std
+        return np.asarray(np.stack([s1, s2, np.minimum(z1, z2)]), np.float64)
+
+    calibrations = {
+        "dlib": load_calibration(cal.first.model_id),
+        "SFace": load_calibration(cal.second.model_id),
+    }
+    singles = {m: c.threshold(FMR) for m, c in calibrations.items()}
+    alone: dict[str, np.ndarray] = {}
 
     shipped = _embed(root, settings)
-    g0 = scores(*shipped)
+    alone["as shipped"] = pair_scores(*shipped)
+    g0 = alone["as shipped"][2]
     ids = np.array([e.sample.identity for e in shipped[0]])
     names = [e.sample.path for e in shipped[0]]
     i, j = np.triu_indices(len(ids), 1)
@@ -147,7 +161,8 @@ def main() -> None:
             changed = settings
             if "640" in name:
                 changed = settings.model_copy(update={"decode_max_side": 640})
-            g = scores(*_embed(root, changed))
+            alone[name] = pair_scores(*_embed(root, changed))
+        g = alone[name][2]
         d = g - g0
         print(
             f"| {name} | {d[~genuine].std():.3f} | {np.percentile(abs(d[~genuine]), 99):.3f} | "
@@ -166,6 +181,37 @@ def main() -> None:
             f"| {margin:.2f}{shipped_mark} | {max(joint, floor):.3f} | "
             f"{int((g0[genuine] >= floor).sum())} of {int(genuine.sum())} |"
         )
+    print()
+    head = " | ".join(
+        f"{m} alone: highest impostor (threshold {t:.3f}) | impostor pairs accepted"
+        for m, t in singles.items()
+    )
+    print(f"| preprocessing | {head} |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, rows in alone.items():
+        cells = " | ".join(
+            f"{rows[k][~genuine].max():.3f} | {int((rows[k][~genuine] >= t).sum())}"
+            for k, t in enumerate(singles.values())
+        )
+        print(f"| {name} | {cells} |")
+    print()
+    print(
+        "| single-model floor margin (z) | "
+        + " | ".join(f"{m} threshold | {m} genuine pairs above" for m in calibrations)
+        + " |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: |")
+    shipped_rows = alone["as shipped"]
+    for margin in sorted({0.01, 0.05, 0.1, FLOOR_MARGIN_Z, 0.15, 0.2, 0.25}):
+        cells = []
+        for k, c in enumerate(calibrations.values()):
+            tail = c.impostor_mean + NormalDist().inv_cdf(1.0 - FMR) * c.impostor_std
+            t = max(tail, c.impostor_max + margin * c.impostor_std)
+            cells.append(
+                f"{t:.3f} | {int((shipped_rows[k][genuine] >= t).sum())} of {int(genuine.sum())}"
+            )
+        mark = " (shipped)" if margin == FLOOR_MARGIN_Z else ""
+        print(f"| {margin:.2f}{mark} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
