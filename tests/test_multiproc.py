@@ -133,14 +133,23 @@ def test_a_busy_sqlite_answer_is_retried_and_then_reported(tmp_path: Path) -> No
     threading.Timer(0.1, holder.rollback).start()  # ...for 0.1 s
     assert counters.take("lookup", "x", 2, 60, time.time())
     holder.execute("BEGIN IMMEDIATE")  # now for longer than the retries wait
+    patient = DatabaseCounters(  # waits 1 s for the lock, as busy_timeout does
+        create_engine(url, connect_args={"timeout": 1, "check_same_thread": False}), b"k"
+    )
     try:
         with pytest.raises(OperationalError, match="locked"):
             counters.take("lookup", "x", 2, 60, time.time())
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"):
+            patient.take("lookup", "x", 2, 60, time.time())
+        assert time.monotonic() - started < 1.9  # a busy answer that waited: no retry
     finally:
         holder.rollback()
-    assert counters.read("lookup", "x").count == 1  # the refused call counted nothing
+    count = counters.read("lookup", "x")
+    assert count is not None and count.count == 1  # the refused calls counted nothing
     holder.close()
     impatient.dispose()
+    patient.engine.dispose()
 
 
 def test_expired_counters_are_purged(database_url: str) -> None:

@@ -39,6 +39,14 @@ def test_group_scene_finds_every_face(pipeline: FacePipeline, load: Load) -> Non
     assert areas == sorted(areas, reverse=True)
 
 
+@pytest.mark.parametrize("shape", [(1, 2000), (2000, 1), (2, 3000), (3000, 2), (5, 4000)])
+def test_a_thin_image_finds_no_face_and_no_error(pipeline: FacePipeline, shape) -> None:  # type: ignore[no-untyped-def]
+    """The detector's box reduction never crops an image to nothing (a 2000x1 upload was
+    an OpenCV error, i.e. a 500, once the reduction cropped to whole blocks)."""
+    image = np.full((*shape, 3), 128, np.uint8)
+    assert pipeline.detector.detect(image) == []
+
+
 def test_same_person_is_closer_than_strangers(pipeline: FacePipeline, load: Load) -> None:
     def template(path: str) -> np.ndarray:
         return pipeline.faces(load(path))[0].template

@@ -140,7 +140,7 @@ class Settings(BaseSettings):
 
     # Face checkout (crm.payflow, docs/face-checkout.md). Operating point of the payment
     # match: a modelled joint false-match rate of the cascade, far stricter than recognition
-    # (1e-5 -> g >= 3.15 impostor z with the shipped calibration; 1e-3 -> 2.66)
+    # (1e-5 -> g >= 3.15 impostor z with the shipped calibration; 1e-3 -> 2.80)
     pay_target_fmr: float = Field(1e-5, gt=0, lt=1)
     # step-up (the phone's last 4 digits) when the customer's lead over the next customer is
     # below this (impostor z units of the cascade's score g; the calibration's ambiguity

@@ -9,7 +9,7 @@ Decision rules (why each is so):
 * **Whole gallery, stricter point.** A burst's faces are decided 1:N against the *whole*
   recognition gallery by the cascade (`gallery.cascade.decide`) at `pay_target_fmr`
   (1e-5: the cascade's calibrated impostor model puts the common threshold at g = 3.15
-  impostor z, against 2.66 for recognition's 1e-3; see the notes). Deciding among payment
+  impostor z, against 2.80 for recognition's 1e-3; see the notes). Deciding among payment
   customers only would let a close *non-payment* look-alike go unseen; here any second
   customer within the calibration's ambiguity margin declines `ambiguous_match`, and a
   face that is a customer without payment declines `not_enrolled_for_payment` (a stranger

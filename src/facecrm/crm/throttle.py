@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from sqlalchemy.sql import Executable
 
 from facecrm.config import Settings
 from facecrm.crm.models import ThrottleCounter
+
+log = logging.getLogger("facecrm.throttle")
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,8 @@ class DatabaseCounters:
     """
 
     PURGE_EVERY = 60.0
+    BUSY_RETRIES = (0.05, 0.2, 0.5)  # pauses before retrying an immediate "locked"
+    IMMEDIATE = 0.5  # s: a busy answer sooner than this did not wait `busy_timeout`
 
     def __init__(self, engine: Engine, secret: bytes) -> None:
         self.engine = engine
@@ -127,25 +132,27 @@ class DatabaseCounters:
     def _key(self, scope: str, key: str) -> str:
         return hmac.new(self._secret, f"{scope}\0{key}".encode(), hashlib.sha256).hexdigest()
 
-    BUSY_RETRIES = (0.05, 0.2, 0.5)
-
     def _write(self, statement: Executable) -> bool:
         """Run one write statement in its own transaction; True when it returned a row.
 
         SQLite waits `busy_timeout` for the write lock, but its WAL mode documents corner
         cases that answer "database is locked" without waiting (a connection opening
         while another one closes; seen once in CI with two engines and eight threads).
-        Every write here is one atomic statement that either happened or did not, so a
-        busy answer is retried a few times rather than turned into a 500 on a log-in.
+        Every write here is one atomic statement that either happened or did not, so such
+        an answer is retried a few times rather than turned into a 500 on a log-in. One
+        that came after waiting `busy_timeout` is not retried: the lock is really held,
+        and retrying would make the caller wait several timeouts.
         """
         for pause in (*self.BUSY_RETRIES, None):
+            started = time.monotonic()
             try:
                 with self.engine.begin() as connection:
                     result = connection.execute(statement)
                     return result.returns_rows and result.first() is not None
             except OperationalError as exc:
                 busy = not self._postgres and "locked" in str(exc.orig)
-                if pause is None or not busy:
+                waited = time.monotonic() - started >= self.IMMEDIATE
+                if pause is None or not busy or waited:
                     raise
                 time.sleep(pause)
         raise AssertionError("unreachable")
@@ -234,7 +241,11 @@ class DatabaseCounters:
         if now - self._purged < self.PURGE_EVERY:
             return
         self._purged = now
-        self._write(delete(ThrottleCounter).where(ThrottleCounter.expires_at < now))
+        try:  # housekeeping: the count this call made stands even if the purge waits
+            self._write(delete(ThrottleCounter).where(ThrottleCounter.expires_at < now))
+        except OperationalError:
+            self._purged = 0.0  # the next call tries again
+            log.warning("throttle counters: the purge of expired rows failed; retried later")
 
 
 def database_counters(engine: Engine, settings: Settings) -> DatabaseCounters:

@@ -96,18 +96,20 @@ class YuNetDetector:
 def _downscale(image: Image, scale: float) -> Image:
     """`image` at `scale` (< 1) for the detector: an integer box reduction, then bilinear.
 
-    `INTER_AREA` at a fractional factor was 5-13 ms of a photo's CPU; the integer box
+    `INTER_AREA` at a fractional factor cost as much as YuNet itself; the integer box
     average is OpenCV's fast path and leaves a factor between 1/2 and 1, where bilinear
-    does not alias. The detector's landmarks move by a fraction of a pixel against a
-    single `INTER_AREA`, which moves the cascade's g by preprocessing noise; the cascade's
-    floor margin is sized for that noise (`gallery.cascade.CASCADE_FLOOR_MARGIN_Z`).
+    does not alias (timings: benchmarks/README.md, "Per stage"). The detector's landmarks
+    move by a fraction of a pixel against a single `INTER_AREA`, which moves the cascade's
+    g by preprocessing noise; the cascade's floor margin is sized for that noise
+    (`gallery.cascade.CASCADE_FLOOR_MARGIN_Z`).
     """
     height, width = image.shape[:2]
-    factor = int(1.0 / scale)
+    # never more than the short side: a 2000x1 upload must not be cropped to nothing
+    factor = min(int(1.0 / scale), height, width)
     if factor >= 2:
         # cropped to whole blocks (< `factor` pixels off the right and bottom edges, under
-        # one pixel of the detector's image) so OpenCV takes its exact-integer fast path:
-        # 4.2 -> 1.7 ms for a 2048x1536 photo; the rest keeps `scale` for mapping boxes back
+        # one pixel of the detector's image) so OpenCV takes its exact-integer fast path;
+        # the rest keeps `scale`, by which boxes are mapped back
         height, width = height // factor * factor, width // factor * factor
         reduced = (width // factor, height // factor)
         image = np.asarray(
