@@ -24,13 +24,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import io
 import math
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from statistics import NormalDist
 
 import cv2
 import numpy as np
@@ -170,16 +168,16 @@ def main() -> None:
             f"{g[top]:.3f} ({d[top]:+.3f}) |"
         )
     print()
-    joint = dataclasses.replace(cal, impostor_max_z=-math.inf).threshold_z(FMR)  # no floor
+    joint = cal.threshold_z(FMR, -math.inf)  # no floor: the modelled tail alone
     print(f"(the modelled joint tail alone would put the threshold at g {joint:.3f})\n")
     print("| floor margin (z above the highest impostor) | threshold g | genuine pairs above |")
     print("| --- | ---: | ---: |")
     for margin in sorted({0.01, 0.1, CASCADE_FLOOR_MARGIN_Z, 0.2, 0.25, 0.3}):
-        floor = cal.impostor_max_z + margin
+        threshold = cal.threshold_z(FMR, margin)
         shipped_mark = " (shipped)" if margin == CASCADE_FLOOR_MARGIN_Z else ""
         print(
-            f"| {margin:.2f}{shipped_mark} | {max(joint, floor):.3f} | "
-            f"{int((g0[genuine] >= floor).sum())} of {int(genuine.sum())} |"
+            f"| {margin:.2f}{shipped_mark} | {threshold:.3f} | "
+            f"{int((g0[genuine] >= threshold).sum())} of {int(genuine.sum())} |"
         )
     print()
     head = " | ".join(
@@ -205,8 +203,7 @@ def main() -> None:
     for margin in sorted({0.01, 0.05, 0.1, FLOOR_MARGIN_Z, 0.15, 0.2, 0.25}):
         cells = []
         for k, c in enumerate(calibrations.values()):
-            tail = c.impostor_mean + NormalDist().inv_cdf(1.0 - FMR) * c.impostor_std
-            t = max(tail, c.impostor_max + margin * c.impostor_std)
+            t = c.threshold(FMR, margin)
             cells.append(
                 f"{t:.3f} | {int((shipped_rows[k][genuine] >= t).sum())} of {int(genuine.sum())}"
             )

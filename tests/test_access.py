@@ -5,6 +5,7 @@ Over a real HTTP server on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
@@ -20,10 +21,11 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from facecrm.api.routes.agent import RECHECK_SECONDS
+from facecrm.alerts.bus import AlertBus
+from facecrm.api.routes.agent import RECHECK_SECONDS, sse
 from facecrm.config import Settings
 from facecrm.crm import accounts, db
-from facecrm.crm.authz import SYSTEM
+from facecrm.crm.authz import SYSTEM, Principal
 from facecrm.crm.errors import LoginFailedError, LoginThrottledError
 from facecrm.crm.models import AgentEvent, AuditEvent, StaffUser
 from facecrm.crm.service import FaceCRM
@@ -260,11 +262,6 @@ def test_an_alert_does_not_push_back_the_recheck() -> None:
     """An alert arriving just before a recheck is due does not postpone it: each alert
     used to restart a full wait, so a revoked stream stayed open up to twice as long
     (seen once in CI: closed 10 s after the disable instead of 5)."""
-    import asyncio
-
-    from facecrm.alerts.bus import AlertBus
-    from facecrm.api.routes.agent import sse
-    from facecrm.crm.authz import Principal
 
     class Open:  # the request: a client that never hangs up
         async def is_disconnected(self) -> bool:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -26,7 +27,7 @@ from typing import TYPE_CHECKING
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -120,10 +121,6 @@ def test_a_busy_sqlite_answer_is_retried_and_then_reported(tmp_path: Path) -> No
 
     The counters' engine here waits 0 ms for the lock, so every busy answer is immediate.
     """
-    import sqlite3
-
-    from sqlalchemy import create_engine
-
     url = f"sqlite:///{tmp_path}/c.db"
     db.migrate(db.make_engine(url))
     impatient = create_engine(url, connect_args={"timeout": 0, "check_same_thread": False})

@@ -95,9 +95,10 @@ class CascadeCalibration:
     version: int = CASCADE_VERSION
     rule: str = RULE
 
-    def threshold_z(self, fmr: float) -> float:
-        """g at or above which a pair is accepted, for joint false-match rate `fmr`."""
-        return max(_joint_tail_z(fmr, self.rho), self.impostor_max_z + CASCADE_FLOOR_MARGIN_Z)
+    def threshold_z(self, fmr: float, margin_z: float = CASCADE_FLOOR_MARGIN_Z) -> float:
+        """g at or above which a pair is accepted, for joint false-match rate `fmr`
+        (`margin_z` other than the shipped one: for measuring what a margin costs)."""
+        return max(_joint_tail_z(fmr, self.rho), self.impostor_max_z + margin_z)
 
     def thresholds(self, fmr: float) -> tuple[float, float]:
         """Each stage's own similarity threshold (both must be reached)."""

@@ -66,12 +66,13 @@ class Calibration:
             source=source,
         )
 
-    def threshold(self, fmr: float) -> float:
-        """Similarity at or above which a pair is accepted, for false-match rate `fmr`."""
+    def threshold(self, fmr: float, margin_z: float = FLOOR_MARGIN_Z) -> float:
+        """Similarity at or above which a pair is accepted, for false-match rate `fmr`
+        (`margin_z` other than the shipped one: for measuring what a margin costs)."""
         if not 0.0 < fmr < 1.0:
             raise ValueError("the target false-match rate must be between 0 and 1")
         z = NormalDist().inv_cdf(1.0 - fmr)
-        floor = self.impostor_max + FLOOR_MARGIN_Z * self.impostor_std
+        floor = self.impostor_max + margin_z * self.impostor_std
         return max(self.impostor_mean + z * self.impostor_std, floor)
 
     def fmr_at(self, threshold: float) -> float:
