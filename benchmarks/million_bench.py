@@ -60,7 +60,7 @@ from facecrm.config import Settings, configure
 from facecrm.crm import accounts, db
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
-from facecrm.crm.gallery_store import bump_generation
+from facecrm.crm.gallery_store import bump_generation, ef_search_for
 from facecrm.crm.service import FaceCRM, Photo
 from facecrm.vision.image import read_image
 from sync_bench import add_customers
@@ -567,8 +567,12 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
                 )
                 - index_mb
             )
-            if args.ef_search:
-                crm.gallery.ef_search = args.ef_search  # type: ignore[attr-defined]
+            # the product's choice for this size unless --ef-search (set here: the store
+            # re-counts its rows once a minute, and this gallery grew in the last one)
+            templates = len(gallery.arrays()[1])
+            ef = args.ef_search or ef_search_for(templates)
+            crm.gallery.ef_search = ef  # type: ignore[attr-defined]
+            print(f"{templates:,} templates: hnsw.ef_search {ef}", flush=True)
             s = search(crm, gallery, pop, args.queries)
             product_ef = crm.gallery.ef_search  # type: ignore[attr-defined]
             for ef in args.ef_sweep:  # the same index searched with fewer candidates
@@ -702,7 +706,7 @@ def main() -> None:
     pop = calibrate(args.smoke, args.model_cache)
     sync_rows = []
     if args.sizes:
-        ef = args.ef_search or product.pgvector_hnsw_ef_search
+        ef = args.ef_search or product.pgvector_hnsw_ef_search or "by size (ef_search_for)"
         print(
             f"PostgreSQL + pgvector (hnsw.ef_search {ef}, m {args.hnsw_m}, "
             f"ef_construction {args.hnsw_ef_construction}), "

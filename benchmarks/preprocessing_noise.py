@@ -157,7 +157,7 @@ def main() -> None:
     for name, variant in variants.items():
         with variant:
             changed = settings
-            if "640" in name:
+            if name.startswith("JPEG decoded"):
                 changed = settings.model_copy(update={"decode_max_side": 640})
             alone[name] = pair_scores(*_embed(root, changed))
         g = alone[name][2]

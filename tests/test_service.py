@@ -9,12 +9,12 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from facecrm.config import Settings
-from facecrm.crm import customers, db
+from facecrm.crm import customers, db, gallery_store
 from facecrm.crm.authz import SYSTEM
 from facecrm.crm.consent_text import CURRENT
 from facecrm.crm.customers import ConsentGrant
 from facecrm.crm.errors import InvalidError
-from facecrm.crm.gallery_store import bump_generation
+from facecrm.crm.gallery_store import EF_SEARCH_MAX, bump_generation, ef_search_for
 from facecrm.crm.models import AuditEvent, Consent, Customer, FaceTemplate, Purpose
 from facecrm.crm.service import (
     ConsentError,
@@ -233,20 +233,38 @@ def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> Non
     assert any("gallery_hnsw_" in line for line in plan), plan
 
 
-def test_pgvector_searches_with_the_configured_ef_search(crm: FaceCRM, load: Load) -> None:
-    """`FACECRM_PGVECTOR_HNSW_EF_SEARCH` reaches the search (a chain with a small gallery
-    lowers it: pgvector's own CPU is most of an identify's cost on PostgreSQL)."""
+def test_pgvector_searches_with_the_configured_ef_search(
+    crm: FaceCRM, load: Load, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pgvector's `ef_search` follows the gallery's size (200 for a small one), and
+    `FACECRM_PGVECTOR_HNSW_EF_SEARCH` fixes it: pgvector's own CPU is most of an
+    identify's cost on PostgreSQL."""
     if crm.engine.dialect.name != "postgresql":
         pytest.skip("pgvector is the PostgreSQL gallery")
-    assert crm.settings.pgvector_hnsw_ef_search == 1000  # the default: 99% at 1M
-    crm.settings.pgvector_hnsw_ef_search = 40  # before the gallery is first used
+    assert crm.settings.pgvector_hnsw_ef_search is None  # the default: by size
     crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM)
     probe = crm.pipeline.faces(load("identities/rose_leslie/1.jpg"))[0].template
     assert probe is not None
+    for configured, used in ((None, "200"), (40, "40")):
+        crm.gallery.ef_search = configured  # type: ignore[attr-defined]
+        with crm.sessions() as session, session.begin():
+            found = crm.gallery.candidates(session, probe[None, :])
+            assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == used
+        assert found[0] and found[0][0].similarity > 0.99
+    # the size is the database's count of the model's rows: one template is more than
+    # a measured size of none, so a fresh store searches at the maximum
+    monkeypatch.setattr(gallery_store, "EF_SEARCH_BY_SIZE", ((0, 200),))
+    store = gallery_store.PgVectorGalleryStore(crm.model_id)
     with crm.sessions() as session, session.begin():
-        found = crm.gallery.candidates(session, probe[None, :])
-        assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == "40"
-    assert found[0] and found[0][0].similarity > 0.99
+        assert store.candidates(session, probe[None, :])[0][0].similarity > 0.99
+        assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == "1000"
+
+
+def test_ef_search_by_gallery_size_never_below_what_was_measured() -> None:
+    """Each value only up to the size its agreement was measured at; beyond, the maximum."""
+    assert ef_search_for(0) == ef_search_for(300_000) == 200
+    assert ef_search_for(300_001) == ef_search_for(1_000_000) == EF_SEARCH_MAX == 1000
+    assert ef_search_for(50_000_000) == 1000
 
 
 def test_consent_text_version_is_checked_by_the_service(crm: FaceCRM, load: Load) -> None:

@@ -71,10 +71,10 @@ class Settings(BaseSettings):
     pgvector_hnsw_m: int = Field(32, ge=2, le=100)
     pgvector_hnsw_ef_construction: int = Field(200, ge=4, le=1000)
     # candidates pgvector visits per search: the largest cost of an identify on PostgreSQL
-    # (its own CPU, beside ours). 1,000 (its maximum) is what 99% agreement with exact
-    # search took at 1M templates; a smaller gallery reaches it with less (measured per
-    # size in benchmarks/README.md, "A million templates"), so a chain may lower it
-    pgvector_hnsw_ef_search: int = Field(1000, ge=10, le=1000)
+    # (its own CPU, beside ours). Unset: by the gallery's size, at values whose agreement
+    # with exact search was measured (`crm.gallery_store.ef_search_for`: 200 up to 300k
+    # templates, 1,000 beyond); set, it is fixed
+    pgvector_hnsw_ef_search: int | None = Field(None, ge=10, le=1000)
 
     # Encryption at rest (see facecrm.crypto)
     master_key: str | None = None  # "key_id:base64(32 bytes)", comma-separated, last wraps

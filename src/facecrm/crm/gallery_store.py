@@ -15,6 +15,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -149,6 +150,27 @@ def _literal(vector: np.ndarray) -> str:
     return "[" + ",".join(f"{v:.7g}" for v in vector.tolist()) + "]"
 
 
+# pgvector's `hnsw.ef_search` by the model's template count, from the agreement of its
+# first customer with exact search for returning customers on the product's graph
+# (m 32 / ef_construction 200; benchmarks/README.md, "A million templates"). 200 gave
+# 99.4%, 99.3% and 99.7% at 100k, 200k and 300k templates (1,000 queries each; with an
+# earlier 99.4% at 100k: 99.45% of 4,000, 99.2% at two standard errors below);
+# 1,000 (pgvector's maximum) gave 99.6% at 1M. Agreement at a fixed ef_search falls as a
+# graph grows, so each value holds up to the largest size it was measured at, and
+# anything larger gets the maximum.
+EF_SEARCH_BY_SIZE = ((300_000, 200),)
+EF_SEARCH_MAX = 1000
+SIZE_RECHECK_SECONDS = 60.0
+
+
+def ef_search_for(templates: int) -> int:
+    """pgvector's `hnsw.ef_search` for a gallery of `templates` of one model."""
+    for size, ef_search in EF_SEARCH_BY_SIZE:
+        if templates <= size:
+            return ef_search
+    return EF_SEARCH_MAX
+
+
 class PgVectorGalleryStore:
     """pgvector search in PostgreSQL; nothing is held in the process.
 
@@ -157,23 +179,27 @@ class PgVectorGalleryStore:
     created the first time the process sees the model, which on an existing
     large table takes a while once.
 
-    `ef_search` 1,000 by default (pgvector's maximum; the `pgvector_hnsw_ef_search`
-    setting): on 100k synthetic templates calibrated on real dlib distributions
-    (benchmarks/million_bench.py), pgvector's index (m 16, ef_construction 64) put the
-    exact search's customer first for 97.4% of returning customers at 256 and 98.9-99.0%
-    at 512, below the 99% target, and agreement falls as the gallery grows. A miss makes a
-    returning customer "unknown", never someone else (the cascade and the margin judge
-    whoever is returned), but it is still a miss. So the graph is denser than pgvector's
-    default (`m`, `ef_construction` from the settings, 32 and 200): 99.6% at 1M templates,
-    where 16 / 64 gave 94.7%. The search is PostgreSQL's CPU, not ours: on PostgreSQL it
-    is the larger part of an identify's cost (benchmarks/README.md).
+    `ef_search` (how many candidates pgvector visits) follows the gallery's size unless
+    the `pgvector_hnsw_ef_search` setting fixes it (`ef_search_for`): pgvector's search is
+    PostgreSQL's CPU, not ours, and at the old fixed 1,000 it was the larger part of an
+    identify's cost on PostgreSQL (benchmarks/README.md). A miss makes a returning
+    customer "unknown", never someone else (the cascade and the margin judge whoever is
+    returned), but it is still a miss, so each value is used only up to the size at which
+    its agreement with exact search was measured. The graph is denser than pgvector's
+    default (`m`, `ef_construction` from the settings, 32 and 200): 99.6% at 1M
+    templates, where 16 / 64 gave 94.7%.
     """
 
     def __init__(
-        self, model_id: str, ef_search: int = 1000, m: int = 32, ef_construction: int = 200
+        self,
+        model_id: str,
+        ef_search: int | None = None,
+        m: int = 32,
+        ef_construction: int = 200,
     ) -> None:
         self.model_id = model_id
-        self.ef_search = ef_search
+        self.ef_search = ef_search  # None: by the gallery's size
+        self._size: tuple[float, int] | None = None  # (monotonic time, templates)
         # pgvector wants ef_construction >= 2 m
         self.m, self.ef_construction = m, max(ef_construction, 2 * m)
         self._indexed: set[int] = set()
@@ -216,11 +242,30 @@ class PgVectorGalleryStore:
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
         return assign(self.candidates(session, queries), threshold)
 
+    def _ef_search(self, session: Session) -> int:
+        """The configured `ef_search`, or the one for this model's templates now.
+
+        The count scans the model's index (125 ms at 1M rows, one core), so each process
+        re-counts at most every `SIZE_RECHECK_SECONDS` (0.2% of a core at 1M, and one
+        identification a minute waits for it): a gallery does not outgrow a measured size
+        in a minute, and a stale count errs for one period at most.
+        """
+        if self.ef_search is not None:
+            return int(self.ef_search)
+        now = time.monotonic()
+        if self._size is None or now - self._size[0] > SIZE_RECHECK_SECONDS:
+            templates = session.execute(
+                text("SELECT count(*) FROM gallery_vectors WHERE model_id = :m"),
+                {"m": self.model_id},
+            ).scalar_one()
+            self._size = (now, int(templates))
+        return ef_search_for(self._size[1])
+
     def candidates(self, session: Session, queries: Vectors) -> list[list[Candidate]]:
         queries = np.asarray(queries, dtype=np.float32)
         dim = queries.shape[1]
         self._ensure_index(session, dim)
-        session.execute(text(f"SET LOCAL hnsw.ef_search = {int(self.ef_search)}"))
+        session.execute(text(f"SET LOCAL hnsw.ef_search = {self._ef_search(session)}"))
         distance = f"embedding::vector({dim}) <#> CAST(:q AS vector({dim}))"
         per_face = []
         for query in queries:
