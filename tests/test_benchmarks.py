@@ -46,6 +46,11 @@ EXPECTED: dict[str, tuple[str, ...]] = {
     "decode_bench.py": ("| idle RSS MB | peak above idle MB |", "| float-6300.tiff | 422"),
     "embedder_compare.py": ("| embedder | genuine / impostor pairs |", "| fused (dlib + sface"),
     "served_cascade_bench.py": ("| path | photos | faces named |", "| cascade, strangers |"),
+    "int8_study.py": (
+        "| model | chips for the ranges | float32 ms / chip | int8 ms / chip |",
+        "| none | float32 ~ float32 | 0.000 | 0.000 |",
+        "| dlib + SFace | float32 ~ int8 |",
+    ),
     "million_bench.py": (
         "| dlib | synthetic, fitted |",
         "| 2,000 (667) |",  # a PostgreSQL and a SQLite row

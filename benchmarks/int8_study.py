@@ -1,0 +1,245 @@
+"""Would int8 recognition models halve an identification's CPU, and at what price?
+
+    python benchmarks/int8_study.py           # ../shared/faces
+    python benchmarks/int8_study.py --smoke   # tests/data, about a minute (a test runs it)
+
+Issue 12 item 4 asks to halve the CPU of `/identify`; after the cheaper decoder and
+detector input, what is left is mostly the two networks in float32 (benchmarks/README.md,
+"Where the CPU of a request goes"). onnxruntime's static quantization is the usual next
+step, so this measures it on the product's own models: dlib's ResNet and SFace, quantized
+per channel (int8 weights, uint8 activations, QDQ: onnxruntime's QOperator form gave SFace
+templates unrelated to its float32 ones, cosine ~0.1), their activation ranges
+calibrated on chips of photos *outside* the threshold calibration set (scenes/,
+more/expressions/ and every 15th frame of video/).
+
+Reported, on the calibration set (identities + more/identities + distractors, the set the
+shipped thresholds come from): milliseconds per chip in float32 and int8 (one thread);
+how close each int8 template is to its float32 one; and the decisions at the shipped
+thresholds with dlib, or both models, in int8 — the cascade's g (impostor pairs accepted,
+genuine pairs kept, how far g moves, the highest impostor) and each model alone.
+"int8 ~ int8" is a new chain; "float32 gallery ~ int8 probe" is an existing chain that
+switches: its templates stay as enrolled (there are no photos to re-embed), so every
+comparison is across the two. For those, an impostor pair counts with the higher of its
+two directions and a genuine pair with the lower: the worst case of each. Nothing of this
+is shipped; benchmarks/README.md says why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quantize_static,
+)
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from facecrm.config import Settings, configure
+from facecrm.eval.runner import scan
+from facecrm.gallery.cascade import CASCADE_FLOOR_MARGIN_Z
+from facecrm.gallery.threshold import load_calibration, load_cascade
+from facecrm.vision.embed import SFACE_FP32, OnnxEmbedder
+from facecrm.vision.image import read_image
+from facecrm.vision.onnx_models import ort_session
+from facecrm.vision.pipeline import FacePipeline, build_pipeline
+from facecrm.vision.types import Image
+
+from common import (
+    faces_dir,
+    identity_tree_with_distractors,
+    link_model_cache,
+    machine,
+    smoke_faces,
+)
+
+FMR = 1e-3
+DLIB_ONNX = "dlib_face_recognition_resnet_model_v1.onnx"
+
+
+def calibration_images(faces: Path, settings: Settings, every: int) -> list[Image]:
+    """Photos and video frames that are not in the threshold calibration set."""
+    files = sorted((faces / "scenes").glob("*.jpg"))
+    files += sorted((faces / "more" / "expressions").rglob("*.jpg"))
+    images = [read_image(f, settings) for f in files]
+    video = cv2.VideoCapture(str(faces / "video" / "short_hamilton_clip.mp4"))
+    index = 0
+    while True:
+        ok, frame = video.read()
+        if not ok:
+            break
+        if index % every == 0:
+            images.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        index += 1
+    return images
+
+
+def network_input(pipeline: FacePipeline, chips: list[Image]) -> np.ndarray:
+    """The embedder's input for `chips` (its own normalisation, NCHW float32)."""
+    embedder = pipeline.embedder
+    assert isinstance(embedder, OnnxEmbedder)
+    batch = (np.stack(chips).astype(np.float32) - embedder.mean) / embedder.std
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+def quantize(source: Path, target: Path, inputs: list[np.ndarray]) -> None:
+    """`source` quantized to int8 with activation ranges from `inputs` (one chip each)."""
+    name = ort_session(source).get_inputs()[0].name
+    feeds = iter([{name: x[None]} for x in inputs])
+
+    class Reader(CalibrationDataReader):
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(feeds, None)
+
+    prepared = target.with_suffix(".prepared.onnx")
+    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(target),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        weight_type=QuantType.QInt8,
+        activation_type=QuantType.QUInt8,
+        per_channel=True,
+    )
+
+
+def ms_per_chip(session: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
+    name = session.get_inputs()[0].name
+    for _ in range(3):
+        session.run(None, {name: x})
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            session.run(None, {name: x})
+        runs.append((time.perf_counter() - start) / repeat * 1000)
+    return float(np.median(runs))
+
+
+def embed(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
+    name = session.get_inputs()[0].name
+    out = np.concatenate([session.run(None, {name: x[None]})[0] for x in inputs])
+    return np.asarray(out / np.linalg.norm(out, axis=1, keepdims=True), np.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="tests/data, about a minute")
+    parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
+    args = parser.parse_args()
+    faces = smoke_faces() if args.smoke else faces_dir()
+    data_dir = Path(tempfile.mkdtemp(prefix="facecrm-int8-"))
+    link_model_cache(data_dir, args.model_cache)
+    settings = configure(data_dir=data_dir)
+    pipelines = {
+        "dlib": build_pipeline(settings),
+        "SFace": build_pipeline(settings.model_copy(update={"embedder": "sface"})),
+    }
+    models = {"dlib": DLIB_ONNX, "SFace": SFACE_FP32}
+    print(f"machine: {machine()}; onnxruntime {ort.__version__}")
+
+    root = identity_tree_with_distractors(faces, more=True)
+    samples = scan(root)
+    set_images = [read_image(root / s.path, settings) for s in samples]
+    quant_images = calibration_images(faces, settings, every=60 if args.smoke else 15)
+    sessions: dict[str, dict[str, ort.InferenceSession]] = {}
+    inputs: dict[str, np.ndarray] = {}
+    print(
+        f"{len(samples)} photos in the calibration set; int8 ranges from "
+        f"{len(quant_images)} other photos and frames\n"
+    )
+    print("| model | chips for the ranges | float32 ms / chip | int8 ms / chip | int8 ~ float32 template cosine, min / mean |")  # noqa: E501
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for label, pipeline in pipelines.items():
+        chips = [f.chip for im in quant_images for f in pipeline.faces(im, embed=False)]
+        largest = []
+        for im in set_images:
+            found = pipeline.faces(im, embed=False)
+            if not found:
+                raise SystemExit("a photo of the set has no face: this study needs every pair")
+            largest.append(found[0].chip)
+        source = settings.cache_dir / "models" / models[label]
+        target = data_dir / f"{label}.int8.onnx"
+        quantize(source, target, list(network_input(pipeline, chips)))  # type: ignore[arg-type]
+        sessions[label] = {"float32": ort_session(source), "int8": ort_session(target)}
+        inputs[label] = network_input(pipeline, largest)  # type: ignore[arg-type]
+        one = inputs[label][:1]
+        repeat = 5 if args.smoke else 40
+        fp32_ms = ms_per_chip(sessions[label]["float32"], one, repeat)
+        int8_ms = ms_per_chip(sessions[label]["int8"], one, repeat)
+        a, b = (embed(sessions[label][k], inputs[label]) for k in ("float32", "int8"))
+        cosine = (a * b).sum(axis=1)
+        print(
+            f"| {label} | {len(chips)} | {fp32_ms:.2f} | {int8_ms:.2f} | "
+            f"{cosine.min():.4f} / {cosine.mean():.4f} |"
+        )
+
+    cal = load_cascade("dlib-resnet-v1")
+    assert cal is not None
+    threshold = cal.threshold_z(FMR, CASCADE_FLOOR_MARGIN_Z)
+    singles = [load_calibration(m.model_id).threshold(FMR) for m in (cal.first, cal.second)]
+    templates = {
+        (label, kind): embed(sessions[label][kind], inputs[label])
+        for label in sessions
+        for kind in ("float32", "int8")
+    }
+    ids = np.array([s.identity for s in samples])
+    i, j = np.triu_indices(len(ids), 1)
+    genuine = ids[i] == ids[j]
+
+    def scores(gallery: dict[str, str], probe: dict[str, str]) -> list[np.ndarray]:
+        """Per pair: dlib's similarity, SFace's, and g (worst direction for each kind)."""
+        rows = []
+        for label in ("dlib", "SFace"):
+            full = templates[(label, gallery[label])] @ templates[(label, probe[label])].T
+            ab, ba = full[i, j], full[j, i]
+            rows.append(np.where(genuine, np.minimum(ab, ba), np.maximum(ab, ba)))
+        z1 = (rows[0] - cal.first.impostor_mean) / cal.first.impostor_std
+        z2 = (rows[1] - cal.second.impostor_mean) / cal.second.impostor_std
+        return [*rows, np.minimum(z1, z2)]
+
+    float32 = {"dlib": "float32", "SFace": "float32"}
+    g0 = scores(float32, float32)[2]
+    print(
+        f"\ncascade threshold g {threshold:.3f}; alone: dlib {singles[0]:.3f}, "
+        f"SFace {singles[1]:.3f}; {int((~genuine).sum())} impostor and "
+        f"{int(genuine.sum())} genuine pairs\n"
+    )
+    print(
+        "| int8 models | gallery ~ probe | impostor Δg sd | impostor |Δg| max "
+        "| highest impostor g | impostor pairs accepted | genuine pairs kept "
+        "| dlib alone: impostors accepted / genuine kept "
+        "| SFace alone: impostors accepted / genuine kept |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    cases = [("none", float32, float32)]
+    for which in (("dlib",), ("dlib", "SFace")):
+        int8 = {m: "int8" if m in which else "float32" for m in ("dlib", "SFace")}
+        cases += [(" + ".join(which), int8, int8), (" + ".join(which), float32, int8)]
+    for name, gallery, probe in cases:
+        dlib, sface, g = scores(gallery, probe)
+        d = g - g0
+        kind = "int8 ~ int8" if gallery == probe else "float32 ~ int8"
+        if name == "none":
+            kind = "float32 ~ float32"
+        alone = " | ".join(
+            f"{int((s[~genuine] >= t).sum())} / {int((s[genuine] >= t).sum())}"
+            for s, t in ((dlib, singles[0]), (sface, singles[1]))
+        )
+        print(
+            f"| {name} | {kind} | {d[~genuine].std():.3f} | {abs(d[~genuine]).max():.3f} | "
+            f"{g[~genuine].max():.3f} | {int((g[~genuine] >= threshold).sum())} | "
+            f"{int((g[genuine] >= threshold).sum())} of {int(genuine.sum())} | {alone} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
