@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 import numpy as np
 
@@ -272,3 +273,17 @@ def build_hnsw(crm: Any, maintenance_work_mem: str, dim: int = 128) -> tuple[flo
             )
         ).scalar_one()
     return built, float(size) / 2**20
+
+
+def video_frames(path: Path, every: int = 5) -> list[np.ndarray]:
+    """Every `every`-th frame of a video, RGB."""
+    capture = cv2.VideoCapture(str(path))
+    frames, n = [], 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if n % every == 0:
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+        n += 1
+    return frames

@@ -22,7 +22,6 @@ import itertools
 import tempfile
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from facecrm.config import configure
@@ -36,20 +35,8 @@ from common import (
     link_model_cache,
     machine,
     smoke_faces,
+    video_frames,
 )
-
-
-def video_frames(path: Path, every: int = 5) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
-    frames, n = [], 0
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        if n % every == 0:
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        n += 1
-    return frames
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.quantization import (
@@ -58,6 +57,7 @@ from common import (
     link_model_cache,
     machine,
     smoke_faces,
+    video_frames,
 )
 
 FMR = 1e-3
@@ -69,15 +69,7 @@ def calibration_images(faces: Path, settings: Settings, every: int) -> list[Imag
     files = sorted((faces / "scenes").glob("*.jpg"))
     files += sorted((faces / "more" / "expressions").rglob("*.jpg"))
     images = [read_image(f, settings) for f in files]
-    video = cv2.VideoCapture(str(faces / "video" / "short_hamilton_clip.mp4"))
-    index = 0
-    while True:
-        ok, frame = video.read()
-        if not ok:
-            break
-        if index % every == 0:
-            images.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-        index += 1
+    images += video_frames(faces / "video" / "short_hamilton_clip.mp4", every)
     return images
 
 
@@ -156,7 +148,10 @@ def main() -> None:
         f"{len(samples)} photos in the calibration set; int8 ranges from "
         f"{len(quant_images)} other photos and frames\n"
     )
-    print("| model | chips for the ranges | float32 ms / chip | int8 ms / chip | int8 ~ float32 template cosine, min / mean |")  # noqa: E501
+    print(
+        "| model | chips for the ranges | float32 ms / chip | int8 ms / chip "
+        "| int8 ~ float32 template cosine, min / mean |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, pipeline in pipelines.items():
         chips = [f.chip for im in quant_images for f in pipeline.faces(im, embed=False)]
