@@ -692,6 +692,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tests/data, 2,000 templates")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")
     args = parser.parse_args()
+    args.ef_search = args.ef_search or product.pgvector_hnsw_ef_search  # the environment's
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # stop the servers on the way out
     if args.smoke:
         global SAMPLE_PEOPLE
@@ -706,7 +707,7 @@ def main() -> None:
     pop = calibrate(args.smoke, args.model_cache)
     sync_rows = []
     if args.sizes:
-        ef = args.ef_search or product.pgvector_hnsw_ef_search or "by size (ef_search_for)"
+        ef = args.ef_search or "by size (ef_search_for)"
         print(
             f"PostgreSQL + pgvector (hnsw.ef_search {ef}, m {args.hnsw_m}, "
             f"ef_construction {args.hnsw_ef_construction}), "

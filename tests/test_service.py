@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -234,30 +235,48 @@ def test_pgvector_search_can_use_the_hnsw_index(crm: FaceCRM, load: Load) -> Non
 
 
 def test_pgvector_searches_with_the_configured_ef_search(
-    crm: FaceCRM, load: Load, monkeypatch: pytest.MonkeyPatch
+    crm: FaceCRM, load: Load, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """pgvector's `ef_search` follows the gallery's size (200 for a small one), and
-    `FACECRM_PGVECTOR_HNSW_EF_SEARCH` fixes it: pgvector's own CPU is most of an
-    identify's cost on PostgreSQL."""
+    """pgvector's `ef_search` follows the gallery's size, counted in the database and
+    re-counted once a minute, and `FACECRM_PGVECTOR_HNSW_EF_SEARCH` fixes it (a value below
+    the size's is logged): pgvector's own CPU is most of an identify's cost on PostgreSQL."""
     if crm.engine.dialect.name != "postgresql":
         pytest.skip("pgvector is the PostgreSQL gallery")
     assert crm.settings.pgvector_hnsw_ef_search is None  # the default: by size
     crm.enroll("Rose", [_photo(load, "identities/rose_leslie/1.jpg")], CURRENT, "kiosk", SYSTEM)
     probe = crm.pipeline.faces(load("identities/rose_leslie/1.jpg"))[0].template
     assert probe is not None
-    for configured, used in ((None, "200"), (40, "40")):
-        crm.gallery.ef_search = configured  # type: ignore[attr-defined]
+
+    def searched_with() -> str:
         with crm.sessions() as session, session.begin():
             found = crm.gallery.candidates(session, probe[None, :])
-            assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == used
-        assert found[0] and found[0][0].similarity > 0.99
-    # the size is the database's count of the model's rows: one template is more than
-    # a measured size of none, so a fresh store searches at the maximum
-    monkeypatch.setattr(gallery_store, "EF_SEARCH_BY_SIZE", ((0, 200),))
-    store = gallery_store.PgVectorGalleryStore(crm.model_id)
-    with crm.sessions() as session, session.begin():
-        assert store.candidates(session, probe[None, :])[0][0].similarity > 0.99
-        assert session.execute(text("SHOW hnsw.ef_search")).scalar_one() == "1000"
+            assert found[0] and found[0][0].similarity > 0.99
+            return str(session.execute(text("SHOW hnsw.ef_search")).scalar_one())
+
+    assert searched_with() == "200"  # a small gallery
+    # one template is measured, two are above the (patched) measured size: re-counted
+    # only when the minute is over
+    monkeypatch.setattr(gallery_store, "EF_SEARCH_BY_SIZE", ((1, 200),))
+    clock = [0.0]
+    monkeypatch.setattr(gallery_store, "_now", lambda: clock[0])
+    crm.__dict__.pop("gallery")  # a new process's store
+    assert searched_with() == "200"
+    crm.enroll("Kit", [_photo(load, "identities/kit_harington/1.jpg")], CURRENT, "kiosk", SYSTEM)
+    clock[0] += gallery_store.SIZE_RECHECK_SECONDS - 1
+    assert searched_with() == "200"
+    clock[0] += 2
+    assert searched_with() == "1000"
+    # the setting reaches the store and wins; below the size's value it is logged once
+    crm.settings.pgvector_hnsw_ef_search = 40
+    crm.__dict__.pop("gallery")
+    with caplog.at_level(logging.WARNING, logger="facecrm.gallery"):
+        assert searched_with() == "40"
+        assert searched_with() == "40"
+    assert [r.getMessage() for r in caplog.records].count(
+        "FACECRM_PGVECTOR_HNSW_EF_SEARCH=40 is below 1000, the value measured for a gallery "
+        "of 2 templates: returning customers may be missed (unset it to follow the "
+        "gallery's size)"
+    ) == 1
 
 
 def test_ef_search_by_gallery_size_never_below_what_was_measured() -> None:

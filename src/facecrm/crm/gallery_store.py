@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import threading
@@ -38,6 +39,8 @@ from facecrm.gallery.gallery import (
 )
 from facecrm.gallery.index import HnswIndex, Vectors
 from facecrm.keys import derived_key
+
+log = logging.getLogger("facecrm.gallery")
 
 Row = tuple[int, str, np.ndarray]
 """A template for search: (template id, customer id, plaintext unit vector)."""
@@ -152,15 +155,16 @@ def _literal(vector: np.ndarray) -> str:
 
 # pgvector's `hnsw.ef_search` by the model's template count, from the agreement of its
 # first customer with exact search for returning customers on the product's graph
-# (m 32 / ef_construction 200; benchmarks/README.md, "A million templates"). 200 gave
-# 99.4%, 99.3% and 99.7% at 100k, 200k and 300k templates (1,000 queries each; with an
-# earlier 99.4% at 100k: 99.45% of 4,000, 99.2% at two standard errors below);
-# 1,000 (pgvector's maximum) gave 99.6% at 1M. Agreement at a fixed ef_search falls as a
-# graph grows, so each value holds up to the largest size it was measured at, and
-# anything larger gets the maximum.
+# (m 32 / ef_construction 200, built after a bulk load; benchmarks/README.md, "A million
+# templates"): 200 gave 99.4% at 100k (twice), 99.3% at 200k and 99.7% at 300k templates
+# (1,000 queries each: a standard error of ~0.25 points, so on the target, not with a
+# margin); 1,000 (pgvector's maximum) gave 99.6% at 1M. Agreement at a fixed ef_search
+# falls as a graph grows, so each value holds up to the largest size it was measured at,
+# and anything larger gets the maximum. A miss is an "unknown" returning customer.
 EF_SEARCH_BY_SIZE = ((300_000, 200),)
 EF_SEARCH_MAX = 1000
 SIZE_RECHECK_SECONDS = 60.0
+_now = time.monotonic  # the recount's clock (a test moves it)
 
 
 def ef_search_for(templates: int) -> int:
@@ -200,6 +204,8 @@ class PgVectorGalleryStore:
         self.model_id = model_id
         self.ef_search = ef_search  # None: by the gallery's size
         self._size: tuple[float, int] | None = None  # (monotonic time, templates)
+        self._counting = threading.Lock()
+        self._warned = False
         # pgvector wants ef_construction >= 2 m
         self.m, self.ef_construction = m, max(ef_construction, 2 * m)
         self._indexed: set[int] = set()
@@ -245,21 +251,38 @@ class PgVectorGalleryStore:
     def _ef_search(self, session: Session) -> int:
         """The configured `ef_search`, or the one for this model's templates now.
 
-        The count scans the model's index (125 ms at 1M rows, one core), so each process
-        re-counts at most every `SIZE_RECHECK_SECONDS` (0.2% of a core at 1M, and one
-        identification a minute waits for it): a gallery does not outgrow a measured size
-        in a minute, and a stale count errs for one period at most.
+        The count scans the model's index, linear in its rows, so each process re-counts at
+        most every `SIZE_RECHECK_SECONDS`, one thread at a time while the others go on with
+        the last count: a gallery does not outgrow a measured size in a minute. A fixed
+        value below the size's is kept (the operator's choice) and logged once.
         """
-        if self.ef_search is not None:
-            return int(self.ef_search)
-        now = time.monotonic()
-        if self._size is None or now - self._size[0] > SIZE_RECHECK_SECONDS:
-            templates = session.execute(
-                text("SELECT count(*) FROM gallery_vectors WHERE model_id = :m"),
-                {"m": self.model_id},
-            ).scalar_one()
-            self._size = (now, int(templates))
-        return ef_search_for(self._size[1])
+        now = _now()
+        stale = self._size is None or now - self._size[0] > SIZE_RECHECK_SECONDS
+        # the first count is waited for; later ones are taken by one thread only
+        if stale and self._counting.acquire(blocking=self._size is None):
+            try:
+                templates = session.execute(
+                    text("SELECT count(*) FROM gallery_vectors WHERE model_id = :m"),
+                    {"m": self.model_id},
+                ).scalar_one()
+                self._size = (now, int(templates))
+            finally:
+                self._counting.release()
+        assert self._size is not None
+        wanted = ef_search_for(self._size[1])
+        if self.ef_search is None:
+            return wanted
+        if self.ef_search < wanted and not self._warned:
+            self._warned = True
+            log.warning(
+                "FACECRM_PGVECTOR_HNSW_EF_SEARCH=%d is below %d, the value measured for a "
+                "gallery of %d templates: returning customers may be missed (unset it to "
+                "follow the gallery's size)",
+                self.ef_search,
+                wanted,
+                self._size[1],
+            )
+        return int(self.ef_search)
 
     def candidates(self, session: Session, queries: Vectors) -> list[list[Candidate]]:
         queries = np.asarray(queries, dtype=np.float32)
