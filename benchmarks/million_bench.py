@@ -20,7 +20,9 @@
    HNSW index; at each size of `--sizes` (cumulative) the product's own index
    (`PgVectorGalleryStore`, the product's m and ef_construction unless `--hnsw-m` /
    `--hnsw-ef-construction` say otherwise) is built after the load, with
-   `maintenance_work_mem` large enough for the graph to be built in memory.
+   `maintenance_work_mem` large enough for the graph to be built in memory; with
+   `--grown-index` the graph is kept through the load instead and grows insert by insert,
+   as a running chain's does (its "index build" is then part of the fill).
 3. At each size: search of one face through `PgVectorGalleryStore.candidates` (the
    identify path: the product's ef_search or `--ef-search`, one query per transaction;
    `--ef-sweep` searches the same index again with other values), p50/p95; rank-1 customer
@@ -547,7 +549,8 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
         crm = FaceCRM(settings, migrate=True)
         t = time.perf_counter()
         key, gallery = start(crm, faces, pop)
-        drop_hnsw(crm)
+        if not args.grown_index:
+            drop_hnsw(crm)
         filled = time.perf_counter() - t
         for size in args.sizes:
             t = time.perf_counter()
@@ -688,6 +691,12 @@ def main() -> None:
     parser.add_argument("--hnsw-m", type=int, default=product.pgvector_hnsw_m)
     parser.add_argument(
         "--hnsw-ef-construction", type=int, default=product.pgvector_hnsw_ef_construction
+    )
+    parser.add_argument(
+        "--grown-index",
+        action="store_true",
+        help="keep pgvector's graph during the load, grown insert by insert as a live chain's"
+        " is (slow), instead of building it once after each load",
     )
     parser.add_argument("--smoke", action="store_true", help="tests/data, 2,000 templates")
     parser.add_argument("--model-cache", type=Path, help="reuse converted models from here")

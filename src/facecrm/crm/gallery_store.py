@@ -155,8 +155,9 @@ def _literal(vector: np.ndarray) -> str:
 
 # pgvector's `hnsw.ef_search` by the model's template count, from the agreement of its
 # first customer with exact search for returning customers on the product's graph
-# (m 32 / ef_construction 200, built after a bulk load; benchmarks/README.md, "A million
-# templates"): 200 gave 99.4% at 100k (twice), 99.3% at 200k and 99.7% at 300k templates
+# (m 32 / ef_construction 200; benchmarks/README.md, "A million templates"): 200 gave
+# 99.4% at 100k (on two bulk-built graphs and one grown insert by insert, as a chain's
+# is), 99.3% at 200k and 99.7% at 300k templates
 # (1,000 queries each: a standard error of ~0.25 points, so on the target, not with a
 # margin); 1,000 (pgvector's maximum) gave 99.6% at 1M. Agreement at a fixed ef_search
 # falls as a graph grows, so each value holds up to the largest size it was measured at,
