@@ -147,12 +147,15 @@
     if (!form.hidden) idleTimer = setTimeout(() => welcome(""), idleMs);
   }
 
-  document.getElementById("begin").addEventListener("click", () => {
+  const begin = document.getElementById("begin");
+  begin.addEventListener("click", () => {
     welcomeScreen.hidden = true;
     form.hidden = false;
     thanks.textContent = "";
     touched();
   });
+  // the page renders "Start" disabled: a tap before this script ran would do nothing
+  begin.disabled = false;
   document.getElementById("cancel").addEventListener("click", () => welcome(""));
   for (const kind of ["input", "change", "pointerdown", "keydown"]) {
     form.addEventListener(kind, touched);
