@@ -13,8 +13,9 @@ calibrated on chips of photos *outside* the threshold calibration set (scenes/,
 more/expressions/ and every 15th frame of video/).
 
 Reported, on the calibration set (identities + more/identities + distractors, the set the
-shipped thresholds come from): milliseconds per chip in float32 and int8 (one thread);
-how close each int8 template is to its float32 one; and the decisions at the shipped
+shipped thresholds come from): milliseconds per chip in float32 and int8, through the
+product's `OnnxEmbedder.embed` (one thread); how close each int8 template is to its
+float32 one; and the decisions at the shipped
 thresholds with dlib, or both models, in int8 — the cascade's g (impostor pairs accepted,
 genuine pairs kept, how far g moves, the highest impostor) and each model alone.
 "int8 ~ int8" is a new chain; "float32 gallery ~ int8 probe" is an existing chain that
@@ -46,10 +47,10 @@ from facecrm.config import Settings, configure
 from facecrm.eval.runner import scan
 from facecrm.gallery.cascade import CASCADE_FLOOR_MARGIN_Z
 from facecrm.gallery.threshold import load_calibration, load_cascade
-from facecrm.vision.embed import SFACE_FP32, OnnxEmbedder
+from facecrm.vision.embed import DLIB_ONNX, SFACE_FP32, OnnxEmbedder
 from facecrm.vision.image import read_image
 from facecrm.vision.onnx_models import ort_session
-from facecrm.vision.pipeline import FacePipeline, build_pipeline
+from facecrm.vision.pipeline import build_pipeline
 from facecrm.vision.types import Image
 
 from common import (
@@ -62,7 +63,6 @@ from common import (
 )
 
 FMR = 1e-3
-DLIB_ONNX = "dlib_face_recognition_resnet_model_v1.onnx"
 
 
 def calibration_images(faces: Path, settings: Settings, every: int) -> list[Image]:
@@ -72,14 +72,6 @@ def calibration_images(faces: Path, settings: Settings, every: int) -> list[Imag
     images = [read_image(f, settings) for f in files]
     images += video_frames(faces / "video" / "short_hamilton_clip.mp4", every)
     return images
-
-
-def network_input(pipeline: FacePipeline, chips: list[Image]) -> np.ndarray:
-    """The embedder's input for `chips` (its own normalisation, NCHW float32)."""
-    embedder = pipeline.embedder
-    assert isinstance(embedder, OnnxEmbedder)
-    batch = (np.stack(chips).astype(np.float32) - embedder.mean) / embedder.std
-    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
 
 
 def quantize(source: Path, target: Path, inputs: list[np.ndarray]) -> None:
@@ -104,23 +96,17 @@ def quantize(source: Path, target: Path, inputs: list[np.ndarray]) -> None:
     )
 
 
-def ms_per_chip(session: ort.InferenceSession, x: np.ndarray, repeat: int) -> float:
-    name = session.get_inputs()[0].name
+def ms_per_chip(embedder: OnnxEmbedder, chip: Image, repeat: int) -> float:
+    """One chip through the product's `OnnxEmbedder.embed`, median of 5 runs."""
     for _ in range(3):
-        session.run(None, {name: x})
+        embedder.embed([chip])
     runs = []
     for _ in range(5):
         start = time.perf_counter()
         for _ in range(repeat):
-            session.run(None, {name: x})
+            embedder.embed([chip])
         runs.append((time.perf_counter() - start) / repeat * 1000)
     return float(np.median(runs))
-
-
-def embed(session: ort.InferenceSession, inputs: np.ndarray) -> np.ndarray:
-    name = session.get_inputs()[0].name
-    out = np.concatenate([session.run(None, {name: x[None]})[0] for x in inputs])
-    return np.asarray(out / np.linalg.norm(out, axis=1, keepdims=True), np.float64)
 
 
 def main() -> None:
@@ -143,8 +129,7 @@ def main() -> None:
     samples = scan(root)
     set_images = [read_image(root / s.path, settings) for s in samples]
     quant_images = calibration_images(faces, settings, every=60 if args.smoke else 15)
-    sessions: dict[str, dict[str, ort.InferenceSession]] = {}
-    inputs: dict[str, np.ndarray] = {}
+    templates: dict[tuple[str, str], np.ndarray] = {}
     print(
         f"{len(samples)} photos in the calibration set; int8 ranges from "
         f"{len(quant_images)} other photos and frames\n"
@@ -155,6 +140,8 @@ def main() -> None:
     )
     print("| --- | ---: | ---: | ---: | ---: |")
     for label, pipeline in pipelines.items():
+        served = pipeline.embedder
+        assert isinstance(served, OnnxEmbedder)
         chips = [f.chip for im in quant_images for f in pipeline.faces(im, embed=False)]
         largest = []
         for im in set_images:
@@ -162,17 +149,21 @@ def main() -> None:
             if not found:
                 raise SystemExit("a photo of the set has no face: this study needs every pair")
             largest.append(found[0].chip)
-        source = settings.cache_dir / "models" / models[label]
         target = data_dir / f"{label}.int8.onnx"
-        quantize(source, target, list(network_input(pipeline, chips)))  # type: ignore[arg-type]
-        sessions[label] = {"float32": ort_session(source), "int8": ort_session(target)}
-        inputs[label] = network_input(pipeline, largest)  # type: ignore[arg-type]
-        one = inputs[label][:1]
+        source = settings.cache_dir / "models" / models[label]
+        quantize(source, target, list(served.network_input(chips)))  # type: ignore[arg-type]
+        int8 = OnnxEmbedder(
+            target,
+            input_size=served.chip_size,
+            mean=served.mean,
+            std=served.std,
+            model_id=served.model_id,
+        )
         repeat = 5 if args.smoke else 40
-        fp32_ms = ms_per_chip(sessions[label]["float32"], one, repeat)
-        int8_ms = ms_per_chip(sessions[label]["int8"], one, repeat)
-        a, b = (embed(sessions[label][k], inputs[label]) for k in ("float32", "int8"))
-        cosine = (a * b).sum(axis=1)
+        fp32_ms, int8_ms = (ms_per_chip(e, largest[0], repeat) for e in (served, int8))
+        for kind, embedder in (("float32", served), ("int8", int8)):
+            templates[(label, kind)] = np.asarray(embedder.embed(largest), np.float64)  # type: ignore[arg-type]
+        cosine = (templates[(label, "float32")] * templates[(label, "int8")]).sum(axis=1)
         print(
             f"| {label} | {len(chips)} | {fp32_ms:.2f} | {int8_ms:.2f} | "
             f"{cosine.min():.4f} / {cosine.mean():.4f} |"
@@ -182,11 +173,6 @@ def main() -> None:
     assert cal is not None
     threshold = cal.threshold_z(FMR, CASCADE_FLOOR_MARGIN_Z)
     singles = [load_calibration(m.model_id).threshold(FMR) for m in (cal.first, cal.second)]
-    templates = {
-        (label, kind): embed(sessions[label][kind], inputs[label])
-        for label in sessions
-        for kind in ("float32", "int8")
-    }
     ids = np.array([s.identity for s in samples])
     i, j = np.triu_indices(len(ids), 1)
     genuine = ids[i] == ids[j]
@@ -224,16 +210,17 @@ def main() -> None:
         "| SFace alone: impostors accepted / genuine kept |"
     )
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    cases = [("none", float32, float32)]
+    cases = [("none", "float32 ~ float32", float32, float32)]
     for which in (("dlib",), ("dlib", "SFace")):
-        int8 = {m: "int8" if m in which else "float32" for m in ("dlib", "SFace")}
-        cases += [(" + ".join(which), int8, int8), (" + ".join(which), float32, int8)]
-    for name, gallery, probe in cases:
+        quantized = {m: "int8" if m in which else "float32" for m in ("dlib", "SFace")}
+        name = " + ".join(which)
+        cases += [
+            (name, "int8 ~ int8", quantized, quantized),
+            (name, "float32 ~ int8", float32, quantized),
+        ]
+    for name, kind, gallery, probe in cases:
         dlib, sface, g = scores(gallery, probe)
         d = g - g0
-        kind = "int8 ~ int8" if gallery == probe else "float32 ~ int8"
-        if name == "none":
-            kind = "float32 ~ float32"
         alone = " | ".join(
             f"{int((s[~genuine] >= t).sum())} / {int((s[genuine] >= t).sum())}"
             for s, t in ((dlib, singles[0]), (sface, singles[1]))

@@ -573,11 +573,10 @@ def run_postgresql(args: argparse.Namespace, pop: Population, faces: Path) -> li
             # the product's choice for this size unless --ef-search (set here: the store
             # re-counts its rows once a minute, and this gallery grew in the last one)
             templates = len(gallery.arrays()[1])
-            ef = args.ef_search or ef_search_for(templates)
-            crm.gallery.ef_search = ef  # type: ignore[attr-defined]
-            print(f"{templates:,} templates: hnsw.ef_search {ef}", flush=True)
+            product_ef = args.ef_search or ef_search_for(templates)
+            crm.gallery.ef_search = product_ef  # type: ignore[attr-defined]
+            print(f"{templates:,} templates: hnsw.ef_search {product_ef}", flush=True)
             s = search(crm, gallery, pop, args.queries)
-            product_ef = crm.gallery.ef_search  # type: ignore[attr-defined]
             for ef in args.ef_sweep:  # the same index searched with fewer candidates
                 crm.gallery.ef_search = ef  # type: ignore[attr-defined]
                 w = search(crm, gallery, pop, args.queries)

@@ -10,6 +10,7 @@ import pytest
 
 from facecrm.config import Settings, configure
 from facecrm.gallery.threshold import load_calibration
+from facecrm.vision.embed import DLIB_ONNX
 from facecrm.vision.image import read_image
 from facecrm.vision.pipeline import FacePipeline, build_pipeline
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 def user_model(pipeline: FacePipeline, model_cache: Path, tmp_path: Path) -> Path:
     """An ONNX file the user 'owns': here, a copy of the converted dlib network."""
     target = tmp_path / "my_embedder.onnx"
-    target.write_bytes((model_cache / "dlib_face_recognition_resnet_model_v1.onnx").read_bytes())
+    target.write_bytes((model_cache / DLIB_ONNX).read_bytes())
     return target
 
 

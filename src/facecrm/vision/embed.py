@@ -104,14 +104,20 @@ class OnnxEmbedder:
             model_id = f"onnx-{digest}"
         self.model_id = model_id
 
+    def network_input(self, chips: list[Image]) -> npt.NDArray[np.float32]:
+        """The network's input for `chips` (non-empty): normalised, NCHW float32."""
+        batch = (np.stack(chips).astype(np.float32) - self.mean) / self.std
+        return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
     def embed(self, chips: list[Image]) -> npt.NDArray[np.float32]:
         if not chips:
             dim = self._session.get_outputs()[0].shape[-1]
             return np.zeros((0, dim if isinstance(dim, int) else 0), dtype=np.float32)
-        batch = np.stack(chips).astype(np.float32)
-        batch = ((batch - self.mean) / self.std).transpose(0, 3, 1, 2)
-        (out,) = self._session.run(None, {self._input: np.ascontiguousarray(batch)})[:1]
+        (out,) = self._session.run(None, {self._input: self.network_input(chips)})[:1]
         return normalize(out)
+
+
+DLIB_ONNX = "dlib_face_recognition_resnet_model_v1.onnx"  # in the model cache
 
 
 def dlib_resnet_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
@@ -124,7 +130,7 @@ def dlib_resnet_onnx(cache_dir: Path, threads: int = 1) -> OnnxEmbedder:
 
     path = cached_model(
         cache_dir,
-        "dlib_face_recognition_resnet_model_v1.onnx",
+        DLIB_ONNX,
         lambda target: convert(str(dlib_resnet_path()), str(target)),
     )
     return OnnxEmbedder(
