@@ -437,7 +437,8 @@ def test_a_bad_rule_row_in_the_database_does_not_stop_visits(
     assert "back after" not in alert.message
     warnings = [m for m in logged["facecrm.alerts"].messages if "invalid alert rule" in m]
     assert warnings, "the broken setting was not logged"
-    assert all("Ada" not in w and "abc" not in w for w in warnings)  # no values, no people
+    # no values, no people (the store's id is left out: its hex may hold "abc" by chance)
+    assert not [w for w in warnings if "Ada" in w or "abc" in w.replace(chain.a, "")]
     # a manager can repair the row through the API
     repaired = put_config(chain, {"rules": {"long_absence": {"days": 30}}})
     assert repaired.status_code == 200, repaired.text
