@@ -45,7 +45,6 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from facecrm.config import Settings, configure
 from facecrm.eval.runner import scan
-from facecrm.gallery.cascade import CASCADE_FLOOR_MARGIN_Z
 from facecrm.gallery.threshold import load_calibration, load_cascade
 from facecrm.vision.embed import DLIB_ONNX, SFACE_FP32, OnnxEmbedder
 from facecrm.vision.image import read_image
@@ -171,7 +170,7 @@ def main() -> None:
 
     cal = load_cascade("dlib-resnet-v1")
     assert cal is not None
-    threshold = cal.threshold_z(FMR, CASCADE_FLOOR_MARGIN_Z)
+    threshold = cal.threshold_z(FMR)
     singles = [load_calibration(m.model_id).threshold(FMR) for m in (cal.first, cal.second)]
     ids = np.array([s.identity for s in samples])
     i, j = np.triu_indices(len(ids), 1)

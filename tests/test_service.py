@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import event, func, inspect, select, text
 
 from facecrm.config import Settings
 from facecrm.crm import customers, db, gallery_store
@@ -277,6 +280,37 @@ def test_pgvector_searches_with_the_configured_ef_search(
         "of 2 templates: returning customers may be missed (unset it to follow the "
         "gallery's size)"
     ) == 1
+
+
+def test_a_search_that_waited_for_the_first_count_does_not_count_again(crm: FaceCRM) -> None:
+    """Searches that arrive together on a new process wait for one count, not one each."""
+    if crm.engine.dialect.name != "postgresql":
+        pytest.skip("pgvector is the PostgreSQL gallery")
+    store = gallery_store.PgVectorGalleryStore(crm.pipeline.model_id)
+    counts: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "count(*)" in statement:
+            counts.append(statement)
+
+    event.listen(crm.engine, "before_cursor_execute", seen)
+    try:
+        store._counting.acquire()  # another search is taking the first count
+        answers: list[int] = []
+
+        def search() -> None:
+            with crm.sessions() as session:
+                answers.append(store._ef_search(session))
+
+        waiter = threading.Thread(target=search)
+        waiter.start()
+        time.sleep(0.2)  # the waiter is blocked on the first count
+        store._size = (gallery_store._now(), 5)
+        store._counting.release()
+        waiter.join(10)
+    finally:
+        event.remove(crm.engine, "before_cursor_execute", seen)
+    assert answers == [200] and counts == []
 
 
 def test_ef_search_by_gallery_size_never_below_what_was_measured() -> None:

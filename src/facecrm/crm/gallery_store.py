@@ -249,6 +249,9 @@ class PgVectorGalleryStore:
     def decide(self, session: Session, queries: Vectors, threshold: float) -> list[Decision]:
         return assign(self.candidates(session, queries), threshold)
 
+    def _stale(self) -> bool:
+        return self._size is None or _now() - self._size[0] > SIZE_RECHECK_SECONDS
+
     def _ef_search(self, session: Session) -> int:
         """The configured `ef_search`, or the one for this model's templates now.
 
@@ -257,16 +260,16 @@ class PgVectorGalleryStore:
         the last count: a gallery does not outgrow a measured size in a minute. A fixed
         value below the size's is kept (the operator's choice) and logged once.
         """
-        now = _now()
-        stale = self._size is None or now - self._size[0] > SIZE_RECHECK_SECONDS
-        # the first count is waited for; later ones are taken by one thread only
-        if stale and self._counting.acquire(blocking=self._size is None):
+        # the first count is waited for; later ones are taken by one thread only, and a
+        # thread that waited for the first one does not count again
+        if self._stale() and self._counting.acquire(blocking=self._size is None):
             try:
-                templates = session.execute(
-                    text("SELECT count(*) FROM gallery_vectors WHERE model_id = :m"),
-                    {"m": self.model_id},
-                ).scalar_one()
-                self._size = (now, int(templates))
+                if self._stale():
+                    templates = session.execute(
+                        text("SELECT count(*) FROM gallery_vectors WHERE model_id = :m"),
+                        {"m": self.model_id},
+                    ).scalar_one()
+                    self._size = (_now(), int(templates))
             finally:
                 self._counting.release()
         assert self._size is not None
